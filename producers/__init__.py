@@ -1,0 +1,1 @@
+"""Everything that emits touchpoints onto the input topic."""

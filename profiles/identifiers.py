@@ -1,0 +1,92 @@
+"""Identifier normalization: the same person must produce the same key.
+
+Emails are trimmed and lower-cased; phones become E.164 (via ``phonenumbers``,
+with a default region for numbers written without a country code); every other
+type is trimmed. A value that cannot be normalized is not an identifier: the
+caller gets the reason and the event may still count through its other ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import phonenumbers
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_IDENTIFIER_LENGTH = 256
+
+
+class InvalidIdentifier(ValueError):
+    """A value that cannot serve as an identifier of its type."""
+
+
+def normalize_email(value: str, region: str) -> str:
+    email = value.strip().lower()
+    if not _EMAIL.match(email):
+        raise InvalidIdentifier("not an email address")
+    return email
+
+
+def normalize_phone(value: str, region: str) -> str:
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidIdentifier(f"not a phone number ({exc._msg})") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidIdentifier("not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalize_id(value: str, region: str) -> str:
+    ident = value.strip()
+    if not ident:
+        raise InvalidIdentifier("empty")
+    return ident
+
+
+#: Normalizer per identifier type; types not listed here are plain ids.
+NORMALIZERS: Mapping[str, Callable[[str, str], str]] = {
+    "email": normalize_email,
+    "phone": normalize_phone,
+}
+
+
+def normalize(id_type: str, value: str, region: str = "US") -> str:
+    """The normalized form of one identifier, or InvalidIdentifier."""
+    if len(value) > MAX_IDENTIFIER_LENGTH:
+        raise InvalidIdentifier(f"longer than {MAX_IDENTIFIER_LENGTH} characters")
+    return NORMALIZERS.get(id_type, normalize_id)(value, region)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    id_type: str
+    reason: str
+
+
+def normalize_all(
+    raw: Mapping[str, str], region: str
+) -> tuple[dict[str, str], list[Rejected]]:
+    """Normalize every identifier of an event; invalid ones are returned with a reason."""
+    good: dict[str, str] = {}
+    bad: list[Rejected] = []
+    for id_type, value in raw.items():
+        try:
+            good[id_type] = normalize(id_type, value, region)
+        except InvalidIdentifier as exc:
+            bad.append(Rejected(id_type, str(exc)))
+    return good, bad
+
+
+def primary(identifiers: Mapping[str, str], priorities: Mapping[str, int]) -> tuple[str, str]:
+    """The highest-priority identifier (ties broken by type name, so it is deterministic)."""
+    id_type = max(identifiers, key=lambda t: (priorities.get(t, 0), t))
+    return id_type, identifiers[id_type]
+
+
+def mask(value: str) -> str:
+    """A log-safe stand-in for an identifier value: never log the raw value."""
+    return "h:" + hashlib.blake2b(value.encode(), digest_size=6).hexdigest()

@@ -1,0 +1,127 @@
+"""The latest unified view, served from Redis.
+
+Layout (all keys under ``unifier:``):
+- ``unifier:profile:<profile_id>`` — hash with ``version`` and ``json`` (the
+  documented profile form). Written by a Lua script that refuses an older
+  version, so a lagging writer can never move the view backwards.
+- ``unifier:id:<type>:<normalized value>`` — the profile id that holds the identifier.
+
+The worker writes whole batches in one pipeline; readers go through the
+``ProfileView`` protocol and never know which store answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+import orjson
+import redis
+import redis.asyncio as aredis
+
+from schemas.codec import ORJSON_OPTS
+
+PREFIX = "unifier:"
+
+# KEYS[1] profile hash; ARGV[1] version, ARGV[2] json. 1 = written, 0 = older, ignored.
+_WRITE_IF_NEWER = """
+local cur = redis.call('HGET', KEYS[1], 'version')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
+return 1
+"""
+
+
+def profile_key(profile_id: str) -> str:
+    return f"{PREFIX}profile:{profile_id}"
+
+
+def identifier_key(id_type: str, value: str) -> str:
+    return f"{PREFIX}id:{id_type}:{value}"
+
+
+class ProfileView(Protocol):
+    """What readers need from the store that serves the view."""
+
+    def get(self, profile_id: str) -> dict[str, Any] | None: ...
+
+    def lookup(self, id_type: str, value: str) -> dict[str, Any] | None: ...
+
+    def scan(self) -> Iterator[dict[str, Any]]: ...
+
+
+class RedisProfileView:
+    """Synchronous reader (CLI, export, tests)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisProfileView:
+        return cls(redis.Redis.from_url(url, socket_timeout=10))
+
+    def close(self) -> None:
+        self._r.close()
+
+    def get(self, profile_id: str) -> dict[str, Any] | None:
+        raw = self._r.hget(profile_key(profile_id), "json")
+        return orjson.loads(raw) if raw else None  # type: ignore[arg-type]
+
+    def lookup(self, id_type: str, value: str) -> dict[str, Any] | None:
+        profile_id = self._r.get(identifier_key(id_type, value))
+        return self.get(profile_id.decode()) if profile_id else None  # type: ignore[union-attr]
+
+    def scan(self, page: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every profile, fetched a page of keys per pipeline round-trip."""
+        keys: list[Any] = []
+        for key in self._r.scan_iter(match=f"{PREFIX}profile:*", count=page):
+            keys.append(key)
+            if len(keys) >= page:
+                yield from self._fetch(keys)
+                keys = []
+        if keys:
+            yield from self._fetch(keys)
+
+    def _fetch(self, keys: Sequence[Any]) -> Iterator[dict[str, Any]]:
+        pipe = self._r.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, "json")
+        for raw in pipe.execute():
+            if raw:
+                yield orjson.loads(raw)
+
+
+class AsyncRedisWriter:
+    """The worker's writer: one pipeline round-trip per batch of profiles."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self._r = client
+        self._script = client.register_script(_WRITE_IF_NEWER)
+
+    @classmethod
+    def from_url(cls, url: str) -> AsyncRedisWriter:
+        return cls(aredis.Redis.from_url(url, socket_timeout=10))
+
+    async def write(self, profiles: Iterable[dict[str, Any]]) -> int:
+        """Write profiles (view form) and their identifier index; returns how many
+        profile writes were applied (older versions are skipped by the script)."""
+        pipe = self._r.pipeline(transaction=False)
+        count = 0
+        for view in profiles:
+            pid = view["profile_id"]
+            await self._script(
+                keys=[profile_key(pid)],
+                args=[view["version"], orjson.dumps(view, option=ORJSON_OPTS)],
+                client=pipe,
+            )
+            for id_type, values in view["identifiers"].items():
+                for value in values:
+                    pipe.set(identifier_key(id_type, value), pid)
+            count += 1
+        if count == 0:
+            return 0
+        results = await pipe.execute()
+        return sum(1 for r in results if r == 1 and not isinstance(r, bool))
+
+    async def close(self) -> None:
+        await self._r.aclose()

@@ -1,0 +1,1 @@
+"""Avro schemas (the ``.avsc`` files beside this module) and the codec for them."""

@@ -1,0 +1,67 @@
+"""``create_app(settings)``: the Faust app with its topics, table and stages.
+
+No module-level app: the entry point builds Settings once and passes them here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from streams import apply, route
+from unifier.settings import Settings
+
+log = logging.getLogger("unifier.worker")
+
+
+def create_app(settings: Settings) -> Any:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
+        store="memory://",
+        datadir=str(settings.state_dir / "worker-data"),
+        # Topics are created by `unifier topics create`, never implicitly (a broker
+        # would give them a default partition count).
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        topic_partitions=settings.internal_partitions,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(settings.session_timeout_s / 6, 0.5),
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        producer_max_batch_size=settings.faust_producer_max_batch_size,
+        table_standby_replicas=0,
+        web_enabled=False,
+    )
+
+    def raw_topic(name: str, partitions: int | None = None) -> Any:
+        return app.topic(
+            name, key_type=bytes, value_type=bytes, key_serializer="raw",
+            value_serializer="raw", partitions=partitions, internal=False,
+        )
+
+    source = raw_topic(settings.topic_touchpoints, settings.touchpoint_partitions)
+    routed = raw_topic(settings.topic_routed, settings.internal_partitions)
+    dlq = raw_topic(settings.topic_dlq, 1)
+    profiles = app.Table(
+        "profiles",
+        partitions=settings.internal_partitions,
+        # Declared both on the schema and on the table itself: with only schema=,
+        # recovery decoded the raw keys as JSON and came back empty.
+        schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
+                            value_serializer="raw"),
+        key_type=str,
+        value_type=bytes,
+    )
+
+    route.register(app, settings, source, routed, dlq)
+    apply.register(app, settings, routed, profiles, dlq)
+
+    @app.on_rebalance_complete.connect
+    async def _ready(sender: Any, **kwargs: Any) -> None:
+        assigned = sender.consumer.assignment() if sender.consumer else set()
+        log.info("unifier worker ready: %d partitions assigned", len(assigned))
+
+    return app

@@ -1,0 +1,37 @@
+"""Dead letters: what a stage could not use goes here, with headers that say why."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def dlq_headers(stage: str, reason: str, topic: str, partition: int, offset: int) -> list[
+    tuple[str, bytes]
+]:
+    return [
+        ("x-dlq-reason", reason.encode()[:1000]),
+        ("x-dlq-stage", stage.encode()),
+        ("x-source-topic", topic.encode()),
+        ("x-source-partition", str(partition).encode()),
+        ("x-source-offset", str(offset).encode()),
+        ("x-dlq-time-ms", str(int(time.time() * 1000)).encode()),
+    ]
+
+
+async def dead_letter(
+    dlq: Any, event: Any, stage: str, reason: str, value: bytes | None = None, log: Any = None
+) -> None:
+    """Send the original bytes (or ``value``) of ``event`` to the DLQ topic."""
+    msg = event.message
+    await dlq.send(
+        key=msg.key,
+        value=value if value is not None else msg.value,
+        headers=dlq_headers(stage, reason, msg.topic, msg.partition, msg.offset),
+    )
+    if log is not None:
+        # Reasons are written by our own code and never quote identifier values.
+        log.warning(
+            "dead-lettered record %s/%s@%s at %s: %s",
+            msg.topic, msg.partition, msg.offset, stage, reason[:300],
+        )

@@ -1,0 +1,3 @@
+from unifier.cli import main
+
+main()

@@ -1,0 +1,333 @@
+"""The ``unifier`` command. Settings are built once here and passed down.
+
+Exit codes: 0 success; 1 the command ran but something was rejected, failed to
+deliver, or did not catch up in time; 2 a usage or configuration error, or a
+service that could not be reached.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from unifier.processes import StackError
+from unifier.settings import Settings
+
+app = typer.Typer(
+    help="Real-time customer profile unifier: touchpoints in, one profile per customer out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(help="The embedded broker, Redis and a worker, in the background.",
+                        no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics the product uses.", no_args_is_help=True)
+profiles_app = typer.Typer(help="Read unified profiles from the view.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(topics_app, name="topics")
+app.add_typer(profiles_app, name="profiles")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+@app.callback()
+def _main(ctx: typer.Context) -> None:
+    try:
+        ctx.obj = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"UNIFIER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise fail(f"invalid configuration: {problems}") from None
+
+
+# --- stack -------------------------------------------------------------------------
+@stack_app.command("up")
+def stack_up(
+    ctx: typer.Context,
+    worker: Annotated[bool, typer.Option(help="Also start one worker")] = True,
+) -> None:
+    """Start the embedded broker and Redis (and a worker), create topics, return."""
+    from unifier.stack import EmbeddedStack
+    from unifier.topics import ensure_topics
+
+    settings = settings_of(ctx)
+    stack = EmbeddedStack(settings)
+    stack.load()
+    running = [n for n, p in stack.procs.items() if p.alive()]
+    if running:
+        raise fail(f"the stack is already up ({', '.join(running)}); `unifier stack down` first")
+    stack.procs = {}
+    try:
+        with err.status("starting the broker"):
+            stack.start_broker()
+        stack.save()
+        with err.status("starting Redis"):
+            stack.start_redis()
+        stack.save()
+        ensure_topics(settings)
+        if worker:
+            with err.status("starting a worker (joins its consumer group)"):
+                stack.start_worker()
+            stack.save()
+    except (StackError, RuntimeError) as exc:
+        stack.stop_all()
+        stack.save()
+        raise fail(str(exc)) from None
+    err.print(f"stack up: broker {settings.bootstrap_servers}, redis {settings.redis_url}"
+              f"{', 1 worker' if worker else ''}; logs in {stack.dir}")
+
+
+@stack_app.command("down")
+def stack_down(ctx: typer.Context) -> None:
+    """Stop everything `stack up` started (workers first); leaves no process behind."""
+    from unifier.stack import EmbeddedStack
+
+    stack = EmbeddedStack(settings_of(ctx))
+    stack.load()
+    stopped = stack.stop_all()
+    stack.save()
+    err.print(f"stack down: stopped {', '.join(stopped) if stopped else 'nothing (not running)'}")
+
+
+@stack_app.command("status")
+def stack_status(ctx: typer.Context) -> None:
+    """Which parts of the embedded stack run, with PID and port. Exit 1 if any is down."""
+    from unifier.stack import EmbeddedStack
+
+    stack = EmbeddedStack(settings_of(ctx))
+    stack.load()
+    if not stack.procs:
+        err.print("stack is not running")
+        raise typer.Exit(1)
+    table = Table("part", "pid", "port", "state", "log")
+    all_up = True
+    for name, proc in stack.procs.items():
+        alive = proc.alive()
+        all_up &= alive
+        table.add_row(name, str(proc.pid), str(proc.port or "-"),
+                      "[green]up[/]" if alive else "[red]down[/]", proc.log)
+    out.print(table)
+    raise typer.Exit(0 if all_up else 1)
+
+
+# --- topics ------------------------------------------------------------------------
+@topics_app.command("create")
+def topics_create(ctx: typer.Context) -> None:
+    """Create every topic with its partition count and config. Safe to run again."""
+    from unifier.topics import TopicMismatch, ensure_topics
+
+    try:
+        results = ensure_topics(settings_of(ctx))
+    except TopicMismatch as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:
+        raise fail(f"could not reach the broker: {exc}") from None
+    for spec, state in results:
+        out.print(f"{state:8} {spec.name} ({spec.partitions} partitions) - {spec.purpose}",
+                  highlight=False)
+
+
+# --- worker ------------------------------------------------------------------------
+@app.command()
+def worker(ctx: typer.Context) -> None:
+    """Run a stream worker in the foreground (Ctrl-C / SIGTERM stops it cleanly)."""
+    from streams.worker import run_worker
+
+    run_worker(settings_of(ctx))
+
+
+# --- ingest ------------------------------------------------------------------------
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="JSON lines, one touchpoint per line",
+                                         exists=True, dir_okay=False, readable=True)],
+    rejects: Annotated[Path | None, typer.Option(
+        help="Where rejected lines go [default: FILE.rejects.jsonl]")] = None,
+    progress: Annotated[bool | None, typer.Option(help="Progress bar [default: on a tty]")] = None,
+) -> None:
+    """Validate FILE and send its touchpoints. Exit 1 if any line was rejected."""
+    from unifier.ingest import ingest_file
+    from unifier.topics import missing_topics
+
+    settings = settings_of(ctx)
+    try:
+        missing = missing_topics(settings, [settings.topic_touchpoints])
+    except Exception as exc:
+        raise fail(f"could not reach the broker at {settings.bootstrap_servers}: {exc}") from None
+    if missing:
+        raise fail(f"topic '{missing[0]}' does not exist; run `unifier topics create` first")
+    result = ingest_file(file, settings, rejects, progress)
+    err.print(
+        f"ingested {result.delivered} events from {result.lines} lines; "
+        f"rejected {result.rejected}"
+        + (f" (see {result.rejects_path})" if result.rejects_path else "")
+        + (f"; {result.failed} NOT delivered: {'; '.join(result.errors[:3])}"
+           if result.failed else ""),
+        highlight=False,
+    )
+    if result.failed:
+        raise typer.Exit(2)
+    if result.rejected:
+        raise typer.Exit(1)
+
+
+# --- lag ---------------------------------------------------------------------------
+@app.command()
+def lag(
+    ctx: typer.Context,
+    wait: Annotated[bool, typer.Option("--wait", help="Block until every stage caught up")] = False,
+    timeout: Annotated[float, typer.Option(help="Give up waiting after S seconds")] = 300.0,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, for scripts")] = False,
+) -> None:
+    """Lag per stage and partition. With --wait, exit 0 once caught up, 1 on timeout."""
+    from unifier.lag import LagProbe
+
+    settings = settings_of(ctx)
+    try:
+        with LagProbe(settings) as probe:
+            if wait:
+                caught_up = probe.wait(timeout)
+                rows = probe.measure()
+            else:
+                caught_up = True
+                rows = probe.measure()
+    except Exception as exc:
+        raise fail(f"could not measure lag at {settings.bootstrap_servers}: {exc}") from None
+    if as_json:
+        for row in rows:
+            sys.stdout.write(orjson.dumps(row.to_dict()).decode() + "\n")
+    else:
+        table = Table("stage", "topic", "partition", "committed", "end", "lag")
+        for row in rows:
+            table.add_row(row.stage, row.topic, str(row.partition),
+                          "-" if row.committed is None else str(row.committed),
+                          str(row.end), str(row.lag))
+        out.print(table)
+        total = sum(r.lag for r in rows)
+        err.print(f"total lag: {total} records" + ("" if caught_up else
+                  f" - not caught up after {timeout:.0f}s"))
+    if not caught_up:
+        raise typer.Exit(1)
+
+
+# --- profiles ----------------------------------------------------------------------
+@profiles_app.command("get")
+def profiles_get(
+    ctx: typer.Context,
+    email: Annotated[str | None, typer.Option(help="Look up by email")] = None,
+    phone: Annotated[str | None, typer.Option(help="Look up by phone (any format)")] = None,
+    user_id: Annotated[str | None, typer.Option(help="Look up by user id")] = None,
+    anonymous_id: Annotated[str | None, typer.Option(help="Look up by anonymous id")] = None,
+    loyalty_id: Annotated[str | None, typer.Option(help="Look up by loyalty id")] = None,
+    id_type: Annotated[str | None, typer.Option("--type", help="Any identifier type...")] = None,
+    value: Annotated[str | None, typer.Option(help="...with this value")] = None,
+    profile_id: Annotated[str | None, typer.Option("--id", help="By profile id")] = None,
+) -> None:
+    """Print one profile as JSON. Exit 1 if no profile holds the identifier."""
+    from profiles.identifiers import InvalidIdentifier, normalize
+    from profiles.view import RedisProfileView
+
+    settings = settings_of(ctx)
+    given = {k: v for k, v in {"email": email, "phone": phone, "user_id": user_id,
+                               "anonymous_id": anonymous_id, "loyalty_id": loyalty_id}.items()
+             if v is not None}
+    if id_type is not None or value is not None:
+        if id_type is None or value is None:
+            raise fail("--type and --value go together")
+        given[id_type] = value
+    if len(given) + (profile_id is not None) != 1:
+        raise fail("give exactly one of --email, --phone, --user-id, --anonymous-id, "
+                   "--loyalty-id, --type/--value or --id")
+    view = RedisProfileView.from_url(settings.redis_url)
+    try:
+        if profile_id is not None:
+            found, what = view.get(profile_id), f"profile {profile_id}"
+        else:
+            (kind, raw), = given.items()
+            if kind not in settings.identifier_priorities:
+                raise fail(f"unknown identifier type '{kind}' (configured: "
+                           f"{', '.join(sorted(settings.identifier_priorities))})")
+            try:
+                norm = normalize(kind, raw, settings.default_phone_region)
+            except InvalidIdentifier as exc:
+                raise fail(f"{kind}: {exc}") from None
+            found, what = view.lookup(kind, norm), f"a profile with that {kind}"
+    except OSError as exc:
+        raise fail(f"could not reach Redis at {settings.redis_url}: {exc}") from None
+    finally:
+        view.close()
+    if found is None:
+        err.print(f"no {what}")
+        raise typer.Exit(1)
+    sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@profiles_app.command("export")
+def profiles_export(
+    ctx: typer.Context,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="File to write [default: stdout]")] = None,
+) -> None:
+    """Every profile as JSON lines: profile_id, identifiers, traits, computed, version."""
+    import redis
+
+    from profiles.view import RedisProfileView
+
+    settings = settings_of(ctx)
+    view = RedisProfileView.from_url(settings.redis_url)
+    count = 0
+    try:
+        with open(output, "wb") if output else open(sys.stdout.fileno(), "wb", closefd=False) as fh:
+            for profile in view.scan():
+                fh.write(orjson.dumps(profile) + b"\n")
+                count += 1
+    except redis.RedisError as exc:
+        raise fail(f"could not read Redis at {settings.redis_url}: {exc}") from None
+    finally:
+        view.close()
+    err.print(f"exported {count} profiles" + (f" to {output}" if output else ""))
+
+
+# --- demo --------------------------------------------------------------------------
+@app.command()
+def demo(
+    ctx: typer.Context,
+    people: Annotated[int, typer.Option(help="Synthetic customers")] = 80,
+    show: Annotated[int, typer.Option(help="Profiles to print")] = 4,
+) -> None:
+    """Embedded stack + worker, a few hundred synthetic touchpoints, unified profiles."""
+    from unifier.demo import run_demo
+
+    try:
+        run_demo(people=people, show=show, console=out, status=err)
+    except StackError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; the demo stack was stopped")
+        raise typer.Exit(130) from None
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,138 @@
+"""How far behind each stage is, per partition.
+
+End offsets come from the high watermark in fetch responses (a consumer's cached
+watermarks), not from ListOffsets: the embedded broker answers ListOffsets wrongly
+after multi-record batches, and the fetch high watermark is right on every broker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from unifier.settings import Settings
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    stage: str
+    group: str
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+    lag: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def stages(settings: Settings) -> list[tuple[str, str, int]]:
+    """(stage, topic it consumes, partitions), in pipeline order."""
+    return [
+        ("route", settings.topic_touchpoints, settings.touchpoint_partitions),
+        ("apply", settings.topic_routed, settings.internal_partitions),
+    ]
+
+
+class LagProbe:
+    """Keeps one probe consumer fetching, so cached high watermarks stay fresh."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.group = settings.app_id
+        common = {"bootstrap.servers": settings.bootstrap_servers, "enable.auto.commit": False}
+        # Reads the worker group's commits; never subscribes, so it never joins the group.
+        self._offsets = Consumer({**common, "group.id": self.group})
+        # Fetches to learn high watermarks; assigned manually, never commits.
+        self._fetcher = Consumer(
+            {**common, "group.id": f"{self.group}.lag-probe", "fetch.wait.max.ms": 100,
+             "enable.partition.eof": False}
+        )
+        self._tps = [
+            TopicPartition(topic, p) for _, topic, n in stages(settings) for p in range(n)
+        ]
+        self._assigned = False
+
+    def close(self) -> None:
+        self._fetcher.close()
+        self._offsets.close()
+
+    def __enter__(self) -> LagProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _committed(self) -> dict[tuple[str, int], int | None]:
+        out: dict[tuple[str, int], int | None] = {}
+        for tp in self._offsets.committed(self._tps, timeout=10):
+            out[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
+        return out
+
+    def _pump(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            # Records are discarded: only the fetch responses' watermarks matter.
+            self._fetcher.consume(num_messages=10000, timeout=0.05)
+
+    def measure(self, timeout: float = 15.0) -> list[PartitionLag]:
+        committed = self._committed()
+        if not self._assigned:
+            self._fetcher.assign(
+                [
+                    TopicPartition(tp.topic, tp.partition, c if c is not None else OFFSET_BEGINNING)
+                    for tp in self._tps
+                    for c in [committed[(tp.topic, tp.partition)]]
+                ]
+            )
+            self._assigned = True
+        deadline = time.monotonic() + timeout
+        self._pump(0.25)
+        ends: dict[tuple[str, int], int] = {}
+        while True:
+            for tp in self._tps:
+                low, high = self._fetcher.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    ends[(tp.topic, tp.partition)] = high
+            if len(ends) == len(self._tps):
+                break
+            if time.monotonic() > deadline:
+                missing = [f"{t}[{p}]" for t, p in ((x.topic, x.partition) for x in self._tps)
+                           if (t, p) not in ends]
+                raise TimeoutError(f"no fetch response yet for {', '.join(missing[:8])}")
+            self._pump(0.2)
+        rows = []
+        for stage, topic, n in stages(self.settings):
+            for p in range(n):
+                c = committed[(topic, p)]
+                end = ends[(topic, p)]
+                rows.append(PartitionLag(stage, self.group, topic, p, c, end,
+                                         max(end - (c or 0), 0)))
+        return rows
+
+    def wait(
+        self, timeout: float, interval: float = 0.5,
+        on_check: Callable[[list[PartitionLag]], None] | None = None,
+    ) -> bool:
+        """Block until every stage has caught up; False on timeout.
+
+        Caught up twice in a row, ``interval`` apart: the second check's watermarks
+        were fetched after the first check's commits were read, so records a stage
+        produced for the next one before committing are counted.
+        """
+        deadline = time.monotonic() + timeout
+        streak = 0
+        while time.monotonic() < deadline:
+            rows = self.measure(timeout=max(deadline - time.monotonic(), 1.0))
+            if on_check:
+                on_check(rows)
+            streak = streak + 1 if all(r.lag == 0 for r in rows) else 0
+            if streak >= 2:
+                return True
+            self._pump(interval)
+        return False

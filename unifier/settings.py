@@ -1,0 +1,129 @@
+"""The one configuration object. Built once at the entry point and passed down.
+
+Every field can be set from the environment with the ``UNIFIER_`` prefix, e.g.
+``UNIFIER_BOOTSTRAP_SERVERS=kafka:9092`` or
+``UNIFIER_IDENTIFIER_PRIORITIES='{"user_id": 100, "email": 90}'``.
+docker-compose.yml uses exactly these names; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Built-in identifier types and their priorities (higher wins). An event is
+#: keyed by its highest-priority identifier; more types can be added in config.
+DEFAULT_IDENTIFIER_PRIORITIES: dict[str, int] = {
+    "user_id": 100,
+    "email": 90,
+    "loyalty_id": 80,
+    "phone": 70,
+    "anonymous_id": 10,
+}
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "profile-unifier"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNIFIER_", extra="ignore")
+
+    # --- where things are -------------------------------------------------
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the view")
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="Embedded stack state (pids, logs) and worker data",
+    )
+
+    # --- topics -----------------------------------------------------------
+    app_id: str = Field("profile-unifier", description="Faust app id = consumer group id")
+    topic_touchpoints: str = "touchpoints"
+    topic_dlq: str = "touchpoints.dlq"
+    topic_routed: str = "unifier.touchpoints-by-profile"
+    topic_profile_updates: str = "profile-updates"
+    topic_profile_merges: str = "profile-merges"
+    touchpoint_partitions: int = Field(8, ge=1, description="Partitions of the input topic")
+    internal_partitions: int = Field(
+        8, ge=1, description="Partitions of internal topics, tables and profile-updates"
+    )
+    replication_factor: int = Field(1, ge=1)
+
+    # --- consumer / producer tuning ----------------------------------------
+    session_timeout_s: float = Field(
+        6.0,
+        ge=1.0,
+        description="Consumer session timeout. A join takes half of it on the embedded "
+        "broker, so keep it small there; raise it on busy production brokers.",
+    )
+    commit_interval_s: float = Field(1.0, gt=0, description="Faust offset commit interval")
+    faust_producer_max_batch_size: int = Field(
+        64,
+        ge=1,
+        description="aiokafka max batch size in bytes for the worker's producer. 64 puts "
+        "every changelog record in its own batch: the embedded broker answers end offsets "
+        "wrongly after multi-record batches and table recovery would lose updates. On real "
+        "Kafka set 16384 (aiokafka's default).",
+    )
+    route_batch_max: int = Field(2000, ge=1, description="Events the route stage groups")
+    route_batch_within_s: float = Field(0.02, gt=0, description="...or this long, first")
+    producer_batch_events: int = Field(500, ge=1, description="Events per input record")
+
+    # --- identity ---------------------------------------------------------
+    identifier_priorities: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_IDENTIFIER_PRIORITIES),
+        description="Identifier types the product accepts, with priorities (higher wins)",
+    )
+    default_phone_region: str = Field("US", description="Region for phones without +country")
+
+    log_level: str = "INFO"
+
+    @field_validator("identifier_priorities")
+    @classmethod
+    def _non_empty(cls, value: dict[str, int]) -> dict[str, int]:
+        if not value:
+            raise ValueError("at least one identifier type is required")
+        return value
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _upper_region(cls, value: str) -> str:
+        return value.upper()
+
+    # --- derived ----------------------------------------------------------
+    @property
+    def profiles_changelog_topic(self) -> str:
+        """Faust names a table's changelog ``<app id>-<table>-changelog``."""
+        return f"{self.app_id}-profiles-changelog"
+
+    @property
+    def broker_address(self) -> tuple[str, int]:
+        """The first bootstrap server as (host, port)."""
+        first = self.bootstrap_servers.split(",")[0].strip()
+        host, _, port = first.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    @property
+    def redis_address(self) -> tuple[str, int]:
+        parts = urlsplit(self.redis_url)
+        return parts.hostname or "127.0.0.1", parts.port or 6379
+
+    def env(self) -> dict[str, str]:
+        """These settings as UNIFIER_* environment variables (for child processes)."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if isinstance(value, dict | list):
+                import orjson
+
+                out[f"UNIFIER_{name.upper()}"] = orjson.dumps(value).decode()
+            else:
+                out[f"UNIFIER_{name.upper()}"] = str(value)
+        return out

