@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictStr, ValidationError
@@ -74,8 +75,13 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _ms(value: Any) -> int:
-    return int(value.timestamp() * 1000)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def to_ms(value: datetime) -> int:
+    """Exact milliseconds since the epoch (float timestamps lose a millisecond)."""
+    return (value - _EPOCH) // _MS
 
 
 def parse_json(obj: Any, identifier_types: Collection[str]) -> Touchpoint:
@@ -96,8 +102,8 @@ def parse_json(obj: Any, identifier_types: Collection[str]) -> Touchpoint:
         event_id=doc.event_id,
         type=doc.type,
         source=doc.source,
-        occurred_at_ms=_ms(doc.occurred_at),
-        received_at_ms=_ms(doc.received_at) if doc.received_at else None,
+        occurred_at_ms=to_ms(doc.occurred_at),
+        received_at_ms=to_ms(doc.received_at) if doc.received_at else None,
         identifiers={k: str(v) for k, v in doc.identifiers.items()},
         traits=_flatten_traits(doc.traits),
         properties=doc.properties,

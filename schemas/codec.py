@@ -19,7 +19,7 @@ import fastavro
 import orjson
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from profiles.touchpoint import Touchpoint
+from profiles.touchpoint import Touchpoint, to_ms
 
 SCHEMA_DIR = Path(__file__).parent
 MAGIC = b"\xc3\x01"
@@ -54,7 +54,7 @@ ROUTED_HEADER = _header(SCHEMAS["routed_batch"])
 
 
 def _ms(value: datetime | int) -> int:
-    return value if isinstance(value, int) else int(value.timestamp() * 1000)
+    return value if isinstance(value, int) else to_ms(value)
 
 
 def touchpoint_to_avro(tp: Touchpoint) -> dict[str, Any]:

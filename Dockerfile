@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY unifier unifier
+COPY streams streams
+COPY schemas schemas
+COPY profiles profiles
+COPY producers producers
+RUN pip install --no-cache-dir . && useradd --create-home unifier && mkdir -p /var/lib/unifier \
+    && chown unifier /var/lib/unifier
+USER unifier
+CMD ["unifier", "worker"]

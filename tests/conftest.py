@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.backends import kafka, redis_server
+from unifier.settings import Settings
+from unifier.stack import EmbeddedStack
+from unifier.topics import ensure_topics
+
+
+@pytest.fixture(scope="session")
+def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with kafka(tmp_path_factory.mktemp("broker")) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def settings(bootstrap_servers: str, redis_url: str, tmp_path: Path) -> Settings:
+    """Settings for one test: its own topics and consumer group on the shared broker,
+    and an empty Redis."""
+    tag = uuid.uuid4().hex[:8]
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    return Settings(
+        bootstrap_servers=bootstrap_servers,
+        redis_url=redis_url,
+        state_dir=tmp_path / "state",
+        app_id=f"test-{tag}",
+        topic_touchpoints=f"t{tag}.touchpoints",
+        topic_dlq=f"t{tag}.touchpoints.dlq",
+        topic_routed=f"t{tag}.routed",
+        topic_profile_updates=f"t{tag}.profile-updates",
+        topic_profile_merges=f"t{tag}.profile-merges",
+        touchpoint_partitions=3,
+        internal_partitions=4,
+    )
+
+
+@pytest.fixture
+def topics(settings: Settings) -> Settings:
+    ensure_topics(settings)
+    return settings
+
+
+@pytest.fixture
+def workers(settings: Settings, tmp_path: Path) -> Iterator[EmbeddedStack]:
+    """Start workers with ``workers.start_worker()``; all are stopped after the test."""
+    stack = EmbeddedStack(settings, tmp_path / "workers")
+    try:
+        yield stack
+    finally:
+        stack.stop_all()

@@ -1,0 +1,34 @@
+"""End offsets must be right after multi-record batches, on every broker.
+
+The embedded broker answers ListOffsets with the base offset of the last batch + 1;
+lag computed that way would read 0 while the worker is far behind. This test
+produces in large batches and checks the probe sees every record.
+"""
+
+import pytest
+from confluent_kafka import Producer
+
+from unifier.lag import LagProbe
+from unifier.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_end_offsets_count_every_record_of_batched_produces(topics: Settings) -> None:
+    settings = topics
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 50,
+                         "batch.num.messages": 1000})
+    per_partition = {0: 250, 1: 40, 2: 0}
+    for partition, count in per_partition.items():
+        for i in range(count):
+            producer.produce(settings.topic_touchpoints, b"x%d" % i, partition=partition)
+    assert producer.flush(10) == 0
+
+    with LagProbe(settings) as probe:
+        rows = probe.measure()
+        assert probe.wait(timeout=3) is False  # nobody consumes: it must not claim caught up
+    route = {r.partition: r for r in rows if r.stage == "route"}
+    assert {p: route[p].end for p in per_partition} == per_partition
+    assert {p: route[p].lag for p in per_partition} == per_partition
+    assert all(r.committed is None for r in route.values())
+    assert all(r.lag == 0 for r in rows if r.stage == "apply")

@@ -1,0 +1,139 @@
+"""The whole path on the real broker and Redis: JSON -> Avro -> Kafka -> worker -> Redis."""
+
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from producers.synthetic import generate
+from profiles.profile import profile_id_for
+from profiles.touchpoint import parse_json
+from profiles.view import RedisProfileView
+from schemas.codec import encode_touchpoint
+from tests.support.data import reference_views, without_version, write_jsonl
+from unifier.ingest import ingest_file
+from unifier.lag import LagProbe
+from unifier.settings import Settings
+from unifier.stack import EmbeddedStack
+
+pytestmark = pytest.mark.integration
+
+
+def caught_up(settings: Settings) -> None:
+    with LagProbe(settings) as probe:
+        assert probe.wait(timeout=120), "the worker did not catch up"
+
+
+def exported(settings: Settings) -> dict[str, dict]:  # type: ignore[type-arg]
+    view = RedisProfileView.from_url(settings.redis_url)
+    try:
+        return {p["profile_id"]: p for p in view.scan()}
+    finally:
+        view.close()
+
+
+def test_ingested_events_become_the_reference_profiles(
+    topics: Settings, workers: EmbeddedStack, tmp_path: Path
+) -> None:
+    settings = topics
+    events = generate(people=150, seed=1)[:1000]
+    path = tmp_path / "events.jsonl"
+    broken = write_jsonl(path, events, broken_every=97)
+    workers.start_worker()
+
+    err = io.StringIO()
+    result = ingest_file(path, settings, err=err)
+
+    assert result.accepted == len(events) == result.delivered
+    assert result.rejected == len(broken) > 0
+    rejects = [orjson.loads(line) for line in result.rejects_path.read_bytes().splitlines()]  # type: ignore[union-attr]
+    assert {r["line"]: r["reason"] for r in rejects}.keys() == broken.keys()
+    for r in rejects:
+        assert broken[r["line"]] in r["reason"]
+        assert f"{path}:{r['line']}: rejected: " in err.getvalue()
+
+    caught_up(settings)
+    got = exported(settings)
+    want = reference_views(events, settings)
+    assert {pid: without_version(v) for pid, v in got.items()} == want
+    assert sum(p["computed"]["event_count"] for p in got.values()) == len(events)
+
+
+def test_restarted_worker_recovers_its_table_exactly(
+    topics: Settings, workers: EmbeddedStack, tmp_path: Path
+) -> None:
+    """Every profile is updated before and after a restart; a table that came back
+    short of its newest changelog records would show lower counts (and an older
+    version, which the Redis guard would refuse)."""
+    settings = topics
+    events = generate(people=60, seed=2)
+    half = len(events) // 2
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    write_jsonl(first, events[:half])
+    write_jsonl(second, events[half:])
+
+    workers.start_worker()
+    ingest_file(first, settings)
+    caught_up(settings)
+    before = exported(settings)
+    workers.stop_one("worker")  # SIGTERM: a graceful stop
+
+    workers.start_worker()
+    ingest_file(second, settings)
+    caught_up(settings)
+    after = exported(settings)
+
+    want = reference_views(events, settings)
+    assert {pid: without_version(v) for pid, v in after.items()} == want
+    touched_twice = [pid for pid in before if after[pid]["version"] > before[pid]["version"]]
+    assert len(touched_twice) > 10, "the test must update recovered profiles"
+
+
+def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(
+    topics: Settings, workers: EmbeddedStack
+) -> None:
+    settings = topics
+    good = parse_json(
+        {"event_id": "ok-1", "type": "signed_in", "source": "web",
+         "occurred_at": "2026-11-22T10:00:00Z", "identifiers": {"email": "Ana@X.com"}},
+        settings.identifier_priorities,
+    )
+    no_ids = parse_json(
+        {"event_id": "bad-2", "type": "x", "source": "web",
+         "occurred_at": "2026-11-22T10:00:00Z", "identifiers": {"email": "not-an-email"}},
+        settings.identifier_priorities,
+    )
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer.produce(settings.topic_touchpoints, b"\x00garbage", partition=0)
+    producer.produce(settings.topic_touchpoints, encode_touchpoint(no_ids), partition=1)
+    producer.produce(settings.topic_touchpoints, encode_touchpoint(good), partition=2)
+    assert producer.flush(10) == 0
+    workers.start_worker()
+    caught_up(settings)
+
+    view = RedisProfileView.from_url(settings.redis_url)
+    assert view.lookup("email", "ana@x.com")["profile_id"] == profile_id_for("email", "ana@x.com")  # type: ignore[index]
+    view.close()
+
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "dlq-reader",
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+    consumer.subscribe([settings.topic_dlq])
+    dead = []
+    for _ in range(100):
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            dead.append(msg)
+        if len(dead) == 2:
+            break
+    consumer.close()
+    by_stage = {dict(m.headers())["x-dlq-stage"].decode(): m for m in dead}
+    assert set(by_stage) == {"route.decode", "route.validate"}
+    decode = dict(by_stage["route.decode"].headers())
+    assert decode["x-dlq-reason"] == b"not Avro single-object encoding (no C3 01 marker)"
+    assert decode["x-source-topic"].decode() == settings.topic_touchpoints
+    assert decode["x-source-partition"] == b"0" and decode["x-source-offset"] == b"0"
+    assert by_stage["route.decode"].value() == b"\x00garbage"
+    validate = dict(by_stage["route.validate"].headers())
+    assert validate["x-dlq-reason"] == b"no usable identifier (email: not an email address)"

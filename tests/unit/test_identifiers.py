@@ -1,0 +1,73 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from profiles.identifiers import InvalidIdentifier, mask, normalize, normalize_all, primary
+from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
+
+
+@pytest.mark.parametrize(
+    ("id_type", "raw", "expected"),
+    [
+        ("email", "Ana@X.com", "ana@x.com"),
+        ("email", "  ANA.SILVA@Example.COM \t", "ana.silva@example.com"),
+        ("phone", "(415) 555-0100", "+14155550100"),
+        ("phone", "415.555.0100", "+14155550100"),
+        ("phone", "+1 415 555 0100", "+14155550100"),
+        ("phone", "14155550100", "+14155550100"),
+        ("phone", "+44 20 7946 0958", "+442079460958"),
+        ("user_id", "  u-1 ", "u-1"),
+        ("loyalty_id", "L123", "L123"),
+        ("anonymous_id", "anon-9", "anon-9"),
+    ],
+)
+def test_normalizes_real_world_formats(id_type: str, raw: str, expected: str) -> None:
+    assert normalize(id_type, raw, "US") == expected
+
+
+@pytest.mark.parametrize(
+    ("id_type", "raw", "reason"),
+    [
+        ("email", "not-an-email", "not an email address"),
+        ("email", "a@b", "not an email address"),
+        ("phone", "0000000000", "not a valid phone number"),
+        ("phone", "12", "not a valid phone number"),
+        ("phone", "call me", "not a phone number"),
+        ("user_id", "   ", "empty"),
+        ("user_id", "x" * 300, "longer than 256"),
+    ],
+)
+def test_rejects_values_that_are_not_identifiers(id_type: str, raw: str, reason: str) -> None:
+    with pytest.raises(InvalidIdentifier, match=reason):
+        normalize(id_type, raw, "US")
+
+
+def test_region_decides_numbers_without_country_code() -> None:
+    assert normalize("phone", "020 7946 0958", "GB") == "+442079460958"
+
+
+@given(st.sampled_from(["email", "phone", "user_id"]), st.text(max_size=40))
+def test_normalizing_twice_changes_nothing(id_type: str, raw: str) -> None:
+    try:
+        once = normalize(id_type, raw, "US")
+    except InvalidIdentifier:
+        return
+    assert normalize(id_type, once, "US") == once
+
+
+def test_normalize_all_keeps_good_and_reports_bad() -> None:
+    good, bad = normalize_all({"email": "A@B.co", "phone": "nope"}, "US")
+    assert good == {"email": "a@b.co"}
+    assert [(r.id_type, r.reason) for r in bad] == [("phone", "not a phone number (The string supplied did not seem to be a phone number.)")]
+
+
+def test_primary_is_highest_priority() -> None:
+    ids = {"anonymous_id": "a", "email": "e@x.io", "user_id": "u"}
+    assert primary(ids, DEFAULT_IDENTIFIER_PRIORITIES) == ("user_id", "u")
+    assert primary({"anonymous_id": "a", "phone": "+1"}, DEFAULT_IDENTIFIER_PRIORITIES)[0] == "phone"
+
+
+def test_mask_hides_the_value() -> None:
+    masked = mask("ana@x.com")
+    assert "ana" not in masked
+    assert masked == mask("ana@x.com")

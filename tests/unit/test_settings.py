@@ -1,0 +1,31 @@
+import pytest
+from pydantic import ValidationError
+
+from unifier.settings import Settings
+
+
+def test_environment_overrides_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNIFIER_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("UNIFIER_IDENTIFIER_PRIORITIES", '{"user_id": 5, "crm_id": 3}')
+    monkeypatch.setenv("UNIFIER_DEFAULT_PHONE_REGION", "gb")
+    settings = Settings()
+    assert settings.broker_address == ("kafka-1", 9092)
+    assert settings.identifier_priorities == {"user_id": 5, "crm_id": 3}
+    assert settings.default_phone_region == "GB"
+
+
+def test_env_round_trips_for_child_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Settings(internal_partitions=3, identifier_priorities={"email": 1})
+    for name, value in original.env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original
+
+
+def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNIFIER_INTERNAL_PARTITIONS", "0")
+    with pytest.raises(ValidationError, match="internal_partitions"):
+        Settings()
+
+
+def test_redis_address() -> None:
+    assert Settings(redis_url="redis://127.0.0.1:6390/2").redis_address == ("127.0.0.1", 6390)
