@@ -8,7 +8,7 @@ one ``flush()`` at the end — never one per message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -52,7 +52,7 @@ class TouchpointProducer:
         config.update(overrides)
         self._producer = Producer(config)
 
-    def _on_delivery(self, events: int) -> object:
+    def _on_delivery(self, events: int) -> Callable[[KafkaError | None, Message], None]:
         def callback(err: KafkaError | None, _msg: Message) -> None:
             if err is None:
                 self.report.events_sent += events
@@ -79,7 +79,9 @@ class TouchpointProducer:
         self._buffer = []
         while True:
             try:
-                self._producer.produce(self._topic, value=value, on_delivery=self._on_delivery(count))
+                self._producer.produce(
+                    self._topic, value=value, on_delivery=self._on_delivery(count)
+                )
                 break
             except BufferError:  # local queue full: back-pressure, wait for deliveries
                 self._producer.poll(0.1)
@@ -103,7 +105,9 @@ class TouchpointProducer:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()

@@ -15,8 +15,28 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-FIRST = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "June", "Kofi",
-         "Lena", "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tomas"]
+FIRST = [
+    "Ana",
+    "Ben",
+    "Chen",
+    "Dara",
+    "Eli",
+    "Fatima",
+    "Gus",
+    "Hana",
+    "Ivan",
+    "June",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tomas",
+]
 LAST = ["Silva", "Okafor", "Novak", "Kim", "Haddad", "Larsen", "Moreau", "Ito", "Reyes", "Shah"]
 DOMAINS = ["example.com", "mail.example.org", "inbox.example.net"]
 COUNTRIES = ["US", "US", "US", "CA", "GB", "DE"]
@@ -39,8 +59,14 @@ class Person:
 def _phone_formats(digits: str, rng: random.Random) -> str:
     a, b, c = digits[:3], digits[3:6], digits[6:]
     return rng.choice(
-        [f"({a}) {b}-{c}", f"{a}-{b}-{c}", f"+1 {a} {b} {c}", f"{a}.{b}.{c}", f"1{a}{b}{c}",
-         f" {a}{b}{c} "]
+        [
+            f"({a}) {b}-{c}",
+            f"{a}-{b}-{c}",
+            f"+1 {a} {b} {c}",
+            f"{a}.{b}.{c}",
+            f"1{a}{b}{c}",
+            f" {a}{b}{c} ",
+        ]
     )
 
 
@@ -63,8 +89,10 @@ def make_people(count: int, rng: random.Random) -> list[Person]:
                 phone_digits=digits,
                 user_id=f"u-{100000 + i}",
                 loyalty_id=f"L{700000 + i}",
-                devices=tuple(f"anon-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}"
-                              for _ in range(rng.randint(1, 2))),
+                devices=tuple(
+                    f"anon-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}"
+                    for _ in range(rng.randint(1, 2))
+                ),
                 country=rng.choice(COUNTRIES),
             )
         )
@@ -72,8 +100,13 @@ def make_people(count: int, rng: random.Random) -> list[Person]:
 
 
 def _event(
-    rng: random.Random, when: datetime, etype: str, source: str, identifiers: dict[str, str],
-    traits: dict[str, Any] | None = None, properties: dict[str, Any] | None = None,
+    rng: random.Random,
+    when: datetime,
+    etype: str,
+    source: str,
+    identifiers: dict[str, str],
+    traits: dict[str, Any] | None = None,
+    properties: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
@@ -98,34 +131,76 @@ def journey(person: Person, rng: random.Random, start: datetime) -> list[dict[st
 
     device = rng.choice(person.devices)
     for _ in range(rng.randint(1, 3)):
-        events.append(_event(rng, later(), "page_viewed", "web", {"anonymous_id": device},
-                             properties={"path": rng.choice(["/", "/shoes", "/sale", "/cart"])}))
-    events.append(_event(
-        rng, later(), "signed_in", "web",
-        {"anonymous_id": device, "user_id": person.user_id,
-         "email": _noisy_email(person.email, rng)},
-        traits={"first_name": person.first, "last_name": person.last, "country": person.country},
-    ))
+        events.append(
+            _event(
+                rng,
+                later(),
+                "page_viewed",
+                "web",
+                {"anonymous_id": device},
+                properties={"path": rng.choice(["/", "/shoes", "/sale", "/cart"])},
+            )
+        )
+    events.append(
+        _event(
+            rng,
+            later(),
+            "signed_in",
+            "web",
+            {
+                "anonymous_id": device,
+                "user_id": person.user_id,
+                "email": _noisy_email(person.email, rng),
+            },
+            traits={
+                "first_name": person.first,
+                "last_name": person.last,
+                "country": person.country,
+            },
+        )
+    )
     for _ in range(rng.randint(0, 2)):
         total = round(rng.uniform(10, 300), 2)
-        events.append(_event(
-            rng, later(), "order_completed", "web",
-            {"user_id": person.user_id, "email": _noisy_email(person.email, rng)},
-            properties={"total": total, "currency": "USD", "items": rng.randint(1, 4)},
-        ))
+        events.append(
+            _event(
+                rng,
+                later(),
+                "order_completed",
+                "web",
+                {"user_id": person.user_id, "email": _noisy_email(person.email, rng)},
+                properties={"total": total, "currency": "USD", "items": rng.randint(1, 4)},
+            )
+        )
     if rng.random() < 0.6:
-        events.append(_event(
-            rng, later(), "pos_purchase", "pos",
-            {"loyalty_id": person.loyalty_id,
-             "phone": _phone_formats(person.phone_digits, rng)},
-            traits={"first_name": person.first},
-            properties={"total": round(rng.uniform(5, 150), 2), "currency": "USD",
-                        "store_id": f"S{rng.randint(1, 40):03d}"},
-        ))
+        events.append(
+            _event(
+                rng,
+                later(),
+                "pos_purchase",
+                "pos",
+                {
+                    "loyalty_id": person.loyalty_id,
+                    "phone": _phone_formats(person.phone_digits, rng),
+                },
+                traits={"first_name": person.first},
+                properties={
+                    "total": round(rng.uniform(5, 150), 2),
+                    "currency": "USD",
+                    "store_id": f"S{rng.randint(1, 40):03d}",
+                },
+            )
+        )
     if rng.random() < 0.7:
-        events.append(_event(rng, later(), "email_opened", "email",
-                             {"email": _noisy_email(person.email, rng)},
-                             properties={"campaign": rng.choice(["fall", "welcome", "vip"])}))
+        events.append(
+            _event(
+                rng,
+                later(),
+                "email_opened",
+                "email",
+                {"email": _noisy_email(person.email, rng)},
+                properties={"campaign": rng.choice(["fall", "welcome", "vip"])},
+            )
+        )
     return events
 
 

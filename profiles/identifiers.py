@@ -67,9 +67,7 @@ class Rejected:
     reason: str
 
 
-def normalize_all(
-    raw: Mapping[str, str], region: str
-) -> tuple[dict[str, str], list[Rejected]]:
+def normalize_all(raw: Mapping[str, str], region: str) -> tuple[dict[str, str], list[Rejected]]:
     """Normalize every identifier of an event; invalid ones are returned with a reason."""
     good: dict[str, str] = {}
     bad: list[Rejected] = []

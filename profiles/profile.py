@@ -48,10 +48,10 @@ class Profile:
         for id_type, value in identifiers.items():
             self.identifiers.setdefault(id_type, set()).add(value)
         stamp = (event.occurred_at_ms, event.event_id)
-        for name, value in event.traits.items():
+        for name, trait in event.traits.items():
             held = self.trait_stamps.get(name)
             if held is None or stamp > held:
-                self.traits[name] = value
+                self.traits[name] = trait
                 self.trait_stamps[name] = stamp
         self.event_count += 1
         t = event.occurred_at_ms

@@ -65,7 +65,7 @@ class RedisProfileView:
 
     def get(self, profile_id: str) -> dict[str, Any] | None:
         raw = self._r.hget(profile_key(profile_id), "json")
-        return orjson.loads(raw) if raw else None  # type: ignore[arg-type]
+        return orjson.loads(raw) if raw else None
 
     def lookup(self, id_type: str, value: str) -> dict[str, Any] | None:
         profile_id = self._r.get(identifier_key(id_type, value))

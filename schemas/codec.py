@@ -114,7 +114,9 @@ def decode_touchpoints(data: bytes | None) -> list[Touchpoint]:
     header = data[:HEADER_LEN]
     if header == BATCH_HEADER:
         try:
-            return [touchpoint_from_avro(r) for r in _read(data, SCHEMAS["touchpoint_batch"])["events"]]
+            return [
+                touchpoint_from_avro(r) for r in _read(data, SCHEMAS["touchpoint_batch"])["events"]
+            ]
         except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
             raise DecodeError(f"invalid touchpoint in batch: {exc}") from None
     if header == TOUCHPOINT_HEADER:

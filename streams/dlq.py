@@ -6,9 +6,9 @@ import time
 from typing import Any
 
 
-def dlq_headers(stage: str, reason: str, topic: str, partition: int, offset: int) -> list[
-    tuple[str, bytes]
-]:
+def dlq_headers(
+    stage: str, reason: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
     return [
         ("x-dlq-reason", reason.encode()[:1000]),
         ("x-dlq-stage", stage.encode()),
@@ -33,5 +33,9 @@ async def dead_letter(
         # Reasons are written by our own code and never quote identifier values.
         log.warning(
             "dead-lettered record %s/%s@%s at %s: %s",
-            msg.topic, msg.partition, msg.offset, stage, reason[:300],
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            stage,
+            reason[:300],
         )

@@ -9,7 +9,13 @@ from typing import Any
 
 from profiles.routing import partition_for, profile_key
 from profiles.touchpoint import InvalidTouchpoint
-from schemas.codec import DecodeError, RoutedItem, decode_touchpoints, encode_routed, encode_touchpoint
+from schemas.codec import (
+    DecodeError,
+    RoutedItem,
+    decode_touchpoints,
+    encode_routed,
+    encode_touchpoint,
+)
 from streams.dlq import dead_letter
 from unifier.settings import Settings
 

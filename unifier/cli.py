@@ -26,8 +26,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stack_app = typer.Typer(help="The embedded broker, Redis and a worker, in the background.",
-                        no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The embedded broker, Redis and a worker, in the background.", no_args_is_help=True
+)
 topics_app = typer.Typer(help="Kafka topics the product uses.", no_args_is_help=True)
 profiles_app = typer.Typer(help="Read unified profiles from the view.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
@@ -94,8 +95,10 @@ def stack_up(
         stack.stop_all()
         stack.save()
         raise fail(str(exc)) from None
-    err.print(f"stack up: broker {settings.bootstrap_servers}, redis {settings.redis_url}"
-              f"{', 1 worker' if worker else ''}; logs in {stack.dir}")
+    err.print(
+        f"stack up: broker {settings.bootstrap_servers}, redis {settings.redis_url}"
+        f"{', 1 worker' if worker else ''}; logs in {stack.dir}"
+    )
 
 
 @stack_app.command("down")
@@ -125,8 +128,13 @@ def stack_status(ctx: typer.Context) -> None:
     for name, proc in stack.procs.items():
         alive = proc.alive()
         all_up &= alive
-        table.add_row(name, str(proc.pid), str(proc.port or "-"),
-                      "[green]up[/]" if alive else "[red]down[/]", proc.log)
+        table.add_row(
+            name,
+            str(proc.pid),
+            str(proc.port or "-"),
+            "[green]up[/]" if alive else "[red]down[/]",
+            proc.log,
+        )
     out.print(table)
     raise typer.Exit(0 if all_up else 1)
 
@@ -144,8 +152,10 @@ def topics_create(ctx: typer.Context) -> None:
     except Exception as exc:
         raise fail(f"could not reach the broker: {exc}") from None
     for spec, state in results:
-        out.print(f"{state:8} {spec.name} ({spec.partitions} partitions) - {spec.purpose}",
-                  highlight=False)
+        out.print(
+            f"{state:8} {spec.name} ({spec.partitions} partitions) - {spec.purpose}",
+            highlight=False,
+        )
 
 
 # --- worker ------------------------------------------------------------------------
@@ -161,10 +171,15 @@ def worker(ctx: typer.Context) -> None:
 @app.command()
 def ingest(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="JSON lines, one touchpoint per line",
-                                         exists=True, dir_okay=False, readable=True)],
-    rejects: Annotated[Path | None, typer.Option(
-        help="Where rejected lines go [default: FILE.rejects.jsonl]")] = None,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="JSON lines, one touchpoint per line", exists=True, dir_okay=False, readable=True
+        ),
+    ],
+    rejects: Annotated[
+        Path | None, typer.Option(help="Where rejected lines go [default: FILE.rejects.jsonl]")
+    ] = None,
     progress: Annotated[bool | None, typer.Option(help="Progress bar [default: on a tty]")] = None,
 ) -> None:
     """Validate FILE and send its touchpoints. Exit 1 if any line was rejected."""
@@ -183,8 +198,11 @@ def ingest(
         f"ingested {result.delivered} events from {result.lines} lines; "
         f"rejected {result.rejected}"
         + (f" (see {result.rejects_path})" if result.rejects_path else "")
-        + (f"; {result.failed} NOT delivered: {'; '.join(result.errors[:3])}"
-           if result.failed else ""),
+        + (
+            f"; {result.failed} NOT delivered: {'; '.join(result.errors[:3])}"
+            if result.failed
+            else ""
+        ),
         highlight=False,
     )
     if result.failed:
@@ -221,13 +239,20 @@ def lag(
     else:
         table = Table("stage", "topic", "partition", "committed", "end", "lag")
         for row in rows:
-            table.add_row(row.stage, row.topic, str(row.partition),
-                          "-" if row.committed is None else str(row.committed),
-                          str(row.end), str(row.lag))
+            table.add_row(
+                row.stage,
+                row.topic,
+                str(row.partition),
+                "-" if row.committed is None else str(row.committed),
+                str(row.end),
+                str(row.lag),
+            )
         out.print(table)
         total = sum(r.lag for r in rows)
-        err.print(f"total lag: {total} records" + ("" if caught_up else
-                  f" - not caught up after {timeout:.0f}s"))
+        err.print(
+            f"total lag: {total} records"
+            + ("" if caught_up else f" - not caught up after {timeout:.0f}s")
+        )
     if not caught_up:
         raise typer.Exit(1)
 
@@ -250,30 +275,42 @@ def profiles_get(
     from profiles.view import RedisProfileView
 
     settings = settings_of(ctx)
-    given = {k: v for k, v in {"email": email, "phone": phone, "user_id": user_id,
-                               "anonymous_id": anonymous_id, "loyalty_id": loyalty_id}.items()
-             if v is not None}
+    given = {
+        k: v
+        for k, v in {
+            "email": email,
+            "phone": phone,
+            "user_id": user_id,
+            "anonymous_id": anonymous_id,
+            "loyalty_id": loyalty_id,
+        }.items()
+        if v is not None
+    }
     if id_type is not None or value is not None:
         if id_type is None or value is None:
             raise fail("--type and --value go together")
         given[id_type] = value
     if len(given) + (profile_id is not None) != 1:
-        raise fail("give exactly one of --email, --phone, --user-id, --anonymous-id, "
-                   "--loyalty-id, --type/--value or --id")
+        raise fail(
+            "give exactly one of --email, --phone, --user-id, --anonymous-id, "
+            "--loyalty-id, --type/--value or --id"
+        )
     view = RedisProfileView.from_url(settings.redis_url)
     try:
         if profile_id is not None:
             found, what = view.get(profile_id), f"profile {profile_id}"
         else:
-            (kind, raw), = given.items()
+            ((kind, raw),) = given.items()
             if kind not in settings.identifier_priorities:
-                raise fail(f"unknown identifier type '{kind}' (configured: "
-                           f"{', '.join(sorted(settings.identifier_priorities))})")
+                raise fail(
+                    f"unknown identifier type '{kind}' (configured: "
+                    f"{', '.join(sorted(settings.identifier_priorities))})"
+                )
             try:
                 norm = normalize(kind, raw, settings.default_phone_region)
             except InvalidIdentifier as exc:
                 raise fail(f"{kind}: {exc}") from None
-            found, what = view.lookup(kind, norm), f"a profile with that {kind}"
+            found, what = view.lookup(kind, norm), f"profile with that {kind}"
     except OSError as exc:
         raise fail(f"could not reach Redis at {settings.redis_url}: {exc}") from None
     finally:
@@ -287,8 +324,9 @@ def profiles_get(
 @profiles_app.command("export")
 def profiles_export(
     ctx: typer.Context,
-    output: Annotated[Path | None, typer.Option("--output", "-o",
-                                                help="File to write [default: stdout]")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write [default: stdout]")
+    ] = None,
 ) -> None:
     """Every profile as JSON lines: profile_id, identifiers, traits, computed, version."""
     import redis
@@ -315,7 +353,7 @@ def profiles_export(
 def demo(
     ctx: typer.Context,
     people: Annotated[int, typer.Option(help="Synthetic customers")] = 80,
-    show: Annotated[int, typer.Option(help="Profiles to print")] = 4,
+    show: Annotated[int, typer.Option(help="Profiles to list")] = 8,
 ) -> None:
     """Embedded stack + worker, a few hundred synthetic touchpoints, unified profiles."""
     from unifier.demo import run_demo

@@ -6,6 +6,7 @@ or with a test run on the same machine.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -14,14 +15,16 @@ from typing import Any
 import orjson
 from rich.console import Console
 from rich.syntax import Syntax
+from rich.table import Table
 
 from producers.kafka import TouchpointProducer
 from producers.synthetic import generate
+from profiles.view import RedisProfileView
 from unifier.ingest import validate_line
 from unifier.lag import LagProbe
 from unifier.processes import StackError, free_port
 from unifier.settings import Settings
-from unifier.stack import running
+from unifier.stack import EmbeddedStack, running
 
 
 def demo_settings(state_dir: Path) -> Settings:
@@ -35,47 +38,60 @@ def demo_settings(state_dir: Path) -> Settings:
 
 
 def _score(profile: dict[str, Any]) -> tuple[int, int]:
-    return len(profile["computed"]["events_by_source"]), profile["computed"]["event_count"]
+    return len(profile["identifiers"]), profile["computed"]["event_count"]
+
+
+def _summary(profiles: list[dict[str, Any]]) -> Table:
+    table = Table("profile", "identifiers", "sources", "events", "name", title="unified profiles")
+    for p in profiles:
+        ids = ", ".join(f"{t} x{len(v)}" for t, v in p["identifiers"].items())
+        sources = ", ".join(p["computed"]["events_by_source"])
+        name = " ".join(str(p["traits"].get(k, "")) for k in ("first_name", "last_name")).strip()
+        table.add_row(p["profile_id"], ids, sources, str(p["computed"]["event_count"]), name)
+    return table
+
+
+def _send_and_wait(settings: Settings, stack: EmbeddedStack, people: int, status: Console) -> None:
+    events = generate(people=people, seed=7)
+    with TouchpointProducer(settings) as producer:
+        for event in events:
+            producer.send(validate_line(orjson.dumps(event), settings))
+    report = producer.report
+    if report.events_failed or report.errors:
+        raise StackError(f"delivery failed: {'; '.join(report.errors[:3])}")
+    status.print(
+        f"[green]✓[/] sent {report.events_sent} touchpoints from web, POS and email "
+        f"for {people} people"
+    )
+    with LagProbe(settings) as probe:
+        if not probe.wait(timeout=120):
+            raise StackError(f"the worker did not catch up within 120s; see {stack.dir}/worker.log")
 
 
 def run_demo(people: int, show: int, console: Console, status: Console) -> None:
-    with tempfile.TemporaryDirectory(prefix="unifier-demo-") as tmp:
+    started = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory(prefix="unifier-demo-") as tmp,
+        status.status("starting the embedded broker and Redis") as spinner,
+    ):
         settings = demo_settings(Path(tmp))
-        started = time.monotonic()
-        with status.status("starting the embedded broker, Redis and a worker") as spinner:
-            with running(settings) as stack:
-                spinner.update("starting a worker (it joins its consumer group)")
-                stack.start_worker()
-                status.print(
-                    f"[green]✓[/] stack up in {time.monotonic() - started:.1f}s: broker "
-                    f"{settings.bootstrap_servers}, redis {settings.redis_url}, 1 worker"
-                )
-                events = generate(people=people, seed=7)
-                spinner.update(f"sending {len(events)} touchpoints")
-                with TouchpointProducer(settings) as producer:
-                    for event in events:
-                        producer.send(validate_line(orjson.dumps(event), settings))
-                report = producer.report
-                if report.events_failed or report.errors:
-                    raise StackError(f"delivery failed: {'; '.join(report.errors[:3])}")
-                status.print(f"[green]✓[/] sent {report.events_sent} touchpoints from web, "
-                             f"POS and email for {people} people")
-                spinner.update("waiting for the worker to catch up")
-                with LagProbe(settings) as probe:
-                    if not probe.wait(timeout=120):
-                        raise StackError("the worker did not catch up within 120s; "
-                                         f"see {stack.dir}/worker.log")
-                from profiles.view import RedisProfileView
-
-                view = RedisProfileView.from_url(settings.redis_url)
-                try:
-                    profiles = sorted(view.scan(), key=_score, reverse=True)
-                finally:
-                    view.close()
-                status.print(f"[green]✓[/] {len(profiles)} unified profiles in Redis; "
-                             f"the {show} with the most channels:")
-                for profile in profiles[:show]:
-                    text = orjson.dumps(profile, option=orjson.OPT_INDENT_2).decode()
-                    console.print(Syntax(text, "json", theme="ansi_dark", word_wrap=True))
-                spinner.update("stopping the stack")
-        status.print(f"[green]✓[/] stack stopped; demo took {time.monotonic() - started:.1f}s")
+        with running(settings) as stack:
+            spinner.update("starting a worker (it joins its consumer group)")
+            stack.start_worker()
+            status.print(
+                f"[green]✓[/] stack up in {time.monotonic() - started:.1f}s: broker "
+                f"{settings.bootstrap_servers}, redis {settings.redis_url}, 1 worker"
+            )
+            spinner.update("sending touchpoints and waiting for the worker to catch up")
+            _send_and_wait(settings, stack, people, status)
+            view = RedisProfileView.from_url(settings.redis_url)
+            with contextlib.closing(view):
+                profiles = sorted(view.scan(), key=_score, reverse=True)
+            spinner.update("stopping the stack")
+        status.print(f"[green]✓[/] {len(profiles)} unified profiles in Redis")
+        console.print(_summary(profiles[:show]))
+        if profiles:
+            console.print("the first one, as `unifier profiles get --id` prints it:")
+            text = orjson.dumps(profiles[0], option=orjson.OPT_INDENT_2).decode()
+            console.print(Syntax(text, "json", theme="ansi_dark", word_wrap=True))
+    status.print(f"[green]✓[/] stack stopped; demo took {time.monotonic() - started:.1f}s")

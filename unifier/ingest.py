@@ -72,8 +72,12 @@ def ingest_file(
         open(path, "rb") as fh,
         TouchpointProducer(settings) as producer,
         Progress(
-            TextColumn("ingest"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-            disable=not show_bar, transient=True,
+            TextColumn("ingest"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            disable=not show_bar,
+            transient=True,
         ) as bar,
     ):
         task = bar.add_task("ingest", total=size)
@@ -91,9 +95,13 @@ def ingest_file(
                     rejects = open(rejects_path, "wb")  # noqa: SIM115 - closed below
                 rejects.write(
                     orjson.dumps(
-                        {"line": number, "reason": str(exc),
-                         "input": line.decode("utf-8", "replace")}
-                    ) + b"\n"
+                        {
+                            "line": number,
+                            "reason": str(exc),
+                            "input": line.decode("utf-8", "replace"),
+                        }
+                    )
+                    + b"\n"
                 )
                 if result.rejected <= SHOWN_REJECTS:
                     print(f"{path}:{number}: rejected: {exc}", file=err)

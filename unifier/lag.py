@@ -50,12 +50,14 @@ class LagProbe:
         self._offsets = Consumer({**common, "group.id": self.group})
         # Fetches to learn high watermarks; assigned manually, never commits.
         self._fetcher = Consumer(
-            {**common, "group.id": f"{self.group}.lag-probe", "fetch.wait.max.ms": 100,
-             "enable.partition.eof": False}
+            {
+                **common,
+                "group.id": f"{self.group}.lag-probe",
+                "fetch.wait.max.ms": 100,
+                "enable.partition.eof": False,
+            }
         )
-        self._tps = [
-            TopicPartition(topic, p) for _, topic, n in stages(settings) for p in range(n)
-        ]
+        self._tps = [TopicPartition(topic, p) for _, topic, n in stages(settings) for p in range(n)]
         self._assigned = False
 
     def close(self) -> None:
@@ -96,14 +98,17 @@ class LagProbe:
         ends: dict[tuple[str, int], int] = {}
         while True:
             for tp in self._tps:
-                low, high = self._fetcher.get_watermark_offsets(tp, cached=True)
+                _low, high = self._fetcher.get_watermark_offsets(tp, cached=True)
                 if high >= 0:
                     ends[(tp.topic, tp.partition)] = high
             if len(ends) == len(self._tps):
                 break
             if time.monotonic() > deadline:
-                missing = [f"{t}[{p}]" for t, p in ((x.topic, x.partition) for x in self._tps)
-                           if (t, p) not in ends]
+                missing = [
+                    f"{t}[{p}]"
+                    for t, p in ((x.topic, x.partition) for x in self._tps)
+                    if (t, p) not in ends
+                ]
                 raise TimeoutError(f"no fetch response yet for {', '.join(missing[:8])}")
             self._pump(0.2)
         rows = []
@@ -111,12 +116,15 @@ class LagProbe:
             for p in range(n):
                 c = committed[(topic, p)]
                 end = ends[(topic, p)]
-                rows.append(PartitionLag(stage, self.group, topic, p, c, end,
-                                         max(end - (c or 0), 0)))
+                rows.append(
+                    PartitionLag(stage, self.group, topic, p, c, end, max(end - (c or 0), 0))
+                )
         return rows
 
     def wait(
-        self, timeout: float, interval: float = 0.5,
+        self,
+        timeout: float,
+        interval: float = 0.5,
         on_check: Callable[[list[PartitionLag]], None] | None = None,
     ) -> bool:
         """Block until every stage has caught up; False on timeout.

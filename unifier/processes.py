@@ -66,8 +66,12 @@ class Proc:
 
 
 def spawn(
-    name: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
-    port: int | None = None, marker: str | None = None,
+    name: str,
+    argv: Sequence[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    marker: str | None = None,
 ) -> tuple[Proc, subprocess.Popen[bytes]]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -95,8 +99,12 @@ def log_tail(path: str, lines: int = 15) -> str:
 
 
 def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None,
-    popen: subprocess.Popen[bytes] | None = None, interval: float = 0.1,
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    proc: Proc | None = None,
+    popen: subprocess.Popen[bytes] | None = None,
+    interval: float = 0.1,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -23,8 +23,8 @@ from unifier.processes import (
     Proc,
     StackError,
     ensure_port_free,
-    port_open,
     is_running,
+    port_open,
     spawn,
     stop,
     wait_until,
@@ -136,8 +136,19 @@ class EmbeddedStack:
         ensure_port_free(host, port, "the embedded Redis", "UNIFIER_REDIS_URL")
         proc, popen = spawn(
             "redis",
-            [redis_binary(), "--port", str(port), "--bind", host, "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
+            [
+                redis_binary(),
+                "--port",
+                str(port),
+                "--bind",
+                host,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ],
             self.dir / "redis.log",
             port=port,
         )

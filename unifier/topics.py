@@ -30,18 +30,39 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     internal = settings.internal_partitions
     compact = {"cleanup.policy": "compact"}
     return [
-        TopicSpec(settings.topic_touchpoints, settings.touchpoint_partitions, {},
-                  "input: touchpoints from every source"),
-        TopicSpec(settings.topic_dlq, 1, {"retention.ms": str(30 * 24 * 3600 * 1000)},
-                  "input records that could not be decoded or validated"),
-        TopicSpec(settings.topic_routed, internal, {},
-                  "internal: touchpoints grouped by profile partition"),
-        TopicSpec(settings.profiles_changelog_topic, internal, compact,
-                  "internal: changelog of the profiles table"),
-        TopicSpec(settings.topic_profile_updates, internal, compact,
-                  "output: the latest profile per id"),
-        TopicSpec(settings.topic_profile_merges, internal, {},
-                  "output: one record per merge of two profiles"),
+        TopicSpec(
+            settings.topic_touchpoints,
+            settings.touchpoint_partitions,
+            {},
+            "input: touchpoints from every source",
+        ),
+        TopicSpec(
+            settings.topic_dlq,
+            1,
+            {"retention.ms": str(30 * 24 * 3600 * 1000)},
+            "input records that could not be decoded or validated",
+        ),
+        TopicSpec(
+            settings.topic_routed,
+            internal,
+            {},
+            "internal: touchpoints grouped by profile partition",
+        ),
+        TopicSpec(
+            settings.profiles_changelog_topic,
+            internal,
+            compact,
+            "internal: changelog of the profiles table",
+        ),
+        TopicSpec(
+            settings.topic_profile_updates, internal, compact, "output: the latest profile per id"
+        ),
+        TopicSpec(
+            settings.topic_profile_merges,
+            internal,
+            {},
+            "output: one record per merge of two profiles",
+        ),
     ]
 
 
@@ -68,7 +89,8 @@ def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[tuple[Topic
     if wrong:
         lines = [
             f"topic '{s.name}' exists with {have[s.name]} partitions, settings ask for "
-            f"{s.partitions}" for s in wrong
+            f"{s.partitions}"
+            for s in wrong
         ]
         raise TopicMismatch(
             "; ".join(lines) + ". Partition counts cannot change under a running product "
@@ -84,7 +106,7 @@ def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[tuple[Topic
             operation_timeout=timeout,
             request_timeout=timeout,
         )
-        for name, fut in futures.items():
+        for fut in futures.values():
             try:
                 fut.result()
             except Exception as exc:

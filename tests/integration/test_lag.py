@@ -16,8 +16,13 @@ pytestmark = pytest.mark.integration
 
 def test_end_offsets_count_every_record_of_batched_produces(topics: Settings) -> None:
     settings = topics
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 50,
-                         "batch.num.messages": 1000})
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "linger.ms": 50,
+            "batch.num.messages": 1000,
+        }
+    )
     per_partition = {0: 250, 1: 40, 2: 0}
     for partition, count in per_partition.items():
         for i in range(count):

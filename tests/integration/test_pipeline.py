@@ -96,13 +96,23 @@ def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(
 ) -> None:
     settings = topics
     good = parse_json(
-        {"event_id": "ok-1", "type": "signed_in", "source": "web",
-         "occurred_at": "2026-11-22T10:00:00Z", "identifiers": {"email": "Ana@X.com"}},
+        {
+            "event_id": "ok-1",
+            "type": "signed_in",
+            "source": "web",
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "identifiers": {"email": "Ana@X.com"},
+        },
         settings.identifier_priorities,
     )
     no_ids = parse_json(
-        {"event_id": "bad-2", "type": "x", "source": "web",
-         "occurred_at": "2026-11-22T10:00:00Z", "identifiers": {"email": "not-an-email"}},
+        {
+            "event_id": "bad-2",
+            "type": "x",
+            "source": "web",
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "identifiers": {"email": "not-an-email"},
+        },
         settings.identifier_priorities,
     )
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
@@ -117,8 +127,14 @@ def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(
     assert view.lookup("email", "ana@x.com")["profile_id"] == profile_id_for("email", "ana@x.com")  # type: ignore[index]
     view.close()
 
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "dlq-reader",
-                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": "dlq-reader",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
     consumer.subscribe([settings.topic_dlq])
     dead = []
     for _ in range(100):

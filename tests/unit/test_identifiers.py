@@ -58,13 +58,17 @@ def test_normalizing_twice_changes_nothing(id_type: str, raw: str) -> None:
 def test_normalize_all_keeps_good_and_reports_bad() -> None:
     good, bad = normalize_all({"email": "A@B.co", "phone": "nope"}, "US")
     assert good == {"email": "a@b.co"}
-    assert [(r.id_type, r.reason) for r in bad] == [("phone", "not a phone number (The string supplied did not seem to be a phone number.)")]
+    assert [(r.id_type, r.reason) for r in bad] == [
+        ("phone", "not a phone number (The string supplied did not seem to be a phone number.)")
+    ]
 
 
 def test_primary_is_highest_priority() -> None:
     ids = {"anonymous_id": "a", "email": "e@x.io", "user_id": "u"}
     assert primary(ids, DEFAULT_IDENTIFIER_PRIORITIES) == ("user_id", "u")
-    assert primary({"anonymous_id": "a", "phone": "+1"}, DEFAULT_IDENTIFIER_PRIORITIES)[0] == "phone"
+    assert (
+        primary({"anonymous_id": "a", "phone": "+1"}, DEFAULT_IDENTIFIER_PRIORITIES)[0] == "phone"
+    )
 
 
 def test_mask_hides_the_value() -> None:

@@ -26,7 +26,8 @@ def test_invalid_identifiers_are_dropped_with_reasons() -> None:
     routed = profile_key(tp, PRIORITIES, "US")
     assert routed.identifiers == {"loyalty_id": "L1"}
     assert {(r.id_type, r.reason) for r in routed.dropped} == {
-        ("phone", "not a valid phone number"), ("pet", "unknown identifier type")
+        ("phone", "not a valid phone number"),
+        ("pet", "unknown identifier type"),
     }
 
 

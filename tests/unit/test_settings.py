@@ -1,3 +1,4 @@
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -29,3 +30,14 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_redis_address() -> None:
     assert Settings(redis_url="redis://127.0.0.1:6390/2").redis_address == ("127.0.0.1", 6390)
+
+
+def test_worker_producer_puts_each_changelog_record_in_its_own_batch() -> None:
+    """The embedded broker answers end offsets as "base offset of the last batch + 1";
+    Faust's table recovery reads up to that offset and would lose the rest of a
+    multi-record batch. A batch limit below the smallest record keeps every
+    changelog record alone in its batch, so recovery is exact."""
+    from profiles.profile import Profile
+
+    smallest_record = len(orjson.dumps(Profile(profile_id="p_" + "0" * 20).to_state()))
+    assert Settings().faust_producer_max_batch_size < smallest_record

@@ -1,0 +1,130 @@
+"""The CLI as a user drives it: stack up, topics, ingest, lag, export, stack down."""
+
+import json
+import socket
+from pathlib import Path
+
+import orjson
+import pytest
+
+from producers.synthetic import generate
+from tests.e2e.conftest import Cli, stack_pids
+from tests.support.data import reference_views, without_version, write_jsonl
+from unifier.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_documented_session(cli: Cli, tmp_path: Path) -> None:
+    before = stack_pids()
+    up = cli("stack", "up")
+    assert up.returncode == 0, up.stderr
+    assert "stack up: broker 127.0.0.1:" in up.stderr
+    state = json.loads((tmp_path / "state" / "stack" / "stack.json").read_text())
+    assert set(state) == {"broker", "redis", "worker"}
+
+    again = cli("topics", "create")
+    assert again.returncode == 0
+    assert again.stdout.count("exists") == 6
+
+    events = generate(people=200, seed=3)[:1000]
+    path = tmp_path / "events.jsonl"
+    broken = write_jsonl(path, events, broken_every=100)
+    ingest = cli("ingest", str(path))
+    assert ingest.returncode == 1, "rejected lines must make the exit code non-zero"
+    for line, reason in broken.items():
+        assert f"{path}:{line}: rejected: " in ingest.stderr
+        assert reason in ingest.stderr
+    assert f"ingested {len(events)} events from {len(events) + len(broken)} lines" in ingest.stderr
+    rejects = [
+        orjson.loads(x) for x in (tmp_path / "events.jsonl.rejects.jsonl").read_bytes().splitlines()
+    ]
+    assert [r["line"] for r in rejects] == sorted(broken)
+
+    lag = cli("lag", "--wait", "--timeout", "120", "--json")
+    assert lag.returncode == 0, lag.stderr
+    rows = [json.loads(x) for x in lag.stdout.splitlines()]
+    assert {r["stage"] for r in rows} == {"route", "apply"} and all(r["lag"] == 0 for r in rows)
+    assert sum(r["end"] for r in rows if r["stage"] == "route") > 0
+
+    export = cli("profiles", "export")
+    assert export.returncode == 0, export.stderr
+    profiles = [json.loads(x) for x in export.stdout.splitlines()]
+    settings = Settings()
+    want = reference_views(events, settings)
+    assert {p["profile_id"]: without_version(p) for p in profiles} == want
+    for p in profiles:
+        assert set(p) == {"profile_id", "identifiers", "traits", "computed", "version"}
+    assert f"exported {len(want)} profiles" in export.stderr
+
+    # Until identity stitching (#4), an email can sit in two profiles; ask for one that is
+    # held by exactly one.
+    holders: dict[str, list[str]] = {}
+    for p in profiles:
+        for e in p["identifiers"].get("email", []):
+            holders.setdefault(e, []).append(p["profile_id"])
+    email = next(e for e, pids in holders.items() if len(pids) == 1)
+    someone = next(p for p in profiles if p["profile_id"] == holders[email][0])
+    got = cli("profiles", "get", "--email", f"  {email.upper()} ")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["profile_id"] == someone["profile_id"]
+    missing = cli("profiles", "get", "--email", "nobody@example.com")
+    assert missing.returncode == 1
+    assert "no profile with that email" in missing.stderr
+
+    status = cli("stack", "status")
+    assert status.returncode == 0, status.stdout
+
+    down = cli("stack", "down")
+    assert down.returncode == 0
+    assert "stopped worker, broker, redis" in down.stderr
+    assert stack_pids() - before == set(), "stack down left processes behind"
+    assert cli("stack", "status").returncode == 1
+
+
+def test_stack_up_names_a_taken_port(cli: Cli) -> None:
+    host, port = cli.env["UNIFIER_REDIS_URL"].removeprefix("redis://").split("/")[0].split(":")
+    with socket.socket() as blocker:
+        blocker.bind((host, int(port)))
+        blocker.listen()
+        result = cli("stack", "up", "--no-worker")
+    assert result.returncode == 2
+    assert f"{host}:{port} is already in use" in result.stderr
+    assert "UNIFIER_REDIS_URL" in result.stderr
+
+
+def test_ingest_without_topics_says_what_to_do(cli: Cli, tmp_path: Path) -> None:
+    assert cli("stack", "up", "--no-worker").returncode == 0
+    # A fresh topic name that `stack up` did not create.
+    cli.env["UNIFIER_TOPIC_TOUCHPOINTS"] = "never-created"
+    path = tmp_path / "one.jsonl"
+    write_jsonl(path, generate(people=1, seed=4)[:1])
+    result = cli("ingest", str(path))
+    assert result.returncode == 2
+    assert (
+        "topic 'never-created' does not exist; run `unifier topics create` first" in result.stderr
+    )
+
+
+def test_commands_fail_clearly_when_nothing_runs(cli: Cli) -> None:
+    result = cli("profiles", "export")
+    assert result.returncode == 2
+    assert "could not read Redis" in result.stderr
+    bad = cli("profiles", "get", "--phone", "12")
+    assert bad.returncode == 2 and "phone: not a valid phone number" in bad.stderr
+
+
+def test_bad_configuration_is_named(cli: Cli) -> None:
+    cli.env["UNIFIER_INTERNAL_PARTITIONS"] = "zero"
+    result = cli("topics", "create")
+    assert result.returncode == 2
+    assert "invalid configuration: UNIFIER_INTERNAL_PARTITIONS" in result.stderr
+
+
+def test_demo_prints_profiles_and_leaves_nothing_behind(cli: Cli) -> None:
+    before = stack_pids()
+    result = cli("demo", "--people", "20", "--show", "2")
+    assert result.returncode == 0, result.stderr
+    assert '"profile_id"' in result.stdout
+    assert "stack stopped" in result.stderr
+    assert stack_pids() - before == set()
