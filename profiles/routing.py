@@ -10,10 +10,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from profiles.identifiers import Rejected, normalize_all, primary
-from profiles.profile import profile_id_for
+from profiles.profile import Position, profile_id_for
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
+
+
+class RoutedItem(NamedTuple):
+    """One event on its way to its profile's partition."""
+
+    key: str
+    identifiers: dict[str, str]
+    event: Touchpoint
+    source: Position
 
 
 @dataclass(frozen=True, slots=True)

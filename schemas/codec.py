@@ -19,6 +19,7 @@ import fastavro
 import orjson
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from profiles.routing import RoutedItem
 from profiles.touchpoint import Touchpoint, to_ms
 
 SCHEMA_DIR = Path(__file__).parent
@@ -129,14 +130,16 @@ def decode_touchpoints(data: bytes | None) -> list[Touchpoint]:
     raise DecodeError(f"unknown schema fingerprint {header[2:].hex()}")
 
 
-RoutedItem = tuple[str, dict[str, str], Touchpoint]
-
-
 def encode_routed(items: Sequence[RoutedItem]) -> bytes:
     record = {
         "items": [
-            {"key": key, "identifiers": ids, "event": touchpoint_to_avro(tp)}
-            for key, ids, tp in items
+            {
+                "key": item.key,
+                "identifiers": item.identifiers,
+                "event": touchpoint_to_avro(item.event),
+                "source": list(item.source),
+            }
+            for item in items
         ]
     }
     return _write(ROUTED_HEADER, SCHEMAS["routed_batch"], record)
@@ -145,7 +148,15 @@ def encode_routed(items: Sequence[RoutedItem]) -> bytes:
 def decode_routed(data: bytes) -> list[RoutedItem]:
     if data[:HEADER_LEN] != ROUTED_HEADER:
         raise DecodeError("not a RoutedBatch record")
-    return [
-        (r["key"], r["identifiers"], touchpoint_from_avro(r["event"]))
-        for r in _read(data, SCHEMAS["routed_batch"])["items"]
-    ]
+    try:
+        return [
+            RoutedItem(
+                r["key"],
+                r["identifiers"],
+                touchpoint_from_avro(r["event"]),
+                (r["source"][0], r["source"][1], r["source"][2]),
+            )
+            for r in _read(data, SCHEMAS["routed_batch"])["items"]
+        ]
+    except (KeyError, IndexError, TypeError, orjson.JSONDecodeError) as exc:
+        raise DecodeError(f"invalid routed batch: {exc}") from None

@@ -10,9 +10,11 @@ from typing import Any
 import orjson
 import redis
 
-from profiles.profile import Profile
+from profiles.profile import Position, Profile
+from profiles.routing import RoutedItem
+from profiles.touchpoint import Touchpoint
 from profiles.view import AsyncRedisWriter
-from schemas.codec import ORJSON_OPTS, DecodeError, RoutedItem, decode_routed
+from schemas.codec import ORJSON_OPTS, DecodeError, decode_routed
 from streams.dlq import dead_letter
 from unifier.settings import Settings
 
@@ -20,15 +22,17 @@ log = logging.getLogger("unifier.apply")
 
 
 def fold(table: Any, items: list[RoutedItem]) -> list[dict[str, Any]]:
-    """Apply a batch to the table: one read and one write per profile, not per event."""
-    by_key: dict[str, list[tuple[Any, dict[str, str]]]] = {}
-    for key, ids, tp in items:
-        by_key.setdefault(key, []).append((tp, ids))
+    """Apply a batch to the table: one read and one write per profile, not per event.
+    Profiles whose events were all re-deliveries are neither written nor returned."""
+    by_key: dict[str, list[tuple[Touchpoint, dict[str, str], Position]]] = {}
+    for item in items:
+        by_key.setdefault(item.key, []).append((item.event, item.identifiers, item.source))
     views = []
     for key, group in by_key.items():
         raw = table.get(key)
         profile = Profile.from_state(orjson.loads(raw)) if raw else Profile(profile_id=key)
-        profile.apply_all(group)
+        if not profile.apply_all(group):
+            continue
         table[key] = orjson.dumps(profile.to_state(), option=ORJSON_OPTS)
         views.append(profile.to_view())
     return views

@@ -7,15 +7,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from profiles.routing import partition_for, profile_key
+from profiles.routing import RoutedItem, partition_for, profile_key
 from profiles.touchpoint import InvalidTouchpoint
-from schemas.codec import (
-    DecodeError,
-    RoutedItem,
-    decode_touchpoints,
-    encode_routed,
-    encode_touchpoint,
-)
+from schemas.codec import DecodeError, decode_touchpoints, encode_routed, encode_touchpoint
 from streams.dlq import dead_letter
 from unifier.settings import Settings
 
@@ -39,7 +33,8 @@ def register(app: Any, settings: Settings, source: Any, routed: Any, dlq: Any) -
                 except DecodeError as exc:
                     await dead_letter(dlq, event, "route.decode", str(exc), log=log)
                     continue
-                for tp in touchpoints:
+                msg = event.message
+                for index, tp in enumerate(touchpoints):
                     try:
                         routed_to = profile_key(tp, priorities, region)
                     except InvalidTouchpoint as exc:
@@ -48,7 +43,12 @@ def register(app: Any, settings: Settings, source: Any, routed: Any, dlq: Any) -
                         )
                         continue
                     groups.setdefault(partition_for(routed_to.key, partitions), []).append(
-                        (routed_to.key, routed_to.identifiers, tp)
+                        RoutedItem(
+                            routed_to.key,
+                            routed_to.identifiers,
+                            tp,
+                            (msg.partition, msg.offset, index),
+                        )
                     )
             for partition, items in groups.items():
                 await routed.send(value=encode_routed(items), partition=partition)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -176,6 +177,13 @@ class EmbeddedStack:
         proc = self.procs.pop(name, None)
         if proc is not None:
             stop(proc, grace, self._popens.pop(name, None))
+
+    def kill_one(self, name: str) -> None:
+        """SIGKILL, as a crash would (for tests of recovery)."""
+        proc = self.procs[name]
+        if is_running(proc, self._popens.get(name)):
+            os.kill(proc.pid, signal.SIGKILL)
+        self.stop_one(name)
 
     def stop_all(self) -> list[str]:
         """Workers first (a worker whose broker is gone can hang), then broker, then Redis."""

@@ -64,18 +64,20 @@ def test_ingested_events_become_the_reference_profiles(
 def test_restarted_worker_recovers_its_table_exactly(
     topics: Settings, workers: EmbeddedStack, tmp_path: Path
 ) -> None:
-    """Every profile is updated before and after a restart; a table that came back
-    short of its newest changelog records would show lower counts (and an older
-    version, which the Redis guard would refuse)."""
+    """The stream is split in two; the worker is restarted in between, and profiles are
+    updated before and after. A table that came back short of its newest changelog
+    records would show lower counts (and an older version, which the Redis guard
+    would refuse); an event applied twice would show higher ones."""
     settings = topics
-    events = generate(people=60, seed=2)
+    events = generate(people=120, seed=2)
     half = len(events) // 2
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     write_jsonl(first, events[:half])
     write_jsonl(second, events[half:])
 
     workers.start_worker()
-    ingest_file(first, settings)
+    # Small records: many table updates, many changelog records to recover.
+    ingest_file(first, settings.model_copy(update={"producer_batch_events": 5}))
     caught_up(settings)
     before = exported(settings)
     workers.stop_one("worker")  # SIGTERM: a graceful stop

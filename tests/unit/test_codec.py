@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from profiles.routing import RoutedItem
 from schemas.codec import (
     BATCH_HEADER,
     MAGIC,
@@ -29,7 +30,16 @@ def test_batch_round_trips(tps) -> None:  # type: ignore[no-untyped-def]
 
 
 @given(
-    st.lists(st.tuples(st.text(), st.dictionaries(st.text(), st.text()), touchpoints), max_size=4)
+    st.lists(
+        st.builds(
+            RoutedItem,
+            st.text(),
+            st.dictionaries(st.text(), st.text()),
+            touchpoints,
+            st.tuples(st.integers(0, 1000), st.integers(0, 2**62), st.integers(0, 10**6)),
+        ),
+        max_size=4,
+    )
 )
 def test_routed_batch_round_trips(items) -> None:  # type: ignore[no-untyped-def]
     assert decode_routed(encode_routed(items)) == items
