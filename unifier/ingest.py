@@ -51,7 +51,9 @@ def validate_line(line: bytes, settings: Settings) -> Touchpoint:
 
 
 def _lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    for number, line in enumerate(fh, start=1):
+    for number, raw in enumerate(fh, start=1):
+        # A UTF-8 byte order mark, as some editors write, is not part of the first line.
+        line = raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw
         yield number, line.rstrip(b"\r\n")
 
 
