@@ -44,7 +44,7 @@ def _score(profile: dict[str, Any]) -> tuple[int, int]:
 def _summary(profiles: list[dict[str, Any]]) -> Table:
     table = Table("profile", "identifiers", "sources", "events", "name", title="unified profiles")
     for p in profiles:
-        ids = ", ".join(f"{t} x{len(v)}" for t, v in p["identifiers"].items())
+        ids = ", ".join(t if len(v) == 1 else f"{t} x{len(v)}" for t, v in p["identifiers"].items())
         sources = ", ".join(p["computed"]["events_by_source"])
         name = " ".join(str(p["traits"].get(k, "")) for k in ("first_name", "last_name")).strip()
         table.add_row(p["profile_id"], ids, sources, str(p["computed"]["event_count"]), name)
@@ -88,7 +88,11 @@ def run_demo(people: int, show: int, console: Console, status: Console) -> None:
             with contextlib.closing(view):
                 profiles = sorted(view.scan(), key=_score, reverse=True)
             spinner.update("stopping the stack")
-        status.print(f"[green]✓[/] {len(profiles)} unified profiles in Redis")
+        status.print(
+            f"[green]✓[/] {len(profiles)} unified profiles in Redis "
+            "[dim](for now each event joins the profile of its highest-priority identifier; "
+            "stitching a person's identifiers into one profile arrives with the identity graph)[/]"
+        )
         console.print(_summary(profiles[:show]))
         if profiles:
             console.print("the first one, as `unifier profiles get --id` prints it:")
