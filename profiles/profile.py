@@ -16,9 +16,11 @@ from typing import Any
 
 from profiles.touchpoint import Scalar, Touchpoint
 
-#: Where an event entered the product: (input partition, offset, index in that record).
-#: A replay after a restart repeats it, which makes re-delivered events detectable.
-Position = tuple[int, int, int]
+
+def event_digest(event_id: str) -> str:
+    """A short, fixed-size stand-in for an event id (64 bits: collisions within one
+    profile are out of reach)."""
+    return hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
 
 
 def profile_id_for(id_type: str, value: str) -> str:
@@ -44,8 +46,8 @@ class Profile:
     last_seen_ms: int | None = None
     events_by_type: dict[str, int] = field(default_factory=dict)
     events_by_source: dict[str, int] = field(default_factory=dict)
-    # input partition -> (offset, index) of the newest event applied from it
-    applied: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # digests of the event ids applied to this profile: a re-delivered event is skipped
+    seen: set[str] = field(default_factory=set)
     version: int = 0
 
     # --- folding events ------------------------------------------------------
@@ -66,21 +68,17 @@ class Profile:
         self.events_by_type[event.type] = self.events_by_type.get(event.type, 0) + 1
         self.events_by_source[event.source] = self.events_by_source.get(event.source, 0) + 1
 
-    def apply_all(self, items: Iterable[tuple[Touchpoint, dict[str, str], Position]]) -> int:
-        """Fold a batch, skipping events this profile already applied (a replay after a
-        restart re-delivers them at positions it has passed). Returns how many events
-        were applied.
-
-        Events of one profile from one input partition arrive in position order (one
-        routed partition per profile, one producer per input partition), so "at or
-        before the newest applied position" means "already applied"."""
+    def apply_all(self, items: Iterable[tuple[Touchpoint, dict[str, str]]]) -> int:
+        """Fold a batch, skipping events whose id this profile has already applied
+        (Kafka and Faust deliver at least once; a restart re-delivers, in any order).
+        Returns how many events were applied."""
         applied = 0
-        for event, identifiers, (partition, offset, index) in items:
-            newest = self.applied.get(partition)
-            if newest is not None and (offset, index) <= newest:
+        for event, identifiers in items:
+            digest = event_digest(event.event_id)
+            if digest in self.seen:
                 continue
+            self.seen.add(digest)
             self.apply(event, identifiers)
-            self.applied[partition] = (offset, index)
             applied += 1
         # The version counts applied events, not writes: a replay after a crash may
         # group events into other batches, and a count of writes could then come back
@@ -101,7 +99,7 @@ class Profile:
             "last_seen_ms": self.last_seen_ms,
             "events_by_type": self.events_by_type,
             "events_by_source": self.events_by_source,
-            "applied": {str(p): list(pos) for p, pos in self.applied.items()},
+            "seen": list(self.seen),
             "version": self.version,
         }
 
@@ -117,7 +115,7 @@ class Profile:
             last_seen_ms=state["last_seen_ms"],
             events_by_type=state["events_by_type"],
             events_by_source=state["events_by_source"],
-            applied={int(p): (pos[0], pos[1]) for p, pos in state["applied"].items()},
+            seen=set(state["seen"]),
             version=state["version"],
         )
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from profiles.identifiers import Rejected, normalize_all, primary
-from profiles.profile import Position, profile_id_for
+from profiles.profile import profile_id_for
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 
 
@@ -23,7 +23,6 @@ class RoutedItem(NamedTuple):
     key: str
     identifiers: dict[str, str]
     event: Touchpoint
-    source: Position
 
 
 @dataclass(frozen=True, slots=True)

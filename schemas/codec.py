@@ -137,7 +137,6 @@ def encode_routed(items: Sequence[RoutedItem]) -> bytes:
                 "key": item.key,
                 "identifiers": item.identifiers,
                 "event": touchpoint_to_avro(item.event),
-                "source": list(item.source),
             }
             for item in items
         ]
@@ -150,12 +149,7 @@ def decode_routed(data: bytes) -> list[RoutedItem]:
         raise DecodeError("not a RoutedBatch record")
     try:
         return [
-            RoutedItem(
-                r["key"],
-                r["identifiers"],
-                touchpoint_from_avro(r["event"]),
-                (r["source"][0], r["source"][1], r["source"][2]),
-            )
+            RoutedItem(r["key"], r["identifiers"], touchpoint_from_avro(r["event"]))
             for r in _read(data, SCHEMAS["routed_batch"])["items"]
         ]
     except (KeyError, IndexError, TypeError, orjson.JSONDecodeError) as exc:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import redis
 
-from profiles.profile import Position, Profile
+from profiles.profile import Profile
 from profiles.routing import RoutedItem
 from profiles.touchpoint import Touchpoint
 from profiles.view import AsyncRedisWriter
@@ -23,17 +23,20 @@ log = logging.getLogger("unifier.apply")
 
 def fold(table: Any, items: list[RoutedItem]) -> list[dict[str, Any]]:
     """Apply a batch to the table: one read and one write per profile, not per event.
-    Profiles whose events were all re-deliveries are neither written nor returned."""
-    by_key: dict[str, list[tuple[Touchpoint, dict[str, str], Position]]] = {}
+
+    Returns the view of every profile the batch touched, even when all its events were
+    re-deliveries: a worker that died after its table write reached the changelog but
+    before its Redis write did must still bring the view up to date on the replay (the
+    version guard in Redis makes a repeated write a no-op)."""
+    by_key: dict[str, list[tuple[Touchpoint, dict[str, str]]]] = {}
     for item in items:
-        by_key.setdefault(item.key, []).append((item.event, item.identifiers, item.source))
+        by_key.setdefault(item.key, []).append((item.event, item.identifiers))
     views = []
     for key, group in by_key.items():
         raw = table.get(key)
         profile = Profile.from_state(orjson.loads(raw)) if raw else Profile(profile_id=key)
-        if not profile.apply_all(group):
-            continue
-        table[key] = orjson.dumps(profile.to_state(), option=ORJSON_OPTS)
+        if profile.apply_all(group):
+            table[key] = orjson.dumps(profile.to_state(), option=ORJSON_OPTS)
         views.append(profile.to_view())
     return views
 
@@ -56,14 +59,16 @@ def register(app: Any, settings: Settings, routed: Any, table: Any, dlq: Any) ->
     async def apply(stream: Any) -> None:
         writer = AsyncRedisWriter.from_url(settings.redis_url)
         try:
-            async for event in stream.events():
+            # Acknowledged by hand after the Redis write (see streams/route.py for why).
+            manual = stream.noack()
+            async for event in manual.events():
                 try:
                     items = decode_routed(event.value)
                 except DecodeError as exc:
                     await dead_letter(dlq, event, "apply.decode", str(exc), log=log)
-                    continue
-                views = fold(table, items)
-                await write_with_retry(writer, views)
+                else:
+                    await write_with_retry(writer, fold(table, items))
+                await manual.ack(event)
         finally:
             await writer.close()
 

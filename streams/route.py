@@ -21,36 +21,37 @@ def register(app: Any, settings: Settings, source: Any, routed: Any, dlq: Any) -
     region = settings.default_phone_region
     partitions = settings.internal_partitions
 
+    async def route_record(event: Any) -> dict[int, list[RoutedItem]]:
+        groups: dict[int, list[RoutedItem]] = {}
+        try:
+            touchpoints = decode_touchpoints(event.value)
+        except DecodeError as exc:
+            await dead_letter(dlq, event, "route.decode", str(exc), log=log)
+            return groups
+        for tp in touchpoints:
+            try:
+                routed_to = profile_key(tp, priorities, region)
+            except InvalidTouchpoint as exc:
+                await dead_letter(
+                    dlq, event, "route.validate", str(exc), encode_touchpoint(tp), log
+                )
+                continue
+            groups.setdefault(partition_for(routed_to.key, partitions), []).append(
+                RoutedItem(routed_to.key, routed_to.identifiers, tp)
+            )
+        return groups
+
     @app.agent(source, name="route")
     async def route(stream: Any) -> None:
-        async for events in stream.take_events(
-            settings.route_batch_max, within=settings.route_batch_within_s
-        ):
-            groups: dict[int, list[RoutedItem]] = {}
-            for event in events:
-                try:
-                    touchpoints = decode_touchpoints(event.value)
-                except DecodeError as exc:
-                    await dead_letter(dlq, event, "route.decode", str(exc), log=log)
-                    continue
-                msg = event.message
-                for index, tp in enumerate(touchpoints):
-                    try:
-                        routed_to = profile_key(tp, priorities, region)
-                    except InvalidTouchpoint as exc:
-                        await dead_letter(
-                            dlq, event, "route.validate", str(exc), encode_touchpoint(tp), log
-                        )
-                        continue
-                    groups.setdefault(partition_for(routed_to.key, partitions), []).append(
-                        RoutedItem(
-                            routed_to.key,
-                            routed_to.identifiers,
-                            tp,
-                            (msg.partition, msg.offset, index),
-                        )
-                    )
-            for partition, items in groups.items():
+        # One input record at a time (our producers put hundreds of events in a record),
+        # acknowledged by hand once its groups are sent: Faust's own acks (and
+        # `take_events`) fire in a `finally`, so a worker stopped mid-record would
+        # commit events it never forwarded. Unacked records are re-delivered after a
+        # restart; the apply stage drops the duplicates by event id.
+        manual = stream.noack()
+        async for event in manual.events():
+            for partition, items in (await route_record(event)).items():
                 await routed.send(value=encode_routed(items), partition=partition)
+            await manual.ack(event)
 
     return route

@@ -73,8 +73,6 @@ class Settings(BaseSettings):
         "wrongly after multi-record batches and table recovery would lose updates. On real "
         "Kafka set 16384 (aiokafka's default).",
     )
-    route_batch_max: int = Field(2000, ge=1, description="Events the route stage groups")
-    route_batch_within_s: float = Field(0.02, gt=0, description="...or this long, first")
     producer_batch_events: int = Field(500, ge=1, description="Events per input record")
 
     # --- identity ---------------------------------------------------------

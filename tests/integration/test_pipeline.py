@@ -1,6 +1,7 @@
 """The whole path on the real broker and Redis: JSON -> Avro -> Kafka -> worker -> Redis."""
 
 import io
+import time
 from pathlib import Path
 
 import orjson
@@ -91,6 +92,40 @@ def test_restarted_worker_recovers_its_table_exactly(
     assert {pid: without_version(v) for pid, v in after.items()} == want
     touched_twice = [pid for pid in before if after[pid]["version"] > before[pid]["version"]]
     assert len(touched_twice) > 10, "the test must update recovered profiles"
+
+
+@pytest.mark.known_issue
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_worker_stopped_mid_stream_applies_every_event_once(
+    topics: Settings, workers: EmbeddedStack, tmp_path: Path, how: str
+) -> None:
+    """Stop (or kill) the worker while it still has input, start a new one: every
+    event ends up applied exactly once, and every stage catches up (no commit stays
+    stuck behind records skipped during the restart)."""
+    settings = topics
+    events = generate(people=120, seed=5)
+    path = tmp_path / "events.jsonl"
+    write_jsonl(path, events)
+    workers.start_worker()
+    # One event per Kafka record, so the worker is still busy when it is stopped.
+    ingest_file(path, settings.model_copy(update={"producer_batch_events": 1}))
+    for _ in range(600):  # until the worker has written something (bounded, not timed)
+        if exported(settings):
+            break
+        time.sleep(0.05)
+    if how == "SIGKILL":
+        workers.kill_one("worker")
+    else:
+        workers.stop_one("worker")
+    with LagProbe(settings) as probe:
+        behind = sum(r.lag for r in probe.measure())
+    assert behind > 0, "the worker had already caught up: nothing was mid-stream"
+
+    workers.start_worker()
+    caught_up(settings)
+    got = exported(settings)
+    assert {pid: without_version(v) for pid, v in got.items()} == reference_views(events, settings)
+    assert sum(p["computed"]["event_count"] for p in got.values()) == len(events)
 
 
 def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(

@@ -36,7 +36,6 @@ def test_batch_round_trips(tps) -> None:  # type: ignore[no-untyped-def]
             st.text(),
             st.dictionaries(st.text(), st.text()),
             touchpoints,
-            st.tuples(st.integers(0, 1000), st.integers(0, 2**62), st.integers(0, 10**6)),
         ),
         max_size=4,
     )
