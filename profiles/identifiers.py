@@ -8,7 +8,6 @@ caller gets the reason and the event may still count through its other ids.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -83,8 +82,3 @@ def primary(identifiers: Mapping[str, str], priorities: Mapping[str, int]) -> tu
     """The highest-priority identifier (ties broken by type name, so it is deterministic)."""
     id_type = max(identifiers, key=lambda t: (priorities.get(t, 0), t))
     return id_type, identifiers[id_type]
-
-
-def mask(value: str) -> str:
-    """A log-safe stand-in for an identifier value: never log the raw value."""
-    return "h:" + hashlib.blake2b(value.encode(), digest_size=6).hexdigest()

@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, Producer
 
 from producers.synthetic import generate
 from profiles.profile import profile_id_for
-from profiles.touchpoint import parse_json
+from profiles.touchpoint import Touchpoint, parse_json
 from profiles.view import RedisProfileView
 from schemas.codec import encode_touchpoint
 from tests.support.data import reference_views, without_version, write_jsonl
@@ -132,26 +132,21 @@ def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(
     topics: Settings, workers: EmbeddedStack
 ) -> None:
     settings = topics
-    good = parse_json(
-        {
-            "event_id": "ok-1",
-            "type": "signed_in",
-            "source": "web",
-            "occurred_at": "2026-11-22T10:00:00Z",
-            "identifiers": {"email": "Ana@X.com"},
-        },
-        settings.identifier_priorities,
-    )
-    no_ids = parse_json(
-        {
-            "event_id": "bad-2",
-            "type": "x",
-            "source": "web",
-            "occurred_at": "2026-11-22T10:00:00Z",
-            "identifiers": {"email": "not-an-email"},
-        },
-        settings.identifier_priorities,
-    )
+
+    def signed_in(event_id: str, email: str) -> Touchpoint:
+        return parse_json(
+            {
+                "event_id": event_id,
+                "type": "signed_in",
+                "source": "web",
+                "occurred_at": "2026-11-22T10:00:00Z",
+                "identifiers": {"email": email},
+            },
+            settings.identifier_priorities,
+        )
+
+    good = signed_in("ok-1", "Ana@X.com")
+    no_ids = signed_in("bad-2", "not-an-email")
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
     producer.produce(settings.topic_touchpoints, b"\x00garbage", partition=0)
     producer.produce(settings.topic_touchpoints, encode_touchpoint(no_ids), partition=1)

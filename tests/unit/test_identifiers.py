@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profiles.identifiers import InvalidIdentifier, mask, normalize, normalize_all, primary
+from profiles.identifiers import InvalidIdentifier, normalize, normalize_all, primary
 from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
 
 
@@ -69,9 +69,3 @@ def test_primary_is_highest_priority() -> None:
     assert (
         primary({"anonymous_id": "a", "phone": "+1"}, DEFAULT_IDENTIFIER_PRIORITIES)[0] == "phone"
     )
-
-
-def test_mask_hides_the_value() -> None:
-    masked = mask("ana@x.com")
-    assert "ana" not in masked
-    assert masked == mask("ana@x.com")
