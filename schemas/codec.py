@@ -1,17 +1,30 @@
 """The one module that turns records into bytes and back.
 
-Records use Avro single-object encoding: ``C3 01`` + the 8-byte CRC-64-AVRO
-fingerprint of the writer schema + the Avro body. The fingerprint tells a
-reader which schema wrote the bytes, so the input topic can carry single
-touchpoints and batches side by side, and an unknown schema is a clear error.
+Two framings, both read everywhere:
+
+* **Avro single-object encoding** (the default): ``C3 01`` + the 8-byte CRC-64-AVRO
+  fingerprint of the writer schema + the Avro body. Writer schemas are the ones
+  shipped in ``schemas/`` (current and ``history/``) plus any a producer announced
+  on the schema topic (see ``schemas.resolve``).
+* **Confluent Schema Registry framing**: ``00`` + a 4-byte schema id + the Avro
+  body; the writer schema comes from the registry.
+
+Whatever wrote the bytes, a reader gets the record in *its* schema (Avro schema
+resolution: fields a newer writer added are dropped, fields an older writer lacked
+take their defaults). A writer schema the reader does not know raises
+``UnknownSchema`` — the caller may look it up and retry — and anything else that
+cannot be read raises ``DecodeError`` with the reason.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,45 +33,260 @@ import orjson
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from profiles.routing import RoutedItem
-from profiles.touchpoint import Touchpoint, to_ms
+from profiles.touchpoint import CONTEXT_FIELDS, Touchpoint, sparse_context, to_ms
 
 SCHEMA_DIR = Path(__file__).parent
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
+REGISTRY_MAGIC = b"\x00"
+REGISTRY_HEADER_LEN = 5
 #: The one set of orjson options used on the wire and in Redis.
 ORJSON_OPTS = orjson.OPT_NON_STR_KEYS
 
+TOUCHPOINT = "unifier.v1.Touchpoint"
+BATCH = "unifier.v1.TouchpointBatch"
+ROUTED = "unifier.internal.v1.RoutedBatch"
+PROFILE_UPDATE = "unifier.v1.ProfileUpdate"
+PROFILE_MERGE = "unifier.v1.ProfileMerge"
+#: Files of the current schemas, in dependency order.
+SCHEMA_FILES = ("touchpoint", "touchpoint_batch", "routed_batch", "profile_update", "profile_merge")
+#: Record names a producer may put on the input topic.
+INPUT_NAMES = (TOUCHPOINT, BATCH)
+
 
 class DecodeError(ValueError):
-    """Bytes that are not a record this codec knows; ``str(exc)`` says why."""
+    """Bytes that are not a record this codec can read; ``str(exc)`` says why."""
 
 
-def _load() -> dict[str, Any]:
-    named: dict[str, Any] = {}
-    parsed = {}
-    for name in ("touchpoint", "touchpoint_batch", "routed_batch"):
-        raw = json.loads((SCHEMA_DIR / f"{name}.avsc").read_text())
-        parsed[name] = parse_schema(raw, named_schemas=named)
-    return parsed
+class UnknownSchema(DecodeError):
+    """The writer schema is neither shipped nor looked up yet.
+
+    ``kind`` is ``"fingerprint"`` (single-object encoding, ``key`` the hex
+    fingerprint) or ``"registry"`` (Schema Registry framing, ``key`` the id)."""
+
+    def __init__(self, kind: str, key: str, detail: str = "") -> None:
+        self.kind, self.key = kind, key
+        what = "schema fingerprint" if kind == "fingerprint" else "Schema Registry schema id"
+        super().__init__(f"unknown {what} {key}{detail}")
 
 
-SCHEMAS = _load()
+def canonical(schema: Any) -> str:
+    return to_parsing_canonical_form(schema)
 
 
-def _header(schema: Any) -> bytes:
-    return MAGIC + bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+def fingerprint_of(schema: Any) -> str:
+    """CRC-64-AVRO fingerprint of a parsed schema, as 16 hex digits."""
+    return fingerprint(canonical(schema), "CRC-64-AVRO")
 
 
-TOUCHPOINT_HEADER = _header(SCHEMAS["touchpoint"])
-BATCH_HEADER = _header(SCHEMAS["touchpoint_batch"])
-ROUTED_HEADER = _header(SCHEMAS["routed_batch"])
+def single_object_header(schema: Any) -> bytes:
+    return MAGIC + bytes.fromhex(fingerprint_of(schema))
+
+
+def _inline(node: Any, files: Mapping[str, Any], seen: set[str]) -> Any:
+    """Replace references to records of other schema files by their definition (once),
+    so every schema stands alone: its fingerprint then covers the records it embeds,
+    and a registry gets it without references."""
+    if isinstance(node, str) and node in files and node not in seen:
+        seen.add(node)
+        return _inline(files[node], files, seen)
+    if isinstance(node, list):
+        return [_inline(n, files, seen) for n in node]
+    if isinstance(node, dict):
+        return {
+            k: _inline(v, files, seen) if k in ("type", "items", "values", "fields") else v
+            for k, v in node.items()
+        }
+    return node
+
+
+def load_raw_schemas(touchpoint_file: Path | None = None) -> dict[str, Any]:
+    """The shipped schemas as JSON, each standing alone, by full name; ``touchpoint_file``
+    swaps in another Touchpoint version (the batch and routed schemas then embed that one)."""
+    files: dict[str, Any] = {}
+    for name in SCHEMA_FILES:
+        path = SCHEMA_DIR / f"{name}.avsc"
+        if name == "touchpoint" and touchpoint_file is not None:
+            path = touchpoint_file
+        raw = json.loads(path.read_text())
+        files[f"{raw['namespace']}.{raw['name']}"] = raw
+    return {full_name: _inline(raw, files, {full_name}) for full_name, raw in files.items()}
+
+
+def load_schema_files(touchpoint_file: Path | None = None) -> dict[str, Any]:
+    """``load_raw_schemas``, parsed."""
+    return {
+        name: parse_schema(raw, named_schemas={})
+        for name, raw in load_raw_schemas(touchpoint_file).items()
+    }
+
+
+def standalone_json(schema: Any) -> str:
+    """The canonical JSON text of a parsed schema (what registries and the schema topic get)."""
+    return canonical(schema)
+
+
+def parse_writer_schema(text: str) -> Any:
+    """A writer schema from a registry or the schema topic, parsed on its own."""
+    try:
+        return parse_schema(json.loads(text), named_schemas={})
+    except Exception as exc:  # fastavro raises several types for bad schemas
+        raise DecodeError(f"writer schema cannot be parsed: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    schema: Any
+    name: str
+    same_as_reader: bool
+
+
+class Codec:
+    """Readers for the current schemas; writers known by fingerprint or registry id.
+
+    Thread-safe for reads; ``add_*`` may be called from a lookup thread."""
+
+    def __init__(self) -> None:
+        #: The current schemas as standalone JSON, by full name.
+        self.raw = load_raw_schemas()
+        self.readers: dict[str, Any] = {
+            name: parse_schema(raw, named_schemas={}) for name, raw in self.raw.items()
+        }
+        self._by_fp: dict[str, _Writer] = {}
+        self._by_id: dict[int, _Writer] = {}
+        self._lock = threading.Lock()
+        for name, schema in self.readers.items():
+            self._by_fp[fingerprint_of(schema)] = _Writer(schema, name, True)
+        for old in sorted((SCHEMA_DIR / "history").glob("touchpoint.*.avsc")):
+            for schema in load_schema_files(old).values():
+                if schema["name"] in (*INPUT_NAMES, ROUTED):
+                    self._remember_fp(schema)
+        self.headers = {name: single_object_header(s) for name, s in self.readers.items()}
+
+    # --- known writer schemas ------------------------------------------------
+    def _writer(self, schema: Any) -> _Writer:
+        name = schema["name"] if isinstance(schema, dict) else ""
+        if name not in self.readers:
+            what = name or type(schema).__name__
+            raise DecodeError(f"writer schema {what} is not a record this reader knows")
+        same = canonical(schema) == canonical(self.readers[name])
+        return _Writer(schema, name, same)
+
+    def _remember_fp(self, schema: Any) -> None:
+        writer = self._writer(schema)
+        with self._lock:
+            self._by_fp[fingerprint_of(schema)] = writer
+
+    def add_fingerprint(self, fp_hex: str, schema_text: str) -> None:
+        """Remember a writer schema announced on the schema topic."""
+        schema = parse_writer_schema(schema_text)
+        if fingerprint_of(schema) != fp_hex:
+            actual = fingerprint_of(schema)
+            raise DecodeError(f"schema announced as {fp_hex} has fingerprint {actual}")
+        self._remember_fp(schema)
+
+    def add_registry_id(self, schema_id: int, schema_text: str) -> None:
+        """Remember a writer schema fetched from the Schema Registry."""
+        writer = self._writer(parse_writer_schema(schema_text))
+        with self._lock:
+            self._by_id[schema_id] = writer
+
+    def knows_fingerprint(self, fp_hex: str) -> bool:
+        return fp_hex in self._by_fp
+
+    def schema_json(self, name: str) -> str:
+        """The current schema ``name`` as JSON text (announced and registered as is)."""
+        return json.dumps(self.raw[name], separators=(",", ":"))
+
+    def fingerprint(self, name: str) -> str:
+        return self.headers[name][2:].hex()
+
+    # --- reading --------------------------------------------------------------
+    def _locate(self, data: bytes) -> tuple[_Writer, int]:
+        if not data:
+            raise DecodeError("empty record")
+        if data[:2] == MAGIC:
+            if len(data) < HEADER_LEN:
+                raise DecodeError("truncated single-object header")
+            fp = data[2:HEADER_LEN].hex()
+            writer = self._by_fp.get(fp)
+            if writer is None:
+                raise UnknownSchema("fingerprint", fp)
+            return writer, HEADER_LEN
+        if data[:1] == REGISTRY_MAGIC:
+            if len(data) < REGISTRY_HEADER_LEN:
+                raise DecodeError("truncated Schema Registry header")
+            schema_id = int.from_bytes(data[1:REGISTRY_HEADER_LEN], "big")
+            writer = self._by_id.get(schema_id)
+            if writer is None:
+                raise UnknownSchema("registry", str(schema_id))
+            return writer, REGISTRY_HEADER_LEN
+        raise DecodeError(
+            "neither Avro single-object encoding (C3 01) nor Schema Registry framing (00)"
+        )
+
+    def read(self, data: bytes, expect: Sequence[str]) -> tuple[str, Any]:
+        """(record name, record as a dict in the reader's schema)."""
+        writer, start = self._locate(data)
+        if writer.name not in expect:
+            raise DecodeError(f"a {writer.name} record where {' or '.join(expect)} was expected")
+        reader = None if writer.same_as_reader else self.readers[writer.name]
+        buf = io.BytesIO(data)
+        buf.seek(start)
+        try:
+            record = fastavro.schemaless_reader(buf, writer.schema, reader)
+        except Exception as exc:  # fastavro raises many types on corrupt input
+            raise DecodeError(f"corrupt Avro body: {type(exc).__name__}: {exc}") from None
+        if buf.tell() != len(data):
+            raise DecodeError(f"{len(data) - buf.tell()} bytes left after the Avro body")
+        return writer.name, record
+
+    def decode_touchpoints(self, data: bytes | None) -> list[Touchpoint]:
+        """Decode an input-topic record: one touchpoint or a batch of them."""
+        name, record = self.read(data or b"", INPUT_NAMES)
+        try:
+            if name == BATCH:
+                return [touchpoint_from_avro(r) for r in record["events"]]
+            return [touchpoint_from_avro(record)]
+        except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
+            raise DecodeError(f"invalid touchpoint: {type(exc).__name__}: {exc}") from None
+
+    # --- writing --------------------------------------------------------------
+    def body(self, name: str, record: Mapping[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self.readers[name], record)
+        return buf.getvalue()
+
+    def encode(self, name: str, record: Mapping[str, Any], prefix: bytes | None = None) -> bytes:
+        """Header (single-object by default, or ``prefix``, e.g. registry framing) + body."""
+        return (self.headers[name] if prefix is None else prefix) + self.body(name, record)
 
 
 def _ms(value: datetime | int) -> int:
     return value if isinstance(value, int) else to_ms(value)
 
 
+_SCALE = Decimal("0.0001")
+
+
+def _money(value: Any) -> Any:
+    # Avro decimals need the schema's scale exactly; inputs were validated to <= 4 places.
+    return value.quantize(_SCALE) if isinstance(value, Decimal) else value
+
+
+def _order_to_avro(order: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if order is None:
+        return None
+    out = {k: _money(v) for k, v in order.items() if k != "items"}
+    out["items"] = [{k: _money(v) for k, v in item.items()} for item in order.get("items", ())]
+    return out
+
+
 def touchpoint_to_avro(tp: Touchpoint) -> dict[str, Any]:
+    context = None
+    if tp.context:
+        context = {name: tp.context.get(name) for name in CONTEXT_FIELDS}
+        context["campaign"] = dict(tp.context.get("campaign") or {})
     return {
         "event_id": tp.event_id,
         "type": tp.type,
@@ -68,6 +296,10 @@ def touchpoint_to_avro(tp: Touchpoint) -> dict[str, Any]:
         "identifiers": dict(tp.identifiers),
         "traits": dict(tp.traits),
         "properties_json": orjson.dumps(tp.properties, option=ORJSON_OPTS).decode(),
+        "context": context,
+        "consent": dict(tp.consent),
+        "order": _order_to_avro(tp.order),
+        "pos": _order_to_avro(tp.pos),
     }
 
 
@@ -82,52 +314,34 @@ def touchpoint_from_avro(rec: dict[str, Any]) -> Touchpoint:
         identifiers=rec["identifiers"],
         traits=rec["traits"],
         properties=orjson.loads(rec["properties_json"]),
+        context=sparse_context(rec.get("context")),
+        consent=rec.get("consent") or {},
+        order=rec.get("order"),
+        pos=rec.get("pos"),
     )
 
 
-def _write(header: bytes, schema: Any, record: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    buf.write(header)
-    fastavro.schemaless_writer(buf, schema, record)
-    return buf.getvalue()
+#: The process-wide codec: shipped schemas plus whatever lookups added.
+CODEC = Codec()
+TOUCHPOINT_HEADER = CODEC.headers[TOUCHPOINT]
+BATCH_HEADER = CODEC.headers[BATCH]
+ROUTED_HEADER = CODEC.headers[ROUTED]
 
 
-def _read(data: bytes, schema: Any) -> Any:
-    try:
-        return fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), schema, None)
-    except Exception as exc:  # fastavro raises many types on corrupt input
-        raise DecodeError(f"corrupt Avro body: {type(exc).__name__}: {exc}") from None
+def encode_touchpoint(tp: Touchpoint, prefix: bytes | None = None) -> bytes:
+    return CODEC.encode(TOUCHPOINT, touchpoint_to_avro(tp), prefix)
 
 
-def encode_touchpoint(tp: Touchpoint) -> bytes:
-    return _write(TOUCHPOINT_HEADER, SCHEMAS["touchpoint"], touchpoint_to_avro(tp))
+def batch_record(tps: Iterable[Touchpoint]) -> dict[str, Any]:
+    return {"events": [touchpoint_to_avro(tp) for tp in tps]}
 
 
-def encode_batch(tps: Iterable[Touchpoint]) -> bytes:
-    record = {"events": [touchpoint_to_avro(tp) for tp in tps]}
-    return _write(BATCH_HEADER, SCHEMAS["touchpoint_batch"], record)
+def encode_batch(tps: Iterable[Touchpoint], prefix: bytes | None = None) -> bytes:
+    return CODEC.encode(BATCH, batch_record(tps), prefix)
 
 
 def decode_touchpoints(data: bytes | None) -> list[Touchpoint]:
-    """Decode an input-topic record: one touchpoint or a batch of them."""
-    if not data:
-        raise DecodeError("empty record")
-    header = data[:HEADER_LEN]
-    if header == BATCH_HEADER:
-        try:
-            return [
-                touchpoint_from_avro(r) for r in _read(data, SCHEMAS["touchpoint_batch"])["events"]
-            ]
-        except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
-            raise DecodeError(f"invalid touchpoint in batch: {exc}") from None
-    if header == TOUCHPOINT_HEADER:
-        try:
-            return [touchpoint_from_avro(_read(data, SCHEMAS["touchpoint"]))]
-        except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
-            raise DecodeError(f"invalid touchpoint: {exc}") from None
-    if data[:2] != MAGIC:
-        raise DecodeError("not Avro single-object encoding (no C3 01 marker)")
-    raise DecodeError(f"unknown schema fingerprint {header[2:].hex()}")
+    return CODEC.decode_touchpoints(data)
 
 
 def encode_routed(items: Sequence[RoutedItem]) -> bytes:
@@ -141,16 +355,15 @@ def encode_routed(items: Sequence[RoutedItem]) -> bytes:
             for item in items
         ]
     }
-    return _write(ROUTED_HEADER, SCHEMAS["routed_batch"], record)
+    return CODEC.encode(ROUTED, record)
 
 
 def decode_routed(data: bytes) -> list[RoutedItem]:
-    if data[:HEADER_LEN] != ROUTED_HEADER:
-        raise DecodeError("not a RoutedBatch record")
+    _, record = CODEC.read(data, (ROUTED,))
     try:
         return [
             RoutedItem(r["key"], r["identifiers"], touchpoint_from_avro(r["event"]))
-            for r in _read(data, SCHEMAS["routed_batch"])["items"]
+            for r in record["items"]
         ]
     except (KeyError, IndexError, TypeError, orjson.JSONDecodeError) as exc:
         raise DecodeError(f"invalid routed batch: {exc}") from None

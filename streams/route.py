@@ -4,12 +4,20 @@ group, so the stages behind pay Faust's per-record cost once per batch."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from profiles.routing import RoutedItem, partition_for, profile_key
-from profiles.touchpoint import InvalidTouchpoint
-from schemas.codec import DecodeError, decode_touchpoints, encode_routed, encode_touchpoint
+from profiles.touchpoint import InvalidTouchpoint, Touchpoint
+from schemas.codec import (
+    DecodeError,
+    UnknownSchema,
+    decode_touchpoints,
+    encode_routed,
+    encode_touchpoint,
+)
+from schemas.resolve import Resolver
 from streams.dlq import dead_letter
 from unifier.settings import Settings
 
@@ -20,11 +28,25 @@ def register(app: Any, settings: Settings, source: Any, routed: Any, dlq: Any) -
     priorities = settings.identifier_priorities
     region = settings.default_phone_region
     partitions = settings.internal_partitions
+    resolver = Resolver(settings)
+
+    async def decode(data: bytes | None) -> list[Touchpoint]:
+        try:
+            return decode_touchpoints(data)
+        except UnknownSchema as missing:
+            # A newer producer's schema: look it up (blocking I/O, so off the loop), retry once.
+            reason = await asyncio.get_running_loop().run_in_executor(
+                None, resolver.resolve, missing
+            )
+            if reason is not None:
+                raise DecodeError(reason) from None
+            log.info("learned writer schema %s %s", missing.kind, missing.key)
+            return decode_touchpoints(data)
 
     async def route_record(event: Any) -> dict[int, list[RoutedItem]]:
         groups: dict[int, list[RoutedItem]] = {}
         try:
-            touchpoints = decode_touchpoints(event.value)
+            touchpoints = await decode(event.value)
         except DecodeError as exc:
             await dead_letter(dlq, event, "route.decode", str(exc), log=log)
             return groups

@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     topic_routed: str = "unifier.touchpoints-by-profile"
     topic_profile_updates: str = "profile-updates"
     topic_profile_merges: str = "profile-merges"
+    topic_schemas: str = Field(
+        "unifier.schemas",
+        description="Writer schemas announced by producers (key: fingerprint), so workers "
+        "read records from newer producers without a Schema Registry",
+    )
+    schema_registry_url: str | None = Field(
+        None,
+        description="Confluent Schema Registry URL. Set: producers frame records with a "
+        "registry schema id. Unset: Avro single-object encoding. Workers read both.",
+    )
     touchpoint_partitions: int = Field(8, ge=1, description="Partitions of the input topic")
     internal_partitions: int = Field(
         8, ge=1, description="Partitions of internal topics, tables and profile-updates"
@@ -118,6 +128,8 @@ class Settings(BaseSettings):
         """These settings as UNIFIER_* environment variables (for child processes)."""
         out: dict[str, str] = {}
         for name, value in self.model_dump(mode="json").items():
+            if value is None:  # unset: the child falls back to the same default
+                continue
             if isinstance(value, dict | list):
                 import orjson
 

@@ -63,6 +63,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             {},
             "output: one record per merge of two profiles",
         ),
+        TopicSpec(settings.topic_schemas, 1, compact, "writer schemas announced by producers"),
     ]
 
 

@@ -54,7 +54,7 @@ def test_headers_follow_single_object_encoding() -> None:
     ("data", "reason"),
     [
         (b"", "empty record"),
-        (b'{"event_id": "x"}', "not Avro single-object encoding"),
+        (b'{"event_id": "x"}', "neither Avro single-object encoding"),
         (MAGIC + b"\x00" * 8 + b"abc", "unknown schema fingerprint 0000000000000000"),
         (TOUCHPOINT_HEADER + b"\x02", "corrupt Avro body"),
         (BATCH_HEADER + b"\xff\xff\xff", "corrupt Avro body"),
