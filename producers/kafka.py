@@ -1,31 +1,53 @@
 """A batching touchpoint producer over confluent-kafka.
 
 Events are grouped into Avro ``TouchpointBatch`` records (``producer_batch_events``
-per record) because the worker pays its cost per Kafka record. Idempotence is on,
-every record has a delivery callback, ``poll(0)`` runs in the loop and there is
-one ``flush()`` at the end — never one per message.
+per record) because the worker pays its cost per Kafka record. Idempotence is on
+(librdkafka retries without duplicating), every record has a delivery callback,
+``poll(0)`` runs in the loop and there is one ``flush()`` at the end — never one per
+message.
+
+Memory is bounded: at most ``max_in_flight_events`` events sit in the client
+between ``send`` and their delivery report. Past that, ``send`` blocks (serving
+delivery reports) for up to ``block_timeout_s`` and then raises ``BufferFull`` —
+back-pressure instead of an ever-growing queue when the broker is away.
+
+Framing: Avro single-object encoding, and the writer schemas are announced on the
+schema topic before the first record; with ``schema_registry_url`` set, Confluent
+Schema Registry framing instead.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from profiles.touchpoint import Touchpoint
-from schemas.codec import encode_batch
+from schemas.codec import BATCH, TOUCHPOINT, encode_batch
+from schemas.resolve import RegistryFraming, SchemaLog, registry_client
 from unifier.settings import Settings
+
+log = logging.getLogger("unifier.producer")
+
+#: Called with (the events of a record that could not be delivered, the error).
+ErrorCallback = Callable[[list[Touchpoint], str], None]
 
 
 class ProducerClosed(RuntimeError):
     """send() after close()."""
 
 
+class BufferFull(RuntimeError):
+    """Too many events wait for delivery and none completed within the block timeout."""
+
+
 class _Closed:
     def __getattr__(self, name: str) -> object:
-        raise ProducerClosed("this TouchpointProducer is closed")
+        raise ProducerClosed("this producer is closed")
 
 
 @dataclass
@@ -35,12 +57,32 @@ class DeliveryReport:
     events_failed: int = 0
     errors: list[str] = field(default_factory=list)
 
+    @property
+    def ok(self) -> bool:
+        return not self.events_failed and not self.errors
+
 
 class TouchpointProducer:
-    def __init__(self, settings: Settings, **overrides: str | int | bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_in_flight_events: int = 200_000,
+        block_timeout_s: float = 30.0,
+        on_error: ErrorCallback | None = None,
+        **overrides: str | int | bool,
+    ) -> None:
+        self._settings = settings
         self._topic = settings.topic_touchpoints
         self._batch = settings.producer_batch_events
         self._buffer: list[Touchpoint] = []
+        self._max_in_flight = max_in_flight_events
+        self._block_timeout = block_timeout_s
+        self._on_error = on_error
+        self._in_flight = 0
+        self._prefix: bytes | None = None
+        self._registry: RegistryFraming | None = None
+        self._announced = False
         self.report = DeliveryReport()
         config: dict[str, str | int | bool] = {
             "bootstrap.servers": settings.bootstrap_servers,
@@ -48,21 +90,33 @@ class TouchpointProducer:
             "linger.ms": 5,
             "compression.type": "lz4",
             "message.max.bytes": 8 * 1024 * 1024,
+            # A record not delivered in 2 minutes (retries included) is reported failed.
+            "delivery.timeout.ms": 120_000,
         }
         config.update(overrides)
         self._producer = Producer(config)
+        if settings.schema_registry_url:
+            self._registry = RegistryFraming(
+                registry_client(settings.schema_registry_url), self._topic
+            )
 
-    def _on_delivery(self, events: int) -> Callable[[KafkaError | None, Message], None]:
+    def _on_delivery(
+        self, events: list[Touchpoint]
+    ) -> Callable[[KafkaError | None, Message], None]:
         def callback(err: KafkaError | None, _msg: Message) -> None:
+            self._in_flight -= len(events)
             if err is None:
-                self.report.events_sent += events
-            else:
-                self.report.events_failed += events
-                self.report.errors.append(str(err))
+                self.report.events_sent += len(events)
+                return
+            self.report.events_failed += len(events)
+            self.report.errors.append(str(err))
+            if self._on_error is not None:
+                self._on_error(events, str(err))
 
         return callback
 
     def send(self, tp: Touchpoint) -> None:
+        """Queue one (already validated) touchpoint; sent in batches."""
         self._buffer.append(tp)
         if len(self._buffer) >= self._batch:
             self._send_buffer()
@@ -71,33 +125,66 @@ class TouchpointProducer:
         for tp in tps:
             self.send(tp)
 
+    def _framing(self) -> bytes | None:
+        if self._registry is not None:
+            return self._registry.prefix(BATCH)
+        if not self._announced:
+            self._announced = True
+            try:
+                SchemaLog(self._settings).announce((TOUCHPOINT, BATCH), timeout=10.0)
+            except KafkaException as exc:
+                log.warning(
+                    "%s; workers older than this producer will dead-letter its records", exc
+                )
+        return None
+
+    def _wait_for_room(self, incoming: int) -> None:
+        deadline = time.monotonic() + self._block_timeout
+        while self._in_flight + incoming > self._max_in_flight and self._in_flight > 0:
+            if time.monotonic() > deadline:
+                raise BufferFull(
+                    f"{self._in_flight} events still wait for the broker after "
+                    f"{self._block_timeout:.0f}s; is {self._settings.bootstrap_servers} reachable?"
+                )
+            self._producer.poll(0.1)
+
     def _send_buffer(self) -> None:
         if not self._buffer:
             return
-        value = encode_batch(self._buffer)
-        count = len(self._buffer)
-        self._buffer = []
+        events, self._buffer = self._buffer, []
+        value = encode_batch(events, self._framing())
+        self._wait_for_room(len(events))
+        deadline = time.monotonic() + self._block_timeout
         while True:
             try:
                 self._producer.produce(
-                    self._topic, value=value, on_delivery=self._on_delivery(count)
+                    self._topic, value=value, on_delivery=self._on_delivery(events)
                 )
                 break
-            except BufferError:  # local queue full: back-pressure, wait for deliveries
+            except BufferError:  # librdkafka's queue is full: serve deliveries, retry
+                if time.monotonic() > deadline:
+                    self._buffer = events + self._buffer
+                    raise BufferFull(
+                        f"the client queue stayed full for {self._block_timeout:.0f}s"
+                    ) from None
                 self._producer.poll(0.1)
+        self._in_flight += len(events)
         self.report.records_sent += 1
         self._producer.poll(0)
 
     def flush(self, timeout: float = 60.0) -> DeliveryReport:
+        """Send what is buffered and wait for every delivery report."""
         self._send_buffer()
         remaining = self._producer.flush(timeout)
         if remaining:
             self.report.errors.append(f"{remaining} records still undelivered after {timeout}s")
         return self.report
 
-    def close(self) -> DeliveryReport:
+    def close(self, timeout: float = 60.0) -> DeliveryReport:
         """Flush, then release the client (its threads and broker connections)."""
-        report = self.flush()
+        if isinstance(self._producer, _Closed):
+            return self.report
+        report = self.flush(timeout)
         self._producer = _Closed()  # type: ignore[assignment]
         return report
 

@@ -43,6 +43,7 @@ def settings(bootstrap_servers: str, redis_url: str, tmp_path: Path) -> Settings
         topic_routed=f"t{tag}.routed",
         topic_profile_updates=f"t{tag}.profile-updates",
         topic_profile_merges=f"t{tag}.profile-merges",
+        topic_schemas=f"t{tag}.schemas",
         touchpoint_partitions=3,
         internal_partitions=4,
     )

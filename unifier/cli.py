@@ -167,6 +167,29 @@ def worker(ctx: typer.Context) -> None:
     run_worker(settings_of(ctx))
 
 
+# --- collector ---------------------------------------------------------------------
+@app.command()
+def collector(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="[default: UNIFIER_COLLECTOR_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="[default: UNIFIER_COLLECTOR_PORT]")] = None,
+) -> None:
+    """Run the HTTP collector (Segment tracking API + native touchpoints) in the foreground."""
+    from producers.collector import run_collector
+
+    settings = settings_of(ctx)
+    if not settings.collector_write_keys:
+        raise fail(
+            "no write keys configured: set UNIFIER_COLLECTOR_WRITE_KEYS to a JSON object "
+            """of key -> source, e.g. '{"wk_web_1": "web"}'"""
+        )
+    run_collector(
+        settings,
+        host or settings.collector_host,
+        settings.collector_port if port is None else port,
+    )
+
+
 # --- ingest ------------------------------------------------------------------------
 @app.command()
 def ingest(

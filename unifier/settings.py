@@ -92,6 +92,26 @@ class Settings(BaseSettings):
     )
     default_phone_region: str = Field("US", description="Region for phones without +country")
 
+    # --- collector (HTTP) ----------------------------------------------------
+    collector_host: str = Field("127.0.0.1", description="Address the collector binds")
+    collector_port: int = Field(8088, ge=0, le=65535, description="0 picks a free port")
+    collector_write_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description='Write key -> source name, e.g. {"wk_live_...": "web"} (JSON)',
+    )
+    collector_max_body_bytes: int = Field(
+        512 * 1024, ge=1024, description="Larger request bodies get a 413"
+    )
+    collector_linger_ms: float = Field(
+        5.0, ge=0, description="How long events of concurrent requests wait to share a record"
+    )
+    collector_max_pending_events: int = Field(
+        100_000, ge=1, description="Events waiting for the broker before requests get a 503"
+    )
+    collector_delivery_timeout_s: float = Field(
+        30.0, gt=0, description="A request not acknowledged by the broker by then gets a 503"
+    )
+
     log_level: str = "INFO"
 
     @field_validator("identifier_priorities")

@@ -81,6 +81,16 @@ def _redis_answers(settings: Settings) -> bool:
         return False
 
 
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def _worker_ready(log: Path, offset: int) -> bool:
     try:
         with open(log, "rb") as fh:
@@ -173,6 +183,22 @@ class EmbeddedStack:
             wait_until(lambda: _worker_ready(log, offset), 90, f"the {name}", proc, popen)
         return proc
 
+    def start_collector(self, name: str = "collector") -> Proc:
+        """The HTTP collector on ``collector_host:collector_port``; waits until /health answers."""
+        host, port = self.settings.collector_host, self.settings.collector_port
+        ensure_port_free(host, port, "the collector", "UNIFIER_COLLECTOR_PORT")
+        env = {**os.environ, **self.settings.env()}
+        proc, popen = spawn(
+            name,
+            [sys.executable, "-m", "unifier", "collector"],
+            self.dir / f"{name}.log",
+            env=env,
+            marker="unifier\x00collector",
+        )
+        self._track(proc, popen)
+        wait_until(lambda: _http_ok(f"http://{host}:{port}/health"), 30, f"the {name}", proc, popen)
+        return proc
+
     def stop_one(self, name: str, grace: float = 10.0) -> None:
         proc = self.procs.pop(name, None)
         if proc is not None:
@@ -188,6 +214,7 @@ class EmbeddedStack:
     def stop_all(self) -> list[str]:
         """Workers first (a worker whose broker is gone can hang), then broker, then Redis."""
         stopped = []
+        # Collectors and workers first: both flush to the broker when they stop.
         order = sorted(self.procs, key=lambda n: (n in ("broker", "redis"), n == "redis"))
         for name in order:
             was_alive = is_running(self.procs[name], self._popens.get(name))

@@ -1,0 +1,345 @@
+"""``unifier collector``: the HTTP endpoint websites send touchpoints to.
+
+Endpoints (JSON bodies; answers are JSON):
+
+* ``POST /v1/track``, ``/v1/identify``, ``/v1/page``, ``/v1/screen``, ``/v1/alias``,
+  ``/v1/batch`` — the Segment tracking API (see ``producers.segment`` for the mapping),
+  so analytics.js and Segment's server libraries can point here.
+* ``POST /v1/touchpoints`` — the native touchpoint JSON form: one object, or an
+  array of them.
+* ``GET /health`` (the process runs) and ``GET /ready`` (the broker answers).
+
+Authentication: a write key, as HTTP Basic user name (what Segment libraries send)
+or ``writeKey`` in the body. Each key names the ``source`` of its events.
+
+A request is all-or-nothing: every event in it is validated first; any invalid
+event makes it a ``400`` whose ``errors`` list each event's index and reason, and
+nothing is sent. A ``200`` is returned only once the broker has acknowledged the
+events. Events of concurrent requests share Kafka records (``linger``), so the
+worker sees batches. Bodies over ``collector_max_body_bytes`` get a ``413``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from producers.segment import to_touchpoint_json
+from profiles.routing import profile_key
+from profiles.touchpoint import InvalidTouchpoint, Touchpoint, parse_json
+from schemas.codec import BATCH, TOUCHPOINT, encode_batch
+from schemas.resolve import RegistryFraming, SchemaLog, registry_client
+from unifier.settings import Settings
+
+log = logging.getLogger("unifier.collector")
+
+MAX_EVENTS_PER_REQUEST = 2000
+SEGMENT_CALLS = ("track", "identify", "page", "screen", "alias")
+
+
+class Unavailable(RuntimeError):
+    """The broker did not take the events; the sender should retry."""
+
+
+class AsyncSender:
+    """Sends touchpoints of many requests in shared batch records; resolves each
+    request's future when the broker acknowledged its record."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._linger = settings.collector_linger_ms / 1000
+        self._max_events = settings.producer_batch_events
+        self._max_pending = settings.collector_max_pending_events
+        self._producer = Producer(
+            {
+                "bootstrap.servers": settings.bootstrap_servers,
+                "enable.idempotence": True,
+                "linger.ms": 2,
+                "compression.type": "lz4",
+                "message.max.bytes": 8 * 1024 * 1024,
+                "delivery.timeout.ms": int(settings.collector_delivery_timeout_s * 1000),
+            }
+        )
+        self._pending: list[tuple[list[Touchpoint], asyncio.Future[None]]] = []
+        self._pending_events = 0
+        self._in_flight_events = 0
+        self._has_work = asyncio.Event()
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="collector-poll", daemon=True)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._prefix: bytes | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._poller.start()
+        if self.settings.schema_registry_url:
+            framing = RegistryFraming(
+                registry_client(self.settings.schema_registry_url), self.settings.topic_touchpoints
+            )
+            self._prefix = await loop.run_in_executor(None, framing.prefix, BATCH)
+        else:
+            try:
+                await loop.run_in_executor(
+                    None, SchemaLog(self.settings).announce, (TOUCHPOINT, BATCH)
+                )
+            except KafkaException as exc:
+                log.warning("%s; workers older than the collector will dead-letter its events", exc)
+        self._task = asyncio.create_task(self._run(), name="collector-sender")
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    async def send(self, events: list[Touchpoint]) -> None:
+        if self._pending_events + self._in_flight_events + len(events) > self._max_pending:
+            raise Unavailable("too many events wait for the broker; retry later")
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._pending.append((events, future))
+        self._pending_events += len(events)
+        self._has_work.set()
+        await future
+
+    async def _run(self) -> None:
+        while not (self._closing and not self._pending):
+            await self._has_work.wait()
+            if self._pending_events < self._max_events and not self._closing:
+                await asyncio.sleep(self._linger)
+            pending, self._pending = self._pending, []
+            self._pending_events = 0
+            self._has_work.clear()
+            group: list[tuple[list[Touchpoint], asyncio.Future[None]]] = []
+            size = 0
+            for item in pending:
+                if group and size + len(item[0]) > self._max_events:
+                    await self._produce(group)
+                    group, size = [], 0
+                group.append(item)
+                size += len(item[0])
+            if group:
+                await self._produce(group)
+
+    async def _produce(self, group: list[tuple[list[Touchpoint], asyncio.Future[None]]]) -> None:
+        events = [tp for tps, _ in group for tp in tps]
+        futures = [f for _, f in group]
+        try:
+            value = encode_batch(events, self._prefix)
+        except Exception as exc:  # validated already; an encode failure is our bug
+            log.exception("could not encode a batch of %d events", len(events))
+            for f in futures:
+                if not f.done():
+                    f.set_exception(Unavailable(f"could not encode events: {exc}"))
+            return
+        loop = self._loop
+        count = len(events)
+
+        def resolve(error: str | None) -> None:
+            self._in_flight_events -= count
+            for f in futures:
+                if f.done():
+                    continue
+                if error is None:
+                    f.set_result(None)
+                else:
+                    f.set_exception(Unavailable(f"the broker did not take the events: {error}"))
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            loop.call_soon_threadsafe(resolve, None if err is None else str(err))
+
+        self._in_flight_events += count
+        while True:
+            try:
+                self._producer.produce(
+                    self.settings.topic_touchpoints, value=value, on_delivery=on_delivery
+                )
+                return
+            except BufferError:  # the client queue is full: let deliveries drain
+                await asyncio.sleep(0.05)
+
+    async def ready(self) -> str | None:
+        """None when the broker answers, else why not."""
+
+        def probe() -> str | None:
+            try:
+                meta = self._producer.list_topics(self.settings.topic_touchpoints, timeout=3)
+            except KafkaException as exc:
+                return f"broker unreachable: {exc}"
+            topic = meta.topics.get(self.settings.topic_touchpoints)
+            if topic is None or topic.error is not None:
+                return f"topic {self.settings.topic_touchpoints} is missing"
+            return None
+
+        return await asyncio.get_running_loop().run_in_executor(None, probe)
+
+    async def close(self) -> None:
+        """Send what requests are waiting for, wait for the broker, stop."""
+        self._closing = True
+        self._has_work.set()
+        if self._task is not None:
+            await self._task
+        await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 30)
+        self._stop.set()
+        self._poller.join(timeout=5)
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"success": False, "error": message, **extra}, status=status)
+
+
+class _Refused(Exception):
+    """Ends a request with ``status`` and a JSON reason."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.response = _error(status, message, **extra)
+
+
+def _source_for(request: web.Request, body: Any, keys: dict[str, str]) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Basic "):
+        try:
+            user = base64.b64decode(header[6:], validate=True).decode().split(":", 1)[0]
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return keys.get(user)
+    if isinstance(body, dict) and isinstance(body.get("writeKey"), str):
+        return keys.get(body["writeKey"])
+    return None
+
+
+def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Application:
+    """The collector as an aiohttp application (``sender`` is started with the app)."""
+    if not settings.collector_write_keys:
+        raise ValueError(
+            'no write keys: set UNIFIER_COLLECTOR_WRITE_KEYS, e.g. \'{"<key>": "web"}\''
+        )
+    keys = dict(settings.collector_write_keys)
+    id_types = settings.identifier_priorities
+    sender = sender or AsyncSender(settings)
+
+    @web.middleware
+    async def errors(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(
+                413, f"request body larger than {settings.collector_max_body_bytes} bytes"
+            )
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return _error(exc.status, exc.reason)
+            raise
+        except Exception:  # never a stack trace to a client
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return _error(500, "internal error")
+
+    def validate(doc: dict[str, Any]) -> Touchpoint:
+        tp = parse_json(doc, id_types)
+        profile_key(tp, id_types, settings.default_phone_region)
+        return tp
+
+    def messages_of(body: Any, call: str | None) -> list[Any]:
+        if call == "touchpoints":
+            messages = body if isinstance(body, list) else [body]
+        elif call == "batch":
+            batch = body.get("batch") if isinstance(body, dict) else None
+            if not isinstance(batch, list):
+                raise _Refused(400, "batch: a list of messages is required")
+            messages = batch
+        else:
+            messages = [body]
+        if not messages:
+            raise _Refused(400, "no events")
+        if len(messages) > MAX_EVENTS_PER_REQUEST:
+            raise _Refused(413, f"more than {MAX_EVENTS_PER_REQUEST} events in one request")
+        return messages
+
+    def touchpoints_of(messages: list[Any], call: str | None, source: str) -> list[Touchpoint]:
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        events: list[Touchpoint] = []
+        problems: list[dict[str, Any]] = []
+        for index, message in enumerate(messages):
+            try:
+                if call == "touchpoints":
+                    doc = message
+                else:
+                    doc = to_touchpoint_json(
+                        message, None if call == "batch" else call, source, id_types, now
+                    )
+                events.append(validate(doc))
+            except InvalidTouchpoint as exc:
+                problems.append({"index": index, "reason": str(exc)})
+        if problems:
+            raise _Refused(
+                400, f"{len(problems)} of {len(messages)} events are invalid", errors=problems
+            )
+        return events
+
+    async def accept(request: web.Request, call: str | None) -> web.Response:
+        raw = await request.read()
+        try:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise _Refused(400, f"malformed JSON: {exc}") from None
+            source = _source_for(request, body, keys)
+            if source is None:
+                raise _Refused(401, "a valid write key is required (HTTP Basic user name)")
+            events = touchpoints_of(messages_of(body, call), call, source)
+            try:
+                await sender.send(events)
+            except Unavailable as exc:
+                raise _Refused(503, str(exc)) from None
+        except _Refused as refused:
+            return refused.response
+        return web.json_response({"success": True, "accepted": len(events)})
+
+    def route(call: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            return await accept(request, call)
+
+        return handler
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(_request: web.Request) -> web.Response:
+        problem = await sender.ready()
+        if problem:
+            return web.json_response({"status": "unavailable", "reason": problem}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def lifecycle(_app: web.Application) -> Any:
+        await sender.start()
+        yield
+        await sender.close()
+
+    app = web.Application(middlewares=[errors], client_max_size=settings.collector_max_body_bytes)
+    for call in SEGMENT_CALLS:
+        app.router.add_post(f"/v1/{call}", route(call))
+    app.router.add_post("/v1/batch", route("batch"))
+    app.router.add_post("/v1/import", route("batch"))  # Segment's server libraries use it
+    app.router.add_post("/v1/touchpoints", route("touchpoints"))
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def run_collector(settings: Settings, host: str, port: int) -> None:
+    app = build_app(settings)
+    print(f"collector listening on http://{host}:{port}", flush=True)
+    web.run_app(app, host=host, port=port, print=None, access_log=None)

@@ -1,0 +1,39 @@
+"""A tiny HTTP client for tests (stdlib only, so nothing stands between test and server)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def post(
+    url: str, body: bytes | Any, key: str | None = None, timeout: float = 30
+) -> tuple[int, Any]:
+    """POST ``body`` (bytes as is, anything else as JSON) -> (status, decoded JSON answer)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST")
+    request.add_header("Content-Type", "application/json")
+    if key is not None:
+        request.add_header(
+            "Authorization", "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+        )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, raw.decode("utf-8", "replace")
+
+
+def get(url: str, timeout: float = 10) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")

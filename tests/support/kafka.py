@@ -1,0 +1,46 @@
+"""Reading what is on a topic, the way a downstream consumer would."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
+from profiles.touchpoint import Touchpoint
+from schemas.codec import decode_touchpoints
+from unifier.settings import Settings
+
+
+def consume_all(
+    settings: Settings, topic: str, partitions: int, idle_s: float = 3.0
+) -> list[Message]:
+    """Every record on ``topic``, read from the beginning until nothing new came for ``idle_s``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        out: list[Message] = []
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            out.append(msg)
+            last = time.monotonic()
+        return out
+    finally:
+        consumer.close()
+
+
+def touchpoints_on_topic(settings: Settings, idle_s: float = 3.0) -> list[Touchpoint]:
+    """Every touchpoint on the input topic (each record decoded; batches flattened)."""
+    records = consume_all(
+        settings, settings.topic_touchpoints, settings.touchpoint_partitions, idle_s
+    )
+    return [tp for msg in records for tp in decode_touchpoints(msg.value())]
