@@ -191,6 +191,17 @@ def collector(
 
 
 # --- ingest ------------------------------------------------------------------------
+def _require_input_topic(settings: Settings) -> None:
+    from unifier.topics import missing_topics
+
+    try:
+        missing = missing_topics(settings, [settings.topic_touchpoints])
+    except Exception as exc:
+        raise fail(f"could not reach the broker at {settings.bootstrap_servers}: {exc}") from None
+    if missing:
+        raise fail(f"topic '{missing[0]}' does not exist; run `unifier topics create` first")
+
+
 @app.command()
 def ingest(
     ctx: typer.Context,
@@ -207,31 +218,92 @@ def ingest(
 ) -> None:
     """Validate FILE and send its touchpoints. Exit 1 if any line was rejected."""
     from unifier.ingest import ingest_file
-    from unifier.topics import missing_topics
 
     settings = settings_of(ctx)
-    try:
-        missing = missing_topics(settings, [settings.topic_touchpoints])
-    except Exception as exc:
-        raise fail(f"could not reach the broker at {settings.bootstrap_servers}: {exc}") from None
-    if missing:
-        raise fail(f"topic '{missing[0]}' does not exist; run `unifier topics create` first")
+    _require_input_topic(settings)
     result = ingest_file(file, settings, rejects, progress)
-    err.print(
-        f"ingested {result.delivered} events from {result.lines} lines; "
-        f"rejected {result.rejected}"
-        + (f" (see {result.rejects_path})" if result.rejects_path else "")
-        + (
-            f"; {result.failed} NOT delivered: {'; '.join(result.errors[:3])}"
-            if result.failed
-            else ""
-        ),
-        highlight=False,
-    )
+    err.print(result.summary("ingested", "lines"), highlight=False)
     if result.failed:
         raise typer.Exit(2)
     if result.rejected:
         raise typer.Exit(1)
+
+
+# --- import ------------------------------------------------------------------------
+import_app = typer.Typer(help="Import CSV exports of a POS or a CRM.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+def _import(
+    ctx: typer.Context,
+    kind: str,
+    file: Path,
+    mapping: Path | None,
+    rejects: Path | None,
+    progress: bool | None,
+) -> None:
+    from producers.importers import MappingError, import_file
+
+    settings = settings_of(ctx)
+    _require_input_topic(settings)
+    try:
+        result = import_file(kind, file, settings, mapping, rejects, progress)
+    except MappingError as exc:
+        raise fail(f"{file}: {exc}") from None
+    err.print(result.summary("imported", "rows"), highlight=False)
+    if result.failed:
+        raise typer.Exit(2)
+    if result.rejected:
+        raise typer.Exit(1)
+
+
+CsvFile = Annotated[
+    Path, typer.Argument(help="CSV with a header row", exists=True, dir_okay=False, readable=True)
+]
+MappingOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="TOML column mapping (see `unifier import mapping KIND`)", exists=True, dir_okay=False
+    ),
+]
+RejectsOpt = Annotated[
+    Path | None, typer.Option(help="Where rejected rows go [default: FILE.rejects.jsonl]")
+]
+ProgressOpt = Annotated[bool | None, typer.Option(help="Progress bar [default: on a tty]")]
+
+
+@import_app.command("pos")
+def import_pos(
+    ctx: typer.Context,
+    file: CsvFile,
+    mapping: MappingOpt = None,
+    rejects: RejectsOpt = None,
+    progress: ProgressOpt = None,
+) -> None:
+    """POS sales: one row per line item (or per transaction). Exit 1 if any row was rejected."""
+    _import(ctx, "pos", file, mapping, rejects, progress)
+
+
+@import_app.command("crm")
+def import_crm(
+    ctx: typer.Context,
+    file: CsvFile,
+    mapping: MappingOpt = None,
+    rejects: RejectsOpt = None,
+    progress: ProgressOpt = None,
+) -> None:
+    """CRM contacts: one row per contact. Exit 1 if any row was rejected."""
+    _import(ctx, "crm", file, mapping, rejects, progress)
+
+
+@import_app.command("mapping")
+def import_mapping(kind: Annotated[str, typer.Argument(help="pos or crm")]) -> None:
+    """Print the default column mapping as TOML, to copy and edit."""
+    from producers.importers import mapping_toml
+
+    if kind not in ("pos", "crm"):
+        raise fail(f"unknown kind {kind!r}: pos or crm")
+    out.print(mapping_toml(kind), highlight=False, markup=False, end="")
 
 
 # --- lag ---------------------------------------------------------------------------

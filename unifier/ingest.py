@@ -8,32 +8,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import orjson
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from producers.kafka import TouchpointProducer
+from producers.loader import Loader, LoadResult
 from profiles.routing import profile_key
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint, parse_json
 from unifier.settings import Settings
 
 MAX_LINE_BYTES = 1024 * 1024
-SHOWN_REJECTS = 20
-
-
-@dataclass
-class IngestResult:
-    lines: int = 0
-    blank: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    delivered: int = 0
-    failed: int = 0
-    rejects_path: Path | None = None
-    errors: list[str] = field(default_factory=list)
 
 
 def validate_line(line: bytes, settings: Settings) -> Touchpoint:
@@ -63,60 +48,22 @@ def ingest_file(
     rejects_path: Path | None = None,
     progress: bool | None = None,
     err: IO[str] = sys.stderr,
-) -> IngestResult:
-    result = IngestResult()
-    rejects_path = rejects_path or path.with_name(path.name + ".rejects.jsonl")
-    rejects: IO[bytes] | None = None
-    rejects_path.unlink(missing_ok=True)  # a stale file from an earlier run would mislead
-    show_bar = err.isatty() if progress is None else progress
-    size = path.stat().st_size
-    with (
-        open(path, "rb") as fh,
-        TouchpointProducer(settings) as producer,
-        Progress(
-            TextColumn("ingest"),
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            disable=not show_bar,
-            transient=True,
-        ) as bar,
-    ):
-        task = bar.add_task("ingest", total=size)
-        for number, line in _lines(fh):
-            result.lines += 1
-            bar.update(task, advance=len(line) + 1)
-            if not line.strip():
-                result.blank += 1
-                continue
-            try:
-                tp = validate_line(line, settings)
-            except InvalidTouchpoint as exc:
-                result.rejected += 1
-                if rejects is None:
-                    rejects = open(rejects_path, "wb")  # noqa: SIM115 - closed below
-                rejects.write(
-                    orjson.dumps(
-                        {
-                            "line": number,
-                            "reason": str(exc),
-                            "input": line.decode("utf-8", "replace"),
-                        }
-                    )
-                    + b"\n"
-                )
-                if result.rejected <= SHOWN_REJECTS:
-                    print(f"{path}:{number}: rejected: {exc}", file=err)
-                continue
-            result.accepted += 1
-            producer.send(tp)
-        report = producer.flush()
-    if rejects is not None:
-        rejects.close()
-        result.rejects_path = rejects_path
-        if result.rejected > SHOWN_REJECTS:
-            print(f"... and {result.rejected - SHOWN_REJECTS} more rejected lines", file=err)
-    result.delivered = report.events_sent
-    result.failed = result.accepted - report.events_sent
-    result.errors = report.errors
+) -> LoadResult:
+    with Loader(path, settings, rejects_path, progress, err, "ingest") as loader:
+        result = loader.result
+        with open(path, "rb") as fh:
+            position = 0
+            for number, line in _lines(fh):
+                result.lines += 1
+                position += len(line) + 1
+                loader.progress_to(position)
+                if not line.strip():
+                    result.blank += 1
+                    continue
+                try:
+                    tp = validate_line(line, settings)
+                except InvalidTouchpoint as exc:
+                    loader.reject(number, str(exc), line.decode("utf-8", "replace"))
+                    continue
+                loader.send(tp)
     return result

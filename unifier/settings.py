@@ -21,6 +21,7 @@ DEFAULT_IDENTIFIER_PRIORITIES: dict[str, int] = {
     "user_id": 100,
     "email": 90,
     "loyalty_id": 80,
+    "crm_id": 75,
     "phone": 70,
     "anonymous_id": 10,
 }
