@@ -1,214 +1,372 @@
-"""Synthetic multi-channel customer journeys, in the touchpoint JSON form.
+"""Synthetic multi-channel customer journeys with ground truth.
 
-A first, small generator for the demo and tests: people browse anonymously on
-a device or two, log in (linking device, user id and email), order online,
-buy in a store with a loyalty card and a phone number written in many formats,
-and open emails (with case and whitespace noise). Deterministic for a seed.
-Issue #3 grows it (shared devices, junk values, ground truth file).
+People browse anonymously on one to three devices, sign in (linking a device to
+their user id and email), order online, buy in stores with a loyalty card and a
+phone number written in many formats, open emails, write to support (sometimes
+from a second email address) and are updated in the CRM. The noise a real
+deployment sees is there too: upper case and stray spaces in emails, phone
+formats with and without country codes, junk values typed into forms and tills
+(``test@test.com``, ``0000000000``) that would fuse strangers, and household
+tablets shared by two people.
+
+``generate_journeys`` returns the events (touchpoint JSON form, shuffled arrival
+order by default) and the truth: per person, the identifiers they used and which
+of them their own events link together; the shared identifiers; the junk values.
+Deterministic for a seed. ``unifier generate`` writes both to files.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import phonenumbers
+
 FIRST = [
-    "Ana",
-    "Ben",
-    "Chen",
-    "Dara",
-    "Eli",
-    "Fatima",
-    "Gus",
-    "Hana",
-    "Ivan",
-    "June",
-    "Kofi",
-    "Lena",
-    "Mateo",
-    "Nia",
-    "Omar",
-    "Priya",
-    "Quinn",
-    "Rosa",
-    "Sami",
-    "Tomas",
-]
+    "Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "June",
+    "Kofi", "Lena", "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tomas",
+]  # fmt: skip
 LAST = ["Silva", "Okafor", "Novak", "Kim", "Haddad", "Larsen", "Moreau", "Ito", "Reyes", "Shah"]
 DOMAINS = ["example.com", "mail.example.org", "inbox.example.net"]
+WORK_DOMAINS = ["acme.example", "globex.example", "initech.example"]
 COUNTRIES = ["US", "US", "US", "CA", "GB", "DE"]
 AREA_CODES = ["415", "212", "312", "646", "617", "206", "303", "512"]
+CATALOG = [
+    ("SKU-TEE", "T-shirt", "apparel", Decimal("19.90")),
+    ("SKU-JEAN", "Jeans", "apparel", Decimal("59.00")),
+    ("SKU-RUN", "Running shoes", "shoes", Decimal("119.00")),
+    ("SKU-BOOT", "Boots", "shoes", Decimal("149.50")),
+    ("SKU-CAP", "Cap", "accessories", Decimal("14.00")),
+    ("SKU-SOCK", "Socks (3)", "accessories", Decimal("9.99")),
+    ("SKU-BAG", "Tote bag", "accessories", Decimal("24.00")),
+]
+PAGES = ["/", "/shoes", "/apparel", "/sale", "/cart", "/stores", "/help"]
+#: Values people and cashiers type when they do not want to give theirs.
+JUNK_EMAILS = ["test@test.com", "none@none.com", "noemail@example.com"]
+JUNK_PHONES = ["0000000000", "000-000-0000", "1111111111"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Person:
-    index: int
+    person_id: str
     first: str
     last: str
-    email: str
-    phone_digits: str  # 10-digit US number
-    user_id: str
-    loyalty_id: str
-    devices: tuple[str, ...]
     country: str
+    devices: list[str]
+    email: str | None = None
+    work_email: str | None = None
+    phone_digits: str | None = None  # national digits; +1 unless uk
+    uk_phone: bool = False
+    user_id: str | None = None
+    loyalty_id: str | None = None
+    crm_id: str | None = None
 
 
-def _phone_formats(digits: str, rng: random.Random) -> str:
-    a, b, c = digits[:3], digits[3:6], digits[6:]
+@dataclass
+class Truth:
+    """What really happened, with identifiers in canonical form (``type:value``)."""
+
+    persons: dict[str, list[set[str]]] = field(default_factory=dict)
+    shared: set[str] = field(default_factory=set)
+    junk: set[str] = field(default_factory=set)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "persons": [
+                {"person": pid, "clusters": [sorted(c) for c in clusters]}
+                for pid, clusters in sorted(self.persons.items())
+            ],
+            "shared": sorted(self.shared),
+            "junk": sorted(self.junk),
+        }
+
+
+@dataclass
+class Journeys:
+    events: list[dict[str, Any]]
+    truth: Truth
+    people: int
+    seed: int
+
+
+# --- noise ---------------------------------------------------------------------------
+def e164(person: Person) -> str:
+    assert person.phone_digits is not None
+    return ("+44" if person.uk_phone else "+1") + person.phone_digits
+
+
+def phone_as_typed(person: Person, rng: random.Random) -> str:
+    d = person.phone_digits
+    assert d is not None
+    if person.uk_phone:  # 7xxx xxxxxx, written with or without the country code
+        return rng.choice([f"+44 {d[:4]} {d[4:]}", f"+44{d}", f"+44 (0){d[:4]} {d[4:]}"])
+    a, b, c = d[:3], d[3:6], d[6:]
     return rng.choice(
-        [
-            f"({a}) {b}-{c}",
-            f"{a}-{b}-{c}",
-            f"+1 {a} {b} {c}",
-            f"{a}.{b}.{c}",
-            f"1{a}{b}{c}",
-            f" {a}{b}{c} ",
-        ]
-    )
+        [f"({a}) {b}-{c}", f"{a}-{b}-{c}", f"+1 {a} {b} {c}", f"{a}.{b}.{c}", f"1{a}{b}{c}",
+         f" {a}{b}{c} ", f"+1-{a}-{b}-{c}"]
+    )  # fmt: skip
 
 
-def _noisy_email(email: str, rng: random.Random) -> str:
-    variants = [email, email.upper(), f"  {email} ", email.capitalize()]
-    return rng.choice(variants)
+def email_as_typed(email: str, rng: random.Random) -> str:
+    return rng.choice([email, email, email.upper(), f"  {email} ", email.capitalize()])
+
+
+# --- people --------------------------------------------------------------------------
+def _valid_phone(rng: random.Random, uk: bool) -> str:
+    """National digits of a number phonenumbers calls valid (UK mobile or US)."""
+    while True:
+        if uk:
+            digits = f"7{rng.randint(400, 999)}{rng.randint(0, 999999):06d}"
+            number = phonenumbers.parse(f"+44{digits}")
+        else:
+            digits = f"{rng.choice(AREA_CODES)}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}"
+            number = phonenumbers.parse(f"+1{digits}")
+        if phonenumbers.is_valid_number(number):
+            return digits
+
+
+def _id(rng: random.Random, prefix: str, n: int = 12) -> str:
+    return f"{prefix}{uuid.UUID(int=rng.getrandbits(128)).hex[:n]}"
 
 
 def make_people(count: int, rng: random.Random) -> list[Person]:
     people = []
     for i in range(count):
         first, last = rng.choice(FIRST), rng.choice(LAST)
-        digits = f"{rng.choice(AREA_CODES)}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}"
-        people.append(
-            Person(
-                index=i,
-                first=first,
-                last=last,
-                email=f"{first}.{last}.{i}@{rng.choice(DOMAINS)}".lower(),
-                phone_digits=digits,
-                user_id=f"u-{100000 + i}",
-                loyalty_id=f"L{700000 + i}",
-                devices=tuple(
-                    f"anon-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}"
-                    for _ in range(rng.randint(1, 2))
-                ),
-                country=rng.choice(COUNTRIES),
-            )
+        person = Person(
+            person_id=f"p{i:06d}",
+            first=first,
+            last=last,
+            country=rng.choice(COUNTRIES),
+            devices=[_id(rng, "anon-") for _ in range(rng.choice([1, 1, 2, 2, 3]))],
         )
+        if rng.random() < 0.85:
+            person.email = f"{first}.{last}.{i}@{rng.choice(DOMAINS)}".lower()
+        if person.email and rng.random() < 0.25:
+            person.work_email = f"{first[0]}{last}{i}@{rng.choice(WORK_DOMAINS)}".lower()
+        if rng.random() < 0.8:
+            person.uk_phone = person.country == "GB"
+            person.phone_digits = _valid_phone(rng, person.uk_phone)
+        if person.email and rng.random() < 0.75:
+            person.user_id = f"u-{100000 + i}"
+        if rng.random() < 0.5:
+            person.loyalty_id = f"L{700000 + i}"
+        if (person.email or person.phone_digits) and rng.random() < 0.4:
+            person.crm_id = f"C-{300000 + i}"
+        people.append(person)
+    # Households: every 12th pair shares a tablet both use (and sign in on).
+    for a, b in zip(people[::24], people[1::24], strict=False):
+        tablet = _id(rng, "tablet-")
+        a.devices.append(tablet)
+        b.devices.append(tablet)
     return people
 
 
-def _event(
-    rng: random.Random,
-    when: datetime,
-    etype: str,
-    source: str,
-    identifiers: dict[str, str],
-    traits: dict[str, Any] | None = None,
-    properties: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
-        "type": etype,
-        "source": source,
-        "occurred_at": when.isoformat().replace("+00:00", "Z"),
-        "identifiers": identifiers,
-        "traits": traits or {},
-        "properties": properties or {},
-    }
+# --- events --------------------------------------------------------------------------
+class _Journey:
+    def __init__(self, person: Person, rng: random.Random, start: datetime) -> None:
+        self.p, self.rng = person, rng
+        self.t = start + timedelta(minutes=rng.randint(0, 60 * 24 * 20))
+        self.events: list[dict[str, Any]] = []
+        # Per event: the canonical identifiers it carries (junk values left out).
+        self.links: list[list[str]] = []
+
+    def later(self) -> str:
+        self.t += timedelta(minutes=self.rng.randint(1, 900), seconds=self.rng.randint(0, 59))
+        return self.t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def emit(
+        self,
+        etype: str,
+        source: str,
+        ids: dict[str, str],
+        canonical: Iterable[str | None],
+        **rest: Any,
+    ) -> None:
+        event = {
+            "event_id": _id(self.rng, "", 32),
+            "type": etype,
+            "source": source,
+            "occurred_at": self.later(),
+            "identifiers": ids,
+            **{k: v for k, v in rest.items() if v},
+        }
+        self.events.append(event)
+        self.links.append([c for c in canonical if c])
+
+    def items(self, n: int) -> tuple[list[dict[str, Any]], Decimal]:
+        chosen = [self.rng.choice(CATALOG) for _ in range(n)]
+        items = []
+        total = Decimal(0)
+        for sku, name, category, price in chosen:
+            qty = self.rng.choice([1, 1, 1, 2])
+            items.append(
+                {"sku": sku, "name": name, "category": category, "quantity": qty,
+                 "unit_price": str(price)}
+            )  # fmt: skip
+            total += price * qty
+        return items, total
 
 
-def journey(person: Person, rng: random.Random, start: datetime) -> list[dict[str, Any]]:
-    """One person's touchpoints across web, POS and email, in time order."""
-    t = start + timedelta(minutes=rng.randint(0, 60 * 24 * 20))
-    events = []
-
-    def later() -> datetime:
-        nonlocal t
-        t += timedelta(minutes=rng.randint(1, 600))
-        return t
-
-    device = rng.choice(person.devices)
-    for _ in range(rng.randint(1, 3)):
-        events.append(
-            _event(
-                rng,
-                later(),
-                "page_viewed",
-                "web",
-                {"anonymous_id": device},
-                properties={"path": rng.choice(["/", "/shoes", "/sale", "/cart"])},
-            )
-        )
-    events.append(
-        _event(
-            rng,
-            later(),
-            "signed_in",
-            "web",
-            {
-                "anonymous_id": device,
-                "user_id": person.user_id,
-                "email": _noisy_email(person.email, rng),
-            },
-            traits={
-                "first_name": person.first,
-                "last_name": person.last,
-                "country": person.country,
-            },
-        )
+def journey(
+    person: Person, rng: random.Random, start: datetime, truth: Truth
+) -> list[dict[str, Any]]:
+    j = _Journey(person, rng, start)
+    p = person
+    email = f"email:{p.email}" if p.email else None
+    phone = f"phone:{e164(p)}" if p.phone_digits else None
+    campaign = rng.choice(
+        [
+            {},
+            {"campaign": {"source": "newsletter", "medium": "email"}},
+            {"campaign": {"source": "ads"}},
+        ]
     )
-    for _ in range(rng.randint(0, 2)):
-        total = round(rng.uniform(10, 300), 2)
-        events.append(
-            _event(
-                rng,
-                later(),
-                "order_completed",
-                "web",
-                {"user_id": person.user_id, "email": _noisy_email(person.email, rng)},
-                properties={"total": total, "currency": "USD", "items": rng.randint(1, 4)},
-            )
+    for device in p.devices:
+        for _ in range(rng.randint(1, 4)):
+            j.emit(
+                "page_viewed", "web", {"anonymous_id": device}, [f"anonymous_id:{device}"],
+                context={"page_url": f"https://shop.example{rng.choice(PAGES)}",
+                         "user_agent": "Mozilla/5.0", **campaign},
+            )  # fmt: skip
+    traits = {"first_name": p.first, "last_name": p.last, "country": p.country}
+    if p.user_id and p.email:
+        for device in p.devices if len(p.devices) < 3 else p.devices[:2] + p.devices[-1:]:
+            j.emit(
+                "signed_in", "web",
+                {"anonymous_id": device, "user_id": p.user_id,
+                 "email": email_as_typed(p.email, rng)},
+                [f"anonymous_id:{device}", f"user_id:{p.user_id}", email],
+                traits=traits,
+                consent={"email_marketing": rng.random() < 0.6},
+            )  # fmt: skip
+    elif p.email:  # a guest who signs up for the newsletter
+        j.emit(
+            "newsletter_signup", "web",
+            {"anonymous_id": p.devices[0], "email": email_as_typed(p.email, rng)},
+            [f"anonymous_id:{p.devices[0]}", email],
+            consent={"email_marketing": True},
+        )  # fmt: skip
+    if rng.random() < 0.03:  # a form filled in with a junk email
+        junk = rng.choice(JUNK_EMAILS)
+        truth.junk.add(f"email:{junk}")
+        j.emit("form_submitted", "web", {"anonymous_id": p.devices[0], "email": junk},
+               [f"anonymous_id:{p.devices[0]}"])  # fmt: skip
+    for _ in range(rng.randint(0, 3) if p.email else 0):
+        assert p.email is not None
+        items, total = j.items(rng.randint(1, 3))
+        ids = (
+            {"user_id": p.user_id, "email": email_as_typed(p.email, rng)}
+            if p.user_id
+            else {"anonymous_id": p.devices[0], "email": email_as_typed(p.email, rng)}
         )
-    if rng.random() < 0.6:
-        events.append(
-            _event(
-                rng,
-                later(),
-                "pos_purchase",
-                "pos",
-                {
-                    "loyalty_id": person.loyalty_id,
-                    "phone": _phone_formats(person.phone_digits, rng),
-                },
-                traits={"first_name": person.first},
-                properties={
-                    "total": round(rng.uniform(5, 150), 2),
-                    "currency": "USD",
-                    "store_id": f"S{rng.randint(1, 40):03d}",
-                },
-            )
-        )
-    if rng.random() < 0.7:
-        events.append(
-            _event(
-                rng,
-                later(),
-                "email_opened",
-                "email",
-                {"email": _noisy_email(person.email, rng)},
-                properties={"campaign": rng.choice(["fall", "welcome", "vip"])},
-            )
-        )
-    return events
+        canon = [f"user_id:{p.user_id}" if p.user_id else f"anonymous_id:{p.devices[0]}", email]
+        order_id = _id(rng, "W-", 10)
+        j.emit(
+            "order_completed", "web", ids, canon,
+            order={"order_id": order_id, "currency": "USD", "total": str(total), "items": items},
+        )  # fmt: skip
+    for _ in range(rng.randint(0, 3) if (p.loyalty_id or p.phone_digits) else 0):
+        ids, canon = {}, []
+        if p.loyalty_id and rng.random() < 0.9:
+            ids["loyalty_id"], canon = p.loyalty_id, [f"loyalty_id:{p.loyalty_id}"]
+        if p.phone_digits and (not ids or rng.random() < 0.6):
+            ids["phone"] = phone_as_typed(p, rng)
+            canon.append(phone)
+        elif ids and rng.random() < 0.15:  # the cashier's placeholder number
+            junk = rng.choice(JUNK_PHONES)
+            ids["phone"] = junk
+            truth.junk.add(f"phone:{junk}")
+        if not ids:
+            continue
+        items, total = j.items(rng.randint(1, 4))
+        store = f"S{rng.randint(1, 40):03d}"
+        j.emit(
+            "pos_transaction", "pos", ids, canon,
+            context={"store_id": store, "terminal_id": f"T{rng.randint(1, 4)}"},
+            pos={"transaction_id": _id(rng, "R-", 10), "store_id": store, "currency": "USD",
+                 "total": str(total), "items": items,
+                 "payment_method": rng.choice(["card", "cash", "card"])},
+        )  # fmt: skip
+    for _ in range(rng.randint(0, 3) if p.email else 0):
+        assert p.email is not None
+        j.emit(
+            rng.choice(["email_opened", "email_clicked"]), "email",
+            {"email": email_as_typed(p.email, rng)}, [email],
+            properties={"campaign": rng.choice(["fall", "welcome", "vip"])},
+        )  # fmt: skip
+    if (p.email or p.phone_digits) and rng.random() < 0.2:
+        ids, canon = {}, []
+        address = p.work_email or p.email
+        if address:
+            ids["email"], canon = email_as_typed(address, rng), [f"email:{address}"]
+        if p.phone_digits and (p.work_email or rng.random() < 0.5 or not ids):
+            ids["phone"] = phone_as_typed(p, rng)
+            canon.append(phone)
+        j.emit(
+            "support_ticket_opened", "support", ids, canon,
+            traits={"first_name": p.first, "last_name": p.last},
+            properties={"topic": rng.choice(["returns", "delivery", "sizing"])},
+        )  # fmt: skip
+    if p.crm_id:
+        ids = {"crm_id": p.crm_id}
+        canon = [f"crm_id:{p.crm_id}"]
+        if p.email:
+            ids["email"] = email_as_typed(p.email, rng)
+            canon.append(email)
+        if p.phone_digits:
+            ids["phone"] = phone_as_typed(p, rng)
+            canon.append(phone)
+        j.emit(
+            "crm_contact_updated", "crm", ids, canon,
+            traits={"first_name": p.first, "last_name": p.last, "job_title": rng.choice(
+                ["Engineer", "Nurse", "Teacher", "Designer"]), "address": {"country": p.country}},
+            consent={"sms_marketing": rng.random() < 0.3},
+        )  # fmt: skip
+    truth.persons[p.person_id] = _components(j.links)
+    return j.events
+
+
+def _components(links: list[list[str]]) -> list[set[str]]:
+    """Identifiers one person's events link together (union-find over their events)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for ids in links:
+        for other in ids[1:]:
+            parent[find(other)] = find(ids[0])
+        if ids:
+            find(ids[0])
+    groups: dict[str, set[str]] = {}
+    for x in parent:
+        groups.setdefault(find(x), set()).add(x)
+    return sorted(groups.values(), key=sorted)
+
+
+def generate_journeys(people: int = 100, seed: int = 7, shuffle: bool = True) -> Journeys:
+    rng = random.Random(seed)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    truth = Truth()
+    persons = make_people(people, rng)
+    events = [e for p in persons for e in journey(p, rng, start, truth)]
+    for a, b in zip(persons[::24], persons[1::24], strict=False):
+        truth.shared.update(f"anonymous_id:{d}" for d in set(a.devices) & set(b.devices))
+    if shuffle:
+        rng.shuffle(events)
+    return Journeys(events, truth, people, seed)
 
 
 def generate(people: int = 100, seed: int = 7, shuffle: bool = True) -> list[dict[str, Any]]:
-    """Touchpoints for ``people`` people; shuffled arrival order by default."""
-    rng = random.Random(seed)
-    start = datetime(2026, 11, 1, tzinfo=UTC)
-    events = [e for p in make_people(people, rng) for e in journey(p, rng, start)]
-    if shuffle:
-        rng.shuffle(events)
-    return events
+    """Only the events of ``generate_journeys``."""
+    return generate_journeys(people, seed, shuffle).events

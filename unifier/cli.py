@@ -229,6 +229,37 @@ def ingest(
         raise typer.Exit(1)
 
 
+# --- generate ----------------------------------------------------------------------
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Events, one touchpoint JSON per line")],
+    truth: Annotated[
+        Path | None, typer.Option(help="Ground truth as JSON [default: OUT.truth.json]")
+    ] = None,
+    people: Annotated[int, typer.Option(min=1, help="How many people")] = 1000,
+    seed: Annotated[int, typer.Option(help="Same seed, same data")] = 7,
+    ordered: Annotated[bool, typer.Option(help="Time order instead of shuffled arrival")] = False,
+) -> None:
+    """Write synthetic customer journeys (web, POS, email, support, CRM) and their truth."""
+    import orjson
+
+    from producers.synthetic import generate_journeys
+
+    journeys = generate_journeys(people, seed, shuffle=not ordered)
+    truth = truth or out.with_name(out.name.removesuffix(".jsonl") + ".truth.json")
+    with open(out, "wb") as fh:
+        for event in journeys.events:
+            fh.write(orjson.dumps(event) + b"\n")
+    doc = {"people": people, "seed": seed, "events": len(journeys.events)}
+    truth.write_bytes(
+        orjson.dumps({**doc, **journeys.truth.to_json()}, option=orjson.OPT_INDENT_2)
+    )
+    err.print(
+        f"wrote {len(journeys.events)} events of {people} people to {out}, truth to {truth}",
+        highlight=False,
+    )
+
+
 # --- import ------------------------------------------------------------------------
 import_app = typer.Typer(help="Import CSV exports of a POS or a CRM.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
