@@ -11,6 +11,7 @@ from producers.synthetic import generate
 from tests.e2e.conftest import Cli, stack_pids
 from tests.support.data import reference_views, without_version, write_jsonl
 from unifier.settings import Settings
+from unifier.topics import topic_specs
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +26,7 @@ def test_the_documented_session(cli: Cli, tmp_path: Path) -> None:
 
     again = cli("topics", "create")
     assert again.returncode == 0
-    assert again.stdout.count("exists") == 6
+    assert again.stdout.count("exists") == len(topic_specs(Settings())) == 7
 
     events = generate(people=200, seed=3)[:1000]
     path = tmp_path / "events.jsonl"

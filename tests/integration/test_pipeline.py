@@ -148,7 +148,7 @@ def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(
     good = signed_in("ok-1", "Ana@X.com")
     no_ids = signed_in("bad-2", "not-an-email")
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
-    producer.produce(settings.topic_touchpoints, b"\x00garbage", partition=0)
+    producer.produce(settings.topic_touchpoints, b"garbage", partition=0)
     producer.produce(settings.topic_touchpoints, encode_touchpoint(no_ids), partition=1)
     producer.produce(settings.topic_touchpoints, encode_touchpoint(good), partition=2)
     assert producer.flush(10) == 0
@@ -179,9 +179,11 @@ def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(
     by_stage = {dict(m.headers())["x-dlq-stage"].decode(): m for m in dead}
     assert set(by_stage) == {"route.decode", "route.validate"}
     decode = dict(by_stage["route.decode"].headers())
-    assert decode["x-dlq-reason"] == b"not Avro single-object encoding (no C3 01 marker)"
+    assert decode["x-dlq-reason"] == (
+        b"neither Avro single-object encoding (C3 01) nor Schema Registry framing (00)"
+    )
     assert decode["x-source-topic"].decode() == settings.topic_touchpoints
     assert decode["x-source-partition"] == b"0" and decode["x-source-offset"] == b"0"
-    assert by_stage["route.decode"].value() == b"\x00garbage"
+    assert by_stage["route.decode"].value() == b"garbage"
     validate = dict(by_stage["route.validate"].headers())
     assert validate["x-dlq-reason"] == b"no usable identifier (email: not an email address)"
