@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Collection
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
@@ -38,9 +39,14 @@ def consume_all(
         consumer.close()
 
 
-def touchpoints_on_topic(settings: Settings, idle_s: float = 3.0) -> list[Touchpoint]:
-    """Every touchpoint on the input topic (each record decoded; batches flattened)."""
+def touchpoints_on_topic(
+    settings: Settings, idle_s: float = 3.0, skip: Collection[bytes] = ()
+) -> list[Touchpoint]:
+    """Every touchpoint on the input topic (each record decoded; batches flattened),
+    leaving out records whose bytes are in ``skip``."""
     records = consume_all(
         settings, settings.topic_touchpoints, settings.touchpoint_partitions, idle_s
     )
-    return [tp for msg in records for tp in decode_touchpoints(msg.value())]
+    return [
+        tp for msg in records if msg.value() not in skip for tp in decode_touchpoints(msg.value())
+    ]
