@@ -44,7 +44,10 @@ from unifier.settings import Settings
 log = logging.getLogger("unifier.collector")
 
 MAX_EVENTS_PER_REQUEST = 2000
-SEGMENT_CALLS = ("track", "identify", "page", "screen", "alias")
+SEGMENT_CALLS = ("track", "identify", "page", "screen", "alias", "group")
+#: analytics.js (analytics-next) posts to ``<apiHost>/<first letter of the call>``.
+SHORT_PATHS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "a": "alias",
+               "g": "group", "b": "batch"}  # fmt: skip
 
 
 class Unavailable(RuntimeError):
@@ -327,9 +330,34 @@ def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Appl
         yield
         await sender.close()
 
-    app = web.Application(middlewares=[errors], client_max_size=settings.collector_max_body_bytes)
+    origins = settings.collector_cors_origins
+
+    @web.middleware
+    async def cors(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # Browsers (analytics.js on the shop's own domain) call the collector cross-origin.
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and ("*" in origins or origin in origins)
+        if request.method == "OPTIONS" and allowed:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "POST, GET, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+            response.headers["Access-Control-Max-Age"] = "86400"
+        else:
+            response = await handler(request)
+        if allowed and origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    app = web.Application(
+        middlewares=[cors, errors], client_max_size=settings.collector_max_body_bytes
+    )
     for call in SEGMENT_CALLS:
         app.router.add_post(f"/v1/{call}", route(call))
+    for short, call in SHORT_PATHS.items():
+        app.router.add_post(f"/v1/{short}", route(call))
     app.router.add_post("/v1/batch", route("batch"))
     app.router.add_post("/v1/import", route("batch"))  # Segment's server libraries use it
     app.router.add_post("/v1/touchpoints", route("touchpoints"))

@@ -132,7 +132,7 @@ def to_touchpoint_json(
     ``call`` is the endpoint's type (``/v1/track`` -> ``track``); in a batch it is ``None``
     and the message's own ``type`` decides."""
     msg = _dict(msg, "message")
-    kind = call or msg.get("type")
+    kind = msg.get("type") if call in (None, "batch") else call
     if kind not in SUPPORTED:
         raise InvalidTouchpoint(
             f"type: {kind!r} is not supported (supported: {', '.join(SUPPORTED)})"

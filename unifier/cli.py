@@ -67,8 +67,12 @@ def _main(ctx: typer.Context) -> None:
 def stack_up(
     ctx: typer.Context,
     worker: Annotated[bool, typer.Option(help="Also start one worker")] = True,
+    collector: Annotated[
+        bool | None,
+        typer.Option(help="Also start the HTTP collector [default: if write keys are set]"),
+    ] = None,
 ) -> None:
-    """Start the embedded broker and Redis (and a worker), create topics, return."""
+    """Start the embedded broker and Redis (and a worker and collector), create topics, return."""
     from unifier.stack import EmbeddedStack
     from unifier.topics import ensure_topics
 
@@ -91,13 +95,23 @@ def stack_up(
             with err.status("starting a worker (joins its consumer group)"):
                 stack.start_worker()
             stack.save()
+        if collector is None:
+            collector = bool(settings.collector_write_keys)
+        elif collector and not settings.collector_write_keys:
+            raise StackError("the collector needs write keys: set UNIFIER_COLLECTOR_WRITE_KEYS")
+        if collector:
+            with err.status("starting the collector"):
+                stack.start_collector()
+            stack.save()
     except (StackError, RuntimeError) as exc:
         stack.stop_all()
         stack.save()
         raise fail(str(exc)) from None
+    collector_url = f"http://{settings.collector_host}:{settings.collector_port}"
     err.print(
         f"stack up: broker {settings.bootstrap_servers}, redis {settings.redis_url}"
-        f"{', 1 worker' if worker else ''}; logs in {stack.dir}"
+        f"{', 1 worker' if worker else ''}"
+        f"{f', collector {collector_url}' if collector else ''}; logs in {stack.dir}"
     )
 
 

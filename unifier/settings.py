@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Write key -> source name, e.g. {"wk_live_...": "web"} (JSON)',
     )
+    collector_cors_origins: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description='Origins browsers may send from (JSON list); ["*"] allows any',
+    )
     collector_max_body_bytes: int = Field(
         512 * 1024, ge=1024, description="Larger request bodies get a 413"
     )

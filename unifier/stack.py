@@ -193,6 +193,7 @@ class EmbeddedStack:
             [sys.executable, "-m", "unifier", "collector"],
             self.dir / f"{name}.log",
             env=env,
+            port=port,
             marker="unifier\x00collector",
         )
         self._track(proc, popen)

@@ -122,8 +122,9 @@ def test_bad_requests_get_a_reason_and_send_nothing(collector: tuple[str, Settin
     status, answer = post(f"{url}/v1/batch", {"batch": [good, bad]}, KEY)
     assert status == 400
     assert answer["errors"] == [{"index": 1, "reason": "userId or anonymousId is required"}]
-    status, answer = post(f"{url}/v1/group", {"groupId": "g"}, KEY)
+    status, answer = post(f"{url}/v1/unknown", {"groupId": "g"}, KEY)
     assert status == 404
+    assert answer == {"success": False, "error": "Not Found"}
     big = segment_track("x-5", properties={"blob": "x" * settings.collector_max_body_bytes})
     status, answer = post(f"{url}/v1/track", big, KEY)
     assert status == 413
@@ -204,3 +205,28 @@ def test_random_requests_never_break_the_collector(collector: tuple[str, Setting
     assert len(on_topic) == len(sent)
     assert {tp.event_id for tp in on_topic} >= {e for e in sent if e != "?"}
     assert get(f"{url}/health") == (200, {"status": "ok"})
+
+
+def test_a_browser_running_analytics_js_can_send(collector: tuple[str, Settings]) -> None:
+    """analytics-next posts text/plain to <apiHost>/t, /i, /p... with the write key in the
+    body, cross-origin; the answer must carry CORS headers for the page to read it."""
+    import urllib.request
+
+    url, settings = collector
+    body = json.dumps({**segment_track("browser-1"), "writeKey": KEY}).encode()
+    request = urllib.request.Request(f"{url}/v1/t", data=body, method="POST")
+    request.add_header("Content-Type", "text/plain")
+    request.add_header("Origin", "https://shop.example")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+    preflight = urllib.request.Request(f"{url}/v1/i", method="OPTIONS")
+    preflight.add_header("Origin", "https://shop.example")
+    preflight.add_header("Access-Control-Request-Method", "POST")
+    with urllib.request.urlopen(preflight, timeout=10) as response:
+        assert response.status == 204
+        assert "POST" in response.headers["Access-Control-Allow-Methods"]
+    status, answer = post(f"{url}/v1/g", {"type": "group", "groupId": "g-1", "writeKey": KEY})
+    assert status == 400
+    assert "'group' is not supported" in answer["errors"][0]["reason"]
+    assert [tp.event_id for tp in touchpoints_on_topic(settings)] == ["browser-1"]
