@@ -170,6 +170,8 @@ def _describe(exc: ValidationError) -> str:
             msg = "required field is missing"
         elif err["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif err["type"] == "too_short" and err["loc"] == ("identifiers",):
+            msg = "at least one identifier is required"
         parts.append(f"{where}: {msg}")
     return "; ".join(parts)
 

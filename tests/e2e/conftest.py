@@ -11,7 +11,7 @@ import pytest
 
 from unifier.processes import free_port
 
-STACK_PROGRAMS = (b"tansu", b"valkey-server", b"unifier\x00worker")
+STACK_PROGRAMS = (b"tansu", b"valkey-server", b"unifier\x00worker", b"unifier\x00collector")
 
 
 def stack_pids() -> set[int]:

@@ -40,7 +40,7 @@ def test_numeric_identifier_becomes_text() -> None:
         ({"event_id": None}, "event_id: required field is missing"),
         ({"occurred_at": "yesterday"}, "occurred_at: Input should be a valid datetime"),
         ({"occurred_at": "2026-11-22T10:00:00"}, "occurred_at: Input should have timezone info"),
-        ({"identifiers": {}}, "identifiers: Dictionary should have at least 1 item"),
+        ({"identifiers": {}}, "identifiers: at least one identifier is required"),
         ({"identifiers": {"shoe_size": "42"}}, "unknown identifier type\\(s\\) shoe_size"),
         ({"identifiers": {"email": ["a@b.c"]}}, "identifiers.email"),
         ({"traits": {"tags": ["a", "b"]}}, "traits.tags: lists are not supported"),
