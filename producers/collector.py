@@ -37,7 +37,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from producers.segment import to_touchpoint_json
 from profiles.routing import profile_key
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint, parse_json
-from schemas.codec import BATCH, TOUCHPOINT, encode_batch
+from schemas.codec import BATCH, TOUCHPOINT, encode_batches
 from schemas.resolve import RegistryFraming, SchemaLog, registry_client
 from unifier.settings import Settings
 
@@ -137,7 +137,7 @@ class AsyncSender:
         events = [tp for tps, _ in group for tp in tps]
         futures = [f for _, f in group]
         try:
-            value = encode_batch(events, self._prefix)
+            parts = encode_batches(events, self._prefix, self.settings.max_record_bytes)
         except Exception as exc:  # validated already; an encode failure is our bug
             log.exception("could not encode a batch of %d events", len(events))
             for f in futures:
@@ -146,29 +146,40 @@ class AsyncSender:
             return
         loop = self._loop
         count = len(events)
+        outstanding = [len(parts)]
+        failure: list[str] = []
 
         def resolve(error: str | None) -> None:
+            # A group may span several records: answer once all of them are acknowledged.
+            if error is not None:
+                failure.append(error)
+            outstanding[0] -= 1
+            if outstanding[0]:
+                return
             self._in_flight_events -= count
             for f in futures:
                 if f.done():
                     continue
-                if error is None:
+                if not failure:
                     f.set_result(None)
                 else:
-                    f.set_exception(Unavailable(f"the broker did not take the events: {error}"))
+                    f.set_exception(
+                        Unavailable(f"the broker did not take the events: {failure[0]}")
+                    )
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             loop.call_soon_threadsafe(resolve, None if err is None else str(err))
 
         self._in_flight_events += count
-        while True:
-            try:
-                self._producer.produce(
-                    self.settings.topic_touchpoints, value=value, on_delivery=on_delivery
-                )
-                return
-            except BufferError:  # the client queue is full: let deliveries drain
-                await asyncio.sleep(0.05)
+        for _part, value in parts:
+            while True:
+                try:
+                    self._producer.produce(
+                        self.settings.topic_touchpoints, value=value, on_delivery=on_delivery
+                    )
+                    break
+                except BufferError:  # the client queue is full: let deliveries drain
+                    await asyncio.sleep(0.05)
 
     async def ready(self) -> str | None:
         """None when the broker answers, else why not."""

@@ -27,7 +27,7 @@ from types import TracebackType
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from profiles.touchpoint import Touchpoint
-from schemas.codec import BATCH, TOUCHPOINT, encode_batch
+from schemas.codec import BATCH, TOUCHPOINT, encode_batches
 from schemas.resolve import RegistryFraming, SchemaLog, registry_client
 from unifier.settings import Settings
 
@@ -152,7 +152,11 @@ class TouchpointProducer:
         if not self._buffer:
             return
         events, self._buffer = self._buffer, []
-        value = encode_batch(events, self._framing())
+        prefix = self._framing()
+        for part, value in encode_batches(events, prefix, self._settings.max_record_bytes):
+            self._produce(list(part), value)
+
+    def _produce(self, events: list[Touchpoint], value: bytes) -> None:
         self._wait_for_room(len(events))
         deadline = time.monotonic() + self._block_timeout
         while True:

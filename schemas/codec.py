@@ -340,6 +340,20 @@ def encode_batch(tps: Iterable[Touchpoint], prefix: bytes | None = None) -> byte
     return CODEC.encode(BATCH, batch_record(tps), prefix)
 
 
+def encode_batches(
+    tps: Sequence[Touchpoint], prefix: bytes | None = None, max_bytes: int = 900_000
+) -> list[tuple[Sequence[Touchpoint], bytes]]:
+    """``encode_batch``, split in halves until each record is at most ``max_bytes``
+    (Kafka's default limit is 1 MB per record); a single larger event stays whole."""
+    value = encode_batch(tps, prefix)
+    if len(value) <= max_bytes or len(tps) == 1:
+        return [(tps, value)]
+    half = len(tps) // 2
+    return encode_batches(tps[:half], prefix, max_bytes) + encode_batches(
+        tps[half:], prefix, max_bytes
+    )
+
+
 def decode_touchpoints(data: bytes | None) -> list[Touchpoint]:
     return CODEC.decode_touchpoints(data)
 
@@ -356,6 +370,17 @@ def encode_routed(items: Sequence[RoutedItem]) -> bytes:
         ]
     }
     return CODEC.encode(ROUTED, record)
+
+
+def encode_routed_batches(items: Sequence[RoutedItem], max_bytes: int = 900_000) -> list[bytes]:
+    """``encode_routed``, split in halves until each record is at most ``max_bytes``."""
+    value = encode_routed(items)
+    if len(value) <= max_bytes or len(items) == 1:
+        return [value]
+    half = len(items) // 2
+    return encode_routed_batches(items[:half], max_bytes) + encode_routed_batches(
+        items[half:], max_bytes
+    )
 
 
 def decode_routed(data: bytes) -> list[RoutedItem]:

@@ -19,16 +19,29 @@ def dlq_headers(
     ]
 
 
+#: A dead letter keeps at most this much of a record too large to copy whole.
+TRUNCATED_BYTES = 64 * 1024
+
+
 async def dead_letter(
-    dlq: Any, event: Any, stage: str, reason: str, value: bytes | None = None, log: Any = None
+    dlq: Any,
+    event: Any,
+    stage: str,
+    reason: str,
+    value: bytes | None = None,
+    log: Any = None,
+    max_bytes: int = 900_000,
 ) -> None:
-    """Send the original bytes (or ``value``) of ``event`` to the DLQ topic."""
+    """Send the original bytes (or ``value``) of ``event`` to the DLQ topic. A record
+    too large to copy keeps its first 64 KiB; ``x-dlq-original-bytes`` says how large it
+    was, and the source offset in the headers finds the whole of it."""
     msg = event.message
-    await dlq.send(
-        key=msg.key,
-        value=value if value is not None else msg.value,
-        headers=dlq_headers(stage, reason, msg.topic, msg.partition, msg.offset),
-    )
+    data = value if value is not None else (msg.value or b"")
+    headers = dlq_headers(stage, reason, msg.topic, msg.partition, msg.offset)
+    if len(data) > max_bytes:
+        headers.append(("x-dlq-original-bytes", str(len(data)).encode()))
+        data = data[:TRUNCATED_BYTES]
+    await dlq.send(key=msg.key, value=data, headers=headers)
     if log is not None:
         # Reasons are written by our own code and never quote identifier values.
         log.warning(

@@ -14,7 +14,7 @@ from schemas.codec import (
     DecodeError,
     UnknownSchema,
     decode_touchpoints,
-    encode_routed,
+    encode_routed_batches,
     encode_touchpoint,
 )
 from schemas.resolve import Resolver
@@ -28,6 +28,7 @@ def register(app: Any, settings: Settings, source: Any, routed: Any, dlq: Any) -
     priorities = settings.identifier_priorities
     region = settings.default_phone_region
     partitions = settings.internal_partitions
+    max_bytes = settings.max_record_bytes
     resolver = Resolver(settings)
 
     async def decode(data: bytes | None) -> list[Touchpoint]:
@@ -48,7 +49,7 @@ def register(app: Any, settings: Settings, source: Any, routed: Any, dlq: Any) -
         try:
             touchpoints = await decode(event.value)
         except DecodeError as exc:
-            await dead_letter(dlq, event, "route.decode", str(exc), log=log)
+            await dead_letter(dlq, event, "route.decode", str(exc), log=log, max_bytes=max_bytes)
             return groups
         for tp in touchpoints:
             try:
@@ -73,7 +74,8 @@ def register(app: Any, settings: Settings, source: Any, routed: Any, dlq: Any) -
         manual = stream.noack()
         async for event in manual.events():
             for partition, items in (await route_record(event)).items():
-                await routed.send(value=encode_routed(items), partition=partition)
+                for value in encode_routed_batches(items, max_bytes):
+                    await routed.send(value=value, partition=partition)
             await manual.ack(event)
 
     return route

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         "Kafka set 16384 (aiokafka's default).",
     )
     producer_batch_events: int = Field(500, ge=1, description="Events per input record")
+    max_record_bytes: int = Field(
+        900_000,
+        ge=10_000,
+        description="Batches larger than this are split (Kafka refuses records over 1 MB "
+        "by default); dead letters larger than this are stored truncated",
+    )
 
     # --- identity ---------------------------------------------------------
     identifier_priorities: dict[str, int] = Field(

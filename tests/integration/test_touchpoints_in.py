@@ -176,14 +176,17 @@ def test_a_mixed_stream_lands_exactly_once_or_is_refused_with_a_reason(
             "no usable identifier (phone: not a valid phone number)"
         ),
     }
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    huge = b"\xc3\x01" + b"\x07" * 2_000_000  # too large to copy whole into the DLQ
+    producer = Producer(
+        {"bootstrap.servers": settings.bootstrap_servers, "message.max.bytes": 4_000_000}
+    )
     producer.produce(settings.topic_touchpoints, good_v1)
-    for value in broken:
+    for value in [*broken, huge]:
         producer.produce(settings.topic_touchpoints, value)
     assert producer.flush(10) == 0
 
     # Exactly once on the input topic, in every source's form.
-    on_topic = Counter(tp.event_id for tp in touchpoints_on_topic(settings, skip=broken))
+    on_topic = Counter(tp.event_id for tp in touchpoints_on_topic(settings, skip=[*broken, huge]))
     assert sorted(on_topic) == sorted(expected)
     assert set(on_topic.values()) == {1}
 
@@ -191,7 +194,11 @@ def test_a_mixed_stream_lands_exactly_once_or_is_refused_with_a_reason(
     caught_up(settings)
     letters = list(dlq.read(settings))
     reasons = sorted(letter.headers["x-dlq-reason"] for letter in letters)
-    assert len(letters) == len(broken)
+    assert len(letters) == len(broken) + 1
+    [truncated] = [x for x in letters if "x-dlq-original-bytes" in x.headers]
+    assert truncated.headers["x-dlq-original-bytes"] == str(len(huge))
+    assert truncated.value == huge[: 64 * 1024]
+    assert "unknown schema fingerprint 0707070707070707" in truncated.headers["x-dlq-reason"]
     for value, why in broken.items():
         [letter] = [x for x in letters if x.value == value]
         assert why in letter.headers["x-dlq-reason"], (why, reasons)
