@@ -6,9 +6,12 @@ or with a test run on the same machine.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,9 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from producers.kafka import TouchpointProducer
+from producers.sdk import Unifier
 from producers.synthetic import generate
 from profiles.view import RedisProfileView
-from unifier.ingest import validate_line
 from unifier.lag import LagProbe
 from unifier.processes import StackError, free_port
 from unifier.settings import Settings
@@ -34,7 +36,27 @@ def demo_settings(state_dir: Path) -> Settings:
         state_dir=state_dir,
         touchpoint_partitions=4,
         internal_partitions=4,
+        collector_port=free_port(),
+        collector_write_keys={DEMO_KEY: "web"},
     )
+
+
+DEMO_KEY = "wk_demo"
+
+
+def _post(url: str, events: list[dict[str, Any]]) -> None:
+    request = urllib.request.Request(url, data=orjson.dumps(events), method="POST")
+    request.add_header("Content-Type", "application/json")
+    request.add_header(
+        "Authorization", "Basic " + base64.b64encode(f"{DEMO_KEY}:".encode()).decode()
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        raise StackError(
+            f"the collector refused demo events: {exc.code} {exc.read()[:300]!r}"
+        ) from None
 
 
 def _score(profile: dict[str, Any]) -> tuple[int, int]:
@@ -53,15 +75,23 @@ def _summary(profiles: list[dict[str, Any]]) -> Table:
 
 def _send_and_wait(settings: Settings, stack: EmbeddedStack, people: int, status: Console) -> None:
     events = generate(people=people, seed=7)
-    with TouchpointProducer(settings) as producer:
-        for event in events:
-            producer.send(validate_line(orjson.dumps(event), settings))
-    report = producer.report
+    web = [e for e in events if e["source"] == "web"]
+    others = [e for e in events if e["source"] != "web"]
+    # The website's events go through the HTTP collector, as a site's would...
+    url = f"http://{settings.collector_host}:{settings.collector_port}/v1/touchpoints"
+    for start in range(0, len(web), 500):
+        _post(url, web[start : start + 500])
+    # ...the store, email, support and CRM systems use the producer SDK.
+    with Unifier(settings) as sdk:
+        for event in others:
+            sdk.send(event)
+        report = sdk.flush()
     if report.events_failed or report.errors:
         raise StackError(f"delivery failed: {'; '.join(report.errors[:3])}")
+    sources = sorted({e["source"] for e in others})
     status.print(
-        f"[green]✓[/] sent {report.events_sent} touchpoints from web, POS and email "
-        f"for {people} people"
+        f"[green]✓[/] {people} people: {len(web)} web touchpoints through the HTTP collector, "
+        f"{report.events_sent} from {', '.join(sources)} through the SDK"
     )
     with LagProbe(settings) as probe:
         if not probe.wait(timeout=120):
@@ -76,11 +106,13 @@ def run_demo(people: int, show: int, console: Console, status: Console) -> None:
     ):
         settings = demo_settings(Path(tmp))
         with running(settings) as stack:
-            spinner.update("starting a worker (it joins its consumer group)")
+            spinner.update("starting a worker (it joins its consumer group) and the collector")
             stack.start_worker()
+            stack.start_collector()
             status.print(
                 f"[green]✓[/] stack up in {time.monotonic() - started:.1f}s: broker "
-                f"{settings.bootstrap_servers}, redis {settings.redis_url}, 1 worker"
+                f"{settings.bootstrap_servers}, redis {settings.redis_url}, 1 worker, "
+                f"collector http://{settings.collector_host}:{settings.collector_port}"
             )
             spinner.update("sending touchpoints and waiting for the worker to catch up")
             _send_and_wait(settings, stack, people, status)
