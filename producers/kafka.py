@@ -131,7 +131,7 @@ class TouchpointProducer:
         if not self._announced:
             self._announced = True
             try:
-                SchemaLog(self._settings).announce((TOUCHPOINT, BATCH), timeout=10.0)
+                SchemaLog(self._settings).announce((TOUCHPOINT, BATCH), timeout=5.0)
             except KafkaException as exc:
                 log.warning(
                     "%s; workers older than this producer will dead-letter its records", exc

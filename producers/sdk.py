@@ -47,7 +47,10 @@ class Unifier:
         max_in_flight_events: int = 200_000,
         block_timeout_s: float = 30.0,
         on_error: ErrorCallback | None = None,
+        **producer_config: str | int | bool,
     ) -> None:
+        """``producer_config``: librdkafka settings that override ours (dots as in
+        librdkafka: pass them as ``**{"delivery.timeout.ms": 5000}``)."""
         self.settings = settings or Settings()
         self.source = source
         self._producer = TouchpointProducer(
@@ -55,6 +58,7 @@ class Unifier:
             max_in_flight_events=max_in_flight_events,
             block_timeout_s=block_timeout_s,
             on_error=on_error,
+            **producer_config,
         )
 
     # --- the typed calls -----------------------------------------------------
