@@ -16,8 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 def no_broker(tmp_path: Path) -> Settings:
+    # Registry framing (the in-process mock): nothing to announce on a schema topic first.
     return Settings(bootstrap_servers=f"127.0.0.1:{free_port()}", producer_batch_events=5,
-                    state_dir=tmp_path)  # fmt: skip
+                    state_dir=tmp_path, schema_registry_url="mock://sdk-test")  # fmt: skip
 
 
 def test_back_pressure_then_buffer_full_when_nothing_is_delivered(tmp_path: Path) -> None:
