@@ -6,6 +6,7 @@ COPY streams streams
 COPY schemas schemas
 COPY profiles profiles
 COPY producers producers
+EXPOSE 8088
 RUN pip install --no-cache-dir . && useradd --create-home unifier && mkdir -p /var/lib/unifier \
     && chown unifier /var/lib/unifier
 USER unifier

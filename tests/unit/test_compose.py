@@ -64,3 +64,14 @@ def test_broker_does_not_auto_create_topics(monkeypatch: pytest.MonkeyPatch) -> 
     specs = {s.name: s for s in topic_specs(Settings())}
     assert specs["profile-updates"].config["cleanup.policy"] == "compact"
     assert specs["touchpoints"].partitions == 12
+
+
+def test_collector_publishes_the_port_it_listens_on() -> None:
+    collector = services()["collector"]
+    env = unifier_services()["collector"]
+    assert collector["command"] == ["unifier", "collector"]
+    assert env["UNIFIER_COLLECTOR_HOST"] == "0.0.0.0"
+    assert collector["ports"] == [
+        f"{env['UNIFIER_COLLECTOR_PORT']}:{env['UNIFIER_COLLECTOR_PORT']}"
+    ]
+    assert env["UNIFIER_COLLECTOR_WRITE_KEYS"].startswith("{")

@@ -269,3 +269,17 @@ def test_amounts_keep_their_exact_value() -> None:
     assert back.order is not None
     assert back.order["total"] == Decimal("0.1")
     assert back.order["currency"] == "USD"
+
+
+def test_every_schema_file_is_packaged() -> None:
+    """A non-editable install (the Docker image) must carry every .avsc, history included."""
+    import fnmatch
+    import tomllib
+
+    pyproject = tomllib.loads((SCHEMA_DIR.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["schemas"]
+    for path in SCHEMA_DIR.rglob("*.avsc"):
+        name = path.relative_to(SCHEMA_DIR).as_posix()
+        assert any(
+            fnmatch.fnmatch(name, p) and name.count("/") == p.count("/") for p in patterns
+        ), name
