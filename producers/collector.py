@@ -35,8 +35,8 @@ from aiohttp import web
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from producers.segment import to_touchpoint_json
-from profiles.routing import profile_key
-from profiles.touchpoint import InvalidTouchpoint, Touchpoint, parse_json
+from profiles.routing import validate_event
+from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from schemas.codec import BATCH, TOUCHPOINT, encode_batches
 from schemas.resolve import RegistryFraming, SchemaLog, registry_client
 from unifier.settings import Settings
@@ -261,9 +261,7 @@ def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Appl
             return _error(500, "internal error")
 
     def validate(doc: dict[str, Any]) -> Touchpoint:
-        tp = parse_json(doc, id_types)
-        profile_key(tp, id_types, settings.default_phone_region)
-        return tp
+        return validate_event(doc, id_types, settings.default_phone_region)
 
     def messages_of(body: Any, call: str | None) -> list[Any]:
         if call == "touchpoints":

@@ -40,8 +40,8 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from producers.loader import Loader, LoadResult
-from profiles.routing import profile_key
-from profiles.touchpoint import InvalidTouchpoint, Touchpoint, parse_json
+from profiles.routing import validate_event
+from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from unifier.settings import Settings
 
 POS_FIELDS = {
@@ -339,9 +339,7 @@ def crm_touchpoint(row: Row, mapping: ColumnMapping) -> dict[str, Any]:
 
 
 def _validate(doc: Mapping[str, Any], settings: Settings) -> Touchpoint:
-    tp = parse_json(dict(doc), settings.identifier_priorities)
-    profile_key(tp, settings.identifier_priorities, settings.default_phone_region)
-    return tp
+    return validate_event(dict(doc), settings.identifier_priorities, settings.default_phone_region)
 
 
 def _pos_groups(source: Iterator[Row]) -> Iterator[list[Row]]:

@@ -25,8 +25,8 @@ from types import TracebackType
 from typing import Any
 
 from producers.kafka import DeliveryReport, ErrorCallback, TouchpointProducer
-from profiles.routing import profile_key
-from profiles.touchpoint import InvalidTouchpoint, Touchpoint, parse_json
+from profiles.routing import validate_event
+from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from unifier import __version__
 from unifier.settings import Settings
 
@@ -263,9 +263,9 @@ class Unifier:
     def validate(self, doc: Mapping[str, Any]) -> Touchpoint:
         """The checks every entry point makes; raises ``InvalidTouchpoint`` with the reason."""
         settings = self.settings
-        tp = parse_json(dict(doc), settings.identifier_priorities)
-        profile_key(tp, settings.identifier_priorities, settings.default_phone_region)
-        return tp
+        return validate_event(
+            dict(doc), settings.identifier_priorities, settings.default_phone_region
+        )
 
     def flush(self, timeout: float = 60.0) -> DeliveryReport:
         return self._producer.flush(timeout)

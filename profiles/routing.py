@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from profiles.identifiers import Rejected, normalize_all, primary
 from profiles.profile import profile_id_for
-from profiles.touchpoint import InvalidTouchpoint, Touchpoint
+from profiles.touchpoint import InvalidTouchpoint, Touchpoint, parse_json
 
 
 class RoutedItem(NamedTuple):
@@ -51,3 +51,11 @@ def profile_key(tp: Touchpoint, priorities: Mapping[str, int], region: str) -> R
         reasons = ", ".join(f"{r.id_type}: {r.reason}" for r in dropped) or "none given"
         raise InvalidTouchpoint(f"no usable identifier ({reasons})")
     return Routed(profile_id_for(*primary(ids, priorities)), ids, dropped)
+
+
+def validate_event(doc: Any, priorities: Mapping[str, int], region: str) -> Touchpoint:
+    """The check every way in makes (SDK, collector, importers, ingest, replay), and the
+    worker after it: the JSON form is valid and some identifier can key a profile."""
+    tp = parse_json(doc, priorities)
+    profile_key(tp, priorities, region)
+    return tp

@@ -30,8 +30,8 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from producers.loader import Loader, LoadResult
-from profiles.routing import profile_key
-from profiles.touchpoint import InvalidTouchpoint, Touchpoint, parse_json, to_json_form
+from profiles.routing import profile_key, validate_event
+from profiles.touchpoint import InvalidTouchpoint, Touchpoint, to_json_form
 from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints
 from schemas.resolve import Resolver
 from unifier.settings import Settings
@@ -164,9 +164,7 @@ def _text(value: str | bytes | None) -> str:
 
 
 def _validate(doc: Any, settings: Settings) -> Touchpoint:
-    tp = parse_json(doc, settings.identifier_priorities)
-    profile_key(tp, settings.identifier_priorities, settings.default_phone_region)
-    return tp
+    return validate_event(doc, settings.identifier_priorities, settings.default_phone_region)
 
 
 def replay_file(

@@ -14,8 +14,8 @@ from typing import IO
 import orjson
 
 from producers.loader import Loader, LoadResult
-from profiles.routing import profile_key
-from profiles.touchpoint import InvalidTouchpoint, Touchpoint, parse_json
+from profiles.routing import validate_event
+from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from unifier.settings import Settings
 
 MAX_LINE_BYTES = 1024 * 1024
@@ -29,10 +29,7 @@ def validate_line(line: bytes, settings: Settings) -> Touchpoint:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         raise InvalidTouchpoint(f"malformed JSON: {exc}") from None
-    tp = parse_json(obj, settings.identifier_priorities)
-    # Same check the worker makes: an event with no usable identifier cannot join a profile.
-    profile_key(tp, settings.identifier_priorities, settings.default_phone_region)
-    return tp
+    return validate_event(obj, settings.identifier_priorities, settings.default_phone_region)
 
 
 def _lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes]]:
