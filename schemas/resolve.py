@@ -37,6 +37,8 @@ log = logging.getLogger("unifier.schemas")
 
 #: How long a failed lookup is trusted before the source is asked again.
 MISS_TTL_S = 10.0
+#: How long a lookup also waits for an announcement made a moment ago (fetch interval x 4).
+SETTLE_S = 0.2
 
 
 def registry_client(url: str) -> Any:
@@ -69,6 +71,9 @@ class SchemaLog:
     def __init__(self, settings: Settings, codec: Codec = CODEC) -> None:
         self._settings, self._codec = settings, codec
         self._lock = threading.Lock()
+        self._reader: Consumer | None = None
+        self._next = 0  # offset after the last schema record read
+        self._settled_at = 0.0
 
     def announce(self, names: Iterable[str], timeout: float = 15.0) -> None:
         """Put our writer schemas on the schema topic (idempotent: compacted by fingerprint)."""
@@ -97,41 +102,68 @@ class SchemaLog:
                 f"could not announce schemas on {self._settings.topic_schemas}: {errors[0]}"
             )
 
-    def load(self, timeout: float = 10.0) -> int:
-        """Read the whole schema topic into the codec; returns how many schemas it held."""
-        with self._lock:
-            consumer = Consumer(
+    def _consumer(self) -> Consumer:
+        if self._reader is None:
+            self._reader = Consumer(
                 {
                     "bootstrap.servers": self._settings.bootstrap_servers,
                     "group.id": f"unifier.schema-reader.{uuid.uuid4().hex[:8]}",
                     "enable.auto.commit": False,
-                    "enable.partition.eof": True,
+                    "fetch.wait.max.ms": 50,
                 }
             )
-            seen = 0
-            try:
-                consumer.assign([TopicPartition(self._settings.topic_schemas, 0, OFFSET_BEGINNING)])
-                deadline = time.monotonic() + timeout
-                while time.monotonic() < deadline:
-                    msg = consumer.poll(0.5)
-                    if msg is None:
-                        continue
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            break
-                        raise KafkaException(err)
-                    key, value = msg.key(), msg.value()
-                    if not key or not value:
-                        continue
-                    seen += 1
-                    try:
-                        self._codec.add_fingerprint(key.decode(), value.decode())
-                    except (DecodeError, UnicodeDecodeError) as exc:
-                        log.warning("schema record at offset %s ignored: %s", msg.offset(), exc)
-            finally:
-                consumer.close()
-            return seen
+            self._reader.assign([TopicPartition(self._settings.topic_schemas, 0, OFFSET_BEGINNING)])
+        return self._reader
+
+    def _take(self, msg: Any) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                return
+            raise KafkaException(err)
+        self._next = msg.offset() + 1
+        key, value = msg.key(), msg.value()
+        if not key or not value:
+            return
+        try:
+            self._codec.add_fingerprint(key.decode(), value.decode())
+        except (DecodeError, UnicodeDecodeError) as exc:
+            log.warning("schema record at offset %s ignored: %s", msg.offset(), exc)
+
+    def load(self, timeout: float = 10.0) -> None:
+        """Bring the codec up to date with the schema topic.
+
+        One consumer stays assigned to the topic and keeps fetching, so a lookup only
+        reads what is new: it drains what arrived, then waits until its position reaches
+        the high watermark of the latest fetch. At most once a second it also waits a
+        further ``SETTLE_S`` for an announcement made a moment ago; a flood of records
+        with made-up fingerprints therefore costs little."""
+        with self._lock:
+            consumer = self._consumer()
+            tp = TopicPartition(self._settings.topic_schemas, 0)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.01)
+                if msg is not None:
+                    self._take(msg)
+                    continue
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and self._next >= high:
+                    break
+            else:
+                raise KafkaException(f"{self._settings.topic_schemas} not read within {timeout}s")
+            if time.monotonic() - self._settled_at > 1.0:
+                settle = time.monotonic() + SETTLE_S
+                while (left := settle - time.monotonic()) > 0:
+                    msg = consumer.poll(left)
+                    if msg is not None:
+                        self._take(msg)
+                self._settled_at = time.monotonic()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 class Resolver:
@@ -142,6 +174,9 @@ class Resolver:
         self._log = SchemaLog(settings, codec)
         self._registry: Any = None
         self._misses: dict[tuple[str, str], tuple[float, str]] = {}
+
+    def close(self) -> None:
+        self._log.close()
 
     def _registry_client(self) -> Any:
         if self._registry is None:

@@ -209,3 +209,50 @@ def test_a_mixed_stream_lands_exactly_once_or_is_refused_with_a_reason(
     finally:
         view.close()
     assert applied == len(expected)
+
+
+def test_the_worker_keeps_serving_through_garbage(topics: Settings, workers: EmbeddedStack) -> None:
+    """Hundreds of hostile records between valid ones: every hostile one becomes a dead
+    letter with a reason, every valid event is applied, the worker never stops."""
+    import random
+
+    settings = topics
+    rng = random.Random(5)
+    valid = [
+        Touchpoint(f"ok-{i}", "signed_in", "web", 1_795_000_000_000 + i, {"email": f"p{i}@x.com"})
+        for i in range(120)
+    ]
+    encoded = [encode_touchpoint(tp) for tp in valid]
+    garbage: list[bytes] = []
+    for n in range(300):
+        kind = n % 4
+        if kind == 0:  # random bytes of any length
+            garbage.append(rng.randbytes(rng.randint(1, 3000)))
+        elif kind == 1:  # a valid record cut short
+            data = rng.choice(encoded)
+            garbage.append(data[: rng.randint(1, len(data) - 1)])
+        elif kind == 2:  # an unknown schema fingerprint
+            garbage.append(b"\xc3\x01" + rng.randbytes(8) + rng.randbytes(20))
+        else:  # a registry id nobody registered
+            garbage.append(b"\x00" + rng.randbytes(4) + rng.randbytes(20))
+    stream = [(v, True) for v in encoded] + [(g, False) for g in garbage]
+    rng.shuffle(stream)
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    for value, _ in stream:
+        producer.produce(settings.topic_touchpoints, value)
+    assert producer.flush(30) == 0
+    workers.start_worker()
+    caught_up(settings)
+
+    letters = list(dlq.read(settings))
+    assert len(letters) == len(garbage)
+    assert all(letter.headers["x-dlq-reason"] for letter in letters)
+    assert sorted(x.value for x in letters) == sorted(garbage)
+    view = RedisProfileView.from_url(settings.redis_url)
+    try:
+        profiles = list(view.scan())
+    finally:
+        view.close()
+    # One profile per valid event (each has its own email), each holding that one event.
+    assert len(profiles) == len(valid)
+    assert {p["computed"]["event_count"] for p in profiles} == {1}
