@@ -80,26 +80,35 @@ class AsyncSender:
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="collector-poll", daemon=True)
         self._task: asyncio.Task[None] | None = None
+        self._framing: asyncio.Task[None]
         self._closing = False
         self._prefix: bytes | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
+        """Start sending. Framing is settled in the background (a registry id, or our
+        schemas announced on the schema topic) so the collector answers /health at once
+        even when the broker is away; no event is produced before it is settled."""
+        self._loop = asyncio.get_running_loop()
         self._poller.start()
+        self._framing = asyncio.create_task(self._settle_framing(), name="collector-framing")
+        self._task = asyncio.create_task(self._run(), name="collector-sender")
+
+    async def _settle_framing(self) -> None:
+        loop = asyncio.get_running_loop()
         if self.settings.schema_registry_url:
             framing = RegistryFraming(
                 registry_client(self.settings.schema_registry_url), self.settings.topic_touchpoints
             )
             self._prefix = await loop.run_in_executor(None, framing.prefix, BATCH)
-        else:
-            try:
-                await loop.run_in_executor(
-                    None, SchemaLog(self.settings).announce, (TOUCHPOINT, BATCH)
-                )
-            except KafkaException as exc:
-                log.warning("%s; workers older than the collector will dead-letter its events", exc)
-        self._task = asyncio.create_task(self._run(), name="collector-sender")
+            return
+        try:
+            # Bounded like a delivery: a request never waits longer for the announcement.
+            timeout = self.settings.collector_delivery_timeout_s
+            await loop.run_in_executor(
+                None, SchemaLog(self.settings).announce, (TOUCHPOINT, BATCH), timeout
+            )
+        except KafkaException as exc:
+            log.warning("%s; workers older than the collector will dead-letter its events", exc)
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -114,6 +123,14 @@ class AsyncSender:
         self._has_work.set()
         await future
 
+    async def _framing_problem(self) -> str | None:
+        try:
+            await self._framing
+        except Exception as exc:  # the registry client raises its own and httpx errors
+            self._framing = asyncio.create_task(self._settle_framing())  # retried next time
+            return f"schema registry unavailable: {exc}"
+        return None
+
     async def _run(self) -> None:
         while not (self._closing and not self._pending):
             await self._has_work.wait()
@@ -122,16 +139,27 @@ class AsyncSender:
             pending, self._pending = self._pending, []
             self._pending_events = 0
             self._has_work.clear()
-            group: list[tuple[list[Touchpoint], asyncio.Future[None]]] = []
+            problem = await self._framing_problem()
+            groups: list[list[tuple[list[Touchpoint], asyncio.Future[None]]]] = [[]]
             size = 0
             for item in pending:
-                if group and size + len(item[0]) > self._max_events:
-                    await self._produce(group)
-                    group, size = [], 0
-                group.append(item)
+                if groups[-1] and size + len(item[0]) > self._max_events:
+                    groups.append([])
+                    size = 0
+                groups[-1].append(item)
                 size += len(item[0])
-            if group:
-                await self._produce(group)
+            for group in groups:
+                try:
+                    if problem is not None:
+                        raise Unavailable(problem)
+                    if group:
+                        await self._produce(group)
+                except Exception as exc:  # never let one group stop the sender
+                    if not isinstance(exc, Unavailable):
+                        log.exception("could not send a batch")
+                    for _events, future in group:
+                        if not future.done():
+                            future.set_exception(Unavailable(str(exc)))
 
     async def _produce(self, group: list[tuple[list[Touchpoint], asyncio.Future[None]]]) -> None:
         events = [tp for tps, _ in group for tp in tps]
@@ -171,15 +199,19 @@ class AsyncSender:
             loop.call_soon_threadsafe(resolve, None if err is None else str(err))
 
         self._in_flight_events += count
-        for _part, value in parts:
-            while True:
-                try:
-                    self._producer.produce(
-                        self.settings.topic_touchpoints, value=value, on_delivery=on_delivery
-                    )
-                    break
-                except BufferError:  # the client queue is full: let deliveries drain
-                    await asyncio.sleep(0.05)
+        try:
+            for _part, value in parts:
+                while True:
+                    try:
+                        self._producer.produce(
+                            self.settings.topic_touchpoints, value=value, on_delivery=on_delivery
+                        )
+                        break
+                    except BufferError:  # the client queue is full: let deliveries drain
+                        await asyncio.sleep(0.05)
+        except Exception:
+            self._in_flight_events -= count
+            raise
 
     async def ready(self) -> str | None:
         """None when the broker answers, else why not."""
@@ -377,6 +409,22 @@ def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Appl
 
 
 def run_collector(settings: Settings, host: str, port: int) -> None:
-    app = build_app(settings)
-    print(f"collector listening on http://{host}:{port}", flush=True)
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    """Serve until SIGINT/SIGTERM; then answer what is in flight, flush, and exit."""
+    import signal
+
+    async def serve() -> None:
+        runner = web.AppRunner(build_app(settings), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port  # port 0: the chosen one
+        print(f"collector listening on http://{host}:{bound}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("collector stopping: finishing requests, flushing to the broker", flush=True)
+        await runner.cleanup()
+
+    asyncio.run(serve())

@@ -24,6 +24,7 @@ from unifier.processes import (
     Proc,
     StackError,
     ensure_port_free,
+    free_port,
     is_running,
     port_open,
     spawn,
@@ -186,8 +187,10 @@ class EmbeddedStack:
     def start_collector(self, name: str = "collector") -> Proc:
         """The HTTP collector on ``collector_host:collector_port``; waits until /health answers."""
         host, port = self.settings.collector_host, self.settings.collector_port
+        if port == 0:
+            port = free_port(host)
         ensure_port_free(host, port, "the collector", "UNIFIER_COLLECTOR_PORT")
-        env = {**os.environ, **self.settings.env()}
+        env = {**os.environ, **self.settings.env(), "UNIFIER_COLLECTOR_PORT": str(port)}
         proc, popen = spawn(
             name,
             [sys.executable, "-m", "unifier", "collector"],

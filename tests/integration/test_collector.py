@@ -230,3 +230,26 @@ def test_a_browser_running_analytics_js_can_send(collector: tuple[str, Settings]
     assert status == 400
     assert "'group' is not supported" in answer["errors"][0]["reason"]
     assert [tp.event_id for tp in touchpoints_on_topic(settings)] == ["browser-1"]
+
+
+def test_without_a_broker_the_collector_says_so(tmp_path: Path) -> None:
+    """It starts, reports itself alive but not ready, and answers 503 (retry later)
+    instead of 200 when the broker does not take the events."""
+    settings = Settings(
+        bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens there
+        state_dir=tmp_path,
+        collector_port=free_port(),
+        collector_write_keys={KEY: "web"},
+        collector_delivery_timeout_s=2,
+    )
+    url = f"http://127.0.0.1:{settings.collector_port}"
+    with EmbeddedStack(settings, tmp_path / "collector") as stack:
+        stack.start_collector()
+        assert get(f"{url}/health") == (200, {"status": "ok"})
+        status, answer = get(f"{url}/ready")
+        assert status == 503
+        assert answer["status"] == "unavailable"
+        status, answer = post(f"{url}/v1/track", segment_track("lost-1"), KEY)
+        assert status == 503
+        assert answer["success"] is False
+        assert "the broker did not take the events" in answer["error"]
