@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -370,3 +371,45 @@ def generate_journeys(people: int = 100, seed: int = 7, shuffle: bool = True) ->
 def generate(people: int = 100, seed: int = 7, shuffle: bool = True) -> list[dict[str, Any]]:
     """Only the events of ``generate_journeys``."""
     return generate_journeys(people, seed, shuffle).events
+
+
+@dataclass(frozen=True)
+class Score:
+    """Pairwise accuracy of predicted clusters against the linkable truth."""
+
+    precision: float
+    recall: float
+    f1: float
+    predicted_pairs: int
+    true_pairs: int
+    correct_pairs: int
+    identifiers: int
+
+
+def _pairs(n: int) -> int:
+    return n * (n - 1) // 2
+
+
+def score(predicted: Iterable[Iterable[str]], truth: Truth) -> Score:
+    """Pairs of identifiers put together, against pairs a person's own events link.
+
+    Identifiers are ``type:normalized value``. Shared identifiers (a household tablet)
+    and junk values belong to no single person and are left out on both sides."""
+    excluded = truth.shared | truth.junk
+    truth_of: dict[str, int] = {}
+    true_pairs = 0
+    for n, cluster in enumerate(c for clusters in truth.persons.values() for c in clusters):
+        linkable = cluster - excluded
+        true_pairs += _pairs(len(linkable))
+        for ident in linkable:
+            truth_of[ident] = n
+    predicted_pairs = correct = seen = 0
+    for found in predicted:
+        owners = [truth_of[i] for i in found if i in truth_of]
+        seen += len(owners)
+        predicted_pairs += _pairs(len(owners))
+        correct += sum(_pairs(k) for k in Counter(owners).values())
+    precision = correct / predicted_pairs if predicted_pairs else 1.0
+    recall = correct / true_pairs if true_pairs else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return Score(precision, recall, f1, predicted_pairs, true_pairs, correct, seen)

@@ -15,6 +15,13 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from profiles.rules import (
+    DEFAULT_BLOCKED_PATTERNS,
+    DEFAULT_BLOCKED_VALUES,
+    DEFAULT_LIMITS,
+    IdentityRules,
+)
+
 #: Built-in identifier types and their priorities (higher wins). An event is
 #: keyed by its highest-priority identifier; more types can be added in config.
 DEFAULT_IDENTIFIER_PRIORITIES: dict[str, int] = {
@@ -98,6 +105,18 @@ class Settings(BaseSettings):
         description="Identifier types the product accepts, with priorities (higher wins)",
     )
     default_phone_region: str = Field("US", description="Region for phones without +country")
+    identity_limits: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_LIMITS),
+        description="How many identifiers of a type one profile may hold (JSON)",
+    )
+    identity_block_values: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BLOCKED_VALUES),
+        description="Normalized values that never link profiles (JSON list)",
+    )
+    identity_block_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BLOCKED_PATTERNS),
+        description="Regular expressions (case-insensitive) for values that never link",
+    )
 
     # --- collector (HTTP) ----------------------------------------------------
     collector_host: str = Field("127.0.0.1", description="Address the collector binds")
@@ -131,6 +150,20 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one identifier type is required")
         return value
+
+    @field_validator("identity_block_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        IdentityRules.build({}, blocked_patterns=value)  # raises, naming the pattern
+        return value
+
+    def identity_rules(self) -> IdentityRules:
+        return IdentityRules.build(
+            self.identifier_priorities,
+            self.identity_limits,
+            self.identity_block_values,
+            self.identity_block_patterns,
+        )
 
     @field_validator("default_phone_region")
     @classmethod

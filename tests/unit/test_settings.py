@@ -41,3 +41,16 @@ def test_worker_producer_puts_each_changelog_record_in_its_own_batch() -> None:
 
     smallest_record = len(orjson.dumps(Profile(profile_id="p_" + "0" * 20).to_state()))
     assert Settings().faust_producer_max_batch_size < smallest_record
+
+
+def test_identity_rules_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNIFIER_IDENTITY_LIMITS", '{"email": 2}')
+    monkeypatch.setenv("UNIFIER_IDENTITY_BLOCK_VALUES", '["guest@shop.example"]')
+    rules = Settings().identity_rules()
+    assert rules.limit("email") == 2
+    assert rules.limit("user_id") is None
+    assert rules.blocked("guest@shop.example") == "block list"
+    assert rules.blocked("none@none.com") is None  # the list was replaced, not extended
+    monkeypatch.setenv("UNIFIER_IDENTITY_BLOCK_PATTERNS", '["[oops"]')
+    with pytest.raises(ValidationError, match=r"block pattern '\[oops' does not compile"):
+        Settings()

@@ -1,0 +1,113 @@
+"""The reference answer: a single-threaded union-find over the same events and rules.
+
+The distributed identity graph must reach the clusters this computes. Without
+limits the answer is the connected components of "identifiers seen together in an
+event", whatever the order. With limits, events are taken in the given order and
+a link that would give a cluster more identifiers of a type than its limit is
+refused and recorded — the outcome then depends on order by nature.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from profiles.identifiers import normalize_all
+from profiles.rules import IdentityRules
+from profiles.touchpoint import Touchpoint
+
+Ident = tuple[str, str]  # (type, normalized value)
+
+
+def key(ident: Ident) -> str:
+    return f"{ident[0]}:{ident[1]}"
+
+
+def usable(
+    identifiers: Mapping[str, str], rules: IdentityRules, region: str
+) -> tuple[list[Ident], list[tuple[str, str]]]:
+    """(identifiers that may link, highest priority first; (type, reason) dropped)."""
+    raw = dict(identifiers)
+    known = {t: v for t, v in raw.items() if t in rules.priorities}
+    good, bad = normalize_all(known, region)
+    dropped = [(r.id_type, r.reason) for r in bad]
+    dropped += [(t, "unknown identifier type") for t in raw if t not in known]
+    ids = []
+    for id_type, value in good.items():
+        rule = rules.blocked(value)
+        if rule is None:
+            ids.append((id_type, value))
+        else:
+            dropped.append((id_type, rule))
+    return rules.by_priority(ids), dropped
+
+
+@dataclass(frozen=True)
+class RefusedLink:
+    event_id: str
+    identifier: Ident  # the identifier that was not linked
+    to: Ident  # the event's highest-priority identifier it would have joined
+    rule: str
+
+
+@dataclass
+class Reference:
+    clusters: list[frozenset[str]]
+    refused: list[RefusedLink] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def cluster_of(self) -> dict[str, int]:
+        return {ident: n for n, cluster in enumerate(self.clusters) for ident in cluster}
+
+
+def reference_clusters(
+    events: Iterable[Touchpoint], rules: IdentityRules, region: str, limits: bool = True
+) -> Reference:
+    parent: dict[Ident, Ident] = {}
+    counts: dict[Ident, Counter[str]] = {}
+    refused: list[RefusedLink] = []
+    dropped: Counter[str] = Counter()
+
+    def find(x: Ident) -> Ident:
+        if x not in parent:
+            parent[x] = x
+            counts[x] = Counter({x[0]: 1})
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    for tp in events:
+        ids, bad = usable(tp.identifiers, rules, region)
+        dropped.update(reason for _, reason in bad)
+        if not ids:
+            continue
+        anchor = ids[0]
+        for ident in ids[1:]:
+            ra, rb = find(anchor), find(ident)
+            if ra == rb:
+                continue
+            if limits:
+                merged = counts[ra] + counts[rb]
+                broken = sorted(
+                    t for t, n in merged.items() if (lim := rules.limit(t)) is not None and n > lim
+                )
+                if broken:
+                    t = broken[0]
+                    refused.append(
+                        RefusedLink(tp.event_id, ident, anchor, f"limit {t}={rules.limit(t)}")
+                    )
+                    continue
+            # The smaller root wins, so the result does not depend on dict order.
+            winner, loser = (ra, rb) if ra < rb else (rb, ra)
+            parent[loser] = winner
+            counts[winner] = counts[winner] + counts.pop(loser)
+        find(anchor)
+    groups: dict[Ident, set[str]] = {}
+    for ident in parent:
+        groups.setdefault(find(ident), set()).add(key(ident))
+    clusters = sorted((frozenset(g) for g in groups.values()), key=sorted)
+    return Reference(clusters, refused, dropped)

@@ -1,0 +1,100 @@
+"""The identity rules: which identifiers may link profiles, and how far.
+
+Over-merge protection is part of correctness: a household tablet, a shared POS
+card or ``test@test.com`` must not fuse strangers. Three rules, all configuration:
+
+* **Block list** — values (after normalization) and regular expressions that never
+  link anything: ``test@test.com``, ``null``, ``anonymous``, all-zero numbers…
+  A blocked identifier is dropped from the event with the rule that blocked it.
+* **Per-type limits** — how many identifiers of a type one profile may hold
+  (``user_id`` 1, ``email`` 5, ``phone`` 5, ``anonymous_id`` 100, ``loyalty_id`` 2).
+  A link that would break a limit is refused and recorded.
+* **Identifier priority** — decides which link is refused when an event would
+  break a limit: the identifiers of the highest priority are linked first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
+    "test@test.com",
+    "test@example.com",
+    "none@none.com",
+    "noemail@example.com",
+    "no@email.com",
+    "null",
+    "none",
+    "nil",
+    "undefined",
+    "unknown",
+    "anonymous",
+    "n/a",
+    "na",
+    "-",
+    "0",
+)
+DEFAULT_BLOCKED_PATTERNS: tuple[str, ...] = (
+    r"^[0\-\s]*$",  # 0, 000-000-0000
+    r"^\+?1?(\d)\1{9}$",  # 1111111111, +12222222222: one digit repeated
+    r"^(test|fake|dummy|sample|noreply|no-reply)\d*@",  # test@..., test123@..., fake@...
+)
+DEFAULT_LIMITS: Mapping[str, int] = {
+    "user_id": 1,
+    "email": 5,
+    "phone": 5,
+    "anonymous_id": 100,
+    "loyalty_id": 2,
+    "crm_id": 1,
+}
+
+
+@dataclass(frozen=True)
+class IdentityRules:
+    priorities: Mapping[str, int]
+    limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    blocked_values: frozenset[str] = frozenset(DEFAULT_BLOCKED_VALUES)
+    blocked_patterns: tuple[re.Pattern[str], ...] = tuple(
+        re.compile(p, re.IGNORECASE) for p in DEFAULT_BLOCKED_PATTERNS
+    )
+
+    @classmethod
+    def build(
+        cls,
+        priorities: Mapping[str, int],
+        limits: Mapping[str, int] | None = None,
+        blocked_values: Iterable[str] = DEFAULT_BLOCKED_VALUES,
+        blocked_patterns: Iterable[str] = DEFAULT_BLOCKED_PATTERNS,
+    ) -> IdentityRules:
+        """Rules from configuration; a pattern that does not compile is a ValueError
+        naming it."""
+        compiled = []
+        for pattern in blocked_patterns:
+            try:
+                compiled.append(re.compile(pattern, re.IGNORECASE))
+            except re.error as exc:
+                raise ValueError(f"block pattern {pattern!r} does not compile: {exc}") from None
+        return cls(
+            priorities=dict(priorities),
+            limits=dict(DEFAULT_LIMITS if limits is None else limits),
+            blocked_values=frozenset(v.strip().lower() for v in blocked_values),
+            blocked_patterns=tuple(compiled),
+        )
+
+    def blocked(self, value: str) -> str | None:
+        """The rule that blocks this normalized value, or None."""
+        if value.lower() in self.blocked_values:
+            return "block list"
+        for pattern in self.blocked_patterns:
+            if pattern.search(value):
+                return f"block pattern {pattern.pattern}"
+        return None
+
+    def limit(self, id_type: str) -> int | None:
+        return self.limits.get(id_type)
+
+    def by_priority(self, identifiers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Highest priority first; ties by type, then value, so the order is total."""
+        return sorted(identifiers, key=lambda tv: (-self.priorities.get(tv[0], 0), tv[0], tv[1]))
