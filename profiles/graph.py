@@ -1,0 +1,390 @@
+"""The identity graph as message handlers over two partitioned tables (pure, no Kafka).
+
+Two kinds of partitions, each owning a table:
+
+* **identity**, keyed by identifier (``type:value``) → the profile that owns it.
+* **profile**, keyed by profile id → the profile's state, or a redirect to the
+  profile it was merged into.
+
+Handlers take one message and the table of the partition it arrived at, change the
+table, and return messages for other partitions. The streams layer carries those
+messages on internal topics in batches; the simulator in the tests delivers them in
+random interleavings. The protocol (DESIGN.md, "The hard part"):
+
+1. ``Observe`` goes to the partition of the event's highest-priority identifier
+   (the anchor), which finds its owner — or makes the anchor's own profile the
+   owner — and sends ``Apply`` there.
+2. ``Apply`` folds the event into the profile. For each other identifier the
+   profile does not hold it checks the per-type limit (what it holds plus what it
+   has asked for): over the limit the link is refused and recorded; otherwise it
+   reserves the identifier and sends ``Claim`` to the identifier's partition.
+3. ``Claim`` of an unowned identifier (or one the claimer owns) is ``Granted``.
+   Owned by another profile, it is a merge: the larger id (the loser) is asked to
+   ``Offer`` itself to the smaller (the winner). Ids only ever wait on smaller ids,
+   so nothing deadlocks, and redirects never form a cycle.
+4. The loser offers its whole state and, until the ``Answer``, holds back every
+   message that reaches it. The winner checks the limits of both together: it
+   absorbs the loser and says yes, or records the refusal and says no (and the
+   claimer drops its reservation). A loser that was accepted becomes a redirect,
+   re-points its identifiers, and forwards what it held back.
+5. Profile state merges by union (events keyed by event id, identifiers, refusals)
+   and last-writer-wins (traits by event time, then event id): the order of merges
+   cannot change the result, and an event reaching a profile twice counts once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from profiles.rules import IdentityRules
+
+Key = str  # "type:value" for identifiers, "p_..." for profiles
+
+
+def ident_type(ident: Key) -> str:
+    return ident.split(":", 1)[0]
+
+
+def profile_for(anchor: Key) -> str:
+    """The profile an identifier founds when it is first seen."""
+    from profiles.profile import profile_id_for
+
+    id_type, value = anchor.split(":", 1)
+    return profile_id_for(id_type, value)
+
+
+# --- messages -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class EventFacts:
+    """What a profile keeps of an event."""
+
+    event_id: str
+    type: str
+    source: str
+    time_ms: int
+    traits: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:  # -> identity[anchor]
+    anchor: Key
+    ids: tuple[Key, ...]  # usable identifiers, highest priority first (anchor included)
+    event: EventFacts
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:  # -> profile[profile]
+    profile: str
+    ids: tuple[Key, ...]
+    event: EventFacts
+    granted_anchor: bool  # the anchor was unowned and now belongs to this profile
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:  # -> identity[ident]
+    ident: Key
+    profile: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:  # -> profile[profile]
+    profile: str
+    ident: Key
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:  # -> profile[loser]
+    loser: str
+    winner: str
+    via: Key
+    claimer: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:  # -> profile[winner]
+    winner: str
+    loser: str
+    state: ProfileState
+    pending: frozenset[Key]  # the loser's reservations: they move with it
+    via: Key
+    claimer: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:  # -> profile[loser]
+    loser: str
+    winner: str
+    accepted: bool
+    via: Key
+    claimer: str
+    event_id: str
+    rule: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:  # -> profile[profile]: a reservation that will not be granted
+    profile: str
+    ident: Key
+
+
+@dataclass(frozen=True, slots=True)
+class Repoint:  # -> identity[ident]
+    ident: Key
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:  # -> the profile-merges output
+    loser: str
+    winner: str
+    via: Key
+    event_id: str
+
+
+ProfileMsg = Apply | Granted | Merge | Offer | Answer | Release
+IdentityMsg = Observe | Claim | Repoint
+Out = tuple[str, Key, Any]  # (stage: "identity" | "profile" | "merges", key, message)
+
+
+# --- profile state --------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    event_id: str
+    ident: Key
+    other: str  # the profile or identifier the link would have joined
+    rule: str
+
+
+@dataclass(slots=True)
+class ProfileState:
+    """A join-semilattice: ``merge`` is commutative, associative and idempotent."""
+
+    held: set[Key] = field(default_factory=set)
+    events: dict[str, EventFacts] = field(default_factory=dict)
+    # trait -> (time ms, event id, value): the latest write wins, ties by event id
+    traits: dict[str, tuple[int, str, Any]] = field(default_factory=dict)
+    refused: set[Refusal] = field(default_factory=set)
+    # identifier -> (event id, how it joined): for `profiles why`
+    linked_by: dict[Key, tuple[str, str]] = field(default_factory=dict)
+    merged: set[tuple[str, Key, str]] = field(default_factory=set)  # (loser, via, event id)
+
+    def fold(self, event: EventFacts) -> bool:
+        if event.event_id in self.events:
+            return False
+        self.events[event.event_id] = event
+        for name, value in event.traits:
+            stamp = (event.time_ms, event.event_id, value)
+            if name not in self.traits or stamp[:2] > self.traits[name][:2]:
+                self.traits[name] = stamp
+        return True
+
+    def merge(self, other: ProfileState) -> None:
+        self.held |= other.held
+        for event in other.events.values():
+            self.fold(event)
+        self.refused |= other.refused
+        for ident, why in other.linked_by.items():
+            self.linked_by.setdefault(ident, why)
+        self.merged |= other.merged
+
+    def copy(self) -> ProfileState:
+        return ProfileState(
+            set(self.held),
+            dict(self.events),
+            dict(self.traits),
+            set(self.refused),
+            dict(self.linked_by),
+            set(self.merged),
+        )
+
+
+@dataclass(slots=True)
+class ProfileNode:
+    state: ProfileState = field(default_factory=ProfileState)
+    redirect: str | None = None
+    pending: set[Key] = field(default_factory=set)  # claimed, not yet granted
+    offered_to: str | None = None  # waiting for this winner's answer
+    held_back: list[ProfileMsg] = field(default_factory=list)
+
+
+def _over_limit(ids: Iterable[Key], rules: IdentityRules) -> str | None:
+    counts = Counter(ident_type(i) for i in ids)
+    for id_type, n in sorted(counts.items()):
+        limit = rules.limit(id_type)
+        if limit is not None and n > limit:
+            return f"limit {id_type}={limit}"
+    return None
+
+
+# --- identity partitions ----------------------------------------------------------------
+def handle_identity(table: dict[Key, str], msg: IdentityMsg) -> list[Out]:
+    if isinstance(msg, Observe):
+        owner = table.get(msg.anchor)
+        granted = owner is None
+        if owner is None:
+            owner = table[msg.anchor] = profile_for(msg.anchor)
+        return [("profile", owner, Apply(owner, msg.ids, msg.event, granted))]
+    if isinstance(msg, Claim):
+        owner = table.get(msg.ident)
+        if owner is None:
+            table[msg.ident] = msg.profile
+            owner = msg.profile
+        if owner == msg.profile:
+            return [("profile", msg.profile, Granted(msg.profile, msg.ident, msg.event_id))]
+        winner, loser = sorted((owner, msg.profile))
+        return [("profile", loser, Merge(loser, winner, msg.ident, msg.profile, msg.event_id))]
+    if isinstance(msg, Repoint):
+        if table.get(msg.ident) == msg.old:
+            table[msg.ident] = msg.new
+        return []
+    raise TypeError(f"not an identity message: {msg!r}")
+
+
+# --- profile partitions -------------------------------------------------------------------
+def handle_profile(
+    table: dict[str, ProfileNode], msg: ProfileMsg, rules: IdentityRules
+) -> list[Out]:
+    key = _target(msg)
+    node = table.get(key)
+    if node is None:
+        node = table[key] = ProfileNode()
+    if node.redirect is not None:
+        return _at_redirect(node, key, msg)
+    if node.offered_to is not None and not isinstance(msg, Answer):
+        node.held_back.append(msg)  # a loser waits for its answer
+        return []
+    return _live(table, node, key, msg, rules)
+
+
+def _live(
+    table: dict[str, ProfileNode],
+    node: ProfileNode,
+    key: str,
+    msg: ProfileMsg,
+    rules: IdentityRules,
+) -> list[Out]:
+    if isinstance(msg, Apply):
+        return _apply(node, msg, rules)
+    if isinstance(msg, Offer):
+        return _offer(node, key, msg, rules)
+    if isinstance(msg, Answer):
+        return _answer(table, node, key, msg, rules)
+    if isinstance(msg, Merge):
+        return _merge(node, key, msg)
+    if isinstance(msg, Granted):
+        node.state.held.add(msg.ident)
+        node.pending -= node.state.held
+    elif isinstance(msg, Release):
+        node.pending.discard(msg.ident)
+    return []
+
+
+def _merge(node: ProfileNode, key: str, msg: Merge) -> list[Out]:
+    """This profile is the loser of a merge: offer itself, then wait for the answer."""
+    node.offered_to = msg.winner
+    offer = Offer(
+        msg.winner,
+        key,
+        node.state.copy(),
+        frozenset(node.pending),
+        msg.via,
+        msg.claimer,
+        msg.event_id,
+    )
+    return [("profile", msg.winner, offer)]
+
+
+def _target(msg: ProfileMsg) -> str:
+    if isinstance(msg, Apply | Granted | Release):
+        return msg.profile
+    if isinstance(msg, Merge | Answer):
+        return msg.loser
+    return msg.winner  # Offer
+
+
+def _at_redirect(node: ProfileNode, key: str, msg: ProfileMsg) -> list[Out]:
+    """A profile merged away: messages follow the redirect (to a smaller id)."""
+    to = node.redirect
+    assert to is not None
+    if isinstance(msg, Apply):
+        return [("profile", to, Apply(to, msg.ids, msg.event, msg.granted_anchor))]
+    if isinstance(msg, Granted):  # a claim answered after the merge: the winner owns it now
+        return [
+            ("identity", msg.ident, Repoint(msg.ident, key, to)),
+            ("profile", to, Granted(to, msg.ident, msg.event_id)),
+        ]
+    if isinstance(msg, Release):
+        return [("profile", to, Release(to, msg.ident))]
+    if isinstance(msg, Merge):
+        if msg.winner == to:
+            return []
+        winner, loser = sorted((to, msg.winner))
+        return [("profile", loser, Merge(loser, winner, msg.via, msg.claimer, msg.event_id))]
+    if isinstance(msg, Offer):
+        forwarded = Offer(to, msg.loser, msg.state, msg.pending, msg.via, msg.claimer, msg.event_id)
+        return [("profile", to, forwarded)]
+    raise AssertionError(f"{msg!r} reached redirect {key}")  # Answers reach waiting losers only
+
+
+def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
+    state, out = node.state, []
+    anchor = msg.ids[0]
+    if msg.granted_anchor and anchor not in state.held:
+        state.held.add(anchor)
+        state.linked_by.setdefault(anchor, (msg.event.event_id, "first seen"))
+    state.fold(msg.event)
+    for ident in msg.ids[1:]:
+        if ident in state.held or ident in node.pending:
+            continue
+        rule = _over_limit(state.held | node.pending | {ident}, rules)
+        if rule is not None:
+            state.refused.add(Refusal(msg.event.event_id, ident, anchor, rule))
+            continue
+        node.pending.add(ident)
+        state.linked_by.setdefault(ident, (msg.event.event_id, f"seen with {anchor}"))
+        out.append(("identity", ident, Claim(ident, msg.profile, msg.event.event_id)))
+    return out
+
+
+def _offer(node: ProfileNode, key: str, msg: Offer, rules: IdentityRules) -> list[Out]:
+    rule = _over_limit(node.state.held | node.pending | msg.state.held | msg.pending, rules)
+    if rule is not None:
+        node.state.refused.add(Refusal(msg.event_id, msg.via, msg.loser, rule))
+        return [("profile", msg.loser, Answer(msg.loser, key, False, msg.via, msg.claimer,
+                                               msg.event_id, rule))]  # fmt: skip
+    node.state.merge(msg.state)
+    node.pending = (node.pending | msg.pending) - node.state.held
+    node.state.merged.add((msg.loser, msg.via, msg.event_id))
+    node.state.linked_by.setdefault(msg.via, (msg.event_id, f"merged {msg.loser}"))
+    return [
+        ("profile", msg.loser, Answer(msg.loser, key, True, msg.via, msg.claimer, msg.event_id)),
+        ("merges", key, Merged(msg.loser, key, msg.via, msg.event_id)),
+    ]
+
+
+def _answer(
+    table: dict[str, ProfileNode], node: ProfileNode, key: str, msg: Answer, rules: IdentityRules
+) -> list[Out]:
+    node.offered_to = None
+    held_back, node.held_back = node.held_back, []
+    out: list[Out] = []
+    if msg.accepted:
+        node.redirect = msg.winner
+        out += [("identity", i, Repoint(i, key, msg.winner)) for i in sorted(node.state.held)]
+        # The winner took the reservations with the offer; their grants follow the redirect.
+        node.state = ProfileState()
+        node.pending = set()
+    else:
+        node.state.refused.add(Refusal(msg.event_id, msg.via, msg.winner, msg.rule))
+        out.append(("profile", msg.claimer, Release(msg.claimer, msg.via)))
+    for held in held_back:  # replayed in order: here, or along the new redirect
+        out += handle_profile(table, held, rules)
+    return out

@@ -1,0 +1,183 @@
+"""The identity-graph protocol under every interleaving Kafka allows.
+
+A simulator keeps one FIFO channel per (sending partition, receiving partition) —
+what Kafka guarantees for one producer and one partition — and delivers messages
+from randomly chosen channels. Whatever the partition counts and the interleaving,
+the graph must end where the single-threaded reference ends.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from profiles.graph import (
+    EventFacts,
+    Merged,
+    Observe,
+    ProfileNode,
+    handle_identity,
+    handle_profile,
+    ident_type,
+)
+from profiles.reference import key, reference_clusters, usable
+from profiles.routing import partition_for
+from profiles.rules import IdentityRules
+from profiles.touchpoint import Touchpoint
+from tests.unit.test_reference import event_lists
+from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
+
+LIMITED = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES)
+UNLIMITED = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES, limits={})
+
+Node = tuple[str, int]
+
+
+class Simulation:
+    def __init__(self, rules: IdentityRules, identity_parts: int, profile_parts: int, seed: int):
+        self.rules = rules
+        self.parts = {"identity": identity_parts, "profile": profile_parts}
+        self.identity: list[dict[str, str]] = [{} for _ in range(identity_parts)]
+        self.profiles: list[dict[str, ProfileNode]] = [{} for _ in range(profile_parts)]
+        self.channels: dict[tuple[Node, Node], deque[Any]] = {}
+        self.merges: list[Merged] = []
+        self.rng = random.Random(seed)
+        self.delivered = 0
+
+    def send(self, source: Node, outs: list[tuple[str, str, Any]]) -> None:
+        for stage, k, msg in outs:
+            if stage == "merges":
+                self.merges.append(msg)
+                continue
+            target = (stage, partition_for(k, self.parts[stage]))
+            self.channels.setdefault((source, target), deque()).append(msg)
+
+    def feed(self, events: list[Touchpoint], input_parts: int) -> None:
+        for tp in events:
+            ids, _ = usable(tp.identifiers, self.rules, "US")
+            if not ids:
+                continue
+            keys = tuple(key(i) for i in ids)
+            facts = EventFacts(tp.event_id, tp.type, tp.source, tp.occurred_at_ms)
+            source = ("input", self.rng.randrange(input_parts))
+            self.send(source, [("identity", keys[0], Observe(keys[0], keys, facts))])
+
+    def run(self, limit: int = 200_000) -> None:
+        while True:
+            busy = [c for c, q in self.channels.items() if q]
+            if not busy:
+                return
+            source, target = self.rng.choice(busy)
+            msg = self.channels[(source, target)].popleft()
+            stage, part = target
+            if stage == "identity":
+                outs = handle_identity(self.identity[part], msg)
+            else:
+                outs = handle_profile(self.profiles[part], msg, self.rules)
+            self.send(target, outs)
+            self.delivered += 1
+            assert self.delivered < limit, "the protocol does not quiesce"
+
+    def live(self) -> dict[str, ProfileNode]:
+        return {p: n for table in self.profiles for p, n in table.items() if n.redirect is None}
+
+    def clusters(self) -> set[frozenset[str]]:
+        return {frozenset(n.state.held) for n in self.live().values() if n.state.held}
+
+    def owner(self, ident: str) -> str:
+        """Follow the identity table and redirects to the live profile."""
+        table = self.identity[partition_for(ident, self.parts["identity"])]
+        profile = table[ident]
+        for _ in range(1000):
+            node = self.profiles[partition_for(profile, self.parts["profile"])][profile]
+            if node.redirect is None:
+                return profile
+            profile = node.redirect
+        raise AssertionError("redirect cycle")
+
+
+def simulate(
+    events: list[Touchpoint], rules: IdentityRules, parts: tuple[int, int, int], seed: int
+) -> Simulation:
+    sim = Simulation(rules, parts[1], parts[2], seed)
+    sim.feed(events, parts[0])
+    sim.run()
+    return sim
+
+
+def check_settled(sim: Simulation, events: list[Touchpoint]) -> None:
+    live = sim.live()
+    for node in live.values():
+        assert not node.pending, "a reservation was never answered"
+        assert node.offered_to is None and not node.held_back
+    # Every identifier resolves to the live profile that holds it, and only that one.
+    holders = Counter(i for n in live.values() for i in n.state.held)
+    assert set(holders.values()) <= {1}
+    for table in sim.identity:
+        for ident in table:
+            assert ident in live[sim.owner(ident)].state.held
+    # Every event with a usable identifier counts exactly once.
+    applied = Counter(e for n in live.values() for e in n.state.events)
+    expected = {tp.event_id for tp in events if usable(tp.identifiers, sim.rules, "US")[0]}
+    assert set(applied) == expected
+    assert set(applied.values()) <= {1}
+
+
+parts = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_lists, parts, st.integers(0, 2**32))
+def test_without_limits_the_graph_finds_the_reference_clusters(events, parts, seed) -> None:  # type: ignore[no-untyped-def]
+    sim = simulate(events, UNLIMITED, parts, seed)
+    check_settled(sim, events)
+    assert sim.clusters() == set(reference_clusters(events, UNLIMITED, "US", limits=False).clusters)
+    assert len(sim.merges) == len({m.loser for m in sim.merges})  # a profile is merged away once
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_lists, parts, st.integers(0, 2**32))
+def test_with_limits_no_cluster_breaks_one_and_the_rest_agrees(events, parts, seed) -> None:  # type: ignore[no-untyped-def]
+    sim = simulate(events, LIMITED, parts, seed)
+    check_settled(sim, events)
+    for cluster in sim.clusters():
+        for id_type, n in Counter(ident_type(i) for i in cluster).items():
+            limit = LIMITED.limit(id_type)
+            assert limit is None or n <= limit, cluster
+    # Clusters no refusal touched (in the graph or the reference) are the same.
+    ref = reference_clusters(events, LIMITED, "US")
+    by_id = {tp.event_id: tp for tp in events}
+    refused_events = {r.event_id for n in sim.live().values() for r in n.state.refused}
+    refused_events |= {r.event_id for r in ref.refused}
+    involved = {
+        key(i) for e in refused_events for i in usable(by_id[e].identifiers, LIMITED, "US")[0]
+    }
+    clean_graph = {c for c in sim.clusters() if not c & involved}
+    clean_ref = {c for c in ref.clusters if not c & involved}
+    assert clean_graph == clean_ref
+
+
+def test_a_shared_tablet_does_not_fuse_two_people() -> None:
+    def ev(n: int, **ids: str) -> Touchpoint:
+        return Touchpoint(f"e{n}", "signed_in", "web", n, ids)
+
+    events = [
+        ev(1, user_id="ana", email="ana@mail.example.org", anonymous_id="tablet"),
+        ev(2, user_id="bo", email="bo@mail.example.org", anonymous_id="tablet"),
+        ev(3, anonymous_id="tablet"),
+    ]
+    for seed in range(30):
+        sim = simulate(events, LIMITED, (2, 3, 3), seed)
+        check_settled(sim, events)
+        clusters = sim.clusters()
+        assert frozenset({"user_id:bo", "email:bo@mail.example.org"}) <= max(
+            clusters, key=lambda c: "user_id:bo" in c
+        )
+        assert not any({"user_id:ana", "user_id:bo"} <= c for c in clusters)
+        refusals = [r for n in sim.live().values() for r in n.state.refused]
+        assert refusals, "the refused link was not recorded"
+        assert all(r.rule == "limit user_id=1" for r in refusals)
