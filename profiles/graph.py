@@ -339,6 +339,7 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
     anchor = msg.ids[0]
     if msg.granted_anchor and anchor not in state.held:
         state.held.add(anchor)
+        node.pending.discard(anchor)  # a loser may have handed over its claim of it
         state.linked_by.setdefault(anchor, (msg.event.event_id, "first seen"))
     state.fold(msg.event)
     for ident in msg.ids[1:]:
