@@ -27,7 +27,10 @@ random interleavings. The protocol (DESIGN.md, "The hard part"):
    absorbs the loser and says yes, or records the refusal and says no (and the
    claimer drops its reservation). A loser that was accepted becomes a redirect,
    re-points its identifiers, and forwards what it held back.
-5. Profile state merges by union (events keyed by event id, identifiers, refusals)
+5. Every handler tolerates re-delivery (Kafka delivers at least once): a repeated
+   claim is granted again, a repeated offer is absorbed again (a no-op) and its
+   second answer is ignored, a repeated event is folded once.
+6. Profile state merges by union (events keyed by event id, identifiers, refusals)
    and last-writer-wins (traits by event time, then event id): the order of merges
    cannot change the result, and an event reaching a profile twice counts once.
 """
@@ -212,6 +215,7 @@ class ProfileNode:
     redirect: str | None = None
     pending: set[Key] = field(default_factory=set)  # claimed, not yet granted
     offered_to: str | None = None  # waiting for this winner's answer
+    offer_key: tuple[Key, str] | None = None  # (via, event id) of the offer it waits on
     held_back: list[ProfileMsg] = field(default_factory=list)
 
 
@@ -256,6 +260,10 @@ def handle_profile(
     node = table.get(key)
     if node is None:
         node = table[key] = ProfileNode()
+    if isinstance(msg, Answer) and (
+        node.redirect is not None or node.offer_key != (msg.via, msg.event_id)
+    ):
+        return []  # a re-delivered answer to an offer already settled
     if node.redirect is not None:
         return _at_redirect(node, key, msg)
     if node.offered_to is not None and not isinstance(msg, Answer):
@@ -290,6 +298,7 @@ def _live(
 def _merge(node: ProfileNode, key: str, msg: Merge) -> list[Out]:
     """This profile is the loser of a merge: offer itself, then wait for the answer."""
     node.offered_to = msg.winner
+    node.offer_key = (msg.via, msg.event_id)
     offer = Offer(
         msg.winner,
         key,
@@ -331,7 +340,7 @@ def _at_redirect(node: ProfileNode, key: str, msg: ProfileMsg) -> list[Out]:
     if isinstance(msg, Offer):
         forwarded = Offer(to, msg.loser, msg.state, msg.pending, msg.via, msg.claimer, msg.event_id)
         return [("profile", to, forwarded)]
-    raise AssertionError(f"{msg!r} reached redirect {key}")  # Answers reach waiting losers only
+    raise AssertionError(f"{msg!r} reached redirect {key}")  # Answers were dropped above
 
 
 def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
@@ -374,7 +383,7 @@ def _offer(node: ProfileNode, key: str, msg: Offer, rules: IdentityRules) -> lis
 def _answer(
     table: dict[str, ProfileNode], node: ProfileNode, key: str, msg: Answer, rules: IdentityRules
 ) -> list[Out]:
-    node.offered_to = None
+    node.offered_to = node.offer_key = None
     held_back, node.held_back = node.held_back, []
     out: list[Out] = []
     if msg.accepted:
