@@ -272,6 +272,7 @@ def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Appl
         )
     keys = dict(settings.collector_write_keys)
     id_types = settings.identifier_priorities
+    rules = settings.identity_rules()
     sender = sender or AsyncSender(settings)
 
     @web.middleware
@@ -293,7 +294,7 @@ def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Appl
             return _error(500, "internal error")
 
     def validate(doc: dict[str, Any]) -> Touchpoint:
-        return validate_event(doc, id_types, settings.default_phone_region)
+        return validate_event(doc, rules, settings.default_phone_region)
 
     def messages_of(body: Any, call: str | None) -> list[Any]:
         if call == "touchpoints":

@@ -41,6 +41,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from producers.loader import Loader, LoadResult
 from profiles.routing import validate_event
+from profiles.rules import IdentityRules
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from unifier.settings import Settings
 
@@ -338,8 +339,8 @@ def crm_touchpoint(row: Row, mapping: ColumnMapping) -> dict[str, Any]:
     }
 
 
-def _validate(doc: Mapping[str, Any], settings: Settings) -> Touchpoint:
-    return validate_event(dict(doc), settings.identifier_priorities, settings.default_phone_region)
+def _validate(doc: Mapping[str, Any], settings: Settings, rules: IdentityRules) -> Touchpoint:
+    return validate_event(dict(doc), rules, settings.default_phone_region)
 
 
 def _pos_groups(source: Iterator[Row]) -> Iterator[list[Row]]:
@@ -376,6 +377,7 @@ def import_file(
             "identifier type crm_id is not configured (UNIFIER_IDENTIFIER_PRIORITIES)"
         )
     mapping = load_mapping(kind, mapping_path)
+    rules = settings.identity_rules()
     with open(path, "rb") as fh:
         source = rows(fh, mapping)  # reads the header: a MappingError stops here
         first = next(source, None)
@@ -401,7 +403,7 @@ def import_file(
                         if kind == "pos"
                         else crm_touchpoint(group[0], mapping)
                     )
-                    tp = _validate(doc, settings)
+                    tp = _validate(doc, settings, rules)
                 except InvalidTouchpoint as exc:
                     for row in group:
                         loader.reject(row.line, str(exc), row.raw)

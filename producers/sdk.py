@@ -52,6 +52,7 @@ class Unifier:
         """``producer_config``: librdkafka settings that override ours (dots as in
         librdkafka: pass them as ``**{"delivery.timeout.ms": 5000}``)."""
         self.settings = settings or Settings()
+        self._rules = self.settings.identity_rules()
         self.source = source
         self._producer = TouchpointProducer(
             self.settings,
@@ -263,9 +264,7 @@ class Unifier:
     def validate(self, doc: Mapping[str, Any]) -> Touchpoint:
         """The checks every entry point makes; raises ``InvalidTouchpoint`` with the reason."""
         settings = self.settings
-        return validate_event(
-            dict(doc), settings.identifier_priorities, settings.default_phone_region
-        )
+        return validate_event(dict(doc), self._rules, settings.default_phone_region)
 
     def flush(self, timeout: float = 60.0) -> DeliveryReport:
         return self._producer.flush(timeout)

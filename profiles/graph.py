@@ -38,7 +38,7 @@ random interleavings. The protocol (DESIGN.md, "The hard part"):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,7 +229,7 @@ def _over_limit(ids: Iterable[Key], rules: IdentityRules) -> str | None:
 
 
 # --- identity partitions ----------------------------------------------------------------
-def handle_identity(table: dict[Key, str], msg: IdentityMsg) -> list[Out]:
+def handle_identity(table: MutableMapping[Key, str], msg: IdentityMsg) -> list[Out]:
     if isinstance(msg, Observe):
         owner = table.get(msg.anchor)
         granted = owner is None

@@ -5,6 +5,8 @@ Layout (all keys under ``unifier:``):
   documented profile form). Written by a Lua script that refuses an older
   version, so a lagging writer can never move the view backwards.
 - ``unifier:id:<type>:<normalized value>`` — the profile id that holds the identifier.
+- A profile merged into another keeps ``unifier:profile:<id>`` as a redirect
+  (``{"profile_id", "merged_into"}``): reads follow it to the survivor.
 
 The worker writes whole batches in one pipeline; readers go through the
 ``ProfileView`` protocol and never know which store answers.
@@ -64,8 +66,16 @@ class RedisProfileView:
         self._r.close()
 
     def get(self, profile_id: str) -> dict[str, Any] | None:
-        raw = self._r.hget(profile_key(profile_id), "json")
-        return orjson.loads(raw) if raw else None
+        """The profile, following redirects: a merged-away id answers with the survivor."""
+        for _ in range(64):
+            raw = self._r.hget(profile_key(profile_id), "json")
+            if not raw:
+                return None
+            view: dict[str, Any] = orjson.loads(raw)
+            if "merged_into" not in view:
+                return view
+            profile_id = view["merged_into"]
+        return None
 
     def lookup(self, id_type: str, value: str) -> dict[str, Any] | None:
         profile_id = self._r.get(identifier_key(id_type, value))
@@ -88,7 +98,9 @@ class RedisProfileView:
             pipe.hget(key, "json")
         for raw in pipe.execute():
             if raw:
-                yield orjson.loads(raw)
+                view = orjson.loads(raw)
+                if "merged_into" not in view:  # redirects are not profiles
+                    yield view
 
 
 class AsyncRedisWriter:
@@ -114,7 +126,7 @@ class AsyncRedisWriter:
                 args=[view["version"], orjson.dumps(view, option=ORJSON_OPTS)],
                 client=pipe,
             )
-            for id_type, values in view["identifiers"].items():
+            for id_type, values in view.get("identifiers", {}).items():
                 for value in values:
                     pipe.set(identifier_key(id_type, value), pid)
             count += 1

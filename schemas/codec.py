@@ -32,7 +32,6 @@ import fastavro
 import orjson
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from profiles.routing import RoutedItem
 from profiles.touchpoint import CONTEXT_FIELDS, Touchpoint, sparse_context, to_ms
 
 SCHEMA_DIR = Path(__file__).parent
@@ -45,11 +44,10 @@ ORJSON_OPTS = orjson.OPT_NON_STR_KEYS
 
 TOUCHPOINT = "unifier.v1.Touchpoint"
 BATCH = "unifier.v1.TouchpointBatch"
-ROUTED = "unifier.internal.v1.RoutedBatch"
 PROFILE_UPDATE = "unifier.v1.ProfileUpdate"
 PROFILE_MERGE = "unifier.v1.ProfileMerge"
 #: Files of the current schemas, in dependency order.
-SCHEMA_FILES = ("touchpoint", "touchpoint_batch", "routed_batch", "profile_update", "profile_merge")
+SCHEMA_FILES = ("touchpoint", "touchpoint_batch", "profile_update", "profile_merge")
 #: Record names a producer may put on the input topic.
 INPUT_NAMES = (TOUCHPOINT, BATCH)
 
@@ -102,7 +100,7 @@ def _inline(node: Any, files: Mapping[str, Any], seen: set[str]) -> Any:
 
 def load_raw_schemas(touchpoint_file: Path | None = None) -> dict[str, Any]:
     """The shipped schemas as JSON, each standing alone, by full name; ``touchpoint_file``
-    swaps in another Touchpoint version (the batch and routed schemas then embed that one)."""
+    swaps in another Touchpoint version (the batch schema then embeds that one)."""
     files: dict[str, Any] = {}
     for name in SCHEMA_FILES:
         path = SCHEMA_DIR / f"{name}.avsc"
@@ -159,7 +157,7 @@ class Codec:
             self._by_fp[fingerprint_of(schema)] = _Writer(schema, name, True)
         for old in sorted((SCHEMA_DIR / "history").glob("touchpoint.*.avsc")):
             for schema in load_schema_files(old).values():
-                if schema["name"] in (*INPUT_NAMES, ROUTED):
+                if schema["name"] in INPUT_NAMES:
                     self._remember_fp(schema)
         self.headers = {name: single_object_header(s) for name, s in self.readers.items()}
 
@@ -325,7 +323,6 @@ def touchpoint_from_avro(rec: dict[str, Any]) -> Touchpoint:
 CODEC = Codec()
 TOUCHPOINT_HEADER = CODEC.headers[TOUCHPOINT]
 BATCH_HEADER = CODEC.headers[BATCH]
-ROUTED_HEADER = CODEC.headers[ROUTED]
 
 
 def encode_touchpoint(tp: Touchpoint, prefix: bytes | None = None) -> bytes:
@@ -356,39 +353,3 @@ def encode_batches(
 
 def decode_touchpoints(data: bytes | None) -> list[Touchpoint]:
     return CODEC.decode_touchpoints(data)
-
-
-def encode_routed(items: Sequence[RoutedItem]) -> bytes:
-    record = {
-        "items": [
-            {
-                "key": item.key,
-                "identifiers": item.identifiers,
-                "event": touchpoint_to_avro(item.event),
-            }
-            for item in items
-        ]
-    }
-    return CODEC.encode(ROUTED, record)
-
-
-def encode_routed_batches(items: Sequence[RoutedItem], max_bytes: int = 900_000) -> list[bytes]:
-    """``encode_routed``, split in halves until each record is at most ``max_bytes``."""
-    value = encode_routed(items)
-    if len(value) <= max_bytes or len(items) == 1:
-        return [value]
-    half = len(items) // 2
-    return encode_routed_batches(items[:half], max_bytes) + encode_routed_batches(
-        items[half:], max_bytes
-    )
-
-
-def decode_routed(data: bytes) -> list[RoutedItem]:
-    _, record = CODEC.read(data, (ROUTED,))
-    try:
-        return [
-            RoutedItem(r["key"], r["identifiers"], touchpoint_from_avro(r["event"]))
-            for r in record["items"]
-        ]
-    except (KeyError, IndexError, TypeError, orjson.JSONDecodeError) as exc:
-        raise DecodeError(f"invalid routed batch: {exc}") from None

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import faust
 
-from streams import apply, route
+from streams import graph, route
 from unifier.settings import Settings
 
 log = logging.getLogger("unifier.worker")
@@ -48,22 +48,31 @@ def create_app(settings: Settings) -> Any:
         )
 
     source = raw_topic(settings.topic_touchpoints, settings.touchpoint_partitions)
-    routed = raw_topic(settings.topic_routed, settings.internal_partitions)
-    dlq = raw_topic(settings.topic_dlq, 1)
-    profiles = app.Table(
-        "profiles",
-        partitions=settings.internal_partitions,
-        # Declared both on the schema and on the table itself: with only schema=,
-        # recovery decoded the raw keys as JSON and came back empty.
-        schema=faust.Schema(
-            key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        ),
-        key_type=str,
-        value_type=bytes,
-    )
+    topics = {
+        "identity": raw_topic(settings.topic_identity, settings.internal_partitions),
+        "profile": raw_topic(settings.topic_profile_ops, settings.internal_partitions),
+        "dlq": raw_topic(settings.topic_dlq, 1),
+        "merges": raw_topic(settings.topic_profile_merges, settings.internal_partitions),
+    }
 
-    route.register(app, settings, source, routed, dlq)
-    apply.register(app, settings, routed, profiles, dlq)
+    def raw_table(name: str) -> Any:
+        return app.Table(
+            name,
+            partitions=settings.internal_partitions,
+            # Declared both on the schema and on the table itself: with only schema=,
+            # recovery decoded the raw keys as JSON and came back empty.
+            schema=faust.Schema(
+                key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            ),
+            key_type=str,
+            value_type=bytes,
+        )
+
+    identity = raw_table("identity")  # identifier -> the profile that owns it
+    profiles = raw_table("profiles")  # profile id -> state, or a redirect
+
+    route.register(app, settings, source, topics["identity"], topics["dlq"])
+    graph.register(app, settings, topics, identity, profiles)
 
     async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:
         # `unifier stack` and the tests wait for this line: assigned and recovered.

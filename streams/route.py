@@ -1,6 +1,6 @@
-"""Stage 1, route: decode input records, pick each event's profile, and forward the
-events grouped by the partition that owns that profile — one Kafka record per
-group, so the stages behind pay Faust's per-record cost once per batch."""
+"""Stage 1, route: decode input records, check each event, and send it to the identity
+partition of its highest-priority identifier — one Kafka record per partition, so the
+stages behind pay Faust's per-record cost once per batch."""
 
 from __future__ import annotations
 
@@ -8,24 +8,20 @@ import asyncio
 import logging
 from typing import Any
 
-from profiles.routing import RoutedItem, partition_for, profile_key
+from profiles.graph import Observe
+from profiles.routing import observe, partition_for
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
-from schemas.codec import (
-    DecodeError,
-    UnknownSchema,
-    decode_touchpoints,
-    encode_routed_batches,
-    encode_touchpoint,
-)
+from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints, encode_touchpoint
 from schemas.resolve import Resolver
 from streams.dlq import dead_letter
+from streams.messages import send_batches
 from unifier.settings import Settings
 
 log = logging.getLogger("unifier.route")
 
 
-def register(app: Any, settings: Settings, source: Any, routed: Any, dlq: Any) -> Any:
-    priorities = settings.identifier_priorities
+def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any) -> Any:
+    rules = settings.identity_rules()
     region = settings.default_phone_region
     partitions = settings.internal_partitions
     max_bytes = settings.max_record_bytes
@@ -44,8 +40,8 @@ def register(app: Any, settings: Settings, source: Any, routed: Any, dlq: Any) -
             log.info("learned writer schema %s %s", missing.kind, missing.key)
             return decode_touchpoints(data)
 
-    async def route_record(event: Any) -> dict[int, list[RoutedItem]]:
-        groups: dict[int, list[RoutedItem]] = {}
+    async def route_record(event: Any) -> dict[int, list[Observe]]:
+        groups: dict[int, list[Observe]] = {}
         try:
             touchpoints = await decode(event.value)
         except DecodeError as exc:
@@ -53,15 +49,13 @@ def register(app: Any, settings: Settings, source: Any, routed: Any, dlq: Any) -
             return groups
         for tp in touchpoints:
             try:
-                routed_to = profile_key(tp, priorities, region)
+                first = observe(tp, rules, region)
             except InvalidTouchpoint as exc:
                 await dead_letter(
                     dlq, event, "route.validate", str(exc), encode_touchpoint(tp), log
                 )
                 continue
-            groups.setdefault(partition_for(routed_to.key, partitions), []).append(
-                RoutedItem(routed_to.key, routed_to.identifiers, tp)
-            )
+            groups.setdefault(partition_for(first.anchor, partitions), []).append(first)
         return groups
 
     @app.agent(source, name="route")
@@ -70,12 +64,10 @@ def register(app: Any, settings: Settings, source: Any, routed: Any, dlq: Any) -
         # acknowledged by hand once its groups are sent: Faust's own acks (and
         # `take_events`) fire in a `finally`, so a worker stopped mid-record would
         # commit events it never forwarded. Unacked records are re-delivered after a
-        # restart; the apply stage drops the duplicates by event id.
+        # restart; the graph folds each event id once.
         manual = stream.noack()
         async for event in manual.events():
-            for partition, items in (await route_record(event)).items():
-                for value in encode_routed_batches(items, max_bytes):
-                    await routed.send(value=value, partition=partition)
+            await send_batches(identity, await route_record(event), max_bytes)
             await manual.ack(event)
 
     return route

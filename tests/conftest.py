@@ -26,9 +26,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(bootstrap_servers: str, redis_url: str, tmp_path: Path) -> Settings:
+def settings(
+    bootstrap_servers: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Settings:
     """Settings for one test: its own topics and consumer group on the shared broker,
-    and an empty Redis."""
+    and an empty Redis. ``@pytest.mark.no_identity_limits`` turns the per-type limits
+    off, so the clusters do not depend on arrival order and equal the reference."""
     tag = uuid.uuid4().hex[:8]
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
@@ -40,10 +43,14 @@ def settings(bootstrap_servers: str, redis_url: str, tmp_path: Path) -> Settings
         app_id=f"test-{tag}",
         topic_touchpoints=f"t{tag}.touchpoints",
         topic_dlq=f"t{tag}.touchpoints.dlq",
-        topic_routed=f"t{tag}.routed",
+        topic_identity=f"t{tag}.identity",
+        topic_profile_ops=f"t{tag}.profile-ops",
         topic_profile_updates=f"t{tag}.profile-updates",
         topic_profile_merges=f"t{tag}.profile-merges",
         topic_schemas=f"t{tag}.schemas",
+        **(
+            {"identity_limits": {}} if request.node.get_closest_marker("no_identity_limits") else {}
+        ),
         touchpoint_partitions=3,
         internal_partitions=4,
     )

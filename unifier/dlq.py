@@ -30,7 +30,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from producers.loader import Loader, LoadResult
-from profiles.routing import profile_key, validate_event
+from profiles.routing import observe, validate_event
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint, to_json_form
 from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints
 from schemas.resolve import Resolver
@@ -164,7 +164,7 @@ def _text(value: str | bytes | None) -> str:
 
 
 def _validate(doc: Any, settings: Settings) -> Touchpoint:
-    return validate_event(doc, settings.identifier_priorities, settings.default_phone_region)
+    return validate_event(doc, settings.identity_rules(), settings.default_phone_region)
 
 
 def replay_file(
@@ -225,6 +225,7 @@ class TopicReplay:
 def replay_topic(settings: Settings, stage: str | None = None) -> TopicReplay:
     """Send again, as they are, the dead letters that decode and validate now."""
     outcome = TopicReplay(reasons={})
+    rules = settings.identity_rules()
     producer = Producer(
         {"bootstrap.servers": settings.bootstrap_servers, "enable.idempotence": True}
     )
@@ -235,7 +236,7 @@ def replay_topic(settings: Settings, stage: str | None = None) -> TopicReplay:
         if letter.events is not None:
             try:
                 for tp in letter.events:
-                    profile_key(tp, settings.identifier_priorities, settings.default_phone_region)
+                    observe(tp, rules, settings.default_phone_region)
             except InvalidTouchpoint as exc:
                 reason = str(exc)
         if reason is not None:

@@ -15,13 +15,16 @@ import orjson
 
 from producers.loader import Loader, LoadResult
 from profiles.routing import validate_event
+from profiles.rules import IdentityRules
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from unifier.settings import Settings
 
 MAX_LINE_BYTES = 1024 * 1024
 
 
-def validate_line(line: bytes, settings: Settings) -> Touchpoint:
+def validate_line(
+    line: bytes, settings: Settings, rules: IdentityRules | None = None
+) -> Touchpoint:
     """One line of the JSON form -> a Touchpoint, or InvalidTouchpoint with the reason."""
     if len(line) > MAX_LINE_BYTES:
         raise InvalidTouchpoint(f"line longer than {MAX_LINE_BYTES} bytes")
@@ -29,7 +32,8 @@ def validate_line(line: bytes, settings: Settings) -> Touchpoint:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         raise InvalidTouchpoint(f"malformed JSON: {exc}") from None
-    return validate_event(obj, settings.identifier_priorities, settings.default_phone_region)
+    rules = rules or settings.identity_rules()
+    return validate_event(obj, rules, settings.default_phone_region)
 
 
 def _lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -46,6 +50,7 @@ def ingest_file(
     progress: bool | None = None,
     err: IO[str] = sys.stderr,
 ) -> LoadResult:
+    rules = settings.identity_rules()
     with Loader(path, settings, rejects_path, progress, err, "ingest") as loader:
         result = loader.result
         with open(path, "rb") as fh:
@@ -58,7 +63,7 @@ def ingest_file(
                     result.blank += 1
                     continue
                 try:
-                    tp = validate_line(line, settings)
+                    tp = validate_line(line, settings, rules)
                 except InvalidTouchpoint as exc:
                     loader.reject(number, str(exc), line.decode("utf-8", "replace"))
                     continue

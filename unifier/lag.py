@@ -35,7 +35,8 @@ def stages(settings: Settings) -> list[tuple[str, str, int]]:
     """(stage, topic it consumes, partitions), in pipeline order."""
     return [
         ("route", settings.topic_touchpoints, settings.touchpoint_partitions),
-        ("apply", settings.topic_routed, settings.internal_partitions),
+        ("identity", settings.topic_identity, settings.internal_partitions),
+        ("profile", settings.topic_profile_ops, settings.internal_partitions),
     ]
 
 

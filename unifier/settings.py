@@ -56,7 +56,12 @@ class Settings(BaseSettings):
     app_id: str = Field("profile-unifier", description="Faust app id = consumer group id")
     topic_touchpoints: str = "touchpoints"
     topic_dlq: str = "touchpoints.dlq"
-    topic_routed: str = "unifier.touchpoints-by-profile"
+    topic_identity: str = Field(
+        "unifier.identity", description="Internal: identity-graph messages keyed by identifier"
+    )
+    topic_profile_ops: str = Field(
+        "unifier.profile-ops", description="Internal: identity-graph messages keyed by profile"
+    )
     topic_profile_updates: str = "profile-updates"
     topic_profile_merges: str = "profile-merges"
     topic_schemas: str = Field(
@@ -175,6 +180,10 @@ class Settings(BaseSettings):
     def profiles_changelog_topic(self) -> str:
         """Faust names a table's changelog ``<app id>-<table>-changelog``."""
         return f"{self.app_id}-profiles-changelog"
+
+    @property
+    def identity_changelog_topic(self) -> str:
+        return f"{self.app_id}-identity-changelog"
 
     @property
     def broker_address(self) -> tuple[str, int]:

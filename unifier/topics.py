@@ -43,10 +43,22 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             "input records that could not be decoded or validated",
         ),
         TopicSpec(
-            settings.topic_routed,
+            settings.topic_identity,
             internal,
             {},
-            "internal: touchpoints grouped by profile partition",
+            "internal: identity-graph messages, by identifier",
+        ),
+        TopicSpec(
+            settings.topic_profile_ops,
+            internal,
+            {},
+            "internal: identity-graph messages, by profile",
+        ),
+        TopicSpec(
+            settings.identity_changelog_topic,
+            internal,
+            compact,
+            "internal: changelog of the identity table (identifier -> profile)",
         ),
         TopicSpec(
             settings.profiles_changelog_topic,

@@ -13,7 +13,9 @@ def test_creation_is_idempotent(settings: Settings) -> None:
     assert {state for _, state in second} == {"exists"}
     have = existing_partitions(admin_client(settings))
     assert have[settings.topic_touchpoints] == settings.touchpoint_partitions
-    assert have[settings.topic_routed] == settings.internal_partitions
+    assert have[settings.topic_identity] == settings.internal_partitions
+    assert have[settings.topic_profile_ops] == settings.internal_partitions
+    assert have[settings.identity_changelog_topic] == settings.internal_partitions
     assert have[settings.profiles_changelog_topic] == settings.internal_partitions
 
 

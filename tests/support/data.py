@@ -8,8 +8,9 @@ from typing import Any
 
 import orjson
 
-from profiles.profile import Profile
-from profiles.routing import profile_key
+from profiles.graph import ProfileNode, ProfileState
+from profiles.graph_wire import facts_of, view_of
+from profiles.reference import key, reference_clusters, usable
 from profiles.touchpoint import parse_json
 from unifier.settings import Settings
 
@@ -51,17 +52,35 @@ def write_jsonl(
     return broken
 
 
-def reference_views(events: Iterable[dict[str, Any]], settings: Settings) -> dict[str, Any]:
-    """What the product must show: every event folded single-threaded by the pure core.
-    Versions depend on batching, so they are left out."""
-    profiles: dict[str, Profile] = {}
-    for event in events:
-        tp = parse_json(event, settings.identifier_priorities)
-        routed = profile_key(tp, settings.identifier_priorities, settings.default_phone_region)
-        profile = profiles.setdefault(routed.key, Profile(profile_id=routed.key))
-        profile.apply(tp, routed.identifiers)
-    return {pid: without_version(p.to_view()) for pid, p in profiles.items()}
+Comparable = dict[tuple[str, ...], dict[str, Any]]
 
 
-def without_version(view: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in view.items() if k != "version"}
+def comparable(views: Iterable[dict[str, Any]]) -> Comparable:
+    """Profiles keyed by their identifiers, without what depends on arrival order and
+    batching (profile ids, versions, which ids were merged away)."""
+    out: Comparable = {}
+    for view in views:
+        ids = tuple(sorted(f"{t}:{v}" for t, vs in view["identifiers"].items() for v in vs))
+        body = {k: v for k, v in view.items() if k not in ("profile_id", "version")}
+        body["computed"] = {
+            k: v for k, v in view["computed"].items() if k not in ("merged_from", "refused_links")
+        }
+        out[ids] = body
+    return out
+
+
+def reference_views(events: Iterable[dict[str, Any]], settings: Settings) -> Comparable:
+    """What the product must show: the reference union-find's clusters, each with every
+    event anchored in it folded in, single-threaded. Exact when limits are off; with
+    limits, which of two people keeps a shared identifier depends on arrival order."""
+    rules = settings.identity_rules()
+    region = settings.default_phone_region
+    tps = [parse_json(e, rules.priorities) for e in events]
+    ref = reference_clusters(tps, rules, region, limits=bool(rules.limits))
+    where = ref.cluster_of()
+    states = [ProfileState(held=set(c)) for c in ref.clusters]
+    for tp in tps:
+        ids, _ = usable(tp.identifiers, rules, region)
+        if ids:
+            states[where[key(ids[0])]].fold(facts_of(tp))
+    return comparable(view_of("reference", ProfileNode(state=s)) for s in states)

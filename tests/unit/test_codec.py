@@ -4,17 +4,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profiles.routing import RoutedItem
 from profiles.touchpoint import Touchpoint
 from schemas.codec import (
     BATCH_HEADER,
     MAGIC,
     TOUCHPOINT_HEADER,
     DecodeError,
-    decode_routed,
     decode_touchpoints,
     encode_batch,
-    encode_routed,
     encode_touchpoint,
 )
 from tests.unit.strategies import touchpoints
@@ -28,21 +25,6 @@ def test_single_touchpoint_round_trips(tp) -> None:  # type: ignore[no-untyped-d
 @given(st.lists(touchpoints, max_size=5))
 def test_batch_round_trips(tps) -> None:  # type: ignore[no-untyped-def]
     assert decode_touchpoints(encode_batch(tps)) == tps
-
-
-@given(
-    st.lists(
-        st.builds(
-            RoutedItem,
-            st.text(),
-            st.dictionaries(st.text(), st.text()),
-            touchpoints,
-        ),
-        max_size=4,
-    )
-)
-def test_routed_batch_round_trips(items) -> None:  # type: ignore[no-untyped-def]
-    assert decode_routed(encode_routed(items)) == items
 
 
 def test_headers_follow_single_object_encoding() -> None:

@@ -220,3 +220,32 @@ def test_synthetic_journeys_settle_on_the_truth() -> None:
         result = score(sim.clusters(), journeys.truth)
         assert (result.precision, result.recall) == (1.0, 1.0), (parts, result)
         assert sim.merges
+
+
+@settings(max_examples=100, deadline=None)
+@given(event_lists, parts, st.integers(0, 2**32))
+def test_messages_and_nodes_survive_the_wire(events, parts, seed) -> None:  # type: ignore[no-untyped-def]
+    """Everything the simulator sent and every node it left round-trips through JSON."""
+    from profiles.graph_wire import decode_messages, encode_messages, node_from, node_to
+
+    sim = simulate(events, LIMITED, parts, seed)
+    sent: list[Any] = []
+    original_send = sim.send
+
+    def recording(source: Node, outs: list[tuple[str, str, Any]]) -> None:
+        sent.extend(m for stage, _k, m in outs if stage != "merges")
+        original_send(source, outs)
+
+    sim2 = Simulation(LIMITED, parts[1], parts[2], seed)
+    sim2.send = recording  # type: ignore[method-assign]
+    sim2.feed(events, parts[0])
+    sim2.run()
+    assert decode_messages(encode_messages(sent)) == sent
+    for table in sim.profiles:
+        for node in table.values():
+            back = node_from(node_to(node))
+            assert (back.state, back.redirect, back.pending) == (
+                node.state,
+                node.redirect,
+                node.pending,
+            )

@@ -1,0 +1,190 @@
+"""The identity graph's messages and table values as JSON (orjson), and the view form.
+
+Internal topics carry one JSON array of messages per Kafka record; each message is a
+small object tagged by ``k``. Table values are one object per identifier or profile.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from profiles.graph import (
+    Answer,
+    Apply,
+    Claim,
+    EventFacts,
+    Granted,
+    Merge,
+    Observe,
+    Offer,
+    ProfileMsg,
+    ProfileNode,
+    ProfileState,
+    Refusal,
+    Release,
+    Repoint,
+    ident_type,
+)
+from profiles.profile import iso
+from profiles.touchpoint import Touchpoint
+
+#: A redirect's version: final, above any live version, so it always replaces the view.
+REDIRECT_VERSION = 2**53
+
+
+class WireError(ValueError):
+    """An internal record that is not a list of graph messages."""
+
+
+def facts_of(tp: Touchpoint) -> EventFacts:
+    return EventFacts(tp.event_id, tp.type, tp.source, tp.occurred_at_ms, tuple(tp.traits.items()))
+
+
+def _facts(e: EventFacts) -> list[Any]:
+    return [e.event_id, e.type, e.source, e.time_ms, [list(t) for t in e.traits]]
+
+
+def _facts_from(raw: list[Any]) -> EventFacts:
+    return EventFacts(raw[0], raw[1], raw[2], raw[3], tuple((n, v) for n, v in raw[4]))
+
+
+def state_to(s: ProfileState) -> dict[str, Any]:
+    return {
+        "held": sorted(s.held),
+        "events": [_facts(e) for e in s.events.values()],
+        "traits": {k: list(v) for k, v in s.traits.items()},
+        "refused": sorted([r.event_id, r.ident, r.other, r.rule] for r in s.refused),
+        "linked": {k: list(v) for k, v in s.linked_by.items()},
+        "merged": sorted(list(m) for m in s.merged),
+    }
+
+
+def state_from(d: dict[str, Any]) -> ProfileState:
+    events = [_facts_from(e) for e in d["events"]]
+    return ProfileState(
+        held=set(d["held"]),
+        events={e.event_id: e for e in events},
+        traits={k: (v[0], v[1], v[2]) for k, v in d["traits"].items()},
+        refused={Refusal(*r) for r in d["refused"]},
+        linked_by={k: (v[0], v[1]) for k, v in d["linked"].items()},
+        merged={(m[0], m[1], m[2]) for m in d["merged"]},
+    )
+
+
+def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911 - one branch per message kind
+    if isinstance(m, Observe):
+        return {"k": "obs", "a": m.anchor, "ids": list(m.ids), "e": _facts(m.event)}
+    if isinstance(m, Apply):
+        return {"k": "app", "p": m.profile, "ids": list(m.ids), "e": _facts(m.event),
+                "g": m.granted_anchor}  # fmt: skip
+    if isinstance(m, Claim):
+        return {"k": "clm", "i": m.ident, "p": m.profile, "e": m.event_id}
+    if isinstance(m, Granted):
+        return {"k": "grt", "p": m.profile, "i": m.ident, "e": m.event_id}
+    if isinstance(m, Merge):
+        return {"k": "mrg", "l": m.loser, "w": m.winner, "v": m.via, "c": m.claimer,
+                "e": m.event_id}  # fmt: skip
+    if isinstance(m, Offer):
+        return {"k": "ofr", "w": m.winner, "l": m.loser, "s": state_to(m.state),
+                "pd": sorted(m.pending), "v": m.via, "c": m.claimer, "e": m.event_id}  # fmt: skip
+    if isinstance(m, Answer):
+        return {"k": "ans", "l": m.loser, "w": m.winner, "ok": m.accepted, "v": m.via,
+                "c": m.claimer, "e": m.event_id, "r": m.rule}  # fmt: skip
+    if isinstance(m, Release):
+        return {"k": "rel", "p": m.profile, "i": m.ident}
+    if isinstance(m, Repoint):
+        return {"k": "rpt", "i": m.ident, "o": m.old, "n": m.new}
+    raise TypeError(f"not a graph message: {m!r}")
+
+
+_READERS: dict[str, Any] = {
+    "obs": lambda d: Observe(d["a"], tuple(d["ids"]), _facts_from(d["e"])),
+    "app": lambda d: Apply(d["p"], tuple(d["ids"]), _facts_from(d["e"]), d["g"]),
+    "clm": lambda d: Claim(d["i"], d["p"], d["e"]),
+    "grt": lambda d: Granted(d["p"], d["i"], d["e"]),
+    "mrg": lambda d: Merge(d["l"], d["w"], d["v"], d["c"], d["e"]),
+    "ofr": lambda d: Offer(
+        d["w"], d["l"], state_from(d["s"]), frozenset(d["pd"]), d["v"], d["c"], d["e"]
+    ),
+    "ans": lambda d: Answer(d["l"], d["w"], d["ok"], d["v"], d["c"], d["e"], d["r"]),
+    "rel": lambda d: Release(d["p"], d["i"]),
+    "rpt": lambda d: Repoint(d["i"], d["o"], d["n"]),
+}
+
+
+def message_from(d: dict[str, Any]) -> Any:
+    return _READERS[d["k"]](d)
+
+
+def encode_messages(messages: list[Any]) -> bytes:
+    return orjson.dumps([message_to(m) for m in messages])
+
+
+def decode_messages(data: bytes | None) -> list[Any]:
+    try:
+        raw = orjson.loads(data or b"")
+        if not isinstance(raw, list):
+            raise WireError("not a list of messages")
+        return [message_from(d) for d in raw]
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
+        raise WireError(f"not graph messages: {type(exc).__name__}: {exc}") from None
+
+
+def node_to(node: ProfileNode) -> bytes:
+    return orjson.dumps(
+        {
+            "s": state_to(node.state),
+            "r": node.redirect,
+            "pd": sorted(node.pending),
+            "ot": node.offered_to,
+            "ok": list(node.offer_key) if node.offer_key else None,
+            "hb": [message_to(m) for m in node.held_back],
+        }
+    )
+
+
+def node_from(data: bytes) -> ProfileNode:
+    d = orjson.loads(data)
+    held_back: list[ProfileMsg] = [message_from(m) for m in d["hb"]]
+    return ProfileNode(
+        state=state_from(d["s"]),
+        redirect=d["r"],
+        pending=set(d["pd"]),
+        offered_to=d["ot"],
+        offer_key=(d["ok"][0], d["ok"][1]) if d["ok"] else None,
+        held_back=held_back,
+    )
+
+
+def version_of(state: ProfileState) -> int:
+    """Grows with every change a live profile can see: all its parts only grow."""
+    return len(state.events) + len(state.held) + len(state.refused) + len(state.merged)
+
+
+def view_of(profile_id: str, node: ProfileNode) -> dict[str, Any]:
+    """The documented read form (``unifier profiles get``, the API, Redis)."""
+    if node.redirect is not None:
+        return {"profile_id": profile_id, "merged_into": node.redirect, "version": REDIRECT_VERSION}
+    s = node.state
+    ids: dict[str, list[str]] = {}
+    for ident in sorted(s.held):
+        ids.setdefault(ident_type(ident), []).append(ident.split(":", 1)[1])
+    times = [e.time_ms for e in s.events.values()]
+    return {
+        "profile_id": profile_id,
+        "identifiers": dict(sorted(ids.items())),
+        "traits": {k: v[2] for k, v in sorted(s.traits.items())},
+        "computed": {
+            "event_count": len(s.events),
+            "first_seen": iso(min(times)) if times else None,
+            "last_seen": iso(max(times)) if times else None,
+            "events_by_type": dict(sorted(Counter(e.type for e in s.events.values()).items())),
+            "events_by_source": dict(sorted(Counter(e.source for e in s.events.values()).items())),
+            "merged_from": sorted(m[0] for m in s.merged),
+            "refused_links": len(s.refused),
+        },
+        "version": version_of(s),
+    }

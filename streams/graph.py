@@ -1,0 +1,177 @@
+"""Stages 2 and 3: the identity graph on two partitioned tables.
+
+* ``identity`` consumes messages keyed by identifier (observations from route, claims
+  and re-points from profiles) against the ``identity`` table (identifier → profile).
+* ``profile`` consumes messages keyed by profile id against the ``profiles`` table
+  (state or redirect), writes every touched profile to Redis in one pipeline, and
+  publishes merges on ``profile-merges``.
+
+Both handle one Kafka record (a batch of messages) at a time: the table is read and
+written once per key per batch, outputs go out grouped by partition, and the record
+is acknowledged by hand after its outputs are sent (and, for profiles, written to
+Redis). A re-delivered record is handled again; every handler tolerates that
+(profiles.graph).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import redis
+
+from profiles.graph import Merged, ProfileNode, handle_identity, handle_profile
+from profiles.graph_wire import WireError, decode_messages, node_from, node_to, view_of
+from profiles.view import AsyncRedisWriter
+from schemas.codec import CODEC, PROFILE_MERGE
+from streams.dlq import dead_letter
+from streams.messages import group, send_batches
+from unifier.settings import Settings
+
+log = logging.getLogger("unifier.graph")
+
+
+class StrTable(MutableMapping[str, str]):
+    """The identity table (bytes values) as a mapping of str."""
+
+    def __init__(self, table: Any) -> None:
+        self._t = table
+
+    def __getitem__(self, key: str) -> str:
+        raw = self._t[key]
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self._t.get(key)
+        return default if raw is None else raw.decode()
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self._t[key] = value.encode()
+
+    def __delitem__(self, key: str) -> None:
+        del self._t[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._t)
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+
+class NodeCache(dict[str, ProfileNode]):
+    """Profiles a batch touches, decoded once and written back once."""
+
+    def __init__(self, table: Any) -> None:
+        super().__init__()
+        self._t = table
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            raw = self._t.get(key)
+            if raw is None:
+                return default
+            self[key] = node_from(raw)
+        return self[key]
+
+    def flush(self) -> None:
+        for key, node in self.items():
+            self._t[key] = node_to(node)
+
+
+async def write_with_retry(writer: AsyncRedisWriter, views: list[dict[str, Any]]) -> None:
+    """Redis down is back-pressure, not data loss: retry until it answers (lag shows it)."""
+    delay = 0.1
+    while True:
+        try:
+            await writer.write(views)
+            return
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("Redis write failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def merge_record(merge: Merged) -> bytes:
+    id_type, _, value = merge.via.partition(":")
+    return CODEC.encode(
+        PROFILE_MERGE,
+        {
+            "loser": merge.loser,
+            "winner": merge.winner,
+            "identifier_type": id_type,
+            "identifier_value": value,
+            "event_id": merge.event_id,
+            "merged_at": int(time.time() * 1000),
+        },
+    )
+
+
+def register(
+    app: Any,
+    settings: Settings,
+    topics: dict[str, Any],
+    identity_table: Any,
+    profiles_table: Any,
+) -> None:
+    rules = settings.identity_rules()
+    partitions = settings.internal_partitions
+    max_bytes = settings.max_record_bytes
+    identity_topic, profile_topic = topics["identity"], topics["profile"]
+    dlq, merges_topic = topics["dlq"], topics["merges"]
+
+    async def send_outputs(outs: list[Any]) -> None:
+        to_identity, to_profile, merges = group(outs, partitions)
+        await send_batches(identity_topic, to_identity, max_bytes)
+        await send_batches(profile_topic, to_profile, max_bytes)
+        for merge in merges:
+            await merges_topic.send(key=merge.loser.encode(), value=merge_record(merge))
+
+    @app.agent(identity_topic, name="identity")
+    async def identity(stream: Any) -> None:
+        table = StrTable(identity_table)
+        manual = stream.noack()
+        async for event in manual.events():
+            try:
+                messages = decode_messages(event.value)
+            except WireError as exc:
+                await dead_letter(dlq, event, "identity.decode", str(exc), log=log)
+            else:
+                outs = []
+                for msg in messages:
+                    outs += handle_identity(table, msg)
+                await send_outputs(outs)
+            await manual.ack(event)
+
+    @app.agent(profile_topic, name="profile")
+    async def profile(stream: Any) -> None:
+        writer = AsyncRedisWriter.from_url(settings.redis_url)
+        try:
+            manual = stream.noack()
+            async for event in manual.events():
+                try:
+                    messages = decode_messages(event.value)
+                except WireError as exc:
+                    await dead_letter(dlq, event, "profile.decode", str(exc), log=log)
+                    await manual.ack(event)
+                    continue
+                cache = NodeCache(profiles_table)
+                outs = []
+                for msg in messages:
+                    outs += handle_profile(cache, msg, rules)
+                cache.flush()
+                await send_outputs(outs)
+                # Every touched profile, even when nothing changed: a replay after a crash
+                # between the table write and Redis must still bring the view up to date
+                # (the version guard makes a repeated write a no-op).
+                views = [
+                    view_of(key, node)
+                    for key, node in cache.items()
+                    if node.redirect is not None or node.state.held
+                ]
+                await write_with_retry(writer, views)
+                await manual.ack(event)
+        finally:
+            await writer.close()
