@@ -188,3 +188,24 @@ def view_of(profile_id: str, node: ProfileNode) -> dict[str, Any]:
         },
         "version": version_of(s),
     }
+
+
+def why_of(node: ProfileNode) -> dict[str, Any]:
+    """How each identifier came to the profile, the merges it went through, and the
+    links it refused (``unifier profiles why``)."""
+    s = node.state
+    return {
+        "identifiers": [
+            {
+                "identifier": i,
+                "event_id": s.linked_by.get(i, ("", ""))[0],
+                "how": s.linked_by.get(i, ("", "claimed"))[1],
+            }
+            for i in sorted(s.held)
+        ],
+        "merges": [{"loser": m[0], "via": m[1], "event_id": m[2]} for m in sorted(s.merged)],
+        "refused": [
+            {"event_id": r.event_id, "identifier": r.ident, "other": r.other, "rule": r.rule}
+            for r in sorted(s.refused, key=lambda r: (r.event_id, r.ident))
+        ],
+    }

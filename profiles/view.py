@@ -14,7 +14,7 @@ The worker writes whole batches in one pipeline; readers go through the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -25,11 +25,13 @@ from schemas.codec import ORJSON_OPTS
 
 PREFIX = "unifier:"
 
-# KEYS[1] profile hash; ARGV[1] version, ARGV[2] json. 1 = written, 0 = older, ignored.
+# KEYS[1] profile hash; ARGV[1] version, ARGV[2] json, ARGV[3] why ('' = none).
+# 1 = written, 0 = older, ignored.
 _WRITE_IF_NEWER = """
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3]) end
 return 1
 """
 
@@ -51,6 +53,8 @@ class ProfileView(Protocol):
 
     def scan(self) -> Iterator[dict[str, Any]]: ...
 
+    def why(self, profile_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None: ...
+
 
 class RedisProfileView:
     """Synchronous reader (CLI, export, tests)."""
@@ -67,13 +71,26 @@ class RedisProfileView:
 
     def get(self, profile_id: str) -> dict[str, Any] | None:
         """The profile, following redirects: a merged-away id answers with the survivor."""
+        found = self._follow(profile_id)
+        return found[0] if found else None
+
+    def why(self, profile_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(the profile, how its identifiers were linked), following redirects."""
+        found = self._follow(profile_id)
+        if found is None:
+            return None
+        view, key = found
+        raw = self._r.hget(key, "why")
+        return view, (orjson.loads(raw) if raw else {})
+
+    def _follow(self, profile_id: str) -> tuple[dict[str, Any], str] | None:
         for _ in range(64):
             raw = self._r.hget(profile_key(profile_id), "json")
             if not raw:
                 return None
             view: dict[str, Any] = orjson.loads(raw)
             if "merged_into" not in view:
-                return view
+                return view, profile_key(profile_id)
             profile_id = view["merged_into"]
         return None
 
@@ -114,16 +131,25 @@ class AsyncRedisWriter:
     def from_url(cls, url: str) -> AsyncRedisWriter:
         return cls(aredis.Redis.from_url(url, socket_timeout=10))
 
-    async def write(self, profiles: Iterable[dict[str, Any]]) -> int:
-        """Write profiles (view form) and their identifier index; returns how many
-        profile writes were applied (older versions are skipped by the script)."""
+    async def write(
+        self, profiles: Iterable[dict[str, Any]], whys: Mapping[str, dict[str, Any]] | None = None
+    ) -> int:
+        """Write profiles (view form), their explanations (``whys`` by profile id) and
+        their identifier index; returns how many profile writes were applied (older
+        versions are skipped by the script)."""
         pipe = self._r.pipeline(transaction=False)
         count = 0
+        whys = whys or {}
         for view in profiles:
             pid = view["profile_id"]
+            why = whys.get(pid)
             await self._script(
                 keys=[profile_key(pid)],
-                args=[view["version"], orjson.dumps(view, option=ORJSON_OPTS)],
+                args=[
+                    view["version"],
+                    orjson.dumps(view, option=ORJSON_OPTS),
+                    orjson.dumps(why, option=ORJSON_OPTS) if why is not None else "",
+                ],
                 client=pipe,
             )
             for id_type, values in view.get("identifiers", {}).items():

@@ -24,7 +24,14 @@ from typing import Any
 import redis
 
 from profiles.graph import Merged, ProfileNode, handle_identity, handle_profile
-from profiles.graph_wire import WireError, decode_messages, node_from, node_to, view_of
+from profiles.graph_wire import (
+    WireError,
+    decode_messages,
+    node_from,
+    node_to,
+    view_of,
+    why_of,
+)
 from profiles.view import AsyncRedisWriter
 from schemas.codec import CODEC, PROFILE_MERGE
 from streams.dlq import dead_letter
@@ -81,12 +88,14 @@ class NodeCache(dict[str, ProfileNode]):
             self._t[key] = node_to(node)
 
 
-async def write_with_retry(writer: AsyncRedisWriter, views: list[dict[str, Any]]) -> None:
+async def write_with_retry(
+    writer: AsyncRedisWriter, views: list[dict[str, Any]], whys: dict[str, dict[str, Any]]
+) -> None:
     """Redis down is back-pressure, not data loss: retry until it answers (lag shows it)."""
     delay = 0.1
     while True:
         try:
-            await writer.write(views)
+            await writer.write(views, whys)
             return
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("Redis write failed (%s); retrying in %.1fs", type(exc).__name__, delay)
@@ -166,12 +175,14 @@ def register(
                 # Every touched profile, even when nothing changed: a replay after a crash
                 # between the table write and Redis must still bring the view up to date
                 # (the version guard makes a repeated write a no-op).
-                views = [
-                    view_of(key, node)
+                touched = [
+                    (key, node)
                     for key, node in cache.items()
                     if node.redirect is not None or node.state.held
                 ]
-                await write_with_retry(writer, views)
+                views = [view_of(key, node) for key, node in touched]
+                whys = {key: why_of(node) for key, node in touched if node.redirect is None}
+                await write_with_retry(writer, views, whys)
                 await manual.ack(event)
         finally:
             await writer.close()

@@ -551,6 +551,60 @@ def profiles_get(
     sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+@profiles_app.command("why")
+def profiles_why(
+    ctx: typer.Context,
+    profile_id: Annotated[str, typer.Argument(help="A profile id (a merged-away one is followed)")],
+    as_json: Annotated[bool, typer.Option("--json", help="The explanation as JSON")] = False,
+) -> None:
+    """How each identifier joined the profile, the merges it went through, and the links
+    it refused (with the rule). Exit 1 if there is no such profile."""
+    import orjson
+
+    from profiles.view import RedisProfileView
+
+    settings = settings_of(ctx)
+    view = RedisProfileView.from_url(settings.redis_url)
+    try:
+        found = view.why(profile_id)
+    except OSError as exc:
+        raise fail(f"could not reach Redis at {settings.redis_url}: {exc}") from None
+    finally:
+        view.close()
+    if found is None:
+        err.print(f"no profile {profile_id}")
+        raise typer.Exit(1)
+    profile, why = found
+    if as_json:
+        doc = {"profile_id": profile["profile_id"], **why}
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    if profile["profile_id"] != profile_id:
+        out.print(f"{profile_id} was merged into {profile['profile_id']}", highlight=False)
+    out.print(f"profile {profile['profile_id']}", highlight=False)
+    for entry in why.get("identifiers", []):
+        how = entry["how"]
+        out.print(
+            f"  {entry['identifier']}  {how} (event {entry['event_id']})",
+            highlight=False,
+            markup=False,
+        )
+    for merge in why.get("merges", []):
+        out.print(
+            f"  merged {merge['loser']} in: event {merge['event_id']} linked them through "
+            f"{merge['via']}",
+            highlight=False,
+            markup=False,
+        )
+    for refused in why.get("refused", []):
+        out.print(
+            f"  refused: event {refused['event_id']} would have linked {refused['identifier']} "
+            f"(with {refused['other']}): {refused['rule']}",
+            highlight=False,
+            markup=False,
+        )
+
+
 @profiles_app.command("export")
 def profiles_export(
     ctx: typer.Context,

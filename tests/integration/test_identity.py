@@ -1,0 +1,166 @@
+"""Identity stitching on the real broker: merges, refused merges, and convergence
+whatever the partitioning and arrival order."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from producers.kafka import TouchpointProducer
+from producers.synthetic import generate_journeys, score
+from profiles.touchpoint import Touchpoint, parse_json
+from profiles.view import RedisProfileView
+from schemas.codec import CODEC, PROFILE_MERGE
+from tests.integration.test_pipeline import caught_up, exported
+from tests.support.data import comparable, reference_views
+from tests.support.kafka import consume_all
+from unifier.settings import Settings
+from unifier.stack import EmbeddedStack
+from unifier.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+def send(settings: Settings, events: list[Touchpoint]) -> None:
+    with TouchpointProducer(settings) as producer:
+        producer.send_many(events)
+    assert producer.report.ok
+
+
+def ev(n: int, kind: str, **ids: str) -> Touchpoint:
+    return Touchpoint(f"e{n}", kind, "web", 1_795_000_000_000 + n * 1000, ids)
+
+
+def test_a_visitor_who_signs_in_becomes_one_profile(
+    topics: Settings, workers: EmbeddedStack
+) -> None:
+    settings = topics
+    workers.start_worker()
+    send(settings, [ev(1, "page_viewed", anonymous_id="a-9"),
+                    ev(2, "email_opened", email="Ana@Example.org")])  # fmt: skip
+    caught_up(settings)
+    before = exported(settings)
+    assert len(before) == 2  # two strangers so far
+
+    send(settings, [ev(3, "signed_in", user_id="u-1", email="ana@example.org", anonymous_id="a-9")])
+    caught_up(settings)
+    [ana] = exported(settings).values()
+    assert ana["identifiers"] == {
+        "anonymous_id": ["a-9"], "email": ["ana@example.org"], "user_id": ["u-1"]
+    }  # fmt: skip
+    assert ana["computed"]["event_count"] == 3
+    # Profiles merged away answer with the survivor, as does every identifier. (The
+    # sign-in founds a profile for u-1, which meets both earlier ones: two merges.)
+    survivor = ana["profile_id"]
+    view = RedisProfileView.from_url(settings.redis_url)
+    try:
+        for pid in before:
+            assert view.get(pid)["profile_id"] == survivor  # type: ignore[index]
+        assert view.lookup("anonymous_id", "a-9")["profile_id"] == survivor  # type: ignore[index]
+        found = view.why(survivor)
+    finally:
+        view.close()
+    assert found is not None
+    merges = found[1]["merges"]
+    assert {m["event_id"] for m in merges} == {"e3"}
+    assert set(before) - {survivor} <= {m["loser"] for m in merges}
+    # Downstream services learn of each merge on profile-merges.
+    records = consume_all(settings, settings.topic_profile_merges, settings.internal_partitions)
+    published = [CODEC.read(m.value(), (PROFILE_MERGE,))[1] for m in records]
+    assert sorted((r["loser"], r["event_id"]) for r in published) == sorted(
+        (m["loser"], m["event_id"]) for m in merges
+    )
+    assert all(r["identifier_type"] in ("email", "anonymous_id", "user_id") for r in published)
+
+
+def test_a_shared_tablet_does_not_fuse_two_people(topics: Settings, workers: EmbeddedStack) -> None:
+    settings = topics
+    workers.start_worker()
+    send(settings, [ev(1, "signed_in", user_id="ana", anonymous_id="tablet"),
+                    ev(2, "page_viewed", anonymous_id="tablet")])  # fmt: skip
+    caught_up(settings)
+    send(settings, [ev(3, "signed_in", user_id="bo", anonymous_id="tablet")])
+    caught_up(settings)
+    profiles = exported(settings)
+    assert sorted(tuple(p["identifiers"]["user_id"]) for p in profiles.values()) == [
+        ("ana",),
+        ("bo",),
+    ]
+    [bo] = [p for p in profiles.values() if p["identifiers"]["user_id"] == ["bo"]]
+    assert bo["computed"]["refused_links"] == 1
+    view = RedisProfileView.from_url(settings.redis_url)
+    try:
+        found = view.why(bo["profile_id"])
+    finally:
+        view.close()
+    assert found is not None
+    [refused] = found[1]["refused"]
+    assert refused["identifier"] == "anonymous_id:tablet"
+    assert refused["rule"] == "limit user_id=1"
+
+
+def run(settings: Settings, events: list[dict[str, Any]], tmp: Path) -> dict[str, dict[str, Any]]:
+    ensure_topics(settings)
+    with EmbeddedStack(settings, tmp) as stack:
+        stack.start_worker()
+        send(settings, [parse_json(e, settings.identifier_priorities) for e in events])
+        caught_up(settings)
+        return exported(settings)
+
+
+def fresh(settings: Settings, partitions: int) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return settings.model_copy(
+        update={
+            "app_id": f"conv-{tag}",
+            "touchpoint_partitions": partitions,
+            "internal_partitions": partitions,
+            **{
+                name: f"c{tag}.{name}"
+                for name in (
+                    "topic_touchpoints",
+                    "topic_dlq",
+                    "topic_identity",
+                    "topic_profile_ops",
+                    "topic_profile_updates",
+                    "topic_profile_merges",
+                    "topic_schemas",
+                )
+            },
+        }
+    )
+
+
+@pytest.mark.no_identity_limits
+def test_the_same_clusters_whatever_the_partitioning_and_order(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """1 partition in time order and 8 partitions shuffled: the same profiles as the
+    single-threaded reference (limits off, so order cannot matter)."""
+    journeys = generate_journeys(250, seed=13, shuffle=False)
+    events = journeys.events
+    shuffled = list(events)
+    random.Random(4).shuffle(shuffled)
+    want = reference_views(events, settings)
+    one = run(fresh(settings, 1), events, tmp_path / "one")
+    eight = run(fresh(settings, 8), shuffled, tmp_path / "eight")
+    assert comparable(one.values()) == want
+    assert comparable(eight.values()) == want
+    assert sum(p["computed"]["event_count"] for p in eight.values()) == len(events)
+
+
+def test_with_the_default_rules_the_synthetic_truth_is_found(
+    settings: Settings, tmp_path: Path
+) -> None:
+    journeys = generate_journeys(250, seed=17)
+    got = run(fresh(settings, 4), journeys.events, tmp_path / "run")
+    clusters = [
+        {f"{t}:{v}" for t, values in p["identifiers"].items() for v in values} for p in got.values()
+    ]
+    result = score(clusters, journeys.truth)
+    assert result.precision >= 0.999, result
+    assert result.recall >= 0.99, result
