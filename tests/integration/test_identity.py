@@ -164,3 +164,30 @@ def test_with_the_default_rules_the_synthetic_truth_is_found(
     result = score(clusters, journeys.truth)
     assert result.precision >= 0.999, result
     assert result.recall >= 0.99, result
+
+
+@pytest.mark.known_issue
+@pytest.mark.no_identity_limits
+def test_two_workers_through_a_rebalance(settings: Settings, tmp_path: Path) -> None:
+    """A second worker joins the group halfway: partitions (and their tables) move,
+    processing goes on, and the profiles are the reference's.
+
+    Known issue (README): passed 1 run of 3 here. In the failing runs two partitions of
+    the profile stage keep their committed offset near the start (2 of ~350) after the
+    rebalance, `lag --wait` times out, every event was applied (2,033 of 2,033) but a
+    few merges were left unfinished (367 profiles where the reference has 363). The
+    worker logs Faust's "exception performing seek when flow not active" at the
+    rebalance — the same family as the busy-restart issue of #2."""
+    events = generate_journeys(200, seed=19).events
+    half = len(events) // 2
+    settings = fresh(settings, 4)
+    ensure_topics(settings)
+    with EmbeddedStack(settings, tmp_path / "two") as stack:
+        stack.start_worker("worker-1")
+        send(settings, [parse_json(e, settings.identifier_priorities) for e in events[:half]])
+        stack.start_worker("worker-2")  # waits until the rebalance has completed
+        send(settings, [parse_json(e, settings.identifier_priorities) for e in events[half:]])
+        caught_up(settings)
+        got = exported(settings)
+    assert comparable(got.values()) == reference_views(events, settings)
+    assert sum(p["computed"]["event_count"] for p in got.values()) == len(events)
