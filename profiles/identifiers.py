@@ -53,11 +53,36 @@ NORMALIZERS: Mapping[str, Callable[[str, str], str]] = {
 }
 
 
-def normalize(id_type: str, value: str, region: str = "US") -> str:
+@dataclass(frozen=True, slots=True)
+class EmailRules:
+    """Provider rules, off by default: some providers deliver ``a.na+shop@gmail.com``
+    to ``ana@gmail.com``; treating those as one address is a choice, not a fact."""
+
+    ignore_dots: frozenset[str] = frozenset()  # domains where dots in the local part do not count
+    strip_plus: frozenset[str] = frozenset()  # domains where "+tag" is dropped
+
+    def apply(self, email: str) -> str:
+        local, _, domain = email.rpartition("@")
+        if domain in self.strip_plus:
+            local = local.split("+", 1)[0]
+        if domain in self.ignore_dots:
+            local = local.replace(".", "")
+        if not local:
+            raise InvalidIdentifier("not an email address")
+        return f"{local}@{domain}"
+
+
+NO_EMAIL_RULES = EmailRules()
+
+
+def normalize(
+    id_type: str, value: str, region: str = "US", email: EmailRules = NO_EMAIL_RULES
+) -> str:
     """The normalized form of one identifier, or InvalidIdentifier."""
     if len(value) > MAX_IDENTIFIER_LENGTH:
         raise InvalidIdentifier(f"longer than {MAX_IDENTIFIER_LENGTH} characters")
-    return NORMALIZERS.get(id_type, normalize_id)(value, region)
+    normalized = NORMALIZERS.get(id_type, normalize_id)(value, region)
+    return email.apply(normalized) if id_type == "email" and email != NO_EMAIL_RULES else normalized
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +91,15 @@ class Rejected:
     reason: str
 
 
-def normalize_all(raw: Mapping[str, str], region: str) -> tuple[dict[str, str], list[Rejected]]:
+def normalize_all(
+    raw: Mapping[str, str], region: str, email: EmailRules = NO_EMAIL_RULES
+) -> tuple[dict[str, str], list[Rejected]]:
     """Normalize every identifier of an event; invalid ones are returned with a reason."""
     good: dict[str, str] = {}
     bad: list[Rejected] = []
     for id_type, value in raw.items():
         try:
-            good[id_type] = normalize(id_type, value, region)
+            good[id_type] = normalize(id_type, value, region, email)
         except InvalidIdentifier as exc:
             bad.append(Rejected(id_type, str(exc)))
     return good, bad

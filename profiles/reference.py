@@ -30,7 +30,7 @@ def usable(
     """(identifiers that may link, highest priority first; (type, reason) dropped)."""
     raw = dict(identifiers)
     known = {t: v for t, v in raw.items() if t in rules.priorities}
-    good, bad = normalize_all(known, region)
+    good, bad = normalize_all(known, region, rules.email)
     dropped = [(r.id_type, r.reason) for r in bad]
     dropped += [(t, "unknown identifier type") for t in raw if t not in known]
     ids = []

@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from profiles.identifiers import NO_EMAIL_RULES, EmailRules
+
 DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
     "test@test.com",
     "test@example.com",
@@ -54,6 +56,7 @@ DEFAULT_LIMITS: Mapping[str, int] = {
 @dataclass(frozen=True)
 class IdentityRules:
     priorities: Mapping[str, int]
+    email: EmailRules = NO_EMAIL_RULES
     limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     blocked_values: frozenset[str] = frozenset(DEFAULT_BLOCKED_VALUES)
     blocked_patterns: tuple[re.Pattern[str], ...] = tuple(
@@ -67,6 +70,7 @@ class IdentityRules:
         limits: Mapping[str, int] | None = None,
         blocked_values: Iterable[str] = DEFAULT_BLOCKED_VALUES,
         blocked_patterns: Iterable[str] = DEFAULT_BLOCKED_PATTERNS,
+        email: EmailRules | None = None,
     ) -> IdentityRules:
         """Rules from configuration; a pattern that does not compile is a ValueError
         naming it."""
@@ -78,6 +82,7 @@ class IdentityRules:
                 raise ValueError(f"block pattern {pattern!r} does not compile: {exc}") from None
         return cls(
             priorities=dict(priorities),
+            email=email or EmailRules(),
             limits=dict(DEFAULT_LIMITS if limits is None else limits),
             blocked_values=frozenset(v.strip().lower() for v in blocked_values),
             blocked_patterns=tuple(compiled),

@@ -537,7 +537,9 @@ def profiles_get(
                     f"{', '.join(sorted(settings.identifier_priorities))})"
                 )
             try:
-                norm = normalize(kind, raw, settings.default_phone_region)
+                norm = normalize(
+                    kind, raw, settings.default_phone_region, settings.identity_rules().email
+                )
             except InvalidIdentifier as exc:
                 raise fail(f"{kind}: {exc}") from None
             found, what = view.lookup(kind, norm), f"profile with that {kind}"

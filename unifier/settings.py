@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from profiles.identifiers import EmailRules
 from profiles.rules import (
     DEFAULT_BLOCKED_PATTERNS,
     DEFAULT_BLOCKED_VALUES,
@@ -110,6 +111,15 @@ class Settings(BaseSettings):
         description="Identifier types the product accepts, with priorities (higher wins)",
     )
     default_phone_region: str = Field("US", description="Region for phones without +country")
+    email_ignore_dots_domains: list[str] = Field(
+        default_factory=list,
+        description='Domains where dots in an address do not count, e.g. ["gmail.com", '
+        '"googlemail.com"] (off by default)',
+    )
+    email_strip_plus_domains: list[str] = Field(
+        default_factory=list,
+        description="Domains where +tags are dropped from addresses (off by default)",
+    )
     identity_limits: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_LIMITS),
         description="How many identifiers of a type one profile may hold (JSON)",
@@ -168,6 +178,10 @@ class Settings(BaseSettings):
             self.identity_limits,
             self.identity_block_values,
             self.identity_block_patterns,
+            EmailRules(
+                frozenset(d.lower() for d in self.email_ignore_dots_domains),
+                frozenset(d.lower() for d in self.email_strip_plus_domains),
+            ),
         )
 
     @field_validator("default_phone_region")

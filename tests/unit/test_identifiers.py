@@ -69,3 +69,31 @@ def test_primary_is_highest_priority() -> None:
     assert (
         primary({"anonymous_id": "a", "phone": "+1"}, DEFAULT_IDENTIFIER_PRIORITIES)[0] == "phone"
     )
+
+
+@pytest.mark.parametrize(
+    ("raw", "ignore_dots", "strip_plus", "expected"),
+    [
+        ("A.Na+shop@Gmail.com", False, False, "a.na+shop@gmail.com"),  # off by default
+        ("A.Na+shop@Gmail.com", True, False, "ana+shop@gmail.com"),
+        ("A.Na+shop@Gmail.com", True, True, "ana@gmail.com"),
+        ("a.na+shop@work.example", True, True, "a.na+shop@work.example"),  # other domains
+    ],
+)
+def test_email_provider_rules(raw: str, ignore_dots: bool, strip_plus: bool, expected: str) -> None:
+    from profiles.identifiers import EmailRules
+
+    rules = EmailRules(
+        frozenset({"gmail.com"}) if ignore_dots else frozenset(),
+        frozenset({"gmail.com"}) if strip_plus else frozenset(),
+    )
+    assert normalize("email", raw, "US", rules) == expected
+
+
+def test_email_provider_rules_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from profiles.reference import usable
+    from unifier.settings import Settings
+
+    monkeypatch.setenv("UNIFIER_EMAIL_IGNORE_DOTS_DOMAINS", '["gmail.com"]')
+    ids, _ = usable({"email": "a.n.a@gmail.com"}, Settings().identity_rules(), "US")
+    assert ids == [("email", "ana@gmail.com")]
