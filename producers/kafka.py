@@ -80,7 +80,6 @@ class TouchpointProducer:
         self._block_timeout = block_timeout_s
         self._on_error = on_error
         self._in_flight = 0
-        self._prefix: bytes | None = None
         self._registry: RegistryFraming | None = None
         self._announced = False
         self.report = DeliveryReport()

@@ -103,9 +103,3 @@ def normalize_all(
         except InvalidIdentifier as exc:
             bad.append(Rejected(id_type, str(exc)))
     return good, bad
-
-
-def primary(identifiers: Mapping[str, str], priorities: Mapping[str, int]) -> tuple[str, str]:
-    """The highest-priority identifier (ties broken by type name, so it is deterministic)."""
-    id_type = max(identifiers, key=lambda t: (priorities.get(t, 0), t))
-    return id_type, identifiers[id_type]

@@ -138,16 +138,21 @@ def register(
         for merge in merges:
             await merges_topic.send(key=merge.loser.encode(), value=merge_record(merge))
 
+    async def messages_of(event: Any, stage: str) -> list[Any] | None:
+        """The record's messages, or None once it is dead-lettered."""
+        try:
+            return decode_messages(event.value)
+        except WireError as exc:
+            await dead_letter(dlq, event, f"{stage}.decode", str(exc), log=log)
+            return None
+
     @app.agent(identity_topic, name="identity")
     async def identity(stream: Any) -> None:
         table = StrTable(identity_table)
         manual = stream.noack()
         async for event in manual.events():
-            try:
-                messages = decode_messages(event.value)
-            except WireError as exc:
-                await dead_letter(dlq, event, "identity.decode", str(exc), log=log)
-            else:
+            messages = await messages_of(event, "identity")
+            if messages is not None:
                 outs = []
                 for msg in messages:
                     outs += handle_identity(table, msg)
@@ -160,10 +165,8 @@ def register(
         try:
             manual = stream.noack()
             async for event in manual.events():
-                try:
-                    messages = decode_messages(event.value)
-                except WireError as exc:
-                    await dead_letter(dlq, event, "profile.decode", str(exc), log=log)
+                messages = await messages_of(event, "profile")
+                if messages is None:
                     await manual.ack(event)
                     continue
                 cache = NodeCache(profiles_table)

@@ -481,7 +481,7 @@ def dlq_replay(
         f"re-sent {outcome.resent} dead letters; {outcome.still_bad} still cannot be used",
         highlight=False,
     )
-    for reason, n in sorted((outcome.reasons or {}).items(), key=lambda kv: -kv[1])[:10]:
+    for reason, n in sorted(outcome.reasons.items(), key=lambda kv: -kv[1])[:10]:
         err.print(f"  {n} x {reason}", highlight=False, markup=False)
     if outcome.still_bad:
         raise typer.Exit(1)

@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +34,7 @@ from profiles.routing import observe, validate_event
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint, to_json_form
 from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints
 from schemas.resolve import Resolver
+from unifier.ingest import _lines
 from unifier.settings import Settings
 
 HEADERS = {
@@ -163,10 +164,6 @@ def _text(value: str | bytes | None) -> str:
     return value or ""
 
 
-def _validate(doc: Any, settings: Settings) -> Touchpoint:
-    return validate_event(doc, settings.identity_rules(), settings.default_phone_region)
-
-
 def replay_file(
     path: Path,
     settings: Settings,
@@ -179,9 +176,10 @@ def replay_file(
         open(path, "rb") as fh,
     ):
         result = loader.result
+        rules = settings.identity_rules()
         position = 0
-        for number, raw in enumerate(fh, start=1):
-            position += len(raw)
+        for number, raw in _lines(fh):
+            position += len(raw) + 1
             loader.progress_to(position)
             line = raw.strip()
             result.lines += 1
@@ -197,7 +195,7 @@ def replay_file(
                     raise InvalidTouchpoint(
                         "holds masked values (***): export with `dlq show --json --unmasked`"
                     )
-                events = [_validate(d, settings) for d in docs]
+                events = [validate_event(d, rules, settings.default_phone_region) for d in docs]
             except orjson.JSONDecodeError as exc:
                 loader.reject(number, f"malformed JSON: {exc}", line.decode("utf-8", "replace"))
                 continue
@@ -219,12 +217,12 @@ def masked_value(doc: Any) -> bool:
 class TopicReplay:
     resent: int = 0
     still_bad: int = 0
-    reasons: dict[str, int] | None = None
+    reasons: dict[str, int] = field(default_factory=dict)
 
 
 def replay_topic(settings: Settings, stage: str | None = None) -> TopicReplay:
     """Send again, as they are, the dead letters that decode and validate now."""
-    outcome = TopicReplay(reasons={})
+    outcome = TopicReplay()
     rules = settings.identity_rules()
     producer = Producer(
         {"bootstrap.servers": settings.bootstrap_servers, "enable.idempotence": True}
@@ -241,7 +239,6 @@ def replay_topic(settings: Settings, stage: str | None = None) -> TopicReplay:
                 reason = str(exc)
         if reason is not None:
             outcome.still_bad += 1
-            assert outcome.reasons is not None
             outcome.reasons[reason] = outcome.reasons.get(reason, 0) + 1
             continue
         producer.produce(settings.topic_touchpoints, value=letter.value)

@@ -2,7 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profiles.identifiers import InvalidIdentifier, normalize, normalize_all, primary
+from profiles.identifiers import InvalidIdentifier, normalize, normalize_all
+from profiles.rules import IdentityRules
 from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
 
 
@@ -64,11 +65,10 @@ def test_normalize_all_keeps_good_and_reports_bad() -> None:
 
 
 def test_primary_is_highest_priority() -> None:
+    rules = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES)
     ids = {"anonymous_id": "a", "email": "e@x.io", "user_id": "u"}
-    assert primary(ids, DEFAULT_IDENTIFIER_PRIORITIES) == ("user_id", "u")
-    assert (
-        primary({"anonymous_id": "a", "phone": "+1"}, DEFAULT_IDENTIFIER_PRIORITIES)[0] == "phone"
-    )
+    assert rules.by_priority(ids.items())[0] == ("user_id", "u")
+    assert rules.by_priority({"anonymous_id": "a", "phone": "+1"}.items())[0][0] == "phone"
 
 
 @pytest.mark.parametrize(
