@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -302,6 +303,10 @@ def touchpoint_to_avro(tp: Touchpoint) -> dict[str, Any]:
 
 
 def touchpoint_from_avro(rec: dict[str, Any]) -> Touchpoint:
+    for name, value in rec["traits"].items():
+        # Avro doubles can be inf/NaN; JSON (the view, the tables, the API) cannot.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DecodeError(f"traits.{name}: {value} is not a finite number")
     received = rec.get("received_at")
     return Touchpoint(
         event_id=rec["event_id"],

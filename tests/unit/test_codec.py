@@ -129,3 +129,11 @@ def test_large_batches_are_split_below_the_record_limit() -> None:
     assert [tp for _, value in parts for tp in decode_touchpoints(value)] == big
     [(alone, _)] = encode_batches([_sample()], max_bytes=10)  # one event is never split
     assert alone == [_sample()]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_traits_are_refused(value: float) -> None:
+    """Avro carries them; JSON (tables, views) cannot: a reason instead of a silent null."""
+    tp = Touchpoint("e", "page_viewed", "web", 0, {"email": "a@b.co"}, {"score": value})
+    with pytest.raises(DecodeError, match=r"traits\.score: .* is not a finite number"):
+        decode_touchpoints(encode_touchpoint(tp))
