@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import faust
 
-from streams import graph, route
+from streams import graph, offsets, route
 from unifier.settings import Settings
 
 log = logging.getLogger("unifier.worker")
@@ -73,6 +73,9 @@ def create_app(settings: Settings) -> Any:
 
     route.register(app, settings, source, topics["identity"], topics["dlq"])
     graph.register(app, settings, topics, identity, profiles)
+    offsets.install(
+        app, [settings.topic_touchpoints, settings.topic_identity, settings.topic_profile_ops]
+    )
 
     async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:
         # `unifier stack` and the tests wait for this line: assigned and recovered.

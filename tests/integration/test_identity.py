@@ -166,18 +166,11 @@ def test_with_the_default_rules_the_synthetic_truth_is_found(
     assert result.recall >= 0.99, result
 
 
-@pytest.mark.known_issue
 @pytest.mark.no_identity_limits
 def test_two_workers_through_a_rebalance(settings: Settings, tmp_path: Path) -> None:
     """A second worker joins the group halfway: partitions (and their tables) move,
-    processing goes on, and the profiles are the reference's.
-
-    Known issue (README): passed 1 run of 3 here. In the failing runs two partitions of
-    the profile stage keep their committed offset near the start (2 of ~350) after the
-    rebalance, `lag --wait` times out, every event was applied (2,033 of 2,033) but a
-    few merges were left unfinished (367 profiles where the reference has 363). The
-    worker logs Faust's "exception performing seek when flow not active" at the
-    rebalance — the same family as the busy-restart issue of #2."""
+    processing goes on, and the profiles are the reference's — every event applied
+    once, every merge finished, every stage caught up (streams/offsets.py)."""
     events = generate_journeys(200, seed=19).events
     half = len(events) // 2
     settings = fresh(settings, 4)

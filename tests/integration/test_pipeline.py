@@ -96,7 +96,6 @@ def test_restarted_worker_recovers_its_table_exactly(
     assert len(touched_twice) > 10, "the test must update recovered profiles"
 
 
-@pytest.mark.known_issue
 @pytest.mark.no_identity_limits
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_worker_stopped_mid_stream_applies_every_event_once(

@@ -1,0 +1,244 @@
+"""Keep Faust 0.15.3's offset bookkeeping honest through rebalances.
+
+What goes wrong without this (seen in tests here, reported upstream as
+faust-streaming/faust#596): around a rebalance, records a worker had fetched are
+dropped from its stream queues, or skipped by the drain loop, while its read offsets
+have moved past them. Those records are never processed and never acknowledged.
+Faust then either stops committing that partition for good (a gap at the head of its
+acknowledged offsets: `unifier lag --wait` never returns) or, when the gap is a single
+record or the partition had no committed offset yet, commits past it (the record is
+lost). A stream also acknowledges, without handing it over, every record fetched in
+the previous consumer generation that it finds in its queue after the rebalance.
+
+Three small changes, each safe because every stage of ours is idempotent (a record
+handled twice changes nothing, see profiles.graph):
+
+* **Stale acknowledgements do not count.** A record fetched before the latest
+  rebalance is forgotten when acknowledged: its partition is re-read from the
+  committed offset anyway.
+* **Commits never pass an unprocessed record.** An offset is committed only when every
+  record from the committed offset up to it was acknowledged. Faust allowed a
+  one-record hole at the head, any hole when nothing had been committed yet, and
+  treated records its fetch loop had skipped (a paused partition) as processed. The
+  start of a partition without a commit is taken from the broker.
+* **A watchdog re-reads lost records.** Once a second, for each assigned input
+  partition with records after its committed offset: when the record at the committed
+  offset is nowhere in the worker (not acknowledged, not being processed, not queued)
+  for three checks in a row, the partition is sought back to the committed offset.
+  Records after it that were already handled are handled again (no effect).
+
+Pinned to faust-streaming 0.15.3 (pyproject.toml): these replace private methods of
+`faust.transport.consumer.Consumer`; `install` refuses other versions rather than
+guess.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Container, Iterable
+from typing import Any
+
+import faust
+from faust.transport.consumer import Consumer
+from mode.utils.futures import notify
+
+log = logging.getLogger("unifier.offsets")
+
+PATCHED_FOR = "0.15.3"
+CHECKS_BEFORE_SEEK = 3
+CHECK_INTERVAL_S = 1.0
+
+_original: dict[str, Callable[..., Any]] = {}
+
+
+def committed_run(committed: int | None, acked: Container[int]) -> int | None:
+    """The offset to commit: the end of the run of acknowledged offsets that starts at
+    the committed one (the next record to read), or None when that record is not
+    acknowledged yet."""
+    if committed is None:
+        return None
+    end = committed
+    while end in acked:
+        end += 1
+    return end if end > committed else None
+
+
+def _ack(self: Any, message: Any) -> bool:
+    if message.generation_id != self.app.consumer_generation_id and not message.acked:
+        # Fetched before the latest rebalance. Faust's streams acknowledge such records
+        # when they skip them; counting that would commit records nobody processed.
+        message.acked = True
+        self._unacked_messages.discard(message)
+        notify(self._waiting_for_ack)
+        return False
+    return bool(_original["ack"](self, message))
+
+
+def _new_offset(self: Any, tp: Any) -> int | None:
+    # Replaces Faust's, which fills "gaps" (offsets its fetch loop jumped over, meant
+    # for compacted topics) as if they were processed: records skipped while a
+    # partition was paused were committed that way. Our input topics are never
+    # compacted and carry no transaction markers, so every offset is a record.
+    index = self._acked_index[tp]
+    end = committed_run(self._committed_offset[tp], index)
+    if end is None:
+        return None
+    self._acked[tp] = [offset for offset in self._acked[tp] if offset >= end]
+    self._acked_index[tp] = {offset for offset in index if offset >= end}
+    self._gap.pop(tp, None)
+    return end
+
+
+async def _perform_seek(self: Any) -> None:
+    await _original["perform_seek"](self)
+    # Faust records "no committed offset" and "committed offset 0" both as None, and
+    # then commits from wherever the first acknowledged record happens to be. The
+    # partition starts at the broker's earliest offset then (auto_offset_reset).
+    unknown = [
+        tp
+        for tp in self.assignment()
+        if not self._is_changelog_tp(tp) and self._committed_offset.get(tp) is None
+    ]
+    if unknown:
+        earliest = await self.earliest_offsets(*unknown)
+        for tp in unknown:
+            start = earliest.get(tp)
+            if start is not None and self._committed_offset.get(tp) is None:
+                self._committed_offset[tp] = start
+
+
+def patch_consumer() -> None:
+    """Replace three methods of Faust's consumer (once per process)."""
+    if _original:
+        return
+    if faust.__version__ != PATCHED_FOR:
+        raise RuntimeError(
+            f"streams/offsets.py patches faust-streaming {PATCHED_FOR}, found "
+            f"{faust.__version__}: re-check the patch against the new release"
+        )
+    for name, replacement in (
+        ("ack", _ack),
+        ("_new_offset", _new_offset),
+        ("perform_seek", _perform_seek),
+    ):
+        _original[name] = getattr(Consumer, name)
+        setattr(Consumer, name, replacement)
+
+
+class Watchdog:
+    """Finds input partitions whose head record the worker lost, and re-reads them."""
+
+    def __init__(self, app: Any, topics: Iterable[str]) -> None:
+        self.app = app
+        self.topics = set(topics)
+        self.suspects: dict[Any, tuple[int, int]] = {}  # tp -> (committed, checks)
+        self.seeks = 0
+
+    def _held(self, tp: Any, offset: int) -> bool:
+        """Is the record `tp`@`offset` acknowledged, being processed, or queued?"""
+        consumer = self.app.consumer
+        if offset in consumer._acked_index.get(tp, ()):
+            return True
+        for message in list(consumer._unacked_messages):
+            if message.tp == tp and message.offset == offset and not message.acked:
+                return True
+        for queue in list(self.app.flow_control._queues):
+            for item in list(getattr(queue, "_queue", ())):
+                message = getattr(item, "message", item)
+                where = (getattr(message, "tp", None), getattr(message, "offset", None))
+                if where == (tp, offset):
+                    return True
+        return False
+
+    def lost_heads(self) -> dict[Any, int]:
+        """Partitions whose record at the committed offset exists on the broker but
+        nowhere in this worker, with that offset."""
+        consumer = self.app.consumer
+        lost: dict[Any, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic not in self.topics:
+                continue
+            committed = consumer._committed_offset.get(tp)
+            high = consumer.highwater(tp)
+            if committed is None or high is None or high <= committed:
+                continue
+            read = consumer._read_offset.get(tp)
+            if read is None or read < committed:
+                continue  # the fetcher has not reached it yet
+            if not self._held(tp, committed):
+                lost[tp] = committed
+        return lost
+
+    async def check(self) -> None:
+        app = self.app
+        if app.rebalancing or not app.consumer.flow_active or app.should_stop:
+            self.suspects.clear()
+            return
+        lost = self.lost_heads()
+        suspects: dict[Any, tuple[int, int]] = {}
+        due = {}
+        for tp, offset in lost.items():
+            seen_at, checks = self.suspects.get(tp, (offset, 0))
+            checks = checks + 1 if seen_at == offset else 1
+            if checks >= CHECKS_BEFORE_SEEK:
+                due[tp] = offset
+            else:
+                suspects[tp] = (offset, checks)
+        self.suspects = suspects
+        if due:
+            await self.reread(due)
+
+    async def reread(self, offsets: dict[Any, int]) -> None:
+        consumer = self.app.consumer
+        earliest = await consumer.earliest_offsets(*offsets)
+        for tp in list(offsets):
+            start = earliest.get(tp)
+            if start is not None and start > offsets[tp]:
+                # Retention removed records nobody had processed: they are gone, and
+                # waiting for them would stop this partition for good. Loud, not silent.
+                log.error(
+                    "%s[%d]: records %d..%d were deleted by retention before this "
+                    "group processed them; continuing from %d",
+                    tp.topic,
+                    tp.partition,
+                    offsets[tp],
+                    start - 1,
+                    start,
+                )
+                consumer._committed_offset[tp] = start
+                del offsets[tp]
+        if not offsets:
+            return
+        for tp, offset in sorted(offsets.items()):
+            log.warning(
+                "re-reading %s[%d] from offset %d: records after the committed offset "
+                "were dropped around a rebalance (faust-streaming/faust#596)",
+                tp.topic,
+                tp.partition,
+                offset,
+            )
+        # Paused while seeking, so a fetch already under way cannot hand over records
+        # from the old position and move the read offset past the re-read ones.
+        consumer.pause_partitions(offsets)
+        try:
+            await consumer.seek_wait(offsets)
+            for tp, offset in offsets.items():
+                consumer._read_offset[tp] = offset
+        finally:
+            consumer.resume_partitions(offsets)
+        self.seeks += len(offsets)
+
+
+def install(app: Any, topics: Iterable[str]) -> Watchdog:
+    """Patch Faust's consumer and run the watchdog on `app` for these input topics."""
+    patch_consumer()
+    watchdog = Watchdog(app, topics)
+
+    @app.timer(interval=CHECK_INTERVAL_S, on_leader=False)
+    async def _offset_watchdog() -> None:
+        try:
+            await watchdog.check()
+        except Exception:  # the watchdog must never take the worker down
+            log.exception("offset watchdog check failed")
+
+    return watchdog
