@@ -27,10 +27,16 @@ random interleavings. The protocol (DESIGN.md, "The hard part"):
    absorbs the loser and says yes, or records the refusal and says no (and the
    claimer drops its reservation). A loser that was accepted becomes a redirect,
    re-points its identifiers, and forwards what it held back.
-5. Every handler tolerates re-delivery (Kafka delivers at least once): a repeated
+5. An identifier claimed by more than ``max_claimants`` profiles (owner included)
+   stops linking: the identity partition answers later claimants ``Denied`` (recorded
+   as a refusal), and an event it anchors is passed on to the event's next
+   identifier by the owner — unless the owner already has the event, which makes a
+   re-delivery from before the identifier was shared land where it landed the first
+   time.
+6. Every handler tolerates re-delivery (Kafka delivers at least once): a repeated
    claim is granted again, a repeated offer is absorbed again (a no-op) and its
    second answer is ignored, a repeated event is folded once.
-6. Profile state merges by union (events keyed by event id, identifiers, refusals)
+7. Profile state merges by union (events keyed by event id, identifiers, refusals)
    and last-writer-wins (traits by event time, then event id): the order of merges
    cannot change the result, and an event reaching a profile twice counts once.
 """
@@ -39,7 +45,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from profiles.rules import IdentityRules
@@ -76,6 +82,7 @@ class Observe:  # -> identity[anchor]
     anchor: Key
     ids: tuple[Key, ...]  # usable identifiers, highest priority first (anchor included)
     event: EventFacts
+    refused: tuple[Refusal, ...] = ()  # shared identifiers passed over on the way
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +91,10 @@ class Apply:  # -> profile[profile]
     ids: tuple[Key, ...]
     event: EventFacts
     granted_anchor: bool  # the anchor was unowned and now belongs to this profile
+    refused: tuple[Refusal, ...] = ()
+    # The anchor is shared: unless this profile already has the event (a re-delivery
+    # from before the anchor was shared), pass it on to its next identifier.
+    pass_over: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +143,15 @@ class Answer:  # -> profile[loser]
 
 
 @dataclass(frozen=True, slots=True)
+class Denied:  # -> profile[profile]: a claim of a shared identifier, refused
+    profile: str
+    ident: Key
+    event_id: str
+    owner: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
 class Release:  # -> profile[profile]: a reservation that will not be granted
     profile: str
     ident: Key
@@ -152,7 +172,7 @@ class Merged:  # -> the profile-merges output
     event_id: str
 
 
-ProfileMsg = Apply | Granted | Merge | Offer | Answer | Release
+ProfileMsg = Apply | Granted | Merge | Offer | Answer | Release | Denied
 IdentityMsg = Observe | Claim | Repoint
 Out = tuple[str, Key, Any]  # (stage: "identity" | "profile" | "merges", key, message)
 
@@ -229,25 +249,70 @@ def _over_limit(ids: Iterable[Key], rules: IdentityRules) -> str | None:
 
 
 # --- identity partitions ----------------------------------------------------------------
-def handle_identity(table: MutableMapping[Key, str], msg: IdentityMsg) -> list[Out]:
+# An identity table value is the owner's profile id, then (space-separated) the other
+# profiles that claimed the identifier, up to the rule's limit.
+def owner_of(value: str) -> str:
+    return value.split(" ", 1)[0]
+
+
+def _entry(table: MutableMapping[Key, str], ident: Key) -> tuple[str | None, list[str]]:
+    value = table.get(ident)
+    if value is None:
+        return None, []
+    owner, *claimants = value.split(" ")
+    return owner, claimants
+
+
+def _store(table: MutableMapping[Key, str], ident: Key, owner: str, claimants: list[str]) -> None:
+    table[ident] = " ".join([owner, *sorted(set(claimants) - {owner})])
+
+
+def shared_rule(max_claimants: int) -> str:
+    return f"shared by more than {max_claimants} profiles"
+
+
+def _is_shared(claimants: list[str], max_claimants: int | None) -> bool:
+    """Full: the owner and the claimants already count `max_claimants` profiles."""
+    return max_claimants is not None and 1 + len(claimants) >= max_claimants
+
+
+def handle_identity(
+    table: MutableMapping[Key, str], msg: IdentityMsg, max_claimants: int | None = None
+) -> list[Out]:
+    """`max_claimants`: an identifier claimed by more profiles than this (its owner
+    included) stops linking — a shared POS phone, a household device.
+
+    Decisions must not change when a message is delivered again after the identifier
+    became shared: the profiles admitted before it filled up stay admitted (their
+    claims merge again, a no-op), and an event anchored on it goes to its owner,
+    which passes it on only if it does not have it yet."""
     if isinstance(msg, Observe):
-        owner = table.get(msg.anchor)
-        granted = owner is None
+        owner, claimants = _entry(table, msg.anchor)
         if owner is None:
             owner = table[msg.anchor] = profile_for(msg.anchor)
-        return [("profile", owner, Apply(owner, msg.ids, msg.event, granted))]
+            return [("profile", owner, Apply(owner, msg.ids, msg.event, True, msg.refused))]
+        shared = len(msg.ids) > 1 and _is_shared(claimants, max_claimants)
+        apply = Apply(owner, msg.ids, msg.event, False, msg.refused, pass_over=shared)
+        return [("profile", owner, apply)]
     if isinstance(msg, Claim):
-        owner = table.get(msg.ident)
+        owner, claimants = _entry(table, msg.ident)
         if owner is None:
-            table[msg.ident] = msg.profile
-            owner = msg.profile
+            table[msg.ident] = owner = msg.profile
         if owner == msg.profile:
             return [("profile", msg.profile, Granted(msg.profile, msg.ident, msg.event_id))]
+        if max_claimants is not None and msg.profile not in claimants:
+            if _is_shared(claimants, max_claimants):
+                rule = shared_rule(max_claimants)
+                denied = Denied(msg.profile, msg.ident, msg.event_id, owner, rule)
+                return [("profile", msg.profile, denied)]
+            _store(table, msg.ident, owner, [*claimants, msg.profile])
         winner, loser = sorted((owner, msg.profile))
         return [("profile", loser, Merge(loser, winner, msg.ident, msg.profile, msg.event_id))]
     if isinstance(msg, Repoint):
-        if table.get(msg.ident) == msg.old:
-            table[msg.ident] = msg.new
+        owner, claimants = _entry(table, msg.ident)
+        if owner == msg.old:
+            # The old owner still counts as a profile that held it.
+            _store(table, msg.ident, msg.new, [*claimants, msg.old])
         return []
     raise TypeError(f"not an identity message: {msg!r}")
 
@@ -290,6 +355,9 @@ def _live(
     if isinstance(msg, Granted):
         node.state.held.add(msg.ident)
         node.pending -= node.state.held
+    elif isinstance(msg, Denied):
+        node.pending.discard(msg.ident)
+        node.state.refused.add(Refusal(msg.event_id, msg.ident, msg.owner, msg.rule))
     elif isinstance(msg, Release):
         node.pending.discard(msg.ident)
     return []
@@ -312,7 +380,7 @@ def _merge(node: ProfileNode, key: str, msg: Merge) -> list[Out]:
 
 
 def _target(msg: ProfileMsg) -> str:
-    if isinstance(msg, Apply | Granted | Release):
+    if isinstance(msg, Apply | Granted | Release | Denied):
         return msg.profile
     if isinstance(msg, Merge | Answer):
         return msg.loser
@@ -324,14 +392,15 @@ def _at_redirect(node: ProfileNode, key: str, msg: ProfileMsg) -> list[Out]:
     to = node.redirect
     assert to is not None
     if isinstance(msg, Apply):
-        return [("profile", to, Apply(to, msg.ids, msg.event, msg.granted_anchor))]
+        forward = Apply(to, msg.ids, msg.event, msg.granted_anchor, msg.refused, msg.pass_over)
+        return [("profile", to, forward)]
     if isinstance(msg, Granted):  # a claim answered after the merge: the winner owns it now
         return [
             ("identity", msg.ident, Repoint(msg.ident, key, to)),
             ("profile", to, Granted(to, msg.ident, msg.event_id)),
         ]
-    if isinstance(msg, Release):
-        return [("profile", to, Release(to, msg.ident))]
+    if isinstance(msg, Release | Denied):
+        return [("profile", to, replace(msg, profile=to))]
     if isinstance(msg, Merge):
         if msg.winner == to:
             return []
@@ -344,19 +413,27 @@ def _at_redirect(node: ProfileNode, key: str, msg: ProfileMsg) -> list[Out]:
 
 
 def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
-    state, out = node.state, []
+    state = node.state
+    out: list[Out] = []
     anchor = msg.ids[0]
+    if msg.pass_over and msg.event.event_id not in state.events:
+        passed = Refusal(
+            msg.event.event_id, anchor, msg.profile, shared_rule(rules.max_claimants or 0)
+        )
+        rest = msg.ids[1:]
+        return [("identity", rest[0], Observe(rest[0], rest, msg.event, (*msg.refused, passed)))]
     if msg.granted_anchor and anchor not in state.held:
         state.held.add(anchor)
         node.pending.discard(anchor)  # a loser may have handed over its claim of it
         state.linked_by.setdefault(anchor, (msg.event.event_id, "first seen"))
     state.fold(msg.event)
+    state.refused.update(msg.refused)
     for ident in msg.ids[1:]:
         if ident in state.held or ident in node.pending:
             continue
-        rule = _over_limit(state.held | node.pending | {ident}, rules)
-        if rule is not None:
-            state.refused.add(Refusal(msg.event.event_id, ident, anchor, rule))
+        broken = _over_limit(state.held | node.pending | {ident}, rules)
+        if broken is not None:
+            state.refused.add(Refusal(msg.event.event_id, ident, anchor, broken))
             continue
         node.pending.add(ident)
         state.linked_by.setdefault(ident, (msg.event.event_id, f"seen with {anchor}"))

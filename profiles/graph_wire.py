@@ -15,6 +15,7 @@ from profiles.graph import (
     Answer,
     Apply,
     Claim,
+    Denied,
     EventFacts,
     Granted,
     Merge,
@@ -76,10 +77,14 @@ def state_from(d: dict[str, Any]) -> ProfileState:
 
 def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911 - one branch per message kind
     if isinstance(m, Observe):
-        return {"k": "obs", "a": m.anchor, "ids": list(m.ids), "e": _facts(m.event)}
+        d: dict[str, Any] = {"k": "obs", "a": m.anchor, "ids": list(m.ids), "e": _facts(m.event)}
+        return _with_refused(d, m.refused)
     if isinstance(m, Apply):
-        return {"k": "app", "p": m.profile, "ids": list(m.ids), "e": _facts(m.event),
-                "g": m.granted_anchor}  # fmt: skip
+        d = {"k": "app", "p": m.profile, "ids": list(m.ids), "e": _facts(m.event),
+             "g": m.granted_anchor}  # fmt: skip
+        if m.pass_over:
+            d["po"] = True
+        return _with_refused(d, m.refused)
     if isinstance(m, Claim):
         return {"k": "clm", "i": m.ident, "p": m.profile, "e": m.event_id}
     if isinstance(m, Granted):
@@ -95,14 +100,29 @@ def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911 - one branch per mess
                 "c": m.claimer, "e": m.event_id, "r": m.rule}  # fmt: skip
     if isinstance(m, Release):
         return {"k": "rel", "p": m.profile, "i": m.ident}
+    if isinstance(m, Denied):
+        return {"k": "den", "p": m.profile, "i": m.ident, "e": m.event_id, "o": m.owner,
+                "r": m.rule}  # fmt: skip
     if isinstance(m, Repoint):
         return {"k": "rpt", "i": m.ident, "o": m.old, "n": m.new}
     raise TypeError(f"not a graph message: {m!r}")
 
 
+def _with_refused(d: dict[str, Any], refused: tuple[Refusal, ...]) -> dict[str, Any]:
+    if refused:
+        d["r"] = [[r.event_id, r.ident, r.other, r.rule] for r in refused]
+    return d
+
+
+def _refused_from(d: dict[str, Any]) -> tuple[Refusal, ...]:
+    return tuple(Refusal(*r) for r in d.get("r", ()))
+
+
 _READERS: dict[str, Any] = {
-    "obs": lambda d: Observe(d["a"], tuple(d["ids"]), _facts_from(d["e"])),
-    "app": lambda d: Apply(d["p"], tuple(d["ids"]), _facts_from(d["e"]), d["g"]),
+    "obs": lambda d: Observe(d["a"], tuple(d["ids"]), _facts_from(d["e"]), _refused_from(d)),
+    "app": lambda d: Apply(
+        d["p"], tuple(d["ids"]), _facts_from(d["e"]), d["g"], _refused_from(d), d.get("po", False)
+    ),
     "clm": lambda d: Claim(d["i"], d["p"], d["e"]),
     "grt": lambda d: Granted(d["p"], d["i"], d["e"]),
     "mrg": lambda d: Merge(d["l"], d["w"], d["v"], d["c"], d["e"]),
@@ -111,6 +131,7 @@ _READERS: dict[str, Any] = {
     ),
     "ans": lambda d: Answer(d["l"], d["w"], d["ok"], d["v"], d["c"], d["e"], d["r"]),
     "rel": lambda d: Release(d["p"], d["i"]),
+    "den": lambda d: Denied(d["p"], d["i"], d["e"], d["o"], d["r"]),
     "rpt": lambda d: Repoint(d["i"], d["o"], d["n"]),
 }
 

@@ -11,6 +11,11 @@ card or ``test@test.com`` must not fuse strangers. Three rules, all configuratio
   A link that would break a limit is refused and recorded.
 * **Identifier priority** — decides which link is refused when an event would
   break a limit: the identifiers of the highest priority are linked first.
+* **Shared identifiers** — an identifier claimed by more than ``max_claimants``
+  profiles (10 by default: a store's phone typed in for every customer, a kiosk's
+  device id) stops linking: later claims of it are refused and recorded, and events
+  it would have anchored go to their next identifier. Counts every profile that ever
+  claimed it, also ones merged since. Essential for types without a per-type limit.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ DEFAULT_BLOCKED_PATTERNS: tuple[str, ...] = (
     r"^\+?1?(\d)\1{9}$",  # 1111111111, +12222222222: one digit repeated
     r"^(test|fake|dummy|sample|noreply|no-reply)\d*@",  # test@..., test123@..., fake@...
 )
+DEFAULT_MAX_CLAIMANTS = 10
 DEFAULT_LIMITS: Mapping[str, int] = {
     "user_id": 1,
     "email": 5,
@@ -62,6 +68,7 @@ class IdentityRules:
     blocked_patterns: tuple[re.Pattern[str], ...] = tuple(
         re.compile(p, re.IGNORECASE) for p in DEFAULT_BLOCKED_PATTERNS
     )
+    max_claimants: int | None = DEFAULT_MAX_CLAIMANTS
 
     @classmethod
     def build(
@@ -71,6 +78,7 @@ class IdentityRules:
         blocked_values: Iterable[str] = DEFAULT_BLOCKED_VALUES,
         blocked_patterns: Iterable[str] = DEFAULT_BLOCKED_PATTERNS,
         email: EmailRules | None = None,
+        max_claimants: int | None = DEFAULT_MAX_CLAIMANTS,
     ) -> IdentityRules:
         """Rules from configuration; a pattern that does not compile is a ValueError
         naming it."""
@@ -86,6 +94,7 @@ class IdentityRules:
             limits=dict(DEFAULT_LIMITS if limits is None else limits),
             blocked_values=frozenset(v.strip().lower() for v in blocked_values),
             blocked_patterns=tuple(compiled),
+            max_claimants=max_claimants,
         )
 
     def blocked(self, value: str) -> str | None:

@@ -155,7 +155,7 @@ def register(
             if messages is not None:
                 outs = []
                 for msg in messages:
-                    outs += handle_identity(table, msg)
+                    outs += handle_identity(table, msg, rules.max_claimants)
                 await send_outputs(outs)
             await manual.ack(event)
 

@@ -31,7 +31,8 @@ def settings(
 ) -> Settings:
     """Settings for one test: its own topics and consumer group on the shared broker,
     and an empty Redis. ``@pytest.mark.no_identity_limits`` turns the per-type limits
-    off, so the clusters do not depend on arrival order and equal the reference."""
+    and the shared-identifier rule off, so the clusters do not depend on arrival
+    order and equal the reference."""
     tag = uuid.uuid4().hex[:8]
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
@@ -49,7 +50,9 @@ def settings(
         topic_profile_merges=f"t{tag}.profile-merges",
         topic_schemas=f"t{tag}.schemas",
         **(
-            {"identity_limits": {}} if request.node.get_closest_marker("no_identity_limits") else {}
+            {"identity_limits": {}, "identity_max_claimants": 0}
+            if request.node.get_closest_marker("no_identity_limits")
+            else {}
         ),
         touchpoint_partitions=3,
         internal_partitions=4,

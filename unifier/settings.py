@@ -20,6 +20,7 @@ from profiles.rules import (
     DEFAULT_BLOCKED_PATTERNS,
     DEFAULT_BLOCKED_VALUES,
     DEFAULT_LIMITS,
+    DEFAULT_MAX_CLAIMANTS,
     IdentityRules,
 )
 
@@ -124,6 +125,11 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_LIMITS),
         description="How many identifiers of a type one profile may hold (JSON)",
     )
+    identity_max_claimants: int = Field(
+        DEFAULT_MAX_CLAIMANTS,
+        ge=0,
+        description="An identifier claimed by more profiles than this stops linking; 0: off",
+    )
     identity_block_values: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BLOCKED_VALUES),
         description="Normalized values that never link profiles (JSON list)",
@@ -182,6 +188,7 @@ class Settings(BaseSettings):
                 frozenset(d.lower() for d in self.email_ignore_dots_domains),
                 frozenset(d.lower() for d in self.email_strip_plus_domains),
             ),
+            self.identity_max_claimants or None,
         )
 
     @field_validator("default_phone_region")

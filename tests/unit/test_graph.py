@@ -23,6 +23,7 @@ from profiles.graph import (
     handle_identity,
     handle_profile,
     ident_type,
+    owner_of,
 )
 from profiles.reference import key, reference_clusters, usable
 from profiles.routing import partition_for
@@ -32,7 +33,7 @@ from tests.unit.test_reference import event_lists
 from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
 
 LIMITED = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES)
-UNLIMITED = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES, limits={})
+UNLIMITED = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES, limits={}, max_claimants=None)
 
 Node = tuple[str, int]
 
@@ -88,7 +89,7 @@ class Simulation:
                 channel.insert(self.rng.randrange(len(channel) + 1), msg)
             stage, part = target
             if stage == "identity":
-                outs = handle_identity(self.identity[part], msg)
+                outs = handle_identity(self.identity[part], msg, self.rules.max_claimants)
             else:
                 outs = handle_profile(self.profiles[part], msg, self.rules)
             self.send(target, outs)
@@ -104,7 +105,7 @@ class Simulation:
     def owner(self, ident: str) -> str:
         """Follow the identity table and redirects to the live profile."""
         table = self.identity[partition_for(ident, self.parts["identity"])]
-        profile = table[ident]
+        profile = owner_of(table[ident])
         for _ in range(1000):
             node = self.profiles[partition_for(profile, self.parts["profile"])][profile]
             if node.redirect is None:
@@ -249,3 +250,59 @@ def test_messages_and_nodes_survive_the_wire(events, parts, seed) -> None:  # ty
                 node.redirect,
                 node.pending,
             )
+
+
+SHARED_AT_3 = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES, max_claimants=3)
+
+
+def test_an_identifier_claimed_by_more_than_n_profiles_stops_linking() -> None:
+    """A store's phone typed in for every customer: the first few profiles to claim it
+    join (as with any shared value), every later claim is refused and recorded, and
+    the other customers keep profiles of their own."""
+    phone = "+14155550100"
+    events = [
+        Touchpoint(f"e{n}", "order_completed", "pos", n,
+                   {"email": f"c{n}@mail.example.org", "phone": phone})
+        for n in range(15)
+    ]  # fmt: skip
+    events.append(Touchpoint("e99", "page", "web", 99, {"phone": phone, "anonymous_id": "kiosk"}))
+    passed_over = 0
+    for seed in range(20):
+        sim = simulate(events, SHARED_AT_3, (2, 3, 3), seed)
+        check_settled(sim, events)
+        with_phone = [c for c in sim.clusters() if "phone:+14155550100" in c]
+        assert len(with_phone) == 1
+        assert sum(i.startswith("email:") for i in with_phone[0]) <= 3
+        refusals = [r for n in sim.live().values() for r in n.state.refused]
+        assert {r.rule for r in refusals} == {"shared by more than 3 profiles"}
+        refused_events = {r.event_id for r in refusals}
+        assert len(refused_events - {"e99"}) >= 12
+        emails = {f"email:c{n}@mail.example.org" for n in range(15)}
+        assert emails <= {i for c in sim.clusters() for i in c}  # nobody lost
+        # The kiosk's event, once the phone is shared, is anchored by its next
+        # identifier: it links nothing to the phone's owner, and says so.
+        if "e99" in refused_events:
+            passed_over += 1
+            assert "anonymous_id:kiosk" not in with_phone[0]
+            assert ["anonymous_id:kiosk"] in [sorted(c) for c in sim.clusters()]
+    assert passed_over > 0, "no order delivered the kiosk event after the phone was shared"
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_lists, parts, st.integers(0, 2**32), redelivery)
+def test_with_a_shared_limit_of_one_nothing_merges(events, parts, seed, again) -> None:  # type: ignore[no-untyped-def]
+    rules = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES, max_claimants=1)
+    sim = simulate(events, rules, parts, seed, again)
+    check_settled(sim, events)
+    for cluster in sim.clusters():
+        for id_type, n in Counter(ident_type(i) for i in cluster).items():
+            limit = rules.limit(id_type)
+            assert limit is None or n <= limit, cluster
+    # With at most one profile per identifier, a merge can never happen: every link
+    # between two profiles is a recorded refusal.
+    assert not sim.merges
+    ref = reference_clusters(events, UNLIMITED, "US", limits=False)
+    refused = {r.event_id for n in sim.live().values() for r in n.state.refused}
+    for cluster in ref.clusters:
+        if sum(1 for c in sim.clusters() if c & cluster) > 1:
+            assert refused, "clusters split without a recorded refusal"
