@@ -174,7 +174,13 @@ class Merged:  # -> the profile-merges output
 
 ProfileMsg = Apply | Granted | Merge | Offer | Answer | Release | Denied
 IdentityMsg = Observe | Claim | Repoint
-Out = tuple[str, Key, Any]  # (stage: "identity" | "profile" | "merges", key, message)
+# (stage, key, message): stage "identity" or "profile" (a message for that partition),
+# "merges" (a Merged for the output topic) or "refused" (key = the rule, for metrics)
+Out = tuple[str, Key, Any]
+
+
+def _counted(rule: str) -> Out:
+    return ("refused", rule, None)
 
 
 # --- profile state --------------------------------------------------------------------
@@ -358,6 +364,7 @@ def _live(
     elif isinstance(msg, Denied):
         node.pending.discard(msg.ident)
         node.state.refused.add(Refusal(msg.event_id, msg.ident, msg.owner, msg.rule))
+        return [_counted(msg.rule)]
     elif isinstance(msg, Release):
         node.pending.discard(msg.ident)
     return []
@@ -421,7 +428,8 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
             msg.event.event_id, anchor, msg.profile, shared_rule(rules.max_claimants or 0)
         )
         rest = msg.ids[1:]
-        return [("identity", rest[0], Observe(rest[0], rest, msg.event, (*msg.refused, passed)))]
+        observe = Observe(rest[0], rest, msg.event, (*msg.refused, passed))
+        return [("identity", rest[0], observe), _counted(passed.rule)]
     if msg.granted_anchor and anchor not in state.held:
         state.held.add(anchor)
         node.pending.discard(anchor)  # a loser may have handed over its claim of it
@@ -434,6 +442,7 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
         broken = _over_limit(state.held | node.pending | {ident}, rules)
         if broken is not None:
             state.refused.add(Refusal(msg.event.event_id, ident, anchor, broken))
+            out.append(_counted(broken))
             continue
         node.pending.add(ident)
         state.linked_by.setdefault(ident, (msg.event.event_id, f"seen with {anchor}"))
@@ -445,8 +454,8 @@ def _offer(node: ProfileNode, key: str, msg: Offer, rules: IdentityRules) -> lis
     rule = _over_limit(node.state.held | node.pending | msg.state.held | msg.pending, rules)
     if rule is not None:
         node.state.refused.add(Refusal(msg.event_id, msg.via, msg.loser, rule))
-        return [("profile", msg.loser, Answer(msg.loser, key, False, msg.via, msg.claimer,
-                                               msg.event_id, rule))]  # fmt: skip
+        answer = Answer(msg.loser, key, False, msg.via, msg.claimer, msg.event_id, rule)
+        return [("profile", msg.loser, answer), _counted(rule)]
     node.state.merge(msg.state)
     node.pending = (node.pending | msg.pending) - node.state.held
     node.state.merged.add((msg.loser, msg.via, msg.event_id))

@@ -34,6 +34,7 @@ from profiles.graph_wire import (
 )
 from profiles.view import AsyncRedisWriter
 from schemas.codec import CODEC, PROFILE_MERGE
+from streams import metrics
 from streams.dlq import dead_letter
 from streams.messages import group, send_batches
 from unifier.settings import Settings
@@ -132,11 +133,13 @@ def register(
     dlq, merges_topic = topics["dlq"], topics["merges"]
 
     async def send_outputs(outs: list[Any]) -> None:
-        to_identity, to_profile, merges = group(outs, partitions)
-        await send_batches(identity_topic, to_identity, max_bytes)
-        await send_batches(profile_topic, to_profile, max_bytes)
-        for merge in merges:
+        out = group(outs, partitions)
+        await send_batches(identity_topic, out.identity, max_bytes)
+        await send_batches(profile_topic, out.profile, max_bytes)
+        for merge in out.merges:
             await merges_topic.send(key=merge.loser.encode(), value=merge_record(merge))
+        metrics.MERGES.inc(len(out.merges))
+        metrics.count_refusals(out.refused)
 
     async def messages_of(event: Any, stage: str) -> list[Any] | None:
         """The record's messages, or None once it is dead-lettered."""

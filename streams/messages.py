@@ -3,7 +3,9 @@ array per Kafka record, split below the record size limit."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from profiles.graph import Merged, Out
@@ -25,18 +27,25 @@ async def send_batches(topic: Any, groups: dict[int, list[Any]], max_bytes: int)
             await topic.send(value=value, partition=partition)
 
 
-def group(outs: list[Out], partitions: int) -> tuple[
-    dict[int, list[Any]], dict[int, list[Any]], list[Merged]
-]:  # fmt: skip
-    """(identity messages by partition, profile messages by partition, merges)."""
-    identity: dict[int, list[Any]] = {}
-    profile: dict[int, list[Any]] = {}
-    merges: list[Merged] = []
+@dataclass
+class Grouped:
+    identity: dict[int, list[Any]] = field(default_factory=dict)  # by partition
+    profile: dict[int, list[Any]] = field(default_factory=dict)  # by partition
+    merges: list[Merged] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)  # rule -> links refused
+
+
+def group(outs: list[Out], partitions: int) -> Grouped:
+    g = Grouped()
     for stage, key, msg in outs:
         if stage == "identity":
-            identity.setdefault(partition_for(key, partitions), []).append(msg)
+            g.identity.setdefault(partition_for(key, partitions), []).append(msg)
         elif stage == "profile":
-            profile.setdefault(partition_for(key, partitions), []).append(msg)
+            g.profile.setdefault(partition_for(key, partitions), []).append(msg)
+        elif stage == "merges":
+            g.merges.append(msg)
+        elif stage == "refused":
+            g.refused[key] += 1
         else:
-            merges.append(msg)
-    return identity, profile, merges
+            raise ValueError(f"unknown output stage {stage!r}")
+    return g

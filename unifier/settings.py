@@ -163,6 +163,14 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A request not acknowledged by the broker by then gets a 503"
     )
 
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve a worker's Prometheus metrics on this port (/metrics); unset: off",
+    )
+    worker_metrics_host: str = Field("127.0.0.1", description="Address the metrics server binds")
+
     log_level: str = "INFO"
 
     @field_validator("identifier_priorities")

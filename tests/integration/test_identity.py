@@ -17,7 +17,9 @@ from profiles.view import RedisProfileView
 from schemas.codec import CODEC, PROFILE_MERGE
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views
+from tests.support.http import get_text
 from tests.support.kafka import consume_all
+from unifier.processes import free_port
 from unifier.settings import Settings
 from unifier.stack import EmbeddedStack
 from unifier.topics import ensure_topics
@@ -39,6 +41,8 @@ def test_a_visitor_who_signs_in_becomes_one_profile(
     topics: Settings, workers: EmbeddedStack
 ) -> None:
     settings = topics
+    port = free_port()
+    workers.settings = settings.model_copy(update={"worker_metrics_port": port})
     workers.start_worker()
     send(settings, [ev(1, "page_viewed", anonymous_id="a-9"),
                     ev(2, "email_opened", email="Ana@Example.org")])  # fmt: skip
@@ -75,10 +79,14 @@ def test_a_visitor_who_signs_in_becomes_one_profile(
         (m["loser"], m["event_id"]) for m in merges
     )
     assert all(r["identifier_type"] in ("email", "anonymous_id", "user_id") for r in published)
+    metrics = get_text(f"http://127.0.0.1:{port}/metrics").splitlines()
+    assert "unifier_identity_merges_total 2.0" in metrics
 
 
 def test_a_shared_tablet_does_not_fuse_two_people(topics: Settings, workers: EmbeddedStack) -> None:
     settings = topics
+    port = free_port()
+    workers.settings = settings.model_copy(update={"worker_metrics_port": port})
     workers.start_worker()
     send(settings, [ev(1, "signed_in", user_id="ana", anonymous_id="tablet"),
                     ev(2, "page_viewed", anonymous_id="tablet")])  # fmt: skip
@@ -101,6 +109,9 @@ def test_a_shared_tablet_does_not_fuse_two_people(topics: Settings, workers: Emb
     [refused] = found[1]["refused"]
     assert refused["identifier"] == "anonymous_id:tablet"
     assert refused["rule"] == "limit user_id=1"
+    # ... and counted in the worker's metrics.
+    metrics = get_text(f"http://127.0.0.1:{port}/metrics").splitlines()
+    assert 'unifier_identity_refused_links_total{rule="limit user_id=1"} 1.0' in metrics
 
 
 def run(settings: Settings, events: list[dict[str, Any]], tmp: Path) -> dict[str, dict[str, Any]]:

@@ -54,6 +54,7 @@ class Simulation:
         self.profiles: list[dict[str, ProfileNode]] = [{} for _ in range(profile_parts)]
         self.channels: dict[tuple[Node, Node], deque[Any]] = {}
         self.merges: list[Merged] = []
+        self.counted: Counter[str] = Counter()  # refusals reported for metrics, by rule
         self.rng = random.Random(seed)
         self.delivered = 0
 
@@ -61,6 +62,9 @@ class Simulation:
         for stage, k, msg in outs:
             if stage == "merges":
                 self.merges.append(msg)
+                continue
+            if stage == "refused":
+                self.counted[k] += 1
                 continue
             target = (stage, partition_for(k, self.parts[stage]))
             self.channels.setdefault((source, target), deque()).append(msg)
@@ -178,6 +182,8 @@ def test_with_limits_no_cluster_breaks_one_and_the_rest_agrees(events, parts, se
     involved = {
         key(i) for e in refused_events for i in usable(by_id[e].identifiers, LIMITED, "US")[0]
     }
+    # Every rule that refused a link was counted for the metrics.
+    assert set(sim.counted) == {r.rule for n in sim.live().values() for r in n.state.refused}
     clean_graph = {c for c in sim.clusters() if not c & involved}
     clean_ref = {c for c in ref.clusters if not c & involved}
     assert clean_graph == clean_ref
@@ -203,6 +209,7 @@ def test_a_shared_tablet_does_not_fuse_two_people() -> None:
         refusals = [r for n in sim.live().values() for r in n.state.refused]
         assert refusals, "the refused link was not recorded"
         assert all(r.rule == "limit user_id=1" for r in refusals)
+        assert sim.counted["limit user_id=1"] >= 1
 
 
 def test_synthetic_journeys_settle_on_the_truth() -> None:
@@ -277,6 +284,7 @@ def test_an_identifier_claimed_by_more_than_n_profiles_stops_linking() -> None:
         assert {r.rule for r in refusals} == {"shared by more than 3 profiles"}
         refused_events = {r.event_id for r in refusals}
         assert len(refused_events - {"e99"}) >= 12
+        assert sim.counted["shared by more than 3 profiles"] == len(refused_events)
         emails = {f"email:c{n}@mail.example.org" for n in range(15)}
         assert emails <= {i for c in sim.clusters() for i in c}  # nobody lost
         # The kiosk's event, once the phone is shared, is anchored by its next
