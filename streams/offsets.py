@@ -86,11 +86,23 @@ def _new_offset(self: Any, tp: Any) -> int | None:
     self._acked[tp] = [offset for offset in self._acked[tp] if offset >= end]
     self._acked_index[tp] = {offset for offset in index if offset >= end}
     self._gap.pop(tp, None)
+    # Until the commit returns (it first flushes the producer: seconds under load),
+    # these records are neither acknowledged nor committed: the watchdog must know.
+    committing(self)[tp] = end
     return end
+
+
+def committing(consumer: Any) -> dict[Any, int]:
+    """tp -> the offset a commit under way will set."""
+    pending: dict[Any, int] | None = getattr(consumer, "_unifier_committing", None)
+    if pending is None:
+        pending = consumer._unifier_committing = {}
+    return pending
 
 
 async def _perform_seek(self: Any) -> None:
     await _original["perform_seek"](self)
+    committing(self).clear()  # commits of the previous assignment are over or void
     # Faust records "no committed offset" and "committed offset 0" both as None, and
     # then commits from wherever the first acknowledged record happens to be. The
     # partition starts at the broker's earliest offset then (auto_offset_reset).
@@ -134,27 +146,22 @@ class Watchdog:
         self.suspects: dict[Any, tuple[int, int]] = {}  # tp -> (committed, checks)
         self.seeks = 0
 
-    def _held(self, tp: Any, offset: int) -> bool:
-        """Is the record `tp`@`offset` acknowledged, being processed, or queued?"""
+    def _in_flight(self) -> set[tuple[Any, int]]:
+        """(tp, offset) of every record being processed or waiting in a stream queue."""
         consumer = self.app.consumer
-        if offset in consumer._acked_index.get(tp, ()):
-            return True
-        for message in list(consumer._unacked_messages):
-            if message.tp == tp and message.offset == offset and not message.acked:
-                return True
+        found = {(m.tp, m.offset) for m in list(consumer._unacked_messages) if not m.acked}
         for queue in list(self.app.flow_control._queues):
             for item in list(getattr(queue, "_queue", ())):
                 message = getattr(item, "message", item)
-                where = (getattr(message, "tp", None), getattr(message, "offset", None))
-                if where == (tp, offset):
-                    return True
-        return False
+                found.add((getattr(message, "tp", None), getattr(message, "offset", None)))
+        return found
 
     def lost_heads(self) -> dict[Any, int]:
         """Partitions whose record at the committed offset exists on the broker but
-        nowhere in this worker, with that offset."""
+        nowhere in this worker (not acknowledged, not being processed, not queued),
+        with that offset."""
         consumer = self.app.consumer
-        lost: dict[Any, int] = {}
+        candidates: dict[Any, int] = {}
         for tp in consumer.assignment():
             if tp.topic not in self.topics:
                 continue
@@ -165,9 +172,14 @@ class Watchdog:
             read = consumer._read_offset.get(tp)
             if read is None or read < committed:
                 continue  # the fetcher has not reached it yet
-            if not self._held(tp, committed):
-                lost[tp] = committed
-        return lost
+            if committing(consumer).get(tp, committed) > committed:
+                continue  # a commit past it is under way
+            if committed not in consumer._acked_index.get(tp, ()):
+                candidates[tp] = committed
+        if not candidates:
+            return {}
+        in_flight = self._in_flight()
+        return {tp: c for tp, c in candidates.items() if (tp, c) not in in_flight}
 
     async def check(self) -> None:
         app = self.app

@@ -78,3 +78,96 @@ def test_a_commit_only_covers_acknowledged_records(committed: int, acked: set[in
     else:
         assert got == run
         assert all(o in acked for o in range(committed, got))
+
+
+class FakeConsumer:
+    """The parts of Faust's consumer the watchdog reads, and a log of what it does."""
+
+    def __init__(self, committed: int, read: int, high: int) -> None:
+        self._committed_offset = defaultdict(lambda: None, {TP0: committed})
+        self._read_offset = defaultdict(lambda: None, {TP0: read})
+        self._acked_index: defaultdict[Any, set[int]] = defaultdict(set)
+        self._unacked_messages: list[Any] = []
+        self.high = high
+        self.flow_active = True
+        self.earliest = 0
+        self.calls: list[tuple[str, Any]] = []
+
+    def assignment(self) -> set[Any]:
+        return {TP0, TP("unifier.identity-changelog", 0)}
+
+    def highwater(self, tp: Any) -> int:
+        return self.high
+
+    async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+        return {tp: self.earliest for tp in tps}
+
+    def pause_partitions(self, tps: Any) -> None:
+        self.calls.append(("pause", set(tps)))
+
+    async def seek_wait(self, offsets: dict[Any, int]) -> None:
+        self.calls.append(("seek", dict(offsets)))
+
+    def resume_partitions(self, tps: Any) -> None:
+        self.calls.append(("resume", set(tps)))
+
+
+def watchdog(consumer: FakeConsumer, queued: list[Any] | None = None) -> offsets.Watchdog:
+    queue = SimpleNamespace(_queue=list(queued or []))
+    app = SimpleNamespace(
+        consumer=consumer,
+        rebalancing=False,
+        should_stop=False,
+        flow_control=SimpleNamespace(_queues=[queue]),
+    )
+    return offsets.Watchdog(app, [TP0.topic])
+
+
+def message(offset: int) -> Any:
+    return SimpleNamespace(tp=TP0, offset=offset, acked=False)
+
+
+def run_checks(dog: offsets.Watchdog, n: int) -> None:
+    import asyncio
+
+    async def checks() -> None:
+        for _ in range(n):
+            await dog.check()
+
+    asyncio.run(checks())
+
+
+def test_a_lost_head_is_re_read_after_three_checks() -> None:
+    consumer = FakeConsumer(committed=165, read=175, high=180)
+    consumer._acked_index[TP0] = set(range(170, 176))  # 165..169 never came back
+    dog = watchdog(consumer)
+    run_checks(dog, 2)
+    assert consumer.calls == []  # not yet: it may be a moment's race
+    run_checks(dog, 1)
+    assert consumer.calls == [("pause", {TP0}), ("seek", {TP0: 165}), ("resume", {TP0})]
+    assert consumer._read_offset[TP0] == 165
+
+
+def test_a_head_being_processed_or_queued_is_left_alone() -> None:
+    busy = FakeConsumer(committed=165, read=175, high=180)
+    busy._unacked_messages = [message(165)]
+    queued = FakeConsumer(committed=165, read=175, high=180)
+    done = FakeConsumer(committed=165, read=175, high=180)
+    done._acked_index[TP0] = {165}
+    caught_up = FakeConsumer(committed=180, read=179, high=180)
+    not_fetched = FakeConsumer(committed=165, read=164, high=180)
+    committing = FakeConsumer(committed=165, read=175, high=180)
+    committing._unifier_committing = {TP0: 170}  # type: ignore[attr-defined]
+    for consumer, queue in [(busy, []), (queued, [SimpleNamespace(message=message(165))]),
+                            (done, []), (caught_up, []), (not_fetched, []),
+                            (committing, [])]:  # fmt: skip
+        run_checks(watchdog(consumer, queue), 5)
+        assert consumer.calls == []
+
+
+def test_records_deleted_by_retention_move_the_start_instead_of_a_seek() -> None:
+    consumer = FakeConsumer(committed=10, read=60, high=80)
+    consumer.earliest = 50
+    run_checks(watchdog(consumer), 3)
+    assert consumer.calls == []
+    assert consumer._committed_offset[TP0] == 50
