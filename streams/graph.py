@@ -69,6 +69,51 @@ class StrTable(MutableMapping[str, str]):
         return len(self._t)
 
 
+class Overlay(MutableMapping[str, str]):
+    """Writes to a table held back until ``flush``; reads see them."""
+
+    def __init__(self, table: MutableMapping[str, str]) -> None:
+        self._t = table
+        self._w: dict[str, str | None] = {}  # None: deleted
+
+    def __getitem__(self, key: str) -> str:
+        if key in self._w:
+            value = self._w[key]
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self._t[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self._w[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self[key]  # KeyError when absent
+        self._w[key] = None
+
+    def __iter__(self) -> Iterator[str]:
+        deleted = {k for k, v in self._w.items() if v is None}
+        yield from (k for k in self._w if k not in deleted)
+        yield from (k for k in self._t if k not in self._w)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def flush(self) -> None:
+        for key, value in self._w.items():
+            if value is None:
+                self._t.pop(key, None)
+            else:
+                self._t[key] = value
+        self._w.clear()
+
+
 class NodeCache(dict[str, ProfileNode]):
     """Profiles a batch touches, decoded once and written back once."""
 
@@ -133,11 +178,20 @@ def register(
     dlq, merges_topic = topics["dlq"], topics["merges"]
 
     async def send_outputs(outs: list[Any]) -> None:
+        """Send a record's outputs and wait until the broker has them all. Table writes
+        come after this, never before: a worker killed in between leaves the table as
+        it was, and the re-delivered record sends the outputs again (a no-op where they
+        had arrived). The other way round, a table could remember a claim whose message
+        was lost, and the merge it starts would never finish."""
         out = group(outs, partitions)
-        await send_batches(identity_topic, out.identity, max_bytes)
-        await send_batches(profile_topic, out.profile, max_bytes)
+        sent = await send_batches(identity_topic, out.identity, max_bytes)
+        sent += await send_batches(profile_topic, out.profile, max_bytes)
         for merge in out.merges:
-            await merges_topic.send(key=merge.loser.encode(), value=merge_record(merge))
+            sent.append(
+                await merges_topic.send(key=merge.loser.encode(), value=merge_record(merge))
+            )
+        if sent:
+            await asyncio.gather(*sent)
         metrics.MERGES.inc(len(out.merges))
         metrics.count_refusals(out.refused)
 
@@ -156,10 +210,12 @@ def register(
         async for event in manual.events():
             messages = await messages_of(event, "identity")
             if messages is not None:
+                writes = Overlay(table)
                 outs = []
                 for msg in messages:
-                    outs += handle_identity(table, msg, rules.max_claimants)
+                    outs += handle_identity(writes, msg, rules.max_claimants)
                 await send_outputs(outs)
+                writes.flush()
             await manual.ack(event)
 
     @app.agent(profile_topic, name="profile")
@@ -176,8 +232,8 @@ def register(
                 outs = []
                 for msg in messages:
                     outs += handle_profile(cache, msg, rules)
-                cache.flush()
                 await send_outputs(outs)
+                cache.flush()
                 # Every touched profile, even when nothing changed: a replay after a crash
                 # between the table write and Redis must still bring the view up to date
                 # (the version guard makes a repeated write a no-op).

@@ -4,7 +4,7 @@ array per Kafka record, split below the record size limit."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +21,15 @@ def encode_batches(messages: Sequence[Any], max_bytes: int) -> list[bytes]:
     return encode_batches(messages[:half], max_bytes) + encode_batches(messages[half:], max_bytes)
 
 
-async def send_batches(topic: Any, groups: dict[int, list[Any]], max_bytes: int) -> None:
+async def send_batches(
+    topic: Any, groups: dict[int, list[Any]], max_bytes: int
+) -> list[Awaitable[Any]]:
+    """Send each partition's messages; returns the delivery futures."""
+    sent = []
     for partition, messages in groups.items():
         for value in encode_batches(messages, max_bytes):
-            await topic.send(value=value, partition=partition)
+            sent.append(await topic.send(value=value, partition=partition))
+    return sent
 
 
 @dataclass

@@ -171,3 +171,18 @@ def test_records_deleted_by_retention_move_the_start_instead_of_a_seek() -> None
     run_checks(watchdog(consumer), 3)
     assert consumer.calls == []
     assert consumer._committed_offset[TP0] == 50
+
+
+def test_table_writes_wait_for_flush() -> None:
+    from streams.graph import Overlay
+
+    table = {"a": "1", "b": "2"}
+    writes = Overlay(table)
+    writes["a"] = "9"
+    writes["c"] = "3"
+    del writes["b"]
+    assert (writes["a"], writes.get("b"), writes["c"]) == ("9", None, "3")
+    assert sorted(writes) == ["a", "c"]
+    assert table == {"a": "1", "b": "2"}  # nothing reaches the table (its changelog) yet
+    writes.flush()
+    assert table == {"a": "9", "c": "3"}
