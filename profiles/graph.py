@@ -49,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from profiles.rules import IdentityRules
+from profiles.traits import Purchase
 
 Key = str  # "type:value" for identifiers, "p_..." for profiles
 
@@ -75,6 +76,8 @@ class EventFacts:
     source: str
     time_ms: int
     traits: tuple[tuple[str, Any], ...] = ()
+    purchase: Purchase | None = None  # an order or a POS sale
+    consent: tuple[tuple[str, bool], ...] = ()  # purpose -> granted
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ small object tagged by ``k``. Table values are one object per identifier or prof
 
 from __future__ import annotations
 
-from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -29,8 +29,8 @@ from profiles.graph import (
     Repoint,
     ident_type,
 )
-from profiles.profile import iso
 from profiles.touchpoint import Touchpoint
+from profiles.traits import DEFAULT_TRAIT_RULES, Purchase, TraitRules, choose_traits, computed
 
 #: A redirect's version: final, above any live version, so it always replaces the view.
 REDIRECT_VERSION = 2**53
@@ -40,16 +40,45 @@ class WireError(ValueError):
     """An internal record that is not a list of graph messages."""
 
 
+def purchase_of(tp: Touchpoint) -> Purchase | None:
+    sale = tp.order if tp.order is not None else tp.pos
+    if sale is None:
+        return None
+    categories = tuple(
+        sorted({i["category"] for i in sale.get("items") or () if i.get("category")})
+    )
+    return Purchase(sale["currency"], Decimal(sale["total"]), categories)
+
+
 def facts_of(tp: Touchpoint) -> EventFacts:
-    return EventFacts(tp.event_id, tp.type, tp.source, tp.occurred_at_ms, tuple(tp.traits.items()))
+    return EventFacts(
+        tp.event_id,
+        tp.type,
+        tp.source,
+        tp.occurred_at_ms,
+        tuple(tp.traits.items()),
+        purchase_of(tp),
+        tuple(sorted(tp.consent.items())),
+    )
 
 
 def _facts(e: EventFacts) -> list[Any]:
-    return [e.event_id, e.type, e.source, e.time_ms, [list(t) for t in e.traits]]
+    raw: list[Any] = [e.event_id, e.type, e.source, e.time_ms, [list(t) for t in e.traits]]
+    if e.purchase is not None or e.consent:
+        p = e.purchase
+        raw.append([p.currency, str(p.total), list(p.categories)] if p is not None else None)
+        raw.append([list(c) for c in e.consent])
+    return raw
 
 
 def _facts_from(raw: list[Any]) -> EventFacts:
-    return EventFacts(raw[0], raw[1], raw[2], raw[3], tuple((n, v) for n, v in raw[4]))
+    purchase = None
+    if len(raw) > 5 and raw[5] is not None:
+        purchase = Purchase(raw[5][0], Decimal(raw[5][1]), tuple(raw[5][2]))
+    consent = tuple((c[0], bool(c[1])) for c in raw[6]) if len(raw) > 6 else ()
+    return EventFacts(
+        raw[0], raw[1], raw[2], raw[3], tuple((n, v) for n, v in raw[4]), purchase, consent
+    )
 
 
 def state_to(s: ProfileState) -> dict[str, Any]:
@@ -185,7 +214,9 @@ def version_of(state: ProfileState) -> int:
     return len(state.events) + len(state.held) + len(state.refused) + len(state.merged)
 
 
-def view_of(profile_id: str, node: ProfileNode) -> dict[str, Any]:
+def view_of(
+    profile_id: str, node: ProfileNode, rules: TraitRules = DEFAULT_TRAIT_RULES
+) -> dict[str, Any]:
     """The documented read form (``unifier profiles get``, the API, Redis)."""
     if node.redirect is not None:
         return {"profile_id": profile_id, "merged_into": node.redirect, "version": REDIRECT_VERSION}
@@ -193,17 +224,16 @@ def view_of(profile_id: str, node: ProfileNode) -> dict[str, Any]:
     ids: dict[str, list[str]] = {}
     for ident in sorted(s.held):
         ids.setdefault(ident_type(ident), []).append(ident.split(":", 1)[1])
-    times = [e.time_ms for e in s.events.values()]
+    events = s.events.values()
+    observations = (
+        (name, (e.time_ms, e.source, e.event_id, value)) for e in events for name, value in e.traits
+    )
     return {
         "profile_id": profile_id,
         "identifiers": dict(sorted(ids.items())),
-        "traits": {k: v[2] for k, v in sorted(s.traits.items())},
+        "traits": choose_traits(observations, rules),
         "computed": {
-            "event_count": len(s.events),
-            "first_seen": iso(min(times)) if times else None,
-            "last_seen": iso(max(times)) if times else None,
-            "events_by_type": dict(sorted(Counter(e.type for e in s.events.values()).items())),
-            "events_by_source": dict(sorted(Counter(e.source for e in s.events.values()).items())),
+            **computed(events, ids, rules),
             "merged_from": sorted(m[0] for m in s.merged),
             "refused_links": len(s.refused),
         },

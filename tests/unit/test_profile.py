@@ -1,5 +1,7 @@
 """The profile state (profiles.graph.ProfileState) and its view."""
 
+from decimal import Decimal
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,8 +45,13 @@ def test_latest_event_time_wins_a_trait() -> None:
 
 
 def test_view_has_the_documented_form() -> None:
-    tp = Touchpoint("e1", "order_completed", "web", 1795341600000, {"email": "a@b.co"})
-    again = Touchpoint("e2", "order_completed", "web", 1795341600000, {"email": "a@b.co"})
+    order = {"order_id": "o1", "currency": "EUR", "total": Decimal("30.5"),
+             "items": [{"sku": "s1", "category": "shoes", "quantity": 1,
+                        "unit_price": Decimal("30.5")}]}  # fmt: skip
+    tp = Touchpoint("e1", "order_completed", "web", 1795341600000, {"email": "a@b.co"},
+                    order=order, consent={"email_marketing": True})  # fmt: skip
+    again = Touchpoint("e2", "order_completed", "pos", 1795341660000, {"email": "a@b.co"},
+                       order={**order, "order_id": "o2", "total": Decimal("10")})  # fmt: skip
     assert view(fold([tp, again, tp])) == {
         "profile_id": "p_1",
         "identifiers": {"email": ["a@b.co"]},
@@ -52,9 +59,36 @@ def test_view_has_the_documented_form() -> None:
         "computed": {
             "event_count": 2,
             "first_seen": "2026-11-22T10:00:00.000Z",
-            "last_seen": "2026-11-22T10:00:00.000Z",
+            "last_seen": "2026-11-22T10:01:00.000Z",
+            "last_channel": "pos",
             "events_by_type": {"order_completed": 2},
-            "events_by_source": {"web": 2},
+            "events_by_source": {"pos": 1, "web": 1},
+            "orders": 2,
+            "lifetime_value": {"EUR": "40.5"},
+            "average_order_value": {"EUR": "20.25"},
+            "top_categories": ["shoes"],
+            "last_touchpoints": [
+                {
+                    "event_id": "e2",
+                    "type": "order_completed",
+                    "source": "pos",
+                    "at": "2026-11-22T10:01:00.000Z",
+                },
+                {
+                    "event_id": "e1",
+                    "type": "order_completed",
+                    "source": "web",
+                    "at": "2026-11-22T10:00:00.000Z",
+                },
+            ],
+            "lifecycle_stage": "repeat",
+            "consent": {
+                "email_marketing": {
+                    "granted": True,
+                    "at": "2026-11-22T10:00:00.000Z",
+                    "source": "web",
+                },
+            },
             "merged_from": [],
             "refused_links": 0,
         },

@@ -1,0 +1,187 @@
+"""Survivorship and computed traits: what a profile says, as pure functions of the
+events it holds.
+
+A profile's state is the set of its events (``ProfileState.events``, keyed by event
+id), so merging two profiles is a set union — commutative, associative and
+idempotent — and everything here is a function of that set: whatever order events
+and merges arrive in, the same profile comes out, and an event delivered twice
+counts once.
+
+**Identity traits** (name, email, address…) are chosen per trait by a named
+strategy from the registry ``STRATEGIES``; ``TraitRules`` says which trait uses
+which (``UNIFIER_TRAIT_STRATEGIES``), and in what order sources win where the
+strategy asks (``UNIFIER_SOURCE_PRIORITIES``, e.g. CRM over the web form for the
+postal address).
+
+**Computed traits**: first/last seen, last channel, counts by type and source,
+orders and lifetime value per currency, average order value, top categories, the
+last touchpoints, the lifecycle stage and consent per purpose.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from profiles.profile import iso
+
+Scalar = str | int | float | bool | None
+
+#: (event time ms, source, event id, value): one event's say about a trait.
+Observation = tuple[int, str, str, Scalar]
+
+
+@dataclass(frozen=True)
+class TraitRules:
+    strategies: Mapping[str, str] = field(default_factory=dict)  # trait -> strategy name
+    default: str = "latest"
+    source_priorities: Mapping[str, int] = field(default_factory=dict)  # higher wins
+    last_touchpoints: int = 10
+    top_categories: int = 5
+
+    def strategy(self, trait: str) -> Strategy:
+        return STRATEGIES[self.strategies.get(trait, self.default)]
+
+    def check(self) -> None:
+        """A ValueError naming any strategy that does not exist."""
+        unknown = sorted({*self.strategies.values(), self.default} - set(STRATEGIES))
+        if unknown:
+            raise ValueError(
+                f"unknown trait strategy {', '.join(unknown)} (known: {', '.join(STRATEGIES)})"
+            )
+
+
+Strategy = Callable[[list[Observation], TraitRules], Scalar]
+DEFAULT_TRAIT_RULES = TraitRules()
+
+
+def _latest(obs: list[Observation], rules: TraitRules) -> Scalar:
+    """The most recent event's value (ties by event id)."""
+    return max(obs, key=lambda o: (o[0], o[2]))[3]
+
+
+def _first(obs: list[Observation], rules: TraitRules) -> Scalar:
+    """The earliest event's value: e.g. the first referrer, the sign-up date."""
+    return min(obs, key=lambda o: (o[0], o[2]))[3]
+
+
+def _source_priority(obs: list[Observation], rules: TraitRules) -> Scalar:
+    """The most trusted source's value, then the most recent among its events."""
+    prio = rules.source_priorities
+    return max(obs, key=lambda o: (prio.get(o[1], 0), o[0], o[2]))[3]
+
+
+def _numeric(obs: list[Observation]) -> list[Observation]:
+    return [o for o in obs if isinstance(o[3], int | float) and not isinstance(o[3], bool)]
+
+
+def _max(obs: list[Observation], rules: TraitRules) -> Scalar:
+    """The largest number seen (non-numbers ignored; none: the latest value)."""
+    nums = _numeric(obs)
+    return max(nums, key=lambda o: (o[3], o[0], o[2]))[3] if nums else _latest(obs, rules)
+
+
+def _min(obs: list[Observation], rules: TraitRules) -> Scalar:
+    """The smallest number seen (non-numbers ignored; none: the latest value)."""
+    nums = _numeric(obs)
+    return min(nums, key=lambda o: (o[3], -o[0], o[2]))[3] if nums else _latest(obs, rules)
+
+
+def _any_true(obs: list[Observation], rules: TraitRules) -> Scalar:
+    """True once any event said true (a flag that never goes back)."""
+    return any(o[3] is True for o in obs)
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "latest": _latest,
+    "first": _first,
+    "source_priority": _source_priority,
+    "max": _max,
+    "min": _min,
+    "any_true": _any_true,
+}
+
+
+def choose_traits(
+    observations: Iterable[tuple[str, Observation]], rules: TraitRules
+) -> dict[str, Scalar]:
+    by_trait: dict[str, list[Observation]] = {}
+    for name, obs in observations:
+        by_trait.setdefault(name, []).append(obs)
+    return {name: rules.strategy(name)(obs, rules) for name, obs in sorted(by_trait.items())}
+
+
+# --- computed traits ------------------------------------------------------------------
+ORDER_TYPES = frozenset({"order_completed", "pos_transaction"})
+KNOWN_TYPES = frozenset({"user_id", "email", "phone", "loyalty_id", "crm_id"})
+
+
+def lifecycle(identifier_types: Iterable[str], orders: int) -> str:
+    if orders >= 2:
+        return "repeat"
+    if orders == 1:
+        return "customer"
+    return "known" if set(identifier_types) & KNOWN_TYPES else "anonymous"
+
+
+def money(value: Decimal) -> str:
+    """A decimal amount as a plain string with its places ("12.50", "0")."""
+    return format(value.normalize(), "f") if value else "0"
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """What a profile keeps of an order or a POS sale."""
+
+    currency: str
+    total: Decimal
+    categories: tuple[str, ...] = ()
+
+
+def computed(
+    events: Iterable[Any],
+    identifier_types: Iterable[str],
+    rules: TraitRules,
+) -> dict[str, Any]:
+    """Computed traits of a profile from its events (``EventFacts``)."""
+    evs = sorted(events, key=lambda e: (e.time_ms, e.event_id))
+    if not evs:
+        return {"event_count": 0, "first_seen": None, "last_seen": None,
+                "lifecycle_stage": lifecycle(identifier_types, 0)}  # fmt: skip
+    by_currency: dict[str, list[Decimal]] = {}
+    categories: Counter[str] = Counter()
+    consent: dict[str, dict[str, Any]] = {}
+    for e in evs:
+        if e.purchase is not None:
+            by_currency.setdefault(e.purchase.currency, []).append(e.purchase.total)
+            categories.update(e.purchase.categories)
+        for purpose, granted in e.consent:
+            consent[purpose] = {"granted": granted, "at": iso(e.time_ms), "source": e.source}
+    orders = sum(len(v) for v in by_currency.values())
+    last = evs[-1]
+    return {
+        "event_count": len(evs),
+        "first_seen": iso(evs[0].time_ms),
+        "last_seen": iso(last.time_ms),
+        "last_channel": last.source,
+        "events_by_type": dict(sorted(Counter(e.type for e in evs).items())),
+        "events_by_source": dict(sorted(Counter(e.source for e in evs).items())),
+        "orders": orders,
+        "lifetime_value": {c: money(sum(v, Decimal(0))) for c, v in sorted(by_currency.items())},
+        "average_order_value": {
+            c: money((sum(v, Decimal(0)) / len(v)).quantize(Decimal("0.01")))
+            for c, v in sorted(by_currency.items())
+        },
+        "top_categories": [
+            c for c, _ in sorted(categories.items(), key=lambda kv: (-kv[1], kv[0]))
+        ][: rules.top_categories],
+        "last_touchpoints": [
+            {"event_id": e.event_id, "type": e.type, "source": e.source, "at": iso(e.time_ms)}
+            for e in reversed(evs[-rules.last_touchpoints :])
+        ],
+        "lifecycle_stage": lifecycle(identifier_types, orders),
+        "consent": dict(sorted(consent.items())),
+    }
