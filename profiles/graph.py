@@ -36,9 +36,10 @@ random interleavings. The protocol (DESIGN.md, "The hard part"):
 6. Every handler tolerates re-delivery (Kafka delivers at least once): a repeated
    claim is granted again, a repeated offer is absorbed again (a no-op) and its
    second answer is ignored, a repeated event is folded once.
-7. Profile state merges by union (events keyed by event id, identifiers, refusals)
-   and last-writer-wins (traits by event time, then event id): the order of merges
-   cannot change the result, and an event reaching a profile twice counts once.
+7. Profile state merges by union (events keyed by event id, identifiers, refusals);
+   traits and computed traits are functions of the event set (profiles.traits): the
+   order of merges cannot change the result, and an event reaching a profile twice
+   counts once.
 """
 
 from __future__ import annotations
@@ -200,9 +201,8 @@ class ProfileState:
     """A join-semilattice: ``merge`` is commutative, associative and idempotent."""
 
     held: set[Key] = field(default_factory=set)
+    # Traits and computed traits are functions of this set (profiles.traits).
     events: dict[str, EventFacts] = field(default_factory=dict)
-    # trait -> (time ms, event id, value): the latest write wins, ties by event id
-    traits: dict[str, tuple[int, str, Any]] = field(default_factory=dict)
     refused: set[Refusal] = field(default_factory=set)
     # identifier -> (event id, how it joined): for `profiles why`
     linked_by: dict[Key, tuple[str, str]] = field(default_factory=dict)
@@ -212,10 +212,6 @@ class ProfileState:
         if event.event_id in self.events:
             return False
         self.events[event.event_id] = event
-        for name, value in event.traits:
-            stamp = (event.time_ms, event.event_id, value)
-            if name not in self.traits or stamp[:2] > self.traits[name][:2]:
-                self.traits[name] = stamp
         return True
 
     def merge(self, other: ProfileState) -> None:
@@ -231,7 +227,6 @@ class ProfileState:
         return ProfileState(
             set(self.held),
             dict(self.events),
-            dict(self.traits),
             set(self.refused),
             dict(self.linked_by),
             set(self.merged),

@@ -85,7 +85,6 @@ def state_to(s: ProfileState) -> dict[str, Any]:
     return {
         "held": sorted(s.held),
         "events": [_facts(e) for e in s.events.values()],
-        "traits": {k: list(v) for k, v in s.traits.items()},
         "refused": sorted([r.event_id, r.ident, r.other, r.rule] for r in s.refused),
         "linked": {k: list(v) for k, v in s.linked_by.items()},
         "merged": sorted(list(m) for m in s.merged),
@@ -97,7 +96,6 @@ def state_from(d: dict[str, Any]) -> ProfileState:
     return ProfileState(
         held=set(d["held"]),
         events={e.event_id: e for e in events},
-        traits={k: (v[0], v[1], v[2]) for k, v in d["traits"].items()},
         refused={Refusal(*r) for r in d["refused"]},
         linked_by={k: (v[0], v[1]) for k, v in d["linked"].items()},
         merged={(m[0], m[1], m[2]) for m in d["merged"]},

@@ -172,6 +172,7 @@ def register(
     profiles_table: Any,
 ) -> None:
     rules = settings.identity_rules()
+    trait_rules = settings.trait_rules()
     partitions = settings.internal_partitions
     max_bytes = settings.max_record_bytes
     identity_topic, profile_topic = topics["identity"], topics["profile"]
@@ -242,7 +243,7 @@ def register(
                     for key, node in cache.items()
                     if node.redirect is not None or node.state.held
                 ]
-                views = [view_of(key, node) for key, node in touched]
+                views = [view_of(key, node, trait_rules) for key, node in touched]
                 whys = {key: why_of(node) for key, node in touched if node.redirect is None}
                 await write_with_retry(writer, views, whys)
                 await manual.ack(event)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from profiles.identifiers import EmailRules
@@ -23,6 +23,10 @@ from profiles.rules import (
     DEFAULT_MAX_CLAIMANTS,
     IdentityRules,
 )
+from profiles.traits import TraitRules
+
+#: Which source's word counts most for traits using the source_priority strategy.
+DEFAULT_SOURCE_PRIORITIES = {"crm": 100, "pos": 80, "support": 60, "email": 50, "web": 40}
 
 #: Built-in identifier types and their priorities (higher wins). An event is
 #: keyed by its highest-priority identifier; more types can be added in config.
@@ -139,6 +143,19 @@ class Settings(BaseSettings):
         description="Regular expressions (case-insensitive) for values that never link",
     )
 
+    # --- profile traits --------------------------------------------------------
+    trait_strategies: dict[str, str] = Field(
+        default_factory=dict,
+        description='Trait -> survivorship strategy, e.g. {"address": "source_priority"} (JSON)',
+    )
+    trait_default_strategy: str = Field(
+        "latest", description="Strategy of traits not in UNIFIER_TRAIT_STRATEGIES"
+    )
+    source_priorities: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_SOURCE_PRIORITIES),
+        description="Source -> priority for the source_priority strategy (higher wins; JSON)",
+    )
+
     # --- collector (HTTP) ----------------------------------------------------
     collector_host: str = Field("127.0.0.1", description="Address the collector binds")
     collector_port: int = Field(8088, ge=0, le=65535, description="0 picks a free port")
@@ -185,6 +202,18 @@ class Settings(BaseSettings):
     def _patterns_compile(cls, value: list[str]) -> list[str]:
         IdentityRules.build({}, blocked_patterns=value)  # raises, naming the pattern
         return value
+
+    @model_validator(mode="after")
+    def _strategies_exist(self) -> Settings:
+        self.trait_rules().check()  # a ValueError naming the unknown strategy
+        return self
+
+    def trait_rules(self) -> TraitRules:
+        return TraitRules(
+            strategies=dict(self.trait_strategies),
+            default=self.trait_default_strategy,
+            source_priorities=dict(self.source_priorities),
+        )
 
     def identity_rules(self) -> IdentityRules:
         return IdentityRules.build(

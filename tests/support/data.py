@@ -83,4 +83,5 @@ def reference_views(events: Iterable[dict[str, Any]], settings: Settings) -> Com
         ids, _ = usable(tp.identifiers, rules, region)
         if ids:
             states[where[key(ids[0])]].fold(facts_of(tp))
-    return comparable(view_of("reference", ProfileNode(state=s)) for s in states)
+    traits = settings.trait_rules()
+    return comparable(view_of("reference", ProfileNode(state=s), traits) for s in states)

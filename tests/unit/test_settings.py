@@ -59,3 +59,11 @@ def test_identity_rules_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("UNIFIER_IDENTITY_BLOCK_PATTERNS", '["[oops"]')
     with pytest.raises(ValidationError, match=r"block pattern '\[oops' does not compile"):
         Settings()
+
+
+def test_an_unknown_trait_strategy_is_refused_with_its_name() -> None:
+    with pytest.raises(ValueError, match="unknown trait strategy newest"):
+        Settings(trait_strategies={"city": "newest"})
+    rules = Settings(trait_strategies={"address": "source_priority"}).trait_rules()
+    assert rules.strategies == {"address": "source_priority"}
+    assert rules.source_priorities["crm"] > rules.source_priorities["web"]
