@@ -6,6 +6,7 @@ small object tagged by ``k``. Table values are one object per identifier or prof
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +30,7 @@ from profiles.graph import (
     Repoint,
     ident_type,
 )
+from profiles.standardize import DEFAULT_INDEX, standardize
 from profiles.touchpoint import Touchpoint
 from profiles.traits import DEFAULT_TRAIT_RULES, Purchase, TraitRules, choose_traits, computed
 
@@ -50,13 +52,14 @@ def purchase_of(tp: Touchpoint) -> Purchase | None:
     return Purchase(sale["currency"], Decimal(sale["total"]), categories)
 
 
-def facts_of(tp: Touchpoint) -> EventFacts:
+def facts_of(tp: Touchpoint, aliases: Mapping[str, str] = DEFAULT_INDEX) -> EventFacts:
+    """What a profile keeps of an event, traits standardized (profiles.standardize)."""
     return EventFacts(
         tp.event_id,
         tp.type,
         tp.source,
         tp.occurred_at_ms,
-        tuple(tp.traits.items()),
+        tuple(standardize(tp.traits, aliases).items()),
         purchase_of(tp),
         tuple(sorted(tp.consent.items())),
     )

@@ -9,12 +9,14 @@ explicitly, so no producer's default partitioner matters.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 from profiles.graph import Observe
 from profiles.graph_wire import facts_of
 from profiles.reference import key, usable
 from profiles.rules import IdentityRules
+from profiles.standardize import DEFAULT_INDEX
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint, parse_json
 
 
@@ -23,7 +25,9 @@ def partition_for(key: str, partitions: int) -> int:
     return int.from_bytes(digest, "big") % partitions
 
 
-def observe(tp: Touchpoint, rules: IdentityRules, region: str) -> Observe:
+def observe(
+    tp: Touchpoint, rules: IdentityRules, region: str, aliases: Mapping[str, str] = DEFAULT_INDEX
+) -> Observe:
     """The identity graph's first message for this event; ``InvalidTouchpoint`` when no
     identifier can be used (each dropped one is named with its reason)."""
     ids, dropped = usable(tp.identifiers, rules, region)
@@ -31,7 +35,7 @@ def observe(tp: Touchpoint, rules: IdentityRules, region: str) -> Observe:
         reasons = ", ".join(f"{t}: {why}" for t, why in dropped) or "none given"
         raise InvalidTouchpoint(f"no usable identifier ({reasons})")
     keys = tuple(key(i) for i in ids)
-    return Observe(keys[0], keys, facts_of(tp))
+    return Observe(keys[0], keys, facts_of(tp, aliases))
 
 
 def validate_event(doc: Any, rules: IdentityRules, region: str) -> Touchpoint:

@@ -23,6 +23,7 @@ log = logging.getLogger("unifier.route")
 def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any) -> Any:
     rules = settings.identity_rules()
     region = settings.default_phone_region
+    aliases = settings.trait_alias_index()
     partitions = settings.internal_partitions
     max_bytes = settings.max_record_bytes
     resolver = Resolver(settings)
@@ -49,7 +50,7 @@ def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any)
             return groups
         for tp in touchpoints:
             try:
-                first = observe(tp, rules, region)
+                first = observe(tp, rules, region, aliases)
             except InvalidTouchpoint as exc:
                 await dead_letter(
                     dlq, event, "route.validate", str(exc), encode_touchpoint(tp), log

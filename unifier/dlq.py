@@ -234,7 +234,7 @@ def replay_topic(settings: Settings, stage: str | None = None) -> TopicReplay:
         if letter.events is not None:
             try:
                 for tp in letter.events:
-                    observe(tp, rules, settings.default_phone_region)
+                    observe(tp, rules, settings.default_phone_region)  # validation only
             except InvalidTouchpoint as exc:
                 reason = str(exc)
         if reason is not None:

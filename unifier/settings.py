@@ -23,6 +23,7 @@ from profiles.rules import (
     DEFAULT_MAX_CLAIMANTS,
     IdentityRules,
 )
+from profiles.standardize import DEFAULT_ALIASES, alias_index
 from profiles.traits import TraitRules
 
 #: Which source's word counts most for traits using the source_priority strategy.
@@ -151,6 +152,10 @@ class Settings(BaseSettings):
     trait_default_strategy: str = Field(
         "latest", description="Strategy of traits not in UNIFIER_TRAIT_STRATEGIES"
     )
+    trait_aliases: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_ALIASES.items()},
+        description='Trait -> other names for it, e.g. {"industry": ["sector"]} (JSON)',
+    )
     source_priorities: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_SOURCE_PRIORITIES),
         description="Source -> priority for the source_priority strategy (higher wins; JSON)",
@@ -214,6 +219,9 @@ class Settings(BaseSettings):
             default=self.trait_default_strategy,
             source_priorities=dict(self.source_priorities),
         )
+
+    def trait_alias_index(self) -> dict[str, str]:
+        return alias_index(self.trait_aliases)
 
     def identity_rules(self) -> IdentityRules:
         return IdentityRules.build(

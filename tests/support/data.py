@@ -75,6 +75,7 @@ def reference_views(events: Iterable[dict[str, Any]], settings: Settings) -> Com
     limits, which of two people keeps a shared identifier depends on arrival order."""
     rules = settings.identity_rules()
     region = settings.default_phone_region
+    aliases = settings.trait_alias_index()
     tps = [parse_json(e, rules.priorities) for e in events]
     ref = reference_clusters(tps, rules, region, limits=bool(rules.limits))
     where = ref.cluster_of()
@@ -82,6 +83,6 @@ def reference_views(events: Iterable[dict[str, Any]], settings: Settings) -> Com
     for tp in tps:
         ids, _ = usable(tp.identifiers, rules, region)
         if ids:
-            states[where[key(ids[0])]].fold(facts_of(tp))
+            states[where[key(ids[0])]].fold(facts_of(tp, aliases))
     traits = settings.trait_rules()
     return comparable(view_of("reference", ProfileNode(state=s), traits) for s in states)
