@@ -261,3 +261,41 @@ def why_of(node: ProfileNode) -> dict[str, Any]:
             for r in sorted(s.refused, key=lambda r: (r.event_id, r.ident))
         ],
     }
+
+
+def changed_fields(before: dict[str, Any] | None, after: dict[str, Any]) -> list[str]:
+    """Top-level names (``identifiers``, ``traits.<name>``, ``computed.<name>``) that
+    differ between two views of a profile; everything when there was none before."""
+    old = before or {}
+    out = []
+    if old.get("identifiers") != after.get("identifiers"):
+        out.append("identifiers")
+    for part in ("traits", "computed"):
+        a, b = old.get(part) or {}, after.get(part) or {}
+        out += [f"{part}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return out
+
+
+def update_record(view: dict[str, Any], changed: list[str], now_ms: int) -> dict[str, Any]:
+    """The ``ProfileUpdate`` Avro record of a live profile's view."""
+    computed = view["computed"]
+    first = computed.get("first_seen")
+    last = computed.get("last_seen")
+    return {
+        "profile_id": view["profile_id"],
+        "version": view["version"],
+        "updated_at": now_ms,
+        "identifiers": view["identifiers"],
+        "traits": view["traits"],
+        "first_seen": _ms(first) if first else 0,
+        "last_seen": _ms(last) if last else 0,
+        "event_count": computed["event_count"],
+        "computed_json": orjson.dumps(computed, option=orjson.OPT_SORT_KEYS).decode(),
+        "changed_fields": changed,
+    }
+
+
+def _ms(stamp: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)

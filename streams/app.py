@@ -53,6 +53,7 @@ def create_app(settings: Settings) -> Any:
         "profile": raw_topic(settings.topic_profile_ops, settings.internal_partitions),
         "dlq": raw_topic(settings.topic_dlq, 1),
         "merges": raw_topic(settings.topic_profile_merges, settings.internal_partitions),
+        "updates": raw_topic(settings.topic_profile_updates, settings.internal_partitions),
     }
 
     def raw_table(name: str) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
 import redis
@@ -26,14 +26,16 @@ import redis
 from profiles.graph import Merged, ProfileNode, handle_identity, handle_profile
 from profiles.graph_wire import (
     WireError,
+    changed_fields,
     decode_messages,
     node_from,
     node_to,
+    update_record,
     view_of,
     why_of,
 )
 from profiles.view import AsyncRedisWriter
-from schemas.codec import CODEC, PROFILE_MERGE
+from schemas.codec import CODEC, PROFILE_MERGE, PROFILE_UPDATE
 from streams import metrics
 from streams.dlq import dead_letter
 from streams.messages import group, send_batches
@@ -120,14 +122,20 @@ class NodeCache(dict[str, ProfileNode]):
     def __init__(self, table: Any) -> None:
         super().__init__()
         self._t = table
+        self.before: dict[str, bytes | None] = {}  # as stored when first read
 
     def get(self, key: str, default: Any = None) -> Any:
         if key not in self:
             raw = self._t.get(key)
+            self.before.setdefault(key, raw)
             if raw is None:
                 return default
             self[key] = node_from(raw)
         return self[key]
+
+    def stored(self, key: str) -> ProfileNode | None:
+        raw = self.before.get(key)
+        return None if raw is None else node_from(raw)
 
     def flush(self) -> None:
         for key, node in self.items():
@@ -176,9 +184,11 @@ def register(
     partitions = settings.internal_partitions
     max_bytes = settings.max_record_bytes
     identity_topic, profile_topic = topics["identity"], topics["profile"]
-    dlq, merges_topic = topics["dlq"], topics["merges"]
+    dlq, merges_topic, updates_topic = topics["dlq"], topics["merges"], topics["updates"]
 
-    async def send_outputs(outs: list[Any]) -> None:
+    async def send_outputs(
+        outs: list[Any], updates: Sequence[tuple[str, bytes | None]] = ()
+    ) -> None:
         """Send a record's outputs and wait until the broker has them all. Table writes
         come after this, never before: a worker killed in between leaves the table as
         it was, and the re-delivered record sends the outputs again (a no-op where they
@@ -191,10 +201,33 @@ def register(
             sent.append(
                 await merges_topic.send(key=merge.loser.encode(), value=merge_record(merge))
             )
+        for key, value in updates:
+            sent.append(await updates_topic.send(key=key.encode(), value=value))
         if sent:
             await asyncio.gather(*sent)
         metrics.MERGES.inc(len(out.merges))
         metrics.count_refusals(out.refused)
+
+    def profile_updates(
+        cache: NodeCache, touched: list[tuple[str, ProfileNode]], views: list[dict[str, Any]]
+    ) -> list[tuple[str, bytes | None]]:
+        """``profile-updates`` records for the profiles this record changed: the full
+        profile with what changed, or a tombstone for one merged away."""
+        now = int(time.time() * 1000)
+        out: list[tuple[str, bytes | None]] = []
+        for (key, node), view in zip(touched, views, strict=True):
+            old = cache.stored(key)
+            if node.redirect is not None:
+                if old is None or old.redirect is None:
+                    out.append((key, None))
+                continue
+            before = (
+                view_of(key, old, trait_rules) if old is not None and old.redirect is None else None
+            )
+            changed = changed_fields(before, view)
+            if before is None or changed or before["version"] != view["version"]:
+                out.append((key, CODEC.encode(PROFILE_UPDATE, update_record(view, changed, now))))
+        return out
 
     async def messages_of(event: Any, stage: str) -> list[Any] | None:
         """The record's messages, or None once it is dead-lettered."""
@@ -233,8 +266,6 @@ def register(
                 outs = []
                 for msg in messages:
                     outs += handle_profile(cache, msg, rules)
-                await send_outputs(outs)
-                cache.flush()
                 # Every touched profile, even when nothing changed: a replay after a crash
                 # between the table write and Redis must still bring the view up to date
                 # (the version guard makes a repeated write a no-op).
@@ -244,6 +275,9 @@ def register(
                     if node.redirect is not None or node.state.held
                 ]
                 views = [view_of(key, node, trait_rules) for key, node in touched]
+                updates = profile_updates(cache, touched, views)
+                await send_outputs(outs, updates)
+                cache.flush()
                 whys = {key: why_of(node) for key, node in touched if node.redirect is None}
                 await write_with_retry(writer, views, whys)
                 await manual.ack(event)

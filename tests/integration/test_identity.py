@@ -14,7 +14,7 @@ from producers.kafka import TouchpointProducer
 from producers.synthetic import generate_journeys, score
 from profiles.touchpoint import Touchpoint, parse_json
 from profiles.view import RedisProfileView
-from schemas.codec import CODEC, PROFILE_MERGE
+from schemas.codec import CODEC, PROFILE_MERGE, PROFILE_UPDATE
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views
 from tests.support.http import get_text
@@ -81,6 +81,19 @@ def test_a_visitor_who_signs_in_becomes_one_profile(
     assert all(r["identifier_type"] in ("email", "anonymous_id", "user_id") for r in published)
     metrics = get_text(f"http://127.0.0.1:{port}/metrics").splitlines()
     assert "unifier_identity_merges_total 2.0" in metrics
+    # profile-updates (compacted, keyed by profile id): the survivor's latest record is
+    # its current profile; each merged-away profile ends with a tombstone.
+    latest: dict[str, Any] = {}
+    for m in consume_all(settings, settings.topic_profile_updates, settings.internal_partitions):
+        value = m.value()
+        latest[m.key().decode()] = (
+            None if value is None else CODEC.read(value, (PROFILE_UPDATE,))[1]
+        )
+    update = latest[survivor]
+    assert update is not None and update["version"] == ana["version"]
+    assert update["identifiers"] == ana["identifiers"] and update["event_count"] == 3
+    assert "identifiers" in update["changed_fields"]
+    assert {pid for pid, v in latest.items() if v is None} == {m["loser"] for m in merges}
 
 
 def test_a_shared_tablet_does_not_fuse_two_people(topics: Settings, workers: EmbeddedStack) -> None:

@@ -136,3 +136,23 @@ def test_merging_two_parts_equals_folding_everything(a, b) -> None:  # type: ign
     merged = fold(a)
     merged.merge(fold(b))
     assert view(merged) == view(fold(a + b))
+
+
+def test_a_profile_update_record_is_valid_avro_and_names_what_changed() -> None:
+    from profiles.graph_wire import changed_fields, update_record
+    from schemas.codec import CODEC, PROFILE_UPDATE
+
+    e1 = Touchpoint("e1", "identify", "crm", 1795341600000, {"email": "a@b.co"}, {"city": "Porto"})
+    e2 = Touchpoint("e2", "page", "web", 1795341660000, {"email": "a@b.co"}, {"plan": "gold"})
+    before = view(fold([e1]))
+    after = view(fold([e1, e2]))
+    changed = changed_fields(before, after)
+    assert "traits.plan" in changed and "traits.city" not in changed
+    assert "identifiers" not in changed and "computed.event_count" in changed
+    record = update_record(after, changed, 1795341700000)
+    _, decoded = CODEC.read(CODEC.encode(PROFILE_UPDATE, record), (PROFILE_UPDATE,))
+    assert decoded["version"] == after["version"] and decoded["event_count"] == 2
+    assert decoded["traits"] == {"city": "Porto", "plan": "gold"}
+    assert iso(int(decoded["first_seen"].timestamp() * 1000)) == after["computed"]["first_seen"]
+    assert iso(int(decoded["last_seen"].timestamp() * 1000)) == after["computed"]["last_seen"]
+    assert changed_fields(None, after)[0] == "identifiers"
