@@ -120,6 +120,52 @@ class RedisProfileView:
                     yield view
 
 
+class AsyncRedisView:
+    """Asynchronous reader (the read API): the same answers as RedisProfileView."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self._r = client
+
+    @classmethod
+    def from_url(cls, url: str) -> AsyncRedisView:
+        return cls(aredis.Redis.from_url(url, socket_timeout=5))
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self._r.ping())
+
+    async def get(self, profile_id: str) -> dict[str, Any] | None:
+        found = await self._follow(profile_id)
+        return found[0] if found else None
+
+    async def why(self, profile_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        found = await self._follow(profile_id)
+        if found is None:
+            return None
+        view, key = found
+        raw = await self._r.hget(key, "why")
+        return view, (orjson.loads(raw) if raw else {})
+
+    async def lookup(self, id_type: str, value: str) -> dict[str, Any] | None:
+        found = await self._r.get(identifier_key(id_type, value))
+        if not found:
+            return None
+        return await self.get(found.decode() if isinstance(found, bytes) else str(found))
+
+    async def _follow(self, profile_id: str) -> tuple[dict[str, Any], str] | None:
+        for _ in range(64):
+            raw = await self._r.hget(profile_key(profile_id), "json")
+            if not raw:
+                return None
+            view: dict[str, Any] = orjson.loads(raw)
+            if "merged_into" not in view:
+                return view, profile_key(profile_id)
+            profile_id = view["merged_into"]
+        return None
+
+
 class AsyncRedisWriter:
     """The worker's writer: one pipeline round-trip per batch of profiles."""
 

@@ -204,6 +204,29 @@ def collector(
     )
 
 
+@app.command()
+def api(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="[default: UNIFIER_API_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="[default: UNIFIER_API_PORT]")] = None,
+) -> None:
+    """Run the read API (profiles by id or identifier, why, OpenAPI) in the foreground."""
+    from unifier.api import run_api
+
+    settings = settings_of(ctx)
+    if not settings.api_keys:
+        raise fail(
+            "no API keys configured: set UNIFIER_API_KEYS to a JSON object of key -> "
+            """scopes, e.g. '{"k-long-random": ["read"]}'"""
+        )
+    update: dict[str, object] = {}
+    if host is not None:
+        update["api_host"] = host
+    if port is not None:
+        update["api_port"] = port
+    run_api(settings.model_copy(update=update))
+
+
 # --- ingest ------------------------------------------------------------------------
 def _require_input_topic(settings: Settings) -> None:
     from unifier.topics import missing_topics

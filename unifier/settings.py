@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A request not acknowledged by the broker by then gets a 503"
     )
 
+    api_host: str = Field("127.0.0.1", description="Address the read API binds")
+    api_port: int = Field(8090, ge=0, le=65535, description="Port of the read API")
+    api_keys: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='API key -> scopes, e.g. {"k-...": ["read"]} (JSON); the API needs one',
+    )
     worker_metrics_port: int | None = Field(
         None,
         ge=0,

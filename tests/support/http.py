@@ -42,3 +42,15 @@ def get(url: str, timeout: float = 10) -> tuple[int, Any]:
 def get_text(url: str, timeout: float = 10) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return str(response.read().decode())
+
+
+def get_json(url: str, key: str | None = None, timeout: float = 10) -> tuple[int, Any]:
+    """GET -> (status, decoded JSON answer); a Bearer key when given."""
+    request = urllib.request.Request(url)
+    if key is not None:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

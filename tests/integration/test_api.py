@@ -1,0 +1,84 @@
+"""The read API (`unifier api`) against the real stack: what a support tool or a
+downstream service sees."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+from tests.integration.test_identity import ev, send
+from tests.integration.test_pipeline import caught_up, exported
+from tests.support.http import get_json
+from unifier.api import OPENAPI, create_api
+from unifier.processes import free_port
+from unifier.settings import Settings
+from unifier.stack import EmbeddedStack
+
+pytestmark = pytest.mark.integration
+
+KEY, NO_SCOPE = "k-test-read-0123456789", "k-test-none-0123456789"
+
+
+@pytest.fixture
+def api(topics: Settings) -> Iterator[str]:
+    """The API on a free port, in a thread with its own loop; stopped after the test."""
+    settings = topics.model_copy(update={"api_keys": {KEY: ["read"], NO_SCOPE: []}})
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(create_api(settings))
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_the_api_answers_what_the_worker_holds(
+    topics: Settings, workers: EmbeddedStack, api: str
+) -> None:
+    settings = topics
+    workers.start_worker()
+    send(settings, [ev(1, "page_viewed", anonymous_id="a-9"),
+                    ev(2, "email_opened", email="Ana@Example.org")])  # fmt: skip
+    caught_up(settings)
+    before = set(exported(settings))
+    send(settings, [ev(3, "signed_in", user_id="u-1", email="ana@example.org", anonymous_id="a-9")])
+    caught_up(settings)
+    [ana] = exported(settings).values()
+    pid = ana["profile_id"]
+
+    assert get_json(f"{api}/v1/profiles/{pid}", KEY) == (200, ana)
+    # By identifier, normalized the way the worker does; merged-away ids answer with
+    # the survivor.
+    assert get_json(f"{api}/v1/profiles?type=email&value=%20ANA@example.ORG", KEY) == (200, ana)
+    for old in before:
+        assert get_json(f"{api}/v1/profiles/{old}", KEY) == (200, ana)
+    status, why = get_json(f"{api}/v1/profiles/{pid}/why", KEY)
+    assert status == 200 and why["profile_id"] == pid
+    assert {m["event_id"] for m in why["merges"]} == {"e3"}
+
+    # Errors a client can act on, never a stack trace.
+    assert get_json(f"{api}/v1/profiles/p_nobody", KEY) == (404, {"error": "no profile p_nobody"})
+    assert get_json(f"{api}/v1/profiles?type=email&value=nobody@x.org", KEY) == (
+        404, {"error": "no profile with that email"})  # fmt: skip
+    assert get_json(f"{api}/v1/profiles?type=shoe&value=42", KEY)[0] == 400
+    assert get_json(f"{api}/v1/profiles?type=phone&value=12", KEY) == (
+        400, {"error": "phone: not a valid phone number"})  # fmt: skip
+    assert get_json(f"{api}/v1/profiles?type=email", KEY)[0] == 400
+    assert get_json(f"{api}/v1/profiles/{pid}")[0] == 401
+    assert get_json(f"{api}/v1/profiles/{pid}", "k-wrong")[1] == {"error": "unknown API key"}
+    assert get_json(f"{api}/v1/profiles/{pid}", NO_SCOPE)[0] == 403
+    assert get_json(f"{api}/ready") == (200, {"status": "ready"})
+    assert get_json(f"{api}/health") == (200, {"status": "ok"})
+    assert get_json(f"{api}/openapi.json") == (200, OPENAPI)
+    assert get_json(f"{api}/nowhere")[0] == 404

@@ -1,0 +1,266 @@
+"""The read API (``unifier api``): the unified view over HTTP, JSON in and out.
+
+    GET /v1/profiles/{id}                  a profile (a merged-away id answers with the survivor)
+    GET /v1/profiles?type=email&value=...  the profile holding an identifier (normalized first)
+    GET /v1/profiles/{id}/why              how its identifiers were linked, its merges, refusals
+    GET /health                            the process answers
+    GET /ready                             ... and Redis answers
+    GET /openapi.json                      the OpenAPI document of all this
+
+API keys (``UNIFIER_API_KEYS``, key -> scopes) go in ``Authorization: Bearer KEY``;
+profile reads need the ``read`` scope. Errors are ``{"error": "..."}`` with a 4xx
+that says what to fix, or a 5xx without internals (the log has them).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from profiles.identifiers import InvalidIdentifier, normalize
+from profiles.view import AsyncRedisView
+from unifier.settings import Settings
+
+log = logging.getLogger("unifier.api")
+
+VIEW: web.AppKey[AsyncRedisView] = web.AppKey("view", AsyncRedisView)
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    """API keys for /v1, and no stack trace ever reaches a client."""
+    try:
+        if request.path.startswith("/v1/"):
+            refused = _check_key(request)
+            if refused is not None:
+                return refused
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:  # aiohttp's own 404/405: JSON like ours
+        return _error(exc.status, exc.reason or "error")
+    except OSError:
+        log.exception("Redis unreachable while serving %s", request.path)
+        return _error(503, "the profile store is unreachable; retry later")
+    except Exception:
+        incident = uuid.uuid4().hex[:12]
+        log.exception("internal error %s serving %s", incident, request.path)
+        return _error(500, f"internal error (incident {incident})")
+
+
+def _check_key(request: web.Request) -> web.Response | None:
+    keys = request.app[SETTINGS].api_keys
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return _error(401, "an API key is required: Authorization: Bearer <key>")
+    scopes = next((s for k, s in keys.items() if hmac.compare_digest(k, token.strip())), None)
+    if scopes is None:
+        return _error(401, "unknown API key")
+    if "read" not in scopes:
+        return _error(403, "this API key has no read scope")
+    return None
+
+
+async def get_profile(request: web.Request) -> web.Response:
+    pid = request.match_info["profile_id"]
+    found = await request.app[VIEW].get(pid)
+    if found is None:
+        return _error(404, f"no profile {pid}")
+    return _json(found)
+
+
+async def why_profile(request: web.Request) -> web.Response:
+    pid = request.match_info["profile_id"]
+    found = await request.app[VIEW].why(pid)
+    if found is None:
+        return _error(404, f"no profile {pid}")
+    view, why = found
+    return _json({"profile_id": view["profile_id"], **why})
+
+
+async def find_profile(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    id_type, value = request.query.get("type"), request.query.get("value")
+    if not id_type or value is None:
+        return _error(400, "give both query parameters: type and value")
+    if id_type not in settings.identifier_priorities:
+        known = ", ".join(sorted(settings.identifier_priorities))
+        return _error(400, f"unknown identifier type {id_type!r} (configured: {known})")
+    try:
+        norm = normalize(
+            id_type, value, settings.default_phone_region, settings.identity_rules().email
+        )
+    except InvalidIdentifier as exc:
+        return _error(400, f"{id_type}: {exc}")
+    found = await request.app[VIEW].lookup(id_type, norm)
+    if found is None:
+        return _error(404, f"no profile with that {id_type}")
+    return _json(found)
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    try:
+        await request.app[VIEW].ping()
+    except OSError:
+        return _error(503, "the profile store (Redis) does not answer")
+    return _json({"status": "ready"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(OPENAPI)
+
+
+def create_api(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[_guard], client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    app[VIEW] = AsyncRedisView.from_url(settings.redis_url)
+
+    async def _close(app: web.Application) -> None:
+        await app[VIEW].close()
+
+    app.on_cleanup.append(_close)
+    app.router.add_get("/v1/profiles", find_profile)
+    app.router.add_get("/v1/profiles/{profile_id}", get_profile)
+    app.router.add_get("/v1/profiles/{profile_id}/why", why_profile)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+def run_api(settings: Settings) -> None:
+    if not settings.api_keys:
+        raise SystemExit('unifier api: set UNIFIER_API_KEYS, e.g. {"a-long-random-key": ["read"]}')
+    web.run_app(
+        create_api(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        print=lambda *_: log.info("read API on http://%s:%d", settings.api_host, settings.api_port),
+    )
+
+
+_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+_PROFILE = {
+    "type": "object",
+    "required": ["profile_id", "identifiers", "traits", "computed", "version"],
+    "properties": {
+        "profile_id": {"type": "string"},
+        "identifiers": {
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
+        "traits": {"type": "object"},
+        "computed": {"type": "object"},
+        "version": {"type": "integer"},
+    },
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Bad request", 401: "No or unknown API key", 403: "No read scope",
+            404: "Not found", 503: "Profile store unreachable"}  # fmt: skip
+    return {
+        str(c): {
+            "description": text[c],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for c in codes
+    }
+
+
+def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"200": {"description": description,
+                    "content": {"application/json": {"schema": schema}}}}  # fmt: skip
+
+
+_PID = {"name": "profile_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_SECURED: list[dict[str, list[str]]] = [{"apiKey": []}]
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "Profile Unifier read API", "version": "1"},
+    "components": {
+        "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        "schemas": {"Profile": _PROFILE, "Error": _ERROR},
+    },
+    "paths": {
+        "/v1/profiles/{profile_id}": {
+            "get": {
+                "summary": "A profile by id (a merged-away id answers with the survivor)",
+                "security": _SECURED,
+                "parameters": [_PID],
+                "responses": {
+                    **_ok({"$ref": "#/components/schemas/Profile"}, "The profile"),
+                    **_errors(401, 403, 404, 503),
+                },
+            }
+        },
+        "/v1/profiles": {
+            "get": {
+                "summary": "The profile holding an identifier",
+                "security": _SECURED,
+                "parameters": [
+                    {"name": "type", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "value",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    **_ok({"$ref": "#/components/schemas/Profile"}, "The profile"),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            }
+        },
+        "/v1/profiles/{profile_id}/why": {
+            "get": {
+                "summary": "How the profile's identifiers were linked, its merges and refusals",
+                "security": _SECURED,
+                "parameters": [_PID],
+                "responses": {
+                    **_ok(
+                        {
+                            "type": "object",
+                            "required": ["profile_id"],
+                            "properties": {"profile_id": {"type": "string"}},
+                        },
+                        "The explanation",
+                    ),
+                    **_errors(401, 403, 404, 503),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "The process answers",
+                "responses": _ok({"type": "object"}, "Up"),
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "The process and Redis answer",
+                "responses": {**_ok({"type": "object"}, "Ready"), **_errors(503)},
+            }
+        },
+    },
+}
