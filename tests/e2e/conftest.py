@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,18 +14,32 @@ from unifier.processes import free_port
 STACK_PROGRAMS = (b"tansu", b"valkey-server", b"unifier\x00worker", b"unifier\x00collector")
 
 
-def stack_pids() -> set[int]:
-    """PIDs of every broker, Redis and worker process on the machine."""
+def stack_pids(tag: Path, ports: Iterable[int | str] = ()) -> set[int]:
+    """PIDs of broker, Redis, worker and collector processes started under `tag` (a
+    test's tmp dir, in their command line or environment) or listening on one of
+    `ports` (Redis rewrites its command line and environment to ``valkey-server
+    HOST:PORT``), so runs in parallel on one machine do not see each other's."""
+    markers = [str(tag).encode(), *(f":{p}".encode() for p in ports)]
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
+                if not any(p in cmdline for p in STACK_PROGRAMS):
+                    continue
+                seen = cmdline + b"\0" + (entry / "environ").read_bytes()
             except OSError:
                 continue
-            if any(p in cmdline for p in STACK_PROGRAMS):
+            if any(m in seen for m in markers):
                 pids.add(int(entry.name))
     return pids
+
+
+def ports_of(cli: Cli) -> tuple[str, str]:
+    """The broker and Redis ports this CLI's stack uses."""
+    broker = cli.env["UNIFIER_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1]
+    redis = cli.env["UNIFIER_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
+    return broker, redis
 
 
 @dataclass
@@ -54,6 +68,8 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
         "UNIFIER_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
         "UNIFIER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "UNIFIER_STATE_DIR": str(tmp_path / "state"),
+        # Temp dirs (the demo's state) under this test's dir: stack_pids(tmp_path) finds them.
+        "TMPDIR": str(tmp_path),
         "UNIFIER_TOUCHPOINT_PARTITIONS": "3",
         "UNIFIER_INTERNAL_PARTITIONS": "3",
     }

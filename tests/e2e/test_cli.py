@@ -1,6 +1,7 @@
 """The CLI as a user drives it: stack up, topics, ingest, lag, export, stack down."""
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import orjson
 import pytest
 
 from producers.synthetic import generate
-from tests.e2e.conftest import Cli, stack_pids
+from tests.e2e.conftest import Cli, ports_of, stack_pids
 from tests.support.data import comparable, reference_views, write_jsonl
 from unifier.settings import Settings
 from unifier.topics import topic_specs
@@ -19,10 +20,13 @@ pytestmark = pytest.mark.e2e
 def test_the_documented_session(cli: Cli, tmp_path: Path) -> None:
     # Limits off: the clusters then do not depend on arrival order and equal the reference.
     cli.env["UNIFIER_IDENTITY_LIMITS"] = "{}"
-    before = stack_pids()
+    before = stack_pids(cli.cwd, ports_of(cli))
     up = cli("stack", "up")
     assert up.returncode == 0, up.stderr
     assert "stack up: broker 127.0.0.1:" in up.stderr
+    assert (
+        len(stack_pids(cli.cwd, ports_of(cli)) - before) == 3
+    )  # broker, Redis, worker: found as ours
     state = json.loads((tmp_path / "state" / "stack" / "stack.json").read_text())
     assert set(state) == {"broker", "redis", "worker"}
 
@@ -82,7 +86,7 @@ def test_the_documented_session(cli: Cli, tmp_path: Path) -> None:
     down = cli("stack", "down")
     assert down.returncode == 0
     assert "stopped worker, broker, redis" in down.stderr
-    assert stack_pids() - before == set(), "stack down left processes behind"
+    assert stack_pids(cli.cwd, ports_of(cli)) - before == set(), "stack down left processes behind"
     assert cli("stack", "status").returncode == 1
 
 
@@ -126,9 +130,11 @@ def test_bad_configuration_is_named(cli: Cli) -> None:
 
 
 def test_demo_prints_profiles_and_leaves_nothing_behind(cli: Cli) -> None:
-    before = stack_pids()
     result = cli("demo", "--people", "20", "--show", "2")
     assert result.returncode == 0, result.stderr
     assert '"profile_id"' in result.stdout
     assert "stack stopped" in result.stderr
-    assert stack_pids() - before == set()
+    # The demo picks its own ports and prints them.
+    up = re.search(r"broker 127\.0\.0\.1:(\d+), redis redis://127\.0\.0\.1:(\d+)", result.stderr)
+    assert up is not None, result.stderr
+    assert stack_pids(cli.cwd, up.groups()) == set()

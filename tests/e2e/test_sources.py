@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 
 from profiles.touchpoint import Touchpoint
 from schemas.codec import encode_touchpoint
-from tests.e2e.conftest import Cli, stack_pids
+from tests.e2e.conftest import Cli, ports_of, stack_pids
 from tests.support.http import post
 from unifier.processes import free_port
 
@@ -46,13 +46,14 @@ C-9,2026-11-20T08:00:00Z,ana@example.com,(415) 555-0142,Ana,yes
 
 
 def test_collector_importers_and_dead_letters(cli: Cli, tmp_path: Path) -> None:
-    before = stack_pids()
+    before = stack_pids(cli.cwd, ports_of(cli))
     port = free_port()
     cli.env["UNIFIER_COLLECTOR_PORT"] = str(port)
     cli.env["UNIFIER_COLLECTOR_WRITE_KEYS"] = json.dumps({"wk_e2e": "web"})
     up = cli("stack", "up")
     assert up.returncode == 0, up.stderr
     assert f"collector http://127.0.0.1:{port}" in up.stderr
+    assert len(stack_pids(cli.cwd, ports_of(cli)) - before) == 4  # broker, Redis, worker, collector
 
     # A website: a Segment identify call over HTTP.
     identify = {
@@ -121,4 +122,4 @@ def test_collector_importers_and_dead_letters(cli: Cli, tmp_path: Path) -> None:
         found = cli("profiles", "get", *args)
         assert found.returncode == 0, (args, found.stderr)
     assert cli("stack", "down").returncode == 0
-    assert stack_pids() - before == set()
+    assert stack_pids(cli.cwd, ports_of(cli)) - before == set()
