@@ -25,7 +25,8 @@ random interleavings. The protocol (DESIGN.md, "The hard part"):
 4. The loser offers its whole state and, until the ``Answer``, holds back every
    message that reaches it. The winner checks the limits of both together: it
    absorbs the loser and says yes, or records the refusal and says no (and the
-   claimer drops its reservation). A loser that was accepted becomes a redirect,
+   claimer drops its reservation — that one only: every claim has an id, and the
+   answers name it). A loser that was accepted becomes a redirect,
    re-points its identifiers, and forwards what it held back.
 5. An identifier claimed by more than ``max_claimants`` profiles (owner included)
    stops linking: the identity partition answers later claimants ``Denied`` (recorded
@@ -34,8 +35,10 @@ random interleavings. The protocol (DESIGN.md, "The hard part"):
    re-delivery from before the identifier was shared land where it landed the first
    time.
 6. Every handler tolerates re-delivery (Kafka delivers at least once): a repeated
-   claim is granted again, a repeated offer is absorbed again (a no-op) and its
-   second answer is ignored, a repeated event is folded once.
+   claim is granted again, a repeated offer gets the answer the first one got
+   (decisions travel with the state) without taking its reservations again, an answer
+   or release names the claim it is for and settles nothing else, a repeated event is
+   folded once.
 7. Profile state merges by union (events keyed by event id, identifiers, refusals);
    traits and computed traits are functions of the event set (profiles.traits): the
    order of merges cannot change the result, and an event reaching a profile twice
@@ -53,6 +56,12 @@ from profiles.rules import IdentityRules
 from profiles.traits import Purchase
 
 Key = str  # "type:value" for identifiers, "p_..." for profiles
+
+#: An identifier a profile claimed and is waiting for, and the claim's id
+#: (``"<profile>.<n>"``, unique: the claimer's n-th claim). Answers name the claim, so
+#: a duplicate answer delivered late (after a crash re-sent it) cannot drop a newer
+#: reservation of the same identifier.
+Reservation = tuple[Key, str]
 
 
 def ident_type(ident: Key) -> str:
@@ -106,6 +115,7 @@ class Claim:  # -> identity[ident]
     ident: Key
     profile: str
     event_id: str
+    claim: str  # the claim's id: every answer to it names it (see Reservation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +132,7 @@ class Merge:  # -> profile[loser]
     via: Key
     claimer: str
     event_id: str
+    claim: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +140,11 @@ class Offer:  # -> profile[winner]
     winner: str
     loser: str
     state: ProfileState
-    pending: frozenset[Key]  # the loser's reservations: they move with it
+    pending: frozenset[Reservation]  # the loser's reservations: they move with it
     via: Key
     claimer: str
     event_id: str
+    claim: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +155,7 @@ class Answer:  # -> profile[loser]
     via: Key
     claimer: str
     event_id: str
+    claim: str
     rule: str = ""
 
 
@@ -153,12 +166,14 @@ class Denied:  # -> profile[profile]: a claim of a shared identifier, refused
     event_id: str
     owner: str
     rule: str
+    claim: str
 
 
 @dataclass(frozen=True, slots=True)
 class Release:  # -> profile[profile]: a reservation that will not be granted
     profile: str
     ident: Key
+    claim: str  # only this reservation goes: a late duplicate must not drop a newer one
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,10 +252,18 @@ class ProfileState:
 class ProfileNode:
     state: ProfileState = field(default_factory=ProfileState)
     redirect: str | None = None
-    pending: set[Key] = field(default_factory=set)  # claimed, not yet granted
+    pending: set[Reservation] = field(default_factory=set)  # claimed, not yet granted
+    claims: int = 0  # claims this profile sent: numbers the next one
     offered_to: str | None = None  # waiting for this winner's answer
-    offer_key: tuple[Key, str] | None = None  # (via, event id) of the offer it waits on
+    offering: str | None = None  # the claim whose merge it offered itself for
     held_back: list[ProfileMsg] = field(default_factory=list)
+
+    def reserved(self) -> set[Key]:
+        return {ident for ident, _ in self.pending}
+
+    def settle(self) -> None:
+        """Reservations of identifiers now held are answered, whatever comes later."""
+        self.pending = {r for r in self.pending if r[0] not in self.state.held}
 
 
 def _over_limit(ids: Iterable[Key], rules: IdentityRules) -> str | None:
@@ -307,11 +330,12 @@ def handle_identity(
         if max_claimants is not None and msg.profile not in claimants:
             if _is_shared(claimants, max_claimants):
                 rule = shared_rule(max_claimants)
-                denied = Denied(msg.profile, msg.ident, msg.event_id, owner, rule)
+                denied = Denied(msg.profile, msg.ident, msg.event_id, owner, rule, msg.claim)
                 return [("profile", msg.profile, denied)]
             _store(table, msg.ident, owner, [*claimants, msg.profile])
         winner, loser = sorted((owner, msg.profile))
-        return [("profile", loser, Merge(loser, winner, msg.ident, msg.profile, msg.event_id))]
+        merge = Merge(loser, winner, msg.ident, msg.profile, msg.event_id, msg.claim)
+        return [("profile", loser, merge)]
     if isinstance(msg, Repoint):
         owner, claimants = _entry(table, msg.ident)
         if owner == msg.old:
@@ -329,9 +353,7 @@ def handle_profile(
     node = table.get(key)
     if node is None:
         node = table[key] = ProfileNode()
-    if isinstance(msg, Answer) and (
-        node.redirect is not None or node.offer_key != (msg.via, msg.event_id)
-    ):
+    if isinstance(msg, Answer) and (node.redirect is not None or node.offering != msg.claim):
         return []  # a re-delivered answer to an offer already settled
     if node.redirect is not None:
         return _at_redirect(node, key, msg)
@@ -358,20 +380,20 @@ def _live(
         return _merge(node, key, msg)
     if isinstance(msg, Granted):
         node.state.held.add(msg.ident)
-        node.pending -= node.state.held
+        node.settle()
     elif isinstance(msg, Denied):
-        node.pending.discard(msg.ident)
+        node.pending.discard((msg.ident, msg.claim))
         node.state.refused.add(Refusal(msg.event_id, msg.ident, msg.owner, msg.rule))
         return [_counted(msg.rule)]
     elif isinstance(msg, Release):
-        node.pending.discard(msg.ident)
+        node.pending.discard((msg.ident, msg.claim))
     return []
 
 
 def _merge(node: ProfileNode, key: str, msg: Merge) -> list[Out]:
     """This profile is the loser of a merge: offer itself, then wait for the answer."""
     node.offered_to = msg.winner
-    node.offer_key = (msg.via, msg.event_id)
+    node.offering = msg.claim
     offer = Offer(
         msg.winner,
         key,
@@ -380,6 +402,7 @@ def _merge(node: ProfileNode, key: str, msg: Merge) -> list[Out]:
         msg.via,
         msg.claimer,
         msg.event_id,
+        msg.claim,
     )
     return [("profile", msg.winner, offer)]
 
@@ -410,10 +433,10 @@ def _at_redirect(node: ProfileNode, key: str, msg: ProfileMsg) -> list[Out]:
         if msg.winner == to:
             return []
         winner, loser = sorted((to, msg.winner))
-        return [("profile", loser, Merge(loser, winner, msg.via, msg.claimer, msg.event_id))]
+        merge = Merge(loser, winner, msg.via, msg.claimer, msg.event_id, msg.claim)
+        return [("profile", loser, merge)]
     if isinstance(msg, Offer):
-        forwarded = Offer(to, msg.loser, msg.state, msg.pending, msg.via, msg.claimer, msg.event_id)
-        return [("profile", to, forwarded)]
+        return [("profile", to, replace(msg, winner=to))]
     raise AssertionError(f"{msg!r} reached redirect {key}")  # Answers were dropped above
 
 
@@ -430,44 +453,72 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
         return [("identity", rest[0], observe), _counted(passed.rule)]
     if msg.granted_anchor and anchor not in state.held:
         state.held.add(anchor)
-        node.pending.discard(anchor)  # a loser may have handed over its claim of it
+        node.settle()  # a loser may have handed over its claim of it
         state.linked_by.setdefault(anchor, (msg.event.event_id, "first seen"))
     state.fold(msg.event)
     state.refused.update(msg.refused)
+    reserved = node.reserved()
     for ident in msg.ids[1:]:
-        if ident in state.held or ident in node.pending:
+        if ident in state.held or ident in reserved:
             continue
-        broken = _over_limit(state.held | node.pending | {ident}, rules)
+        broken = _over_limit(state.held | reserved | {ident}, rules)
         if broken is not None:
             state.refused.add(Refusal(msg.event.event_id, ident, anchor, broken))
             out.append(_counted(broken))
             continue
-        node.pending.add(ident)
+        node.claims += 1
+        claim = f"{msg.profile}.{node.claims}"
+        node.pending.add((ident, claim))
+        reserved.add(ident)
         state.linked_by.setdefault(ident, (msg.event.event_id, f"seen with {anchor}"))
-        out.append(("identity", ident, Claim(ident, msg.profile, msg.event.event_id)))
+        out.append(("identity", ident, Claim(ident, msg.profile, msg.event.event_id, claim)))
     return out
 
 
 def _offer(node: ProfileNode, key: str, msg: Offer, rules: IdentityRules) -> list[Out]:
-    rule = _over_limit(node.state.held | node.pending | msg.state.held | msg.pending, rules)
+    repeat = _decided(node.state, msg)
+    if repeat is not None:
+        # A repeated offer (re-sent after a crash, or forwarded from a winner since
+        # merged away — decisions travel with the state) gets the same answer, and its
+        # reservations are not taken again: they may have been answered since.
+        again = Answer(msg.loser, key, repeat == "", msg.via, msg.claimer, msg.event_id,
+                       msg.claim, repeat)  # fmt: skip
+        return [("profile", msg.loser, again)]
+    theirs = {ident for ident, _ in msg.pending}
+    rule = _over_limit(node.state.held | node.reserved() | msg.state.held | theirs, rules)
     if rule is not None:
         node.state.refused.add(Refusal(msg.event_id, msg.via, msg.loser, rule))
-        answer = Answer(msg.loser, key, False, msg.via, msg.claimer, msg.event_id, rule)
+        answer = Answer(msg.loser, key, False, msg.via, msg.claimer, msg.event_id, msg.claim, rule)
         return [("profile", msg.loser, answer), _counted(rule)]
     node.state.merge(msg.state)
-    node.pending = (node.pending | msg.pending) - node.state.held
+    node.pending |= msg.pending
+    node.settle()
     node.state.merged.add((msg.loser, msg.via, msg.event_id))
     node.state.linked_by.setdefault(msg.via, (msg.event_id, f"merged {msg.loser}"))
     return [
-        ("profile", msg.loser, Answer(msg.loser, key, True, msg.via, msg.claimer, msg.event_id)),
+        (
+            "profile",
+            msg.loser,
+            Answer(msg.loser, key, True, msg.via, msg.claimer, msg.event_id, msg.claim),
+        ),
         ("merges", key, Merged(msg.loser, key, msg.via, msg.event_id)),
     ]
+
+
+def _decided(state: ProfileState, msg: Offer) -> str | None:
+    """ "" if this offer was accepted before, the rule if it was refused, else None."""
+    if (msg.loser, msg.via, msg.event_id) in state.merged:
+        return ""
+    for r in state.refused:
+        if (r.event_id, r.ident, r.other) == (msg.event_id, msg.via, msg.loser):
+            return r.rule
+    return None
 
 
 def _answer(
     table: dict[str, ProfileNode], node: ProfileNode, key: str, msg: Answer, rules: IdentityRules
 ) -> list[Out]:
-    node.offered_to = node.offer_key = None
+    node.offered_to = node.offering = None
     held_back, node.held_back = node.held_back, []
     out: list[Out] = []
     if msg.accepted:
@@ -478,7 +529,7 @@ def _answer(
         node.pending = set()
     else:
         node.state.refused.add(Refusal(msg.event_id, msg.via, msg.winner, msg.rule))
-        out.append(("profile", msg.claimer, Release(msg.claimer, msg.via)))
+        out.append(("profile", msg.claimer, Release(msg.claimer, msg.via, msg.claim)))
     for held in held_back:  # replayed in order: here, or along the new redirect
         out += handle_profile(table, held, rules)
     return out

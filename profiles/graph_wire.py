@@ -6,7 +6,7 @@ small object tagged by ``k``. Table values are one object per identifier or prof
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +28,7 @@ from profiles.graph import (
     Refusal,
     Release,
     Repoint,
+    Reservation,
     ident_type,
 )
 from profiles.standardize import DEFAULT_INDEX, standardize
@@ -116,26 +117,35 @@ def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911 - one branch per mess
             d["po"] = True
         return _with_refused(d, m.refused)
     if isinstance(m, Claim):
-        return {"k": "clm", "i": m.ident, "p": m.profile, "e": m.event_id}
+        return {"k": "clm", "i": m.ident, "p": m.profile, "e": m.event_id, "cl": m.claim}
     if isinstance(m, Granted):
         return {"k": "grt", "p": m.profile, "i": m.ident, "e": m.event_id}
     if isinstance(m, Merge):
         return {"k": "mrg", "l": m.loser, "w": m.winner, "v": m.via, "c": m.claimer,
-                "e": m.event_id}  # fmt: skip
+                "e": m.event_id, "cl": m.claim}  # fmt: skip
     if isinstance(m, Offer):
         return {"k": "ofr", "w": m.winner, "l": m.loser, "s": state_to(m.state),
-                "pd": sorted(m.pending), "v": m.via, "c": m.claimer, "e": m.event_id}  # fmt: skip
+                "pd": _reservations(m.pending), "v": m.via, "c": m.claimer, "e": m.event_id,
+                "cl": m.claim}  # fmt: skip
     if isinstance(m, Answer):
         return {"k": "ans", "l": m.loser, "w": m.winner, "ok": m.accepted, "v": m.via,
-                "c": m.claimer, "e": m.event_id, "r": m.rule}  # fmt: skip
+                "c": m.claimer, "e": m.event_id, "cl": m.claim, "r": m.rule}  # fmt: skip
     if isinstance(m, Release):
-        return {"k": "rel", "p": m.profile, "i": m.ident}
+        return {"k": "rel", "p": m.profile, "i": m.ident, "cl": m.claim}
     if isinstance(m, Denied):
         return {"k": "den", "p": m.profile, "i": m.ident, "e": m.event_id, "o": m.owner,
-                "r": m.rule}  # fmt: skip
+                "r": m.rule, "cl": m.claim}  # fmt: skip
     if isinstance(m, Repoint):
         return {"k": "rpt", "i": m.ident, "o": m.old, "n": m.new}
     raise TypeError(f"not a graph message: {m!r}")
+
+
+def _reservations(pending: Iterable[Reservation]) -> list[list[str]]:
+    return sorted([ident, claim] for ident, claim in pending)
+
+
+def _reservations_from(raw: list[Any]) -> set[Reservation]:
+    return {(r[0], r[1]) for r in raw}
 
 
 def _with_refused(d: dict[str, Any], refused: tuple[Refusal, ...]) -> dict[str, Any]:
@@ -153,15 +163,22 @@ _READERS: dict[str, Any] = {
     "app": lambda d: Apply(
         d["p"], tuple(d["ids"]), _facts_from(d["e"]), d["g"], _refused_from(d), d.get("po", False)
     ),
-    "clm": lambda d: Claim(d["i"], d["p"], d["e"]),
+    "clm": lambda d: Claim(d["i"], d["p"], d["e"], d["cl"]),
     "grt": lambda d: Granted(d["p"], d["i"], d["e"]),
-    "mrg": lambda d: Merge(d["l"], d["w"], d["v"], d["c"], d["e"]),
+    "mrg": lambda d: Merge(d["l"], d["w"], d["v"], d["c"], d["e"], d["cl"]),
     "ofr": lambda d: Offer(
-        d["w"], d["l"], state_from(d["s"]), frozenset(d["pd"]), d["v"], d["c"], d["e"]
+        d["w"],
+        d["l"],
+        state_from(d["s"]),
+        frozenset(_reservations_from(d["pd"])),
+        d["v"],
+        d["c"],
+        d["e"],
+        d["cl"],
     ),
-    "ans": lambda d: Answer(d["l"], d["w"], d["ok"], d["v"], d["c"], d["e"], d["r"]),
-    "rel": lambda d: Release(d["p"], d["i"]),
-    "den": lambda d: Denied(d["p"], d["i"], d["e"], d["o"], d["r"]),
+    "ans": lambda d: Answer(d["l"], d["w"], d["ok"], d["v"], d["c"], d["e"], d["cl"], d["r"]),
+    "rel": lambda d: Release(d["p"], d["i"], d["cl"]),
+    "den": lambda d: Denied(d["p"], d["i"], d["e"], d["o"], d["r"], d["cl"]),
     "rpt": lambda d: Repoint(d["i"], d["o"], d["n"]),
 }
 
@@ -189,9 +206,10 @@ def node_to(node: ProfileNode) -> bytes:
         {
             "s": state_to(node.state),
             "r": node.redirect,
-            "pd": sorted(node.pending),
+            "pd": _reservations(node.pending),
+            "n": node.claims,
             "ot": node.offered_to,
-            "ok": list(node.offer_key) if node.offer_key else None,
+            "of": node.offering,
             "hb": [message_to(m) for m in node.held_back],
         }
     )
@@ -203,9 +221,10 @@ def node_from(data: bytes) -> ProfileNode:
     return ProfileNode(
         state=state_from(d["s"]),
         redirect=d["r"],
-        pending=set(d["pd"]),
+        pending=_reservations_from(d["pd"]),
+        claims=d["n"],
         offered_to=d["ot"],
-        offer_key=(d["ok"][0], d["ok"][1]) if d["ok"] else None,
+        offering=d["of"],
         held_back=held_back,
     )
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import random
 from collections import Counter, deque
+from dataclasses import replace
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +21,10 @@ from profiles.graph import (
     EventFacts,
     Merged,
     Observe,
+    Offer,
     ProfileNode,
+    ProfileState,
+    Release,
     handle_identity,
     handle_profile,
     ident_type,
@@ -182,25 +185,21 @@ def test_without_limits_the_graph_finds_the_reference_clusters(
     sim = simulate(events, UNLIMITED, parts, seed, again, crash)
     check_settled(sim, events)
     assert sim.clusters() == set(reference_clusters(events, UNLIMITED, "US", limits=False).clusters)
-    if not again and not crash:  # re-delivered offers are answered (and published) twice
-        assert len(sim.merges) == len({m.loser for m in sim.merges})  # merged away once
+    # Merged away once: a record on profile-merges can repeat (sent again after a
+    # crash: at least once), but it never names a second winner for a loser.
+    assert len(set(sim.merges)) == len({m.loser for m in sim.merges})
+    if not crash:  # and re-sent offers do not publish it again
+        assert len(sim.merges) == len(set(sim.merges))
 
 
-@settings(max_examples=300, deadline=None)
-@given(event_lists, parts, st.integers(0, 2**32), redelivery)
-def test_with_limits_no_cluster_breaks_one_and_the_rest_agrees(events, parts, seed, again) -> None:  # type: ignore[no-untyped-def]
-    check_limited(simulate(events, LIMITED, parts, seed, again), events)
-
-
-@pytest.mark.known_issue
 @settings(max_examples=300, deadline=None)
 @given(event_lists, parts, st.integers(0, 2**32), redelivery, crashes)
-def test_with_limits_and_crashes_the_graph_still_settles(events, parts, seed, again, crash) -> None:  # type: ignore[no-untyped-def]
-    """Known issue (README): with limits on, a duplicate sent when a worker is killed
-    between a record's outputs and its table write can arrive late; a Release meant for
-    an earlier claim then drops a newer reservation of the same identifier, and some
-    seeds end with a broken limit or an unanswered reservation. Release (and
-    reservations) need the id of the claim they answer."""
+def test_with_limits_no_cluster_breaks_one_and_the_rest_agrees(
+    events, parts, seed, again, crash
+) -> None:  # type: ignore[no-untyped-def]
+    """With crashes, too: a duplicate answer sent when a worker was killed between a
+    record's outputs and its table write can arrive late — it must not drop a newer
+    reservation of the same identifier (answers name their claim)."""
     check_limited(simulate(events, LIMITED, parts, seed, again, crash), events)
 
 
@@ -277,7 +276,7 @@ def test_messages_and_nodes_survive_the_wire(events, parts, seed) -> None:  # ty
     original_send = sim.send
 
     def recording(source: Node, outs: list[tuple[str, str, Any]]) -> None:
-        sent.extend(m for stage, _k, m in outs if stage != "merges")
+        sent.extend(m for stage, _k, m in outs if stage in ("identity", "profile"))
         original_send(source, outs)
 
     sim2 = Simulation(LIMITED, parts[1], parts[2], seed)
@@ -287,12 +286,41 @@ def test_messages_and_nodes_survive_the_wire(events, parts, seed) -> None:  # ty
     assert decode_messages(encode_messages(sent)) == sent
     for table in sim.profiles:
         for node in table.values():
-            back = node_from(node_to(node))
-            assert (back.state, back.redirect, back.pending) == (
-                node.state,
-                node.redirect,
-                node.pending,
-            )
+            assert node_from(node_to(node)) == node
+
+
+def test_a_late_duplicate_release_leaves_a_newer_reservation_alone() -> None:
+    """A worker killed between its outputs and its table write sends them again: a
+    Release for an earlier claim of an identifier can arrive after the profile claimed
+    it anew. Only the claim it names goes; the newer one still counts for the limits."""
+    node = ProfileNode(pending={("email:a@mail.example.org", "p_1.2")}, claims=2)
+    table = {"p_1": node}
+    handle_profile(table, Release("p_1", "email:a@mail.example.org", "p_1.1"), LIMITED)
+    assert node.pending == {("email:a@mail.example.org", "p_1.2")}
+    handle_profile(table, Release("p_1", "email:a@mail.example.org", "p_1.2"), LIMITED)
+    assert node.pending == set()
+
+
+def test_a_repeated_offer_gets_the_same_answer_and_revives_no_reservation() -> None:
+    """An offer sent twice (a crash re-sent it): the second is answered as the first
+    was, and the loser's reservations it carries are not taken again — the winner may
+    have answered them in between."""
+    loser_state = ProfileState(held={"user_id:bo"})
+    offer = Offer("p_1", "p_2", loser_state, frozenset({("phone:+14155550100", "p_2.1")}),
+                  "anonymous_id:t", "p_2", "e7", "p_2.2")  # fmt: skip
+    table = {"p_1": ProfileNode(state=ProfileState(held={"anonymous_id:t"}))}
+    first = handle_profile(table, offer, LIMITED)
+    assert first[0][2].accepted
+    handle_profile(table, Release("p_1", "phone:+14155550100", "p_2.1"), LIMITED)
+    again = handle_profile(table, offer, LIMITED)
+    assert [o for _s, _k, o in again] == [first[0][2]]
+    assert table["p_1"].pending == set()
+    # Refused (user_id is limited to 1): refused again, recorded once.
+    other = replace(offer, loser="p_3", state=ProfileState(held={"user_id:cy"}), claim="p_3.1")
+    refused = handle_profile(table, other, LIMITED)
+    assert not refused[0][2].accepted
+    assert handle_profile(table, other, LIMITED) == [refused[0]]
+    assert len(table["p_1"].state.refused) == 1
 
 
 SHARED_AT_3 = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES, max_claimants=3)
