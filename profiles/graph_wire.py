@@ -34,6 +34,7 @@ from profiles.graph import (
 from profiles.standardize import DEFAULT_INDEX, standardize
 from profiles.touchpoint import Touchpoint
 from profiles.traits import DEFAULT_TRAIT_RULES, Purchase, TraitRules, choose_traits, computed
+from schemas.codec import ORJSON_OPTS
 
 #: A redirect's version: final, above any live version, so it always replaces the view.
 REDIRECT_VERSION = 2**53
@@ -295,8 +296,11 @@ def changed_fields(before: dict[str, Any] | None, after: dict[str, Any]) -> list
     return out
 
 
-def update_record(view: dict[str, Any], changed: list[str], now_ms: int) -> dict[str, Any]:
-    """The ``ProfileUpdate`` Avro record of a live profile's view."""
+def update_record(
+    view: dict[str, Any], why: dict[str, Any], changed: list[str], now_ms: int
+) -> dict[str, Any]:
+    """The ``ProfileUpdate`` Avro record of a live profile's view and explanation: all
+    that the Redis view holds for it (``unifier view rebuild`` reads it back)."""
     computed = view["computed"]
     first = computed.get("first_seen")
     last = computed.get("last_seen")
@@ -309,8 +313,9 @@ def update_record(view: dict[str, Any], changed: list[str], now_ms: int) -> dict
         "first_seen": _ms(first) if first else 0,
         "last_seen": _ms(last) if last else 0,
         "event_count": computed["event_count"],
-        "computed_json": orjson.dumps(computed, option=orjson.OPT_SORT_KEYS).decode(),
+        "computed_json": orjson.dumps(computed, option=ORJSON_OPTS).decode(),
         "changed_fields": changed,
+        "why_json": orjson.dumps(why, option=ORJSON_OPTS).decode(),
     }
 
 

@@ -25,13 +25,15 @@ from schemas.codec import ORJSON_OPTS
 
 PREFIX = "unifier:"
 
-# KEYS[1] profile hash; ARGV[1] version, ARGV[2] json, ARGV[3] why ('' = none).
+# KEYS[1] profile hash; ARGV[1] version, ARGV[2] json, ARGV[3] why ('' = none: a
+# redirect keeps no explanation of the profile it was).
 # 1 = written, 0 = older, ignored.
 _WRITE_IF_NEWER = """
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3]) end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3])
+else redis.call('HDEL', KEYS[1], 'why') end
 return 1
 """
 
@@ -166,6 +168,51 @@ class AsyncRedisView:
         return None
 
 
+def write_args(view: Mapping[str, Any], why: Mapping[str, Any] | None) -> list[Any]:
+    """ARGV of the write-if-newer script for one profile view (or redirect)."""
+    return [
+        view["version"],
+        orjson.dumps(view, option=ORJSON_OPTS),
+        orjson.dumps(why, option=ORJSON_OPTS) if why is not None else "",
+    ]
+
+
+def index_entries(view: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(key, profile id) for every identifier a live view holds; none for a redirect."""
+    for id_type, values in view.get("identifiers", {}).items():
+        for value in values:
+            yield identifier_key(id_type, value), view["profile_id"]
+
+
+def applied(results: Sequence[Any]) -> int:
+    """How many script calls in a pipeline's results wrote (1), not SETs (True)."""
+    return sum(1 for r in results if r == 1 and not isinstance(r, bool))
+
+
+class RedisWriter:
+    """A synchronous writer with the same guard (``unifier view rebuild``)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+        self._script = client.register_script(_WRITE_IF_NEWER)
+
+    def write(
+        self,
+        profiles: Iterable[Mapping[str, Any]],
+        whys: Mapping[str, Mapping[str, Any]] | None = None,
+        index: bool = True,
+    ) -> int:
+        pipe = self._r.pipeline(transaction=False)
+        whys = whys or {}
+        for view in profiles:
+            pid = view["profile_id"]
+            self._script(keys=[profile_key(pid)], args=write_args(view, whys.get(pid)), client=pipe)
+            if index:
+                for key, pid in index_entries(view):
+                    pipe.set(key, pid)
+        return applied(pipe.execute())
+
+
 class AsyncRedisWriter:
     """The worker's writer: one pipeline round-trip per batch of profiles."""
 
@@ -188,24 +235,14 @@ class AsyncRedisWriter:
         whys = whys or {}
         for view in profiles:
             pid = view["profile_id"]
-            why = whys.get(pid)
-            await self._script(
-                keys=[profile_key(pid)],
-                args=[
-                    view["version"],
-                    orjson.dumps(view, option=ORJSON_OPTS),
-                    orjson.dumps(why, option=ORJSON_OPTS) if why is not None else "",
-                ],
-                client=pipe,
-            )
-            for id_type, values in view.get("identifiers", {}).items():
-                for value in values:
-                    pipe.set(identifier_key(id_type, value), pid)
+            args = write_args(view, whys.get(pid))
+            await self._script(keys=[profile_key(pid)], args=args, client=pipe)
+            for key, pid in index_entries(view):
+                pipe.set(key, pid)
             count += 1
         if count == 0:
             return 0
-        results = await pipe.execute()
-        return sum(1 for r in results if r == 1 and not isinstance(r, bool))
+        return applied(await pipe.execute())
 
     async def close(self) -> None:
         await self._r.aclose()

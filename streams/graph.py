@@ -209,7 +209,10 @@ def register(
         metrics.count_refusals(out.refused)
 
     def profile_updates(
-        cache: NodeCache, touched: list[tuple[str, ProfileNode]], views: list[dict[str, Any]]
+        cache: NodeCache,
+        touched: list[tuple[str, ProfileNode]],
+        views: list[dict[str, Any]],
+        whys: dict[str, dict[str, Any]],
     ) -> list[tuple[str, bytes | None]]:
         """``profile-updates`` records for the profiles this record changed: the full
         profile with what changed, or a tombstone for one merged away."""
@@ -226,7 +229,8 @@ def register(
             )
             changed = changed_fields(before, view)
             if before is None or changed or before["version"] != view["version"]:
-                out.append((key, CODEC.encode(PROFILE_UPDATE, update_record(view, changed, now))))
+                record = update_record(view, whys[key], changed, now)
+                out.append((key, CODEC.encode(PROFILE_UPDATE, record)))
         return out
 
     async def messages_of(event: Any, stage: str) -> list[Any] | None:
@@ -275,10 +279,10 @@ def register(
                     if node.redirect is not None or node.state.held
                 ]
                 views = [view_of(key, node, trait_rules) for key, node in touched]
-                updates = profile_updates(cache, touched, views)
+                whys = {key: why_of(node) for key, node in touched if node.redirect is None}
+                updates = profile_updates(cache, touched, views, whys)
                 await send_outputs(outs, updates)
                 cache.flush()
-                whys = {key: why_of(node) for key, node in touched if node.redirect is None}
                 await write_with_retry(writer, views, whys)
                 await manual.ack(event)
         finally:

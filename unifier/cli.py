@@ -418,6 +418,35 @@ def lag(
         raise typer.Exit(1)
 
 
+# --- view --------------------------------------------------------------------------
+view_app = typer.Typer(help="The Redis view (a cache of the output topics).", no_args_is_help=True)
+app.add_typer(view_app, name="view")
+
+
+@view_app.command("rebuild")
+def view_rebuild(
+    ctx: typer.Context,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Delete the whole view (unifier:* keys) first")
+    ] = False,
+    progress: ProgressOpt = None,
+) -> None:
+    """Rebuild the view from profile-updates and profile-merges. Safe while workers
+    run: an older record never replaces a newer view."""
+    from unifier.rebuild import rebuild
+
+    settings = settings_of(ctx)
+    try:
+        result = rebuild(settings, clear_first=clear, progress=progress)
+    except Exception as exc:
+        raise fail(f"rebuild failed: {type(exc).__name__}: {exc}", 1) from None
+    err.print(
+        f"rebuilt the view from {result.records:,} records: {result.profiles:,} profiles, "
+        f"{result.redirects:,} merged-away ids, {result.identifiers:,} identifiers"
+        + (f" ({result.cleared:,} keys cleared first)" if clear else "")
+    )
+
+
 # --- dlq ---------------------------------------------------------------------------
 dlq_app = typer.Typer(help="Look at and replay the dead-letter topic.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,10 @@ import pytest
 
 from producers.kafka import TouchpointProducer
 from producers.synthetic import generate_journeys, score
+from profiles.feed import ProfileFeed, ProfileMerge, ProfileRemoved, ProfileUpdate
 from profiles.touchpoint import Touchpoint, parse_json
 from profiles.view import RedisProfileView
-from schemas.codec import CODEC, PROFILE_MERGE, PROFILE_UPDATE
+from schemas.codec import CODEC, PROFILE_MERGE
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views
 from tests.support.http import get_text
@@ -49,10 +51,17 @@ def test_a_visitor_who_signs_in_becomes_one_profile(
     caught_up(settings)
     before = exported(settings)
     assert len(before) == 2  # two strangers so far
+    # A downstream service keeps its own copy by following the output topics.
+    copy: dict[str, dict[str, Any]] = {}
+    first = follow(settings, copy, until=lambda: copy == before)
 
     send(settings, [ev(3, "signed_in", user_id="u-1", email="ana@example.org", anonymous_id="a-9")])
     caught_up(settings)
     [ana] = exported(settings).values()
+    # It resumes where it stopped (its group's commit), and its copy re-keys with the
+    # merges: one profile, the one the API serves.
+    second = follow(settings, copy, until=lambda: copy == {ana["profile_id"]: ana})
+    assert not set(first) & set(second), "records seen before were delivered again"
     assert ana["identifiers"] == {
         "anonymous_id": ["a-9"], "email": ["ana@example.org"], "user_id": ["u-1"]
     }  # fmt: skip
@@ -83,17 +92,49 @@ def test_a_visitor_who_signs_in_becomes_one_profile(
     assert "unifier_identity_merges_total 2.0" in metrics
     # profile-updates (compacted, keyed by profile id): the survivor's latest record is
     # its current profile; each merged-away profile ends with a tombstone.
-    latest: dict[str, Any] = {}
-    for m in consume_all(settings, settings.topic_profile_updates, settings.internal_partitions):
-        value = m.value()
-        latest[m.key().decode()] = (
-            None if value is None else CODEC.read(value, (PROFILE_UPDATE,))[1]
-        )
+    latest: dict[str, ProfileUpdate | ProfileRemoved] = {}
+    with ProfileFeed(settings.bootstrap_servers, updates_topic=settings.topic_profile_updates,
+                     merges_topic=settings.topic_profile_merges) as feed:  # fmt: skip
+        for change in feed.changes(merges=False, until_end=True):
+            assert not isinstance(change, ProfileMerge)
+            latest[change.profile_id] = change
     update = latest[survivor]
-    assert update is not None and update["version"] == ana["version"]
-    assert update["identifiers"] == ana["identifiers"] and update["event_count"] == 3
-    assert "identifiers" in update["changed_fields"]
-    assert {pid for pid, v in latest.items() if v is None} == {m["loser"] for m in merges}
+    assert isinstance(update, ProfileUpdate) and update.view() == ana
+    assert "identifiers" in update.changed_fields
+    assert {pid for pid, v in latest.items() if isinstance(v, ProfileRemoved)} == {
+        m["loser"] for m in merges
+    }
+
+
+def follow(
+    settings: Settings, copy: dict[str, dict[str, Any]], until: Callable[[], bool]
+) -> list[tuple[str, str, int]]:
+    """A downstream service's loop (README, "Following profile changes"): apply each
+    change to a copy until it looks as expected; returns what it read."""
+    read: list[tuple[str, str, int]] = []
+    with ProfileFeed(
+        settings.bootstrap_servers,
+        group_id=f"{settings.app_id}.crm-sync",
+        updates_topic=settings.topic_profile_updates,
+        merges_topic=settings.topic_profile_merges,
+        config={"session.timeout.ms": 6000},  # the embedded broker's slow join (README)
+    ) as feed:
+        for change in feed.changes(idle_s=60):
+            match change:
+                case ProfileUpdate():
+                    if change.version > copy.get(change.profile_id, {}).get("version", -1):
+                        copy[change.profile_id] = change.view()
+                    read.append(("update", change.profile_id, change.version))
+                case ProfileRemoved():
+                    copy.pop(change.profile_id, None)
+                    read.append(("removed", change.profile_id, 0))
+                case ProfileMerge():
+                    copy.pop(change.loser, None)
+                    read.append(("merge", change.loser, change.merged_at_ms))
+            if until():
+                break
+    assert until(), f"the copy did not converge: {sorted(copy)}"
+    return read
 
 
 def test_a_shared_tablet_does_not_fuse_two_people(topics: Settings, workers: EmbeddedStack) -> None:

@@ -5,8 +5,9 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
+from profiles.feed import ProfileRemoved, ProfileUpdate, update_from
 from profiles.graph import ProfileNode, ProfileState
-from profiles.graph_wire import facts_of, node_from, node_to, view_of
+from profiles.graph_wire import facts_of, node_from, node_to, view_of, why_of
 from profiles.profile import iso, profile_id_for
 from profiles.touchpoint import Touchpoint
 from tests.unit.strategies import touchpoints
@@ -149,10 +150,32 @@ def test_a_profile_update_record_is_valid_avro_and_names_what_changed() -> None:
     changed = changed_fields(before, after)
     assert "traits.plan" in changed and "traits.city" not in changed
     assert "identifiers" not in changed and "computed.event_count" in changed
-    record = update_record(after, changed, 1795341700000)
-    _, decoded = CODEC.read(CODEC.encode(PROFILE_UPDATE, record), (PROFILE_UPDATE,))
+    why = why_of(ProfileNode(state=fold([e1, e2])))
+    record = update_record(after, why, changed, 1795341700000)
+    encoded = CODEC.encode(PROFILE_UPDATE, record)
+    _, decoded = CODEC.read(encoded, (PROFILE_UPDATE,))
     assert decoded["version"] == after["version"] and decoded["event_count"] == 2
     assert decoded["traits"] == {"city": "Porto", "plan": "gold"}
     assert iso(int(decoded["first_seen"].timestamp() * 1000)) == after["computed"]["first_seen"]
     assert iso(int(decoded["last_seen"].timestamp() * 1000)) == after["computed"]["last_seen"]
     assert changed_fields(None, after)[0] == "identifiers"
+    # What a downstream service gets from the feed client is the view the API serves.
+    update = update_from(b"p_1", encoded)
+    assert isinstance(update, ProfileUpdate)
+    assert update.view() == after and update.why == why
+    assert update.changed_fields == tuple(changed) and update.updated_at_ms == 1795341700000
+    assert update_from(b"p_2", None) == ProfileRemoved("p_2")
+
+
+@given(st.lists(touchpoints, max_size=6))
+def test_every_view_survives_a_profile_update_record(events) -> None:  # type: ignore[no-untyped-def]
+    """`unifier view rebuild` rebuilds Redis from these records: nothing may be lost or
+    change type on the way (traits, money as strings, nested computed traits)."""
+    from profiles.graph_wire import update_record
+    from schemas.codec import CODEC, PROFILE_UPDATE
+
+    node = ProfileNode(state=fold(events))
+    v, why = view_of("p_1", node), why_of(node)
+    update = update_from(b"p_1", CODEC.encode(PROFILE_UPDATE, update_record(v, why, [], 0)))
+    assert isinstance(update, ProfileUpdate)
+    assert (update.view(), update.why) == (v, why)

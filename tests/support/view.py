@@ -1,0 +1,68 @@
+"""Looking at the Redis view from outside, as an operator would."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from profiles.view import PREFIX
+
+
+def dump(url: str) -> dict[str, Any]:
+    """Every key of the view with its value (hashes as dicts): for exact comparisons."""
+    client = redis.Redis.from_url(url)
+    try:
+        out: dict[str, Any] = {}
+        for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
+            kind = client.type(key)
+            out[key.decode()] = (
+                {k.decode(): v for k, v in client.hgetall(key).items()}  # type: ignore[union-attr]
+                if kind == b"hash"
+                else client.get(key)
+            )
+        return out
+    finally:
+        client.close()
+
+
+class VersionWatch:
+    """Samples every profile's version in Redis until stopped, and remembers any that
+    went backwards — what a reader following a profile would notice."""
+
+    def __init__(self, url: str) -> None:
+        self._client = redis.Redis.from_url(url)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.highest: dict[str, int] = {}
+        self.backwards: list[tuple[str, int, int]] = []
+        self.samples = 0
+
+    def __enter__(self) -> VersionWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._client.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            keys = list(self._client.scan_iter(match=f"{PREFIX}profile:*", count=1000))
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hget(key, "version")
+            for key, raw in zip(keys, pipe.execute(), strict=True):
+                if raw is None:
+                    continue
+                name, version = key.decode(), int(raw)
+                seen = self.highest.get(name, -1)
+                if version < seen:
+                    self.backwards.append((name, seen, version))
+                self.highest[name] = max(seen, version)
+            self.samples += 1

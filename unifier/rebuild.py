@@ -1,0 +1,165 @@
+"""``unifier view rebuild``: the Redis view again, from the log.
+
+Redis is a cache; ``profile-updates`` (the latest profile per id, compacted) and
+``profile-merges`` (who was merged into whom) are the truth. A rebuild reads both
+from the start to their current end and writes:
+
+1. every profile's latest update (view and explanation), through the same
+   write-if-newer script the worker uses — so it can run while workers write, and
+   an older record never replaces a newer view;
+2. a redirect for every merged-away profile (reads follow it to the survivor);
+3. the identifier index, from the live profiles now in Redis.
+
+Memory stays small: views go to Redis in batches as they are read; only the ids of
+merged-away profiles are kept.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+import redis
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from profiles.feed import ProfileFeed, ProfileMerge, ProfileRemoved, ProfileUpdate
+from profiles.graph_wire import REDIRECT_VERSION
+from profiles.view import PREFIX, RedisWriter, index_entries, profile_key
+from unifier.settings import Settings
+
+BATCH = 500
+
+
+@dataclass
+class RebuildResult:
+    records: int = 0
+    profiles: int = 0  # live profiles in the view afterwards
+    redirects: int = 0
+    identifiers: int = 0
+    cleared: int = 0  # keys deleted first (--clear)
+    orphans: int = 0  # merged away with no merge record (retention): view removed
+
+
+def clear(client: redis.Redis) -> int:
+    """Delete every key of the view (``unifier:*``); returns how many."""
+    deleted = 0
+    batch: list[Any] = []
+    for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += int(client.unlink(*batch))
+            batch = []
+    if batch:
+        deleted += int(client.unlink(*batch))
+    return deleted
+
+
+def rebuild(
+    settings: Settings,
+    *,
+    clear_first: bool = False,
+    progress: bool | None = None,
+    err: IO[str] = sys.stderr,
+) -> RebuildResult:
+    result = RebuildResult()
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    writer = RedisWriter(client)
+    show = err.isatty() if progress is None else progress
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:,} records"),
+        TimeElapsedColumn(),
+        console=None,
+        disable=not show,
+        transient=True,
+    )
+    try:
+        client.ping()
+        if clear_first:
+            result.cleared = clear(client)
+        removed: set[str] = set()
+        winners: dict[str, str] = {}
+        views: list[dict[str, Any]] = []
+        whys: dict[str, dict[str, Any]] = {}
+
+        def flush() -> None:
+            # The identifier index comes last (step 3): a record read now may be older
+            # than the latest of another profile that holds the same identifier.
+            writer.write(views, whys, index=False)
+            views.clear()
+            whys.clear()
+
+        feed = ProfileFeed(
+            settings.bootstrap_servers,
+            updates_topic=settings.topic_profile_updates,
+            merges_topic=settings.topic_profile_merges,
+        )
+        with bar, feed:
+            task = bar.add_task("reading profile-updates and profile-merges")
+            for change in feed.changes(until_end=True):
+                result.records += 1
+                bar.advance(task)
+                if isinstance(change, ProfileUpdate):
+                    removed.discard(change.profile_id)
+                    views.append(change.view())
+                    whys[change.profile_id] = dict(change.why)
+                    if len(views) >= BATCH:
+                        flush()
+                elif isinstance(change, ProfileRemoved):
+                    removed.add(change.profile_id)
+                elif isinstance(change, ProfileMerge):
+                    winners[change.loser] = change.winner
+            flush()
+        redirects = [
+            {"profile_id": loser, "merged_into": winner, "version": REDIRECT_VERSION}
+            for loser, winner in sorted(winners.items())
+        ]
+        for start in range(0, len(redirects), BATCH):
+            writer.write(redirects[start : start + BATCH], index=False)
+        result.redirects = len(redirects)
+        orphans = sorted(removed - set(winners))
+        if orphans:
+            client.delete(*(profile_key(pid) for pid in orphans))
+            print(
+                f"warning: {len(orphans)} merged-away profiles have no record on "
+                f"{settings.topic_profile_merges} (retention?): their views were removed",
+                file=err,
+            )
+        result.orphans = len(orphans)
+        result.profiles, result.identifiers = _index(client)
+    finally:
+        client.close()
+    return result
+
+
+def _index(client: redis.Redis) -> tuple[int, int]:
+    """Point every identifier of every live profile at it; (profiles, identifiers)."""
+    profiles = identifiers = 0
+    keys: list[Any] = []
+
+    def run(batch: list[Any]) -> None:
+        nonlocal profiles, identifiers
+        read = client.pipeline(transaction=False)
+        for key in batch:
+            read.hget(key, "json")
+        write = client.pipeline(transaction=False)
+        for raw in read.execute():
+            view = orjson.loads(raw) if raw else {}
+            if raw and "merged_into" not in view:
+                profiles += 1
+                for key, pid in index_entries(view):
+                    write.set(key, pid)
+                    identifiers += 1
+        write.execute()
+
+    for key in client.scan_iter(match=f"{PREFIX}profile:*", count=1000):
+        keys.append(key)
+        if len(keys) >= BATCH:
+            run(keys)
+            keys = []
+    if keys:
+        run(keys)
+    return profiles, identifiers
