@@ -14,6 +14,7 @@ that says what to fix, or a 5xx without internals (the log has them).
 
 from __future__ import annotations
 
+import copy
 import hmac
 import logging
 import uuid
@@ -125,7 +126,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(OPENAPI)
+    return _json(openapi_document(request.app[SETTINGS]))
 
 
 def create_api(settings: Settings) -> web.Application:
@@ -218,12 +219,20 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The profile holding an identifier",
                 "security": _SECURED,
                 "parameters": [
-                    {"name": "type", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "type",
+                        "in": "query",
+                        "required": True,
+                        "description": "An identifier type this deployment is configured with",
+                        "schema": {"type": "string", "minLength": 1},
+                    },
                     {
                         "name": "value",
                         "in": "query",
                         "required": True,
-                        "schema": {"type": "string"},
+                        "description": "As sent by any source: it is normalized as the worker "
+                        "does (an email's case, a phone number's format). 400 when it cannot be.",
+                        "schema": {"type": "string", "minLength": 1},
                     },
                 ],
                 "responses": {
@@ -264,3 +273,11 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The document for this deployment: the identifier types it is configured with."""
+    doc = copy.deepcopy(OPENAPI)
+    [type_param, _] = doc["paths"]["/v1/profiles"]["get"]["parameters"]
+    type_param["schema"]["enum"] = sorted(settings.identifier_priorities)
+    return doc
