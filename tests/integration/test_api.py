@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 import schemathesis
 from aiohttp import web
@@ -16,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from profiles.graph_wire import node_from, view_of
 from tests.integration.test_identity import ev, send
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.http import get_json
+from tests.support.kafka import consume_all
 from unifier.api import OPENAPI, create_api, openapi_document
 from unifier.processes import free_port
 from unifier.settings import Settings
@@ -64,6 +67,14 @@ def test_the_api_answers_what_the_worker_holds(
     pid = ana["profile_id"]
 
     assert get_json(f"{api}/v1/profiles/{pid}", KEY) == (200, ana)
+    # ... which is the state the worker holds for it: its table, read back from the
+    # table's changelog (the latest record per profile id).
+    held = {}
+    for m in consume_all(settings, settings.profiles_changelog_topic, settings.internal_partitions):
+        held[orjson.loads(m.key())] = m.value()  # Faust writes table keys as JSON
+    assert get_json(f"{api}/v1/profiles/{pid}", KEY)[1] == view_of(
+        pid, node_from(held[pid]), settings.trait_rules()
+    )
     # By identifier, normalized the way the worker does; merged-away ids answer with
     # the survivor.
     assert get_json(f"{api}/v1/profiles?type=email&value=%20ANA@example.ORG", KEY) == (200, ana)
