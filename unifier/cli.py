@@ -433,11 +433,20 @@ def view_rebuild(
 ) -> None:
     """Rebuild the view from profile-updates and profile-merges. Safe while workers
     run: an older record never replaces a newer view."""
+    import redis
+    from confluent_kafka import KafkaException
+
     from unifier.rebuild import rebuild
 
     settings = settings_of(ctx)
     try:
         result = rebuild(settings, clear_first=clear, progress=progress)
+    except redis.RedisError as exc:
+        raise fail(f"could not write Redis at {settings.redis_url}: {exc}") from None
+    except KafkaException as exc:
+        raise fail(
+            f"could not read the output topics at {settings.bootstrap_servers}: {exc}"
+        ) from None
     except Exception as exc:
         raise fail(f"rebuild failed: {type(exc).__name__}: {exc}", 1) from None
     err.print(
