@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from profiles.graph import (
-    EventFacts,
     Merged,
     Observe,
     Offer,
@@ -30,6 +29,7 @@ from profiles.graph import (
     ident_type,
     owner_of,
 )
+from profiles.graph_wire import facts_of
 from profiles.reference import key, reference_clusters, usable
 from profiles.routing import partition_for
 from profiles.rules import IdentityRules
@@ -82,7 +82,7 @@ class Simulation:
             if not ids:
                 continue
             keys = tuple(key(i) for i in ids)
-            facts = EventFacts(tp.event_id, tp.type, tp.source, tp.occurred_at_ms)
+            facts = facts_of(tp)  # what the route stage sends: traits, purchase, consent
             source = ("input", self.rng.randrange(input_parts))
             self.send(source, [("identity", keys[0], Observe(keys[0], keys, facts))])
 
