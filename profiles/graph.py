@@ -229,13 +229,28 @@ class ProfileState:
         self.events[event.event_id] = event
         return True
 
+    def link(self, ident: Key, event_id: str, how: str) -> None:
+        """Remember how an identifier joined: of all the ways, the earliest event's (then
+        the smaller event id, then ``how``), so the explanation, too, is the same
+        whatever the order of events and merges."""
+        old = self.linked_by.get(ident)
+        if old is None or self._earlier((event_id, how), old):
+            self.linked_by[ident] = (event_id, how)
+
+    def _earlier(self, a: tuple[str, str], b: tuple[str, str]) -> bool:
+        def order(why: tuple[str, str]) -> tuple[int, str, str]:
+            event = self.events.get(why[0])
+            return (event.time_ms if event is not None else 2**63, *why)
+
+        return order(a) < order(b)
+
     def merge(self, other: ProfileState) -> None:
         self.held |= other.held
         for event in other.events.values():
             self.fold(event)
         self.refused |= other.refused
-        for ident, why in other.linked_by.items():
-            self.linked_by.setdefault(ident, why)
+        for ident, (event_id, how) in other.linked_by.items():
+            self.link(ident, event_id, how)
         self.merged |= other.merged
 
     def copy(self) -> ProfileState:
@@ -454,8 +469,9 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
     if msg.granted_anchor and anchor not in state.held:
         state.held.add(anchor)
         node.settle()  # a loser may have handed over its claim of it
-        state.linked_by.setdefault(anchor, (msg.event.event_id, "first seen"))
     state.fold(msg.event)
+    if msg.granted_anchor:
+        state.link(anchor, msg.event.event_id, "first seen")
     state.refused.update(msg.refused)
     reserved = node.reserved()
     for ident in msg.ids[1:]:
@@ -470,7 +486,7 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
         claim = f"{msg.profile}.{node.claims}"
         node.pending.add((ident, claim))
         reserved.add(ident)
-        state.linked_by.setdefault(ident, (msg.event.event_id, f"seen with {anchor}"))
+        state.link(ident, msg.event.event_id, f"seen with {anchor}")
         out.append(("identity", ident, Claim(ident, msg.profile, msg.event.event_id, claim)))
     return out
 
@@ -494,7 +510,7 @@ def _offer(node: ProfileNode, key: str, msg: Offer, rules: IdentityRules) -> lis
     node.pending |= msg.pending
     node.settle()
     node.state.merged.add((msg.loser, msg.via, msg.event_id))
-    node.state.linked_by.setdefault(msg.via, (msg.event_id, f"merged {msg.loser}"))
+    node.state.link(msg.via, msg.event_id, f"merged {msg.loser}")
     return [
         (
             "profile",

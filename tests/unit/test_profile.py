@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from profiles.feed import ProfileRemoved, ProfileUpdate, update_from
-from profiles.graph import ProfileNode, ProfileState
+from profiles.graph import ProfileNode, ProfileState, Refusal
 from profiles.graph_wire import facts_of, node_from, node_to, view_of, why_of
 from profiles.profile import iso, profile_id_for
 from profiles.touchpoint import Touchpoint
@@ -179,3 +179,45 @@ def test_every_view_survives_a_profile_update_record(events) -> None:  # type: i
     update = update_from(b"p_1", CODEC.encode(PROFILE_UPDATE, update_record(v, why, [], 0)))
     assert isinstance(update, ProfileUpdate)
     assert (update.view(), update.why) == (v, why)
+
+
+# --- the state is a join-semilattice ---------------------------------------------------
+@st.composite
+def states(draw: st.DrawFn, pool: list[Touchpoint]) -> ProfileState:
+    """A profile state made of some of the pool's events, with the explanations,
+    refusals and merges a live profile collects (drawn, so parts disagree)."""
+    events = draw(st.lists(st.sampled_from(pool), max_size=len(pool))) if pool else []
+    state = fold(events)
+    hows = st.sampled_from(["first seen", "seen with email:a@x.org", "merged p_9"])
+    for tp in events:
+        for t, v in tp.identifiers.items():
+            state.link(f"{t}:{v}", tp.event_id, draw(hows))
+        if draw(st.booleans()):
+            state.refused.add(Refusal(tp.event_id, "user_id:u", "p_2", "limit user_id=1"))
+        if draw(st.booleans()):
+            state.merged.add((f"p_{draw(st.integers(0, 3))}", "email:a@x.org", tp.event_id))
+    return state
+
+
+@st.composite
+def three_states(draw: st.DrawFn) -> tuple[ProfileState, ProfileState, ProfileState]:
+    pool = draw(st.lists(touchpoints, max_size=6, unique_by=lambda t: t.event_id))
+    return draw(states(pool)), draw(states(pool)), draw(states(pool))
+
+
+def merged(*parts: ProfileState) -> ProfileState:
+    out = ProfileState()
+    for part in parts:
+        out.merge(part.copy())
+    return out
+
+
+@given(three_states())
+def test_merge_is_commutative_associative_and_idempotent(abc) -> None:  # type: ignore[no-untyped-def]
+    """Compared on the whole state — events, identifiers, refusals, merges and how each
+    identifier joined — not only on the view."""
+    a, b, c = abc
+    assert merged(a, b) == merged(b, a)
+    assert merged(merged(a, b), c) == merged(a, merged(b, c))
+    assert merged(a, a) == merged(a)
+    assert merged(a, merged(a, b)) == merged(a, b)  # absorbing a part already in it
