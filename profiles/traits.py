@@ -59,8 +59,10 @@ DEFAULT_TRAIT_RULES = TraitRules()
 
 
 def _latest(obs: list[Observation], rules: TraitRules) -> Scalar:
-    """The most recent event's value (ties by event id)."""
-    return max(obs, key=lambda o: (o[0], o[2]))[3]
+    """The most recent event's value; at the same time, the more trusted source's
+    (then the larger event id, so never arrival order)."""
+    prio = rules.source_priorities
+    return max(obs, key=lambda o: (o[0], prio.get(o[1], 0), o[2]))[3]
 
 
 def _first(obs: list[Observation], rules: TraitRules) -> Scalar:

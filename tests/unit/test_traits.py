@@ -40,7 +40,8 @@ def obs(*rows: tuple[str, int, str, object]) -> list[tuple[str, tuple[int, str, 
         ([("min_age", 1, "web", 40), ("min_age", 2, "web", 31)], {"min_age": 31}),
         # any_true: a flag that never goes back
         ([("vip", 1, "crm", True), ("vip", 2, "web", False)], {"vip": True}),
-        # ties on time: decided by event id, never by arrival order
+        # ties on time: the more trusted source, then the event id, never arrival order
+        ([("city", 1, "crm", "A"), ("city", 1, "web", "B")], {"city": "A"}),
         ([("city", 1, "web", "A"), ("city", 1, "web", "B")], {"city": "B"}),
     ],
 )  # fmt: skip
