@@ -8,8 +8,9 @@ service that could not be reached.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -373,47 +374,70 @@ def import_mapping(kind: Annotated[str, typer.Argument(help="pos or crm")]) -> N
 
 
 # --- lag ---------------------------------------------------------------------------
+def _lag_table(rows: list[Any], caught_up: bool = True) -> Table:
+    total = sum(r.lag for r in rows)
+    oldest = max((r.lag_seconds or 0.0 for r in rows), default=0.0)
+    table = Table(
+        "stage", "topic", "partition", "committed", "end", "lag", "lag (s)",
+        caption=f"total lag: {total} records, oldest {oldest:.1f}s"
+        + ("" if caught_up else " - not caught up"),
+    )  # fmt: skip
+    for row in rows:
+        table.add_row(
+            row.stage,
+            row.topic,
+            str(row.partition),
+            "-" if row.committed is None else str(row.committed),
+            str(row.end),
+            str(row.lag),
+            "?" if row.lag_seconds is None else f"{row.lag_seconds:.1f}",
+        )
+    return table
+
+
 @app.command()
 def lag(
     ctx: typer.Context,
     wait: Annotated[bool, typer.Option("--wait", help="Block until every stage caught up")] = False,
     timeout: Annotated[float, typer.Option(help="Give up waiting after S seconds")] = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, for scripts")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh the table in place until Ctrl-C")
+    ] = False,
+    interval: Annotated[float, typer.Option(min=0.2, help="--watch: seconds between")] = 2.0,
 ) -> None:
-    """Lag per stage and partition. With --wait, exit 0 once caught up, 1 on timeout."""
+    """Lag per stage and partition, in records and in seconds (how old the oldest record
+    not yet processed is). With --wait, exit 0 once caught up, 1 on timeout."""
+    from rich.live import Live
+
     from unifier.lag import LagProbe
 
     settings = settings_of(ctx)
+    where = f"could not measure lag at {settings.bootstrap_servers}"
+    if watch:
+        try:
+            with LagProbe(settings) as probe, Live(_lag_table(probe.measure()), console=out,
+                                                   auto_refresh=False) as live:  # fmt: skip
+                while True:
+                    time.sleep(interval)
+                    live.update(_lag_table(probe.measure()), refresh=True)
+        except KeyboardInterrupt:
+            return
+        except Exception as exc:
+            raise fail(f"{where}: {exc}") from None
     try:
         with LagProbe(settings) as probe:
-            if wait:
-                caught_up = probe.wait(timeout)
-                rows = probe.measure()
-            else:
-                caught_up = True
-                rows = probe.measure()
+            caught_up = probe.wait(timeout) if wait else True
+            rows = probe.measure()
     except Exception as exc:
-        raise fail(f"could not measure lag at {settings.bootstrap_servers}: {exc}") from None
+        raise fail(f"{where}: {exc}") from None
     if as_json:
         for row in rows:
             sys.stdout.write(orjson.dumps(row.to_dict()).decode() + "\n")
     else:
-        table = Table("stage", "topic", "partition", "committed", "end", "lag")
-        for row in rows:
-            table.add_row(
-                row.stage,
-                row.topic,
-                str(row.partition),
-                "-" if row.committed is None else str(row.committed),
-                str(row.end),
-                str(row.lag),
-            )
-        out.print(table)
-        total = sum(r.lag for r in rows)
-        err.print(
-            f"total lag: {total} records"
-            + ("" if caught_up else f" - not caught up after {timeout:.0f}s")
-        )
+        out.print(_lag_table(rows, caught_up))
+        if not caught_up:
+            err.print(f"not caught up after {timeout:.0f}s")
     if not caught_up:
         raise typer.Exit(1)
 

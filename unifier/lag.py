@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
 
 from unifier.settings import Settings
 
@@ -26,6 +26,9 @@ class PartitionLag:
     committed: int | None
     end: int
     lag: int
+    # How old the oldest record not yet processed is (its producer timestamp), in
+    # seconds; 0 when caught up, None when it could not be read in time.
+    lag_seconds: float | None = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,10 +63,36 @@ class LagProbe:
         )
         self._tps = [TopicPartition(topic, p) for _, topic, n in stages(settings) for p in range(n)]
         self._assigned = False
+        # Reads the oldest unprocessed record of each lagging partition, for its time.
+        self._peeker = Consumer(
+            {**common, "group.id": f"{self.group}.lag-peek", "fetch.wait.max.ms": 50,
+             "enable.partition.eof": True}
+        )  # fmt: skip
 
     def close(self) -> None:
+        self._peeker.close()
         self._fetcher.close()
         self._offsets.close()
+
+    def _oldest_times(
+        self, starts: dict[tuple[str, int], int], timeout: float = 2.0
+    ) -> dict[tuple[str, int], float]:
+        """The timestamp (s) of the record at each (topic, partition)'s start offset."""
+        if not starts:
+            return {}
+        self._peeker.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+        found: dict[tuple[str, int], float] = {}
+        deadline = time.monotonic() + timeout
+        while len(found) < len(starts) and time.monotonic() < deadline:
+            for msg in self._peeker.consume(num_messages=len(starts) * 4, timeout=0.1):
+                where = (msg.topic() or "", msg.partition() or 0)
+                if msg.error() is None and where not in found:
+                    kind, stamp = msg.timestamp()
+                    if kind != TIMESTAMP_NOT_AVAILABLE:
+                        found[where] = stamp / 1000
+                    self._peeker.incremental_unassign([TopicPartition(*where)])
+        self._peeker.unassign()
+        return found
 
     def __enter__(self) -> LagProbe:
         return self
@@ -112,14 +141,22 @@ class LagProbe:
                 ]
                 raise TimeoutError(f"no fetch response yet for {', '.join(missing[:8])}")
             self._pump(0.2)
+        lagging = {
+            where: c if c is not None else OFFSET_BEGINNING
+            for where, c in committed.items()
+            if ends[where] > (c or 0)
+        }
+        oldest = self._oldest_times(lagging)
+        now = time.time()
         rows = []
         for stage, topic, n in stages(self.settings):
             for p in range(n):
                 c = committed[(topic, p)]
                 end = ends[(topic, p)]
-                rows.append(
-                    PartitionLag(stage, self.group, topic, p, c, end, max(end - (c or 0), 0))
-                )
+                lag = max(end - (c or 0), 0)
+                stamp = oldest.get((topic, p))
+                seconds = 0.0 if lag == 0 else None if stamp is None else max(now - stamp, 0.0)
+                rows.append(PartitionLag(stage, self.group, topic, p, c, end, lag, seconds))
         return rows
 
     def wait(

@@ -58,6 +58,17 @@ class Cli:
             check=False,  # the tests assert on the exit code
         )
 
+    def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        """A long-running command (``--watch``, ``--serve``); the test stops it."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "unifier", *args],
+            env={**self.env, **env},
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Iterator[Cli]:

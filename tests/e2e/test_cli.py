@@ -2,6 +2,7 @@
 
 import json
 import re
+import signal
 import socket
 from pathlib import Path
 
@@ -54,6 +55,20 @@ def test_the_documented_session(cli: Cli, tmp_path: Path) -> None:
     assert {r["stage"] for r in rows} == {"route", "identity", "profile"}
     assert all(r["lag"] == 0 for r in rows)
     assert sum(r["end"] for r in rows if r["stage"] == "route") > 0
+    assert all(r["lag_seconds"] == 0 for r in rows)
+    # --watch redraws the table in place until Ctrl-C, which ends it cleanly.
+    watch = cli.start("lag", "--watch", "--interval", "0.3", FORCE_COLOR="1", COLUMNS="120")
+    try:
+        assert watch.stdout is not None
+        seen = ""
+        while seen.count("total lag: 0 records") < 2:  # two refreshes
+            line = watch.stdout.readline()
+            assert line, f"--watch ended early: {watch.stderr.read() if watch.stderr else ''}"
+            seen += line
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=30) == 0
+    finally:
+        watch.kill()
 
     export = cli("profiles", "export")
     assert export.returncode == 0, export.stderr

@@ -5,6 +5,8 @@ lag computed that way would read 0 while the worker is far behind. This test
 produces in large batches and checks the probe sees every record.
 """
 
+import time
+
 import pytest
 from confluent_kafka import Producer
 
@@ -24,9 +26,11 @@ def test_end_offsets_count_every_record_of_batched_produces(topics: Settings) ->
         }
     )
     per_partition = {0: 250, 1: 40, 2: 0}
+    an_hour_ago = int(time.time() * 1000) - 3_600_000
     for partition, count in per_partition.items():
         for i in range(count):
-            producer.produce(settings.topic_touchpoints, b"x%d" % i, partition=partition)
+            producer.produce(settings.topic_touchpoints, b"x%d" % i, partition=partition,
+                             timestamp=an_hour_ago + i)  # fmt: skip
     assert producer.flush(10) == 0
 
     with LagProbe(settings) as probe:
@@ -36,4 +40,8 @@ def test_end_offsets_count_every_record_of_batched_produces(topics: Settings) ->
     assert {p: route[p].end for p in per_partition} == per_partition
     assert {p: route[p].lag for p in per_partition} == per_partition
     assert all(r.committed is None for r in route.values())
-    assert all(r.lag == 0 for r in rows if r.stage == "apply")
+    # Lag in time: the oldest record nobody processed was produced an hour ago.
+    assert all(3600 <= route[p].lag_seconds < 4000 for p in (0, 1))  # type: ignore[operator]
+    assert route[2].lag_seconds == 0
+    assert {r.stage for r in rows} == {"route", "identity", "profile"}
+    assert all(r.lag == 0 and r.lag_seconds == 0 for r in rows if r.stage != "route")
