@@ -33,12 +33,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from prometheus_client import Counter
 
 from producers.segment import to_touchpoint_json
 from profiles.routing import validate_event
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from schemas.codec import BATCH, TOUCHPOINT, encode_batches
 from schemas.resolve import RegistryFraming, SchemaLog, registry_client
+from unifier import httpmetrics
 from unifier.settings import Settings
 
 log = logging.getLogger("unifier.collector")
@@ -239,6 +241,26 @@ class AsyncSender:
         self._poller.join(timeout=5)
 
 
+EVENTS = Counter(
+    "unifier_collector_events",
+    "Events the collector accepted (sent to Kafka) or refused (the whole request, 4xx/5xx)",
+    ["outcome"],
+)
+
+
+def _count_of(raw: bytes) -> int:
+    """How many events a refused body held, as far as it can be read (1 if not)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return 1
+    if isinstance(body, dict) and isinstance(body.get("batch"), list):
+        return max(len(body["batch"]), 1)
+    if isinstance(body, list):
+        return max(len(body), 1)
+    return 1
+
+
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"success": False, "error": message, **extra}, status=status)
 
@@ -349,7 +371,9 @@ def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Appl
             except Unavailable as exc:
                 raise _Refused(503, str(exc)) from None
         except _Refused as refused:
+            EVENTS.labels("refused").inc(_count_of(raw))
             return refused.response
+        EVENTS.labels("accepted").inc(len(events))
         return web.json_response({"success": True, "accepted": len(events)})
 
     def route(call: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -394,7 +418,8 @@ def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Appl
         return response
 
     app = web.Application(
-        middlewares=[cors, errors], client_max_size=settings.collector_max_body_bytes
+        middlewares=[httpmetrics.middleware("collector"), cors, errors],
+        client_max_size=settings.collector_max_body_bytes,
     )
     for call in SEGMENT_CALLS:
         app.router.add_post(f"/v1/{call}", route(call))
@@ -405,6 +430,7 @@ def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Appl
     app.router.add_post("/v1/touchpoints", route("touchpoints"))
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", httpmetrics.metrics)
     app.cleanup_ctx.append(lifecycle)
     return app
 

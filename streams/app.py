@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import faust
 
-from streams import graph, offsets, route
+from streams import graph, metrics, offsets, route
 from unifier.settings import Settings
 
 log = logging.getLogger("unifier.worker")
@@ -71,6 +71,10 @@ def create_app(settings: Settings) -> Any:
 
     identity = raw_table("identity")  # identifier -> the profile that owns it
     profiles = raw_table("profiles")  # profile id -> state, or a redirect
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def count_rebalance(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        metrics.REBALANCES.inc()
 
     route.register(app, settings, source, topics["identity"], topics["dlq"])
     graph.register(app, settings, topics, identity, profiles)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from streams import metrics
+
 
 def dlq_headers(
     stage: str, reason: str, topic: str, partition: int, offset: int
@@ -42,6 +44,7 @@ async def dead_letter(
         headers.append(("x-dlq-original-bytes", str(len(data)).encode()))
         data = data[:TRUNCATED_BYTES]
     await dlq.send(key=msg.key, value=data, headers=headers)
+    metrics.DLQ.labels(reason=stage).inc()
     if log is not None:
         # Reasons are written by our own code and never quote identifier values.
         log.warning(

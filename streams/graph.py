@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from profiles.graph import Merged, ProfileNode, handle_identity, handle_profile
+from profiles.graph import Apply, Merged, ProfileNode, handle_identity, handle_profile
 from profiles.graph_wire import (
     WireError,
     changed_fields,
@@ -147,9 +147,12 @@ async def write_with_retry(
 ) -> None:
     """Redis down is back-pressure, not data loss: retry until it answers (lag shows it)."""
     delay = 0.1
+    started = time.perf_counter()
     while True:
         try:
             await writer.write(views, whys)
+            metrics.REDIS_SECONDS.observe(time.perf_counter() - started)
+            metrics.REDIS_BATCH.observe(len(views))
             return
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("Redis write failed (%s); retrying in %.1fs", type(exc).__name__, delay)
@@ -187,7 +190,7 @@ def register(
     dlq, merges_topic, updates_topic = topics["dlq"], topics["merges"], topics["updates"]
 
     async def send_outputs(
-        outs: list[Any], updates: Sequence[tuple[str, bytes | None]] = ()
+        stage: str, outs: list[Any], updates: Sequence[tuple[str, bytes | None]] = ()
     ) -> None:
         """Send a record's outputs and wait until the broker has them all. Table writes
         come after this, never before: a worker killed in between leaves the table as
@@ -207,6 +210,11 @@ def register(
             await asyncio.gather(*sent)
         metrics.MERGES.inc(len(out.merges))
         metrics.count_refusals(out.refused)
+        for to, n in (("identity", sum(map(len, out.identity.values()))),
+                      ("profile", sum(map(len, out.profile.values()))),
+                      ("merges", len(out.merges)), ("updates", len(updates))):  # fmt: skip
+            if n:
+                metrics.MESSAGES_OUT.labels(stage=stage, to=to).inc(n)
 
     def profile_updates(
         cache: NodeCache,
@@ -252,9 +260,11 @@ def register(
                 outs = []
                 for msg in messages:
                     outs += handle_identity(writes, msg, rules.max_claimants)
-                await send_outputs(outs)
+                await send_outputs("identity", outs)
                 writes.flush()
+                metrics.MESSAGES_IN.labels(stage="identity").inc(len(messages))
             await manual.ack(event)
+            metrics.RECORDS.labels(stage="identity").inc()
 
     @app.agent(profile_topic, name="profile")
     async def profile(stream: Any) -> None:
@@ -281,9 +291,19 @@ def register(
                 views = [view_of(key, node, trait_rules) for key, node in touched]
                 whys = {key: why_of(node) for key, node in touched if node.redirect is None}
                 updates = profile_updates(cache, touched, views, whys)
-                await send_outputs(outs, updates)
+                await send_outputs("profile", outs, updates)
+                new = [
+                    k for k, node in touched if node.redirect is None and not cache.before.get(k)
+                ]
                 cache.flush()
                 await write_with_retry(writer, views, whys)
                 await manual.ack(event)
+                metrics.RECORDS.labels(stage="profile").inc()
+                metrics.MESSAGES_IN.labels(stage="profile").inc(len(messages))
+                metrics.FOUNDED.inc(len(new))
+                now_ms = time.time() * 1000
+                for msg in messages:
+                    if isinstance(msg, Apply) and not msg.pass_over:
+                        metrics.EVENT_TO_VIEW.observe(max(now_ms - msg.event.time_ms, 0) / 1000)
         finally:
             await writer.close()

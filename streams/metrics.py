@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter as Tally
 
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter, Histogram, start_http_server
 
 log = logging.getLogger("unifier.metrics")
 
@@ -23,6 +23,48 @@ REFUSED = Counter(
     "unifier_identity_refused_links",
     "Links between identifiers or profiles refused by an identity rule",
     ["rule"],
+)
+
+
+RECORDS = Counter(
+    "unifier_stage_records", "Kafka records a stage handled (route, identity, profile)", ["stage"]
+)
+MESSAGES_IN = Counter(
+    "unifier_stage_messages_in",
+    "What a stage took in: touchpoints (route), graph messages (identity, profile)",
+    ["stage"],
+)
+MESSAGES_OUT = Counter(
+    "unifier_stage_messages_out",
+    "Messages a stage sent on, by destination (identity, profile, merges, updates)",
+    ["stage", "to"],
+)
+DLQ = Counter(
+    "unifier_dlq_records",
+    "Records sent to the dead-letter topic, by reason (the stage and check that refused)",
+    ["reason"],
+)
+FOUNDED = Counter(
+    "unifier_profiles_founded",
+    "Profiles founded by a first-seen identifier; founded minus merged is the live count",
+)
+EVENT_TO_VIEW = Histogram(
+    "unifier_event_to_view_seconds",
+    "From an event's time (occurred_at) to the Redis write of its profile",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+)
+REDIS_BATCH = Histogram(
+    "unifier_redis_write_batch_profiles",
+    "Profiles written in one Redis pipeline",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+REDIS_SECONDS = Histogram(
+    "unifier_redis_write_seconds",
+    "Duration of one Redis pipeline write (retries included)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+REBALANCES = Counter(
+    "unifier_rebalances", "Partition assignments this worker received (one per rebalance)"
 )
 
 

@@ -13,6 +13,7 @@ from profiles.routing import observe, partition_for
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints, encode_touchpoint
 from schemas.resolve import Resolver
+from streams import metrics
 from streams.dlq import dead_letter
 from streams.messages import send_batches
 from unifier.settings import Settings
@@ -48,6 +49,7 @@ def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any)
         except DecodeError as exc:
             await dead_letter(dlq, event, "route.decode", str(exc), log=log, max_bytes=max_bytes)
             return groups
+        metrics.MESSAGES_IN.labels(stage="route").inc(len(touchpoints))
         for tp in touchpoints:
             try:
                 first = observe(tp, rules, region, aliases)
@@ -59,6 +61,9 @@ def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any)
             groups.setdefault(partition_for(first.anchor, partitions), []).append(first)
         return groups
 
+    records = metrics.RECORDS.labels(stage="route")
+    sent = metrics.MESSAGES_OUT.labels(stage="route", to="identity")
+
     @app.agent(source, name="route")
     async def route(stream: Any) -> None:
         # One input record at a time (our producers put hundreds of events in a record),
@@ -68,7 +73,10 @@ def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any)
         # restart; the graph folds each event id once.
         manual = stream.noack()
         async for event in manual.events():
-            await send_batches(identity, await route_record(event), max_bytes)
+            groups = await route_record(event)
+            await send_batches(identity, groups, max_bytes)
             await manual.ack(event)
+            records.inc()
+            sent.inc(sum(len(g) for g in groups.values()))
 
     return route

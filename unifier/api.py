@@ -25,6 +25,7 @@ from aiohttp import web
 
 from profiles.identifiers import InvalidIdentifier, normalize
 from profiles.view import AsyncRedisView
+from unifier import httpmetrics
 from unifier.settings import Settings
 
 log = logging.getLogger("unifier.api")
@@ -130,7 +131,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_api(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[_guard], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[httpmetrics.middleware("api"), _guard], client_max_size=64 * 1024
+    )
     app[SETTINGS] = settings
     app[VIEW] = AsyncRedisView.from_url(settings.redis_url)
 
@@ -144,6 +147,7 @@ def create_api(settings: Settings) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", httpmetrics.metrics)
     return app
 
 
@@ -263,6 +267,17 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "The process answers",
                 "responses": _ok({"type": "object"}, "Up"),
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics of this process (requests by route and status)",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
             }
         },
         "/ready": {

@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from profiles.graph_wire import node_from, view_of
 from tests.integration.test_identity import ev, send
 from tests.integration.test_pipeline import caught_up, exported
-from tests.support.http import get_json
+from tests.support.http import get_json, get_text, metric
 from tests.support.kafka import consume_all
 from unifier.api import OPENAPI, create_api, openapi_document
 from unifier.processes import free_port
@@ -99,6 +99,12 @@ def test_the_api_answers_what_the_worker_holds(
     assert get_json(f"{api}/health") == (200, {"status": "ok"})
     assert get_json(f"{api}/openapi.json") == (200, openapi_document(settings))
     assert get_json(f"{api}/nowhere")[0] == 404
+    metrics = get_text(f"{api}/metrics").splitlines()
+    requests = "unifier_http_requests_total"
+    by_id, by_ident = "/v1/profiles/{profile_id}", "/v1/profiles"
+    assert metric(metrics, requests, service="api", route=by_id, status="200") >= 1
+    # (>=: the registry is per process, and the API runs in the test process)
+    assert metric(metrics, requests, service="api", route=by_ident, status="400") >= 3
 
 
 def test_no_request_breaks_the_api_or_its_document(api: str) -> None:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from tests.support.http import get, post
+from tests.support.http import get, get_text, metric, post
 from tests.support.kafka import touchpoints_on_topic
 from unifier.processes import free_port
 from unifier.settings import Settings
@@ -143,6 +143,13 @@ def test_bad_requests_get_a_reason_and_send_nothing(collector: tuple[str, Settin
     # The process keeps serving, and only the valid request got through.
     assert post(f"{url}/v1/touchpoints", native, KEY) == (200, {"success": True, "accepted": 1})
     assert [tp.event_id for tp in touchpoints_on_topic(settings)] == ["n-1"]
+    # ... and its metrics say so: events accepted and refused, requests by route and status.
+    metrics = get_text(f"{url}/metrics").splitlines()
+    assert metric(metrics, "unifier_collector_events_total", outcome="accepted") == 1
+    assert metric(metrics, "unifier_collector_events_total", outcome="refused") == 7
+    requests = "unifier_http_requests_total"
+    assert metric(metrics, requests, service="collector", route="/v1/track", status="401") == 2
+    assert metric(metrics, requests, service="collector", route="unmatched", status="404") == 1
     assert get(f"{url}/ready") == (200, {"status": "ready"})
 
 

@@ -19,7 +19,7 @@ from profiles.view import RedisProfileView
 from schemas.codec import CODEC, PROFILE_MERGE
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views
-from tests.support.http import get_text
+from tests.support.http import get_text, metric
 from tests.support.kafka import consume_all
 from unifier.processes import free_port
 from unifier.settings import Settings
@@ -90,6 +90,15 @@ def test_a_visitor_who_signs_in_becomes_one_profile(
     assert all(r["identifier_type"] in ("email", "anonymous_id", "user_id") for r in published)
     metrics = get_text(f"http://127.0.0.1:{port}/metrics").splitlines()
     assert "unifier_identity_merges_total 2.0" in metrics
+    # What went through each stage: 3 events in, 3 profiles founded (2 merged away),
+    # every applied event's latency observed, Redis written in pipelines.
+    assert metric(metrics, "unifier_stage_messages_in_total", stage="route") == 3
+    assert metric(metrics, "unifier_stage_messages_out_total", stage="route", to="identity") == 3
+    assert metric(metrics, "unifier_profiles_founded_total") == 3
+    assert metric(metrics, "unifier_event_to_view_seconds_count") == 3
+    assert metric(metrics, "unifier_redis_write_batch_profiles_count") >= 3
+    assert metric(metrics, "unifier_stage_records_total", stage="profile") >= 3
+    assert metric(metrics, "unifier_rebalances_total") >= 1
     # profile-updates (compacted, keyed by profile id): the survivor's latest record is
     # its current profile; each merged-away profile ends with a tombstone.
     latest: dict[str, ProfileUpdate | ProfileRemoved] = {}

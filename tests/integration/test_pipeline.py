@@ -14,9 +14,11 @@ from profiles.touchpoint import Touchpoint, parse_json
 from profiles.view import RedisProfileView
 from schemas.codec import encode_touchpoint
 from tests.support.data import comparable, reference_views, write_jsonl
+from tests.support.http import get_text
 from tests.support.view import VersionWatch, dump
 from unifier.ingest import ingest_file
 from unifier.lag import LagProbe
+from unifier.processes import free_port
 from unifier.rebuild import rebuild
 from unifier.settings import Settings
 from unifier.stack import EmbeddedStack
@@ -166,8 +168,14 @@ def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(
     producer.produce(settings.topic_touchpoints, encode_touchpoint(no_ids), partition=1)
     producer.produce(settings.topic_touchpoints, encode_touchpoint(good), partition=2)
     assert producer.flush(10) == 0
+    port = free_port()
+    workers.settings = settings.model_copy(update={"worker_metrics_port": port})
     workers.start_worker()
     caught_up(settings)
+    # The on-call engineer sees them counted, by reason.
+    metrics = get_text(f"http://127.0.0.1:{port}/metrics").splitlines()
+    assert 'unifier_dlq_records_total{reason="route.decode"} 1.0' in metrics
+    assert 'unifier_dlq_records_total{reason="route.validate"} 1.0' in metrics
 
     view = RedisProfileView.from_url(settings.redis_url)
     assert view.lookup("email", "ana@x.com")["profile_id"] == profile_id_for("email", "ana@x.com")  # type: ignore[index]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import urllib.error
 import urllib.request
 from typing import Any
@@ -54,3 +55,22 @@ def get_json(url: str, key: str | None = None, timeout: float = 10) -> tuple[int
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def metric(lines: list[str], name: str, **labels: str) -> float:
+    """One sample's value from Prometheus text: ``name`` with exactly these labels (in
+    any order), 0 when there is no such sample yet."""
+    want = dict(labels)
+    found = []
+    for line in lines:
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, value = line.rsplit(" ", 1)
+        base, _, rest = series.partition("{")
+        if base != name:
+            continue
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
+        if have == want:
+            found.append(float(value))
+    assert len(found) <= 1, f"{name} {labels}: {len(found)} samples"
+    return found[0] if found else 0.0
