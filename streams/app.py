@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import faust
 
-from streams import graph, metrics, offsets, route
+from streams import graph, metrics, offsets, ops, route
 from unifier.settings import Settings
 
 log = logging.getLogger("unifier.worker")
@@ -78,9 +78,9 @@ def create_app(settings: Settings) -> Any:
 
     route.register(app, settings, source, topics["identity"], topics["dlq"])
     graph.register(app, settings, topics, identity, profiles)
-    offsets.install(
-        app, [settings.topic_touchpoints, settings.topic_identity, settings.topic_profile_ops]
-    )
+    inputs = [settings.topic_touchpoints, settings.topic_identity, settings.topic_profile_ops]
+    offsets.install(app, inputs)
+    ops.install(app, settings, inputs)
 
     async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:
         # `unifier stack` and the tests wait for this line: assigned and recovered.

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import faust
 
-from streams import metrics
 from streams.app import create_app
 from unifier.settings import Settings
 
 
 def run_worker(settings: Settings) -> None:
     (settings.state_dir / "worker-data").mkdir(parents=True, exist_ok=True)
-    if settings.worker_metrics_port is not None:
-        metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
     app = create_app(settings)
     app.finalize()
     worker = faust.Worker(

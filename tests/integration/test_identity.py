@@ -19,7 +19,7 @@ from profiles.view import RedisProfileView
 from schemas.codec import CODEC, PROFILE_MERGE
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views
-from tests.support.http import get_text, metric
+from tests.support.http import get_json, get_text, metric
 from tests.support.kafka import consume_all
 from unifier.processes import free_port
 from unifier.settings import Settings
@@ -99,6 +99,9 @@ def test_a_visitor_who_signs_in_becomes_one_profile(
     assert metric(metrics, "unifier_redis_write_batch_profiles_count") >= 3
     assert metric(metrics, "unifier_stage_records_total", stage="profile") >= 3
     assert metric(metrics, "unifier_rebalances_total") >= 1
+    # Recovered, the broker and Redis answer: ready.
+    assert get_json(f"http://127.0.0.1:{port}/ready") == (200, {"status": "ready"})
+    assert get_json(f"http://127.0.0.1:{port}/health") == (200, {"status": "ok"})
     # profile-updates (compacted, keyed by profile id): the survivor's latest record is
     # its current profile; each merged-away profile ends with a tombstone.
     latest: dict[str, ProfileUpdate | ProfileRemoved] = {}

@@ -1,0 +1,109 @@
+"""A worker's operations endpoints, on ``UNIFIER_WORKER_METRICS_PORT``:
+
+* ``/metrics`` — Prometheus (streams.metrics), plus the lag of each partition this
+  worker owns, refreshed every few seconds;
+* ``/health`` — the process answers;
+* ``/ready`` — 200 only when its partitions are assigned and their tables recovered
+  (no rebalance under way) and both the broker and Redis answer; otherwise 503 with
+  the reasons. A load balancer or an orchestrator can wait on it after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.asyncio as aredis
+from aiohttp import web
+from prometheus_client import Gauge
+
+from unifier import httpmetrics
+from unifier.settings import Settings
+
+log = logging.getLogger("unifier.ops")
+
+LAG = Gauge(
+    "unifier_consumer_lag",
+    "Records not yet processed in each input partition this worker owns",
+    ["topic", "partition"],
+)
+ASSIGNED = Gauge("unifier_assigned_partitions", "Input partitions this worker owns")
+
+
+async def _answers(host: str, port: int) -> bool:
+    try:
+        async with asyncio.timeout(2.0):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+def not_ready(app: Any) -> list[str]:
+    """Why the worker's own state is not ready (empty: it is)."""
+    reasons = []
+    recovery = app.tables.recovery
+    if not recovery.completed.is_set():
+        reasons.append("tables not recovered yet")
+    if getattr(recovery, "in_recovery", False):
+        reasons.append("recovering tables")
+    if getattr(app, "rebalancing", False):
+        reasons.append("rebalancing")
+    return reasons
+
+
+def install(app: Any, settings: Settings, inputs: list[str]) -> None:
+    """Serve the endpoints from the worker's own loop, and keep the lag gauge fresh."""
+    if settings.worker_metrics_port is None:
+        return
+    host, port = settings.worker_metrics_host, settings.worker_metrics_port
+    broker_host, broker_port = settings.broker_address
+    wanted = set(inputs)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(request: web.Request) -> web.Response:
+        reasons = not_ready(app)
+        if not await _answers(broker_host, broker_port):
+            reasons.append(f"broker {broker_host}:{broker_port} does not answer")
+        client = aredis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        try:
+            await client.ping()
+        except (aredis.RedisError, OSError):
+            reasons.append("Redis does not answer")
+        finally:
+            await client.aclose()
+        if reasons:
+            return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+        return web.json_response({"status": "ready"})
+
+    @app.task
+    async def serve_ops() -> None:
+        web_app = web.Application(middlewares=[httpmetrics.middleware("worker")])
+        web_app.router.add_get("/metrics", httpmetrics.metrics)
+        web_app.router.add_get("/health", health)
+        web_app.router.add_get("/ready", ready)
+        runner = web.AppRunner(web_app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        log.info("metrics, health and readiness on http://%s:%d", host, port)
+        try:
+            await asyncio.Event().wait()  # until the worker stops (the task is cancelled)
+        finally:
+            await runner.cleanup()
+
+    @app.timer(interval=5.0)
+    async def measure_lag() -> None:
+        consumer = app.consumer
+        owned = [tp for tp in consumer.assignment() if tp.topic in wanted]
+        ASSIGNED.set(len(owned))
+        LAG.clear()
+        for tp in owned:
+            high = consumer.highwater(tp)
+            committed = consumer._committed_offset.get(tp)
+            if high is None or high < 0:
+                continue
+            LAG.labels(tp.topic, str(tp.partition)).set(max(high - (committed or 0), 0))
