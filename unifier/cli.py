@@ -228,6 +228,49 @@ def api(
     run_api(settings.model_copy(update=update))
 
 
+@app.command()
+def status(
+    ctx: typer.Context,
+    serve: Annotated[bool, typer.Option("--serve", help="Serve the live status page")] = False,
+    host: Annotated[str | None, typer.Option(help="[default: UNIFIER_STATUS_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="[default: UNIFIER_STATUS_PORT]")] = None,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between samples")] = 2.0,
+) -> None:
+    """Lag per stage, throughput, dead letters and merges. Once, or with --serve as a
+    page of live charts (/, /api/status, and /metrics with the lag per partition)."""
+    from unifier.lag import LagProbe
+    from unifier.status import StatusSampler, create_status_app
+
+    settings = settings_of(ctx)
+    sampler = StatusSampler(settings, settings.worker_metrics_urls(), interval)
+    if not serve:
+        try:
+            with LagProbe(settings) as probe:
+                sampler.samples.append(sampler.sample(probe))
+        except Exception as exc:
+            raise fail(f"could not measure lag at {settings.bootstrap_servers}: {exc}") from None
+        snap = sampler.snapshot()
+        for st in snap["stages"]:
+            age = "?" if st["lag_seconds"] is None else f"{st['lag_seconds']:.1f}s"
+            out.print(f"{st['stage']:<9} lag {st['lag']:>8} records, oldest {age}")
+        totals = snap["totals"]
+        out.print(
+            f"workers up {snap['workers_up']}/{snap['workers_expected']}; totals: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in totals.items())
+        )
+        return
+    from aiohttp import web
+
+    bind_host = host or settings.status_host
+    bind_port = settings.status_port if port is None else port
+    sampler.start()
+    err.print(f"status page on http://{bind_host}:{bind_port}/ (Ctrl-C stops)")
+    try:
+        web.run_app(create_status_app(sampler), host=bind_host, port=bind_port, print=None)
+    finally:
+        sampler.stop()
+
+
 # --- ingest ------------------------------------------------------------------------
 def _require_input_topic(settings: Settings) -> None:
     from unifier.topics import missing_topics

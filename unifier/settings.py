@@ -195,9 +195,23 @@ class Settings(BaseSettings):
         None,
         ge=0,
         le=65535,
-        description="Serve a worker's Prometheus metrics on this port (/metrics); unset: off",
+        description="Serve a worker's /metrics, /health and /ready on this port; unset: off",
     )
     worker_metrics_host: str = Field("127.0.0.1", description="Address the metrics server binds")
+    status_host: str = Field("127.0.0.1", description="Address `unifier status --serve` binds")
+    status_port: int = Field(8091, ge=0, le=65535, description="Port of the status page")
+    status_workers: list[str] = Field(
+        default_factory=list,
+        description="Workers' /metrics URLs the status page reads (JSON list); default: the "
+        "one at UNIFIER_WORKER_METRICS_HOST:UNIFIER_WORKER_METRICS_PORT when that is set",
+    )
+
+    def worker_metrics_urls(self) -> list[str]:
+        if self.status_workers:
+            return list(self.status_workers)
+        if self.worker_metrics_port is None:
+            return []
+        return [f"http://{self.worker_metrics_host}:{self.worker_metrics_port}/metrics"]
 
     log_level: str = "INFO"
 

@@ -1,0 +1,217 @@
+"""``unifier status``: is it keeping up, where is it stuck, is it losing or rejecting
+data, is it merging too much — at one glance.
+
+A ``StatusSampler`` measures every few seconds, from outside the workers (so it
+still answers when they are down):
+
+* lag per stage (records, and seconds since the oldest record not yet processed),
+  from the broker (``unifier.lag``);
+* throughput, dead letters, merges and refused links, from the workers' ``/metrics``
+  (their counters' rates between two samples).
+
+It keeps the last ``window`` seconds. ``--serve`` publishes them: ``/`` is a page of
+small live charts (plain HTML and a little JS, no build step), ``/api/status`` the
+same data as JSON, ``/metrics`` the lag as Prometheus gauges (which a worker that is
+down cannot export about itself).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from unifier.lag import LagProbe, PartitionLag, stages
+from unifier.settings import Settings
+
+#: Worker counters the page charts as rates: name -> (metric, label filter).
+RATES: dict[str, tuple[str, dict[str, str]]] = {
+    "events": ("unifier_stage_messages_in", {"stage": "route"}),
+    "dead_letters": ("unifier_dlq_records", {}),
+    "merges": ("unifier_identity_merges", {}),
+    "refused": ("unifier_identity_refused_links", {}),
+}
+
+
+@dataclass
+class Sample:
+    at: float
+    lag: dict[str, int]  # stage -> records behind
+    lag_seconds: dict[str, float | None]  # stage -> age of the oldest unprocessed record
+    counters: dict[str, float]  # RATES name -> counter total over the workers that answered
+    workers_up: int
+    partitions: list[PartitionLag] = field(default_factory=list)
+
+
+def scrape(url: str, timeout: float = 2.0) -> dict[str, float] | None:
+    """The RATES counters of one worker, or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    totals = dict.fromkeys(RATES, 0.0)
+    for family in text_string_to_metric_families(text):
+        for name, (metric, labels) in RATES.items():
+            if family.name != metric:
+                continue
+            for s in family.samples:
+                if s.name == metric + "_total" and labels.items() <= s.labels.items():
+                    totals[name] += s.value
+    return totals
+
+
+class StatusSampler:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_urls: list[str],
+        interval: float = 2.0,
+        window: float = 900.0,
+    ) -> None:
+        self.settings = settings
+        self.worker_urls = worker_urls
+        self.interval = interval
+        self.samples: deque[Sample] = deque(maxlen=max(int(window / interval), 2))
+        self.error: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.registry = CollectorRegistry()
+        self._lag = Gauge(
+            "unifier_stage_lag_records",
+            "Records not yet processed, per stage, topic and partition (from the broker)",
+            ["stage", "topic", "partition"],
+            registry=self.registry,
+        )
+        self._lag_s = Gauge(
+            "unifier_stage_lag_seconds",
+            "Age of the oldest record a stage has not processed, per stage",
+            ["stage"],
+            registry=self.registry,
+        )
+        self._up = Gauge(
+            "unifier_workers_up", "Workers whose /metrics answered", registry=self.registry
+        )
+
+    def sample(self, probe: LagProbe) -> Sample:
+        rows = probe.measure()
+        lag: dict[str, int] = {}
+        lag_s: dict[str, float | None] = {}
+        for row in rows:
+            lag[row.stage] = lag.get(row.stage, 0) + row.lag
+            old = lag_s.get(row.stage, 0.0)
+            lag_s[row.stage] = (
+                None if old is None or row.lag_seconds is None else max(old, row.lag_seconds)
+            )
+        counters = dict.fromkeys(RATES, 0.0)
+        up = 0
+        for url in self.worker_urls:
+            got = scrape(url)
+            if got is not None:
+                up += 1
+                for name, value in got.items():
+                    counters[name] += value
+        self._lag.clear()
+        for row in rows:
+            self._lag.labels(row.stage, row.topic, str(row.partition)).set(row.lag)
+        for stage, seconds in lag_s.items():
+            self._lag_s.labels(stage).set(seconds if seconds is not None else float("nan"))
+        self._up.set(up)
+        return Sample(time.time(), lag, lag_s, counters, up, rows)
+
+    def run(self) -> None:
+        with LagProbe(self.settings) as probe:
+            while not self._stop.is_set():
+                try:
+                    s = self.sample(probe)
+                    with self._lock:
+                        self.samples.append(s)
+                        self.error = None
+                except Exception as exc:  # the broker away: say so on the page, keep trying
+                    with self._lock:
+                        self.error = f"{type(exc).__name__}: {exc}"
+                self._stop.wait(self.interval)
+
+    def start(self) -> StatusSampler:
+        self._thread = threading.Thread(target=self.run, name="status-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the page shows: the latest numbers and the series to chart."""
+        with self._lock:
+            samples = list(self.samples)
+            error = self.error
+        series: dict[str, list[Any]] = {"t": [], **{f"{n}_per_s": [] for n in RATES}}
+        names = [stage for stage, _topic, _n in stages(self.settings)]
+        lag_series: dict[str, list[int]] = {stage: [] for stage in names}
+        for before, after in itertools.pairwise(samples):
+            dt = max(after.at - before.at, 1e-6)
+            series["t"].append(round(after.at, 3))
+            for name in RATES:
+                # A restarted worker starts its counters at 0: never a negative rate.
+                delta = after.counters[name] - before.counters[name]
+                series[f"{name}_per_s"].append(round(max(delta, 0.0) / dt, 3))
+            for stage in names:
+                lag_series[stage].append(after.lag.get(stage, 0))
+        latest = samples[-1] if samples else None
+        return {
+            "app_id": self.settings.app_id,
+            "interval_s": self.interval,
+            "error": error,
+            "updated_at": latest.at if latest else None,
+            "workers_up": latest.workers_up if latest else 0,
+            "workers_expected": len(self.worker_urls),
+            "stages": [
+                {
+                    "stage": stage,
+                    "lag": latest.lag.get(stage, 0) if latest else None,
+                    "lag_seconds": latest.lag_seconds.get(stage, 0.0) if latest else None,
+                }
+                for stage in names
+            ],
+            "totals": dict(latest.counters) if latest else {},
+            "series": {**series, "lag": lag_series},
+        }
+
+    def metrics(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def page() -> bytes:
+    return resources.files("unifier").joinpath("status.html").read_bytes()
+
+
+def create_status_app(sampler: StatusSampler) -> Any:
+    from aiohttp import web
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(body=page(), content_type="text/html")
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(sampler.snapshot())
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=sampler.metrics())
+        response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/metrics", metrics)
+    return app
