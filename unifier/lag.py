@@ -14,6 +14,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
 
+from unifier.kafkalog import client_logger
 from unifier.settings import Settings
 
 
@@ -49,7 +50,11 @@ class LagProbe:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.group = settings.app_id
-        common = {"bootstrap.servers": settings.bootstrap_servers, "enable.auto.commit": False}
+        common = {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "enable.auto.commit": False,
+            "logger": client_logger(),  # a broker that is down: one line, not a flood
+        }
         # Reads the worker group's commits; never subscribes, so it never joins the group.
         self._offsets = Consumer({**common, "group.id": self.group})
         # Fetches to learn high watermarks; assigned manually, never commits.

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,7 @@ def ports_of(cli: Cli) -> tuple[str, str]:
 class Cli:
     env: dict[str, str]
     cwd: Path
+    _logs: dict[int, Path] = field(default_factory=dict)
 
     def __call__(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -59,15 +60,23 @@ class Cli:
         )
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
-        """A long-running command (``--watch``, ``--serve``); the test stops it."""
-        return subprocess.Popen(
+        """A long-running command (``--watch``, ``--serve``); the test stops it. Its
+        stderr goes to a file (``self.stderr_of(proc)``): a pipe nobody reads would
+        block the process once full."""
+        log = self.cwd / f"{args[0]}-{len(list(self.cwd.glob('*.stderr')))}.stderr"
+        proc = subprocess.Popen(
             [sys.executable, "-m", "unifier", *args],
             env={**self.env, **env},
             cwd=self.cwd,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=log.open("w"),
             text=True,
         )
+        self._logs[proc.pid] = log
+        return proc
+
+    def stderr_of(self, proc: subprocess.Popen[str]) -> str:
+        return self._logs[proc.pid].read_text()
 
 
 @pytest.fixture

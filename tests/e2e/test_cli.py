@@ -63,7 +63,7 @@ def test_the_documented_session(cli: Cli, tmp_path: Path) -> None:
         seen = ""
         while seen.count("total lag: 0 records") < 2:  # two refreshes
             line = watch.stdout.readline()
-            assert line, f"--watch ended early: {watch.stderr.read() if watch.stderr else ''}"
+            assert line, f"--watch ended early: {cli.stderr_of(watch)}"
             seen += line
         watch.send_signal(signal.SIGINT)
         assert watch.wait(timeout=30) == 0
