@@ -18,8 +18,10 @@ down cannot export about itself).
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,7 +50,26 @@ class Sample:
     lag_seconds: dict[str, float | None]  # stage -> age of the oldest unprocessed record
     counters: dict[str, float]  # RATES name -> counter total over the workers that answered
     workers_up: int
+    workers_expected: int
     partitions: list[PartitionLag] = field(default_factory=list)
+
+
+def expand(url: str) -> list[str]:
+    """One URL per IPv4 address its host name has: ``http://worker:9100/metrics`` is
+    every worker replica when the name resolves to all of them (compose, Kubernetes
+    headless services)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None:
+        return [url]
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return [url]
+    addresses = sorted({str(info[4][0]) for info in infos})
+    if len(addresses) <= 1:
+        return [url]
+    port = f":{parts.port}" if parts.port else ""
+    return [urllib.parse.urlunsplit(parts._replace(netloc=f"{a}{port}")) for a in addresses]
 
 
 def scrape(url: str, timeout: float = 2.0) -> dict[str, float] | None:
@@ -114,7 +135,8 @@ class StatusSampler:
             )
         counters = dict.fromkeys(RATES, 0.0)
         up = 0
-        for url in self.worker_urls:
+        targets = [t for url in self.worker_urls for t in expand(url)]
+        for url in targets:
             got = scrape(url)
             if got is not None:
                 up += 1
@@ -126,7 +148,7 @@ class StatusSampler:
         for stage, seconds in lag_s.items():
             self._lag_s.labels(stage).set(seconds if seconds is not None else float("nan"))
         self._up.set(up)
-        return Sample(time.time(), lag, lag_s, counters, up, rows)
+        return Sample(time.time(), lag, lag_s, counters, up, len(targets), rows)
 
     def run(self) -> None:
         with LagProbe(self.settings) as probe:
@@ -175,7 +197,7 @@ class StatusSampler:
             "error": error,
             "updated_at": latest.at if latest else None,
             "workers_up": latest.workers_up if latest else 0,
-            "workers_expected": len(self.worker_urls),
+            "workers_expected": latest.workers_expected if latest else len(self.worker_urls),
             "stages": [
                 {
                     "stage": stage,

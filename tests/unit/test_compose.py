@@ -1,5 +1,7 @@
 """docker-compose.yml cannot run here; this keeps it honest against Settings."""
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +77,64 @@ def test_collector_publishes_the_port_it_listens_on() -> None:
         f"{env['UNIFIER_COLLECTOR_PORT']}:{env['UNIFIER_COLLECTOR_PORT']}"
     ]
     assert env["UNIFIER_COLLECTOR_WRITE_KEYS"].startswith("{")
+
+
+# --- monitoring (deploy/) ----------------------------------------------------------------
+DEPLOY = COMPOSE.parent / "deploy"
+
+
+def known_metrics() -> set[str]:
+    """Every metric name our processes export, with the suffixes Prometheus adds."""
+    import prometheus_client
+
+    import streams.metrics
+    import streams.ops  # noqa: F401
+    import unifier.httpmetrics  # noqa: F401
+    from producers.collector import EVENTS  # noqa: F401
+    from unifier.status import StatusSampler
+
+    names: set[str] = set()
+    registries = [prometheus_client.REGISTRY, StatusSampler(Settings(), []).registry]
+    for registry in registries:
+        for family in registry.collect():
+            names.add(family.name)
+            names.update(s.name for s in family.samples)
+            # A labelled metric has no samples until a label set is used.
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}
+            names.update(family.name + x for x in suffixes.get(family.type, []))
+    return names
+
+
+def referenced(text: str) -> set[str]:
+    return set(re.findall(r"\bunifier_[a-z_]+", text))
+
+
+def test_alert_rules_cover_the_issue_and_name_real_metrics() -> None:
+    rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+    by_name = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    assert {"UnifierLagGrowing", "UnifierDeadLettersHigh", "UnifierNoEvents"} <= set(by_name)
+    assert by_name["UnifierLagGrowing"]["for"] == "5m"
+    assert by_name["UnifierNoEvents"]["for"] == "10m"
+    unknown = referenced((DEPLOY / "alerts.yml").read_text()) - known_metrics()
+    assert not unknown, f"alerts use metrics nobody exports: {unknown}"
+
+
+def test_the_dashboard_charts_real_metrics() -> None:
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/profile-unifier.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    unknown = set().union(*(referenced(e) for e in exprs)) - known_metrics()
+    assert not unknown, f"the dashboard charts metrics nobody exports: {unknown}"
+
+
+def test_compose_runs_prometheus_and_grafana_on_these_files() -> None:
+    svc = services()
+    mounts = [v.split(":")[0] for name in ("prometheus", "grafana") for v in svc[name]["volumes"]]
+    for mount in mounts:
+        assert (COMPOSE.parent / mount).exists(), mount
+    prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    jobs = {j["job_name"] for j in prom["scrape_configs"]}
+    assert {"unifier-worker", "unifier-status", "unifier-collector", "unifier-api"} <= jobs
+    worker_env = svc["worker"]["environment"]
+    assert str(worker_env["UNIFIER_WORKER_METRICS_PORT"]) == "9100"
+    assert svc["status"]["command"] == ["unifier", "status", "--serve"]
