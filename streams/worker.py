@@ -5,6 +5,7 @@ from __future__ import annotations
 import faust
 
 from streams.app import create_app
+from unifier import logs
 from unifier.settings import Settings
 
 
@@ -18,5 +19,6 @@ def run_worker(settings: Settings) -> None:
         quiet=True,
         workdir=str(settings.state_dir),
         redirect_stdouts=False,
+        logging_config=logs.config(settings.log_level, settings.log_format),
     )
     worker.execute_from_commandline()

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from unifier import logs
 from unifier.processes import StackError
 from unifier.settings import Settings
 
@@ -198,6 +199,7 @@ def collector(
             "no write keys configured: set UNIFIER_COLLECTOR_WRITE_KEYS to a JSON object "
             """of key -> source, e.g. '{"wk_web_1": "web"}'"""
         )
+    logs.configure(settings.log_level, settings.log_format)
     run_collector(
         settings,
         host or settings.collector_host,
@@ -225,6 +227,7 @@ def api(
         update["api_host"] = host
     if port is not None:
         update["api_port"] = port
+    logs.configure(settings.log_level, settings.log_format)
     run_api(settings.model_copy(update=update))
 
 
@@ -263,6 +266,7 @@ def status(
 
     bind_host = host or settings.status_host
     bind_port = settings.status_port if port is None else port
+    logs.configure(settings.log_level, settings.log_format)
     sampler.start()
     err.print(f"status page on http://{bind_host}:{bind_port}/ (Ctrl-C stops)")
     try:

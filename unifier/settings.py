@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -214,6 +215,9 @@ class Settings(BaseSettings):
         return [f"http://{self.worker_metrics_host}:{self.worker_metrics_port}/metrics"]
 
     log_level: str = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="json, text, or auto: text on a terminal, JSON otherwise"
+    )
 
     @field_validator("identifier_priorities")
     @classmethod

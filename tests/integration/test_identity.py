@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from producers.kafka import TouchpointProducer
@@ -99,6 +100,12 @@ def test_a_visitor_who_signs_in_becomes_one_profile(
     assert metric(metrics, "unifier_redis_write_batch_profiles_count") >= 3
     assert metric(metrics, "unifier_stage_records_total", stage="profile") >= 3
     assert metric(metrics, "unifier_rebalances_total") >= 1
+    # Its log is one JSON object per line (not a terminal), and no identifier in clear.
+    log = (workers.dir / "worker.log").read_text()
+    lines = [orjson.loads(line) for line in log.splitlines() if line.strip()]
+    assert any(doc["msg"].startswith("unifier worker ready") for doc in lines)
+    assert all({"ts", "level", "logger", "msg"} <= set(doc) for doc in lines)
+    assert "example.org" not in log.lower()
     # Recovered, the broker and Redis answer: ready.
     assert get_json(f"http://127.0.0.1:{port}/ready") == (200, {"status": "ready"})
     assert get_json(f"http://127.0.0.1:{port}/health") == (200, {"status": "ok"})
