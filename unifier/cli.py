@@ -425,7 +425,7 @@ def _lag_table(rows: list[Any], caught_up: bool = True) -> Table:
     total = sum(r.lag for r in rows)
     oldest = max((r.lag_seconds or 0.0 for r in rows), default=0.0)
     table = Table(
-        "stage", "topic", "partition", "committed", "end", "lag", "lag (s)",
+        "stage", "topic", "partition", "committed", "end", "lag", "lag (s)", "owner",
         caption=f"total lag: {total} records, oldest {oldest:.1f}s"
         + ("" if caught_up else " - not caught up"),
     )  # fmt: skip
@@ -438,6 +438,7 @@ def _lag_table(rows: list[Any], caught_up: bool = True) -> Table:
             str(row.end),
             str(row.lag),
             "?" if row.lag_seconds is None else f"{row.lag_seconds:.1f}",
+            row.owner or "-",
         )
     return table
 

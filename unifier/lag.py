@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from unifier.kafkalog import client_logger
 from unifier.settings import Settings
@@ -30,9 +31,23 @@ class PartitionLag:
     # How old the oldest record not yet processed is (its producer timestamp), in
     # seconds; 0 when caught up, None when it could not be read in time.
     lag_seconds: float | None = 0.0
+    # The group member that owns the partition (client id and host), when the broker
+    # says (the embedded broker describes groups without their members).
+    owner: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def owners_of(description: Any) -> dict[tuple[str, int], str]:
+    """(topic, partition) -> "client-id (host)" from a ConsumerGroupDescription."""
+    out: dict[tuple[str, int], str] = {}
+    for member in getattr(description, "members", None) or []:
+        owner = f"{member.client_id} ({str(member.host).lstrip('/')})"
+        assignment = getattr(member, "assignment", None)
+        for tp in getattr(assignment, "topic_partitions", None) or []:
+            out[(tp.topic, tp.partition)] = owner
+    return out
 
 
 def stages(settings: Settings) -> list[tuple[str, str, int]]:
@@ -69,10 +84,26 @@ class LagProbe:
         self._tps = [TopicPartition(topic, p) for _, topic, n in stages(settings) for p in range(n)]
         self._assigned = False
         # Reads the oldest unprocessed record of each lagging partition, for its time.
+        self._admin: AdminClient | None = None
+        self._admin_conf: dict[str, Any] = {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "logger": client_logger(),
+        }
         self._peeker = Consumer(
             {**common, "group.id": f"{self.group}.lag-peek", "fetch.wait.max.ms": 50,
              "enable.partition.eof": True}
         )  # fmt: skip
+
+    def _owners(self) -> dict[tuple[str, int], str]:
+        try:
+            if self._admin is None:
+                self._admin = AdminClient(self._admin_conf)
+            [future] = self._admin.describe_consumer_groups(
+                [self.group], request_timeout=5
+            ).values()
+            return owners_of(future.result())
+        except Exception:  # owners are a nicety: never fail the lag for them
+            return {}
 
     def close(self) -> None:
         self._peeker.close()
@@ -152,6 +183,7 @@ class LagProbe:
             if ends[where] > (c or 0)
         }
         oldest = self._oldest_times(lagging)
+        owners = self._owners()
         now = time.time()
         rows = []
         for stage, topic, n in stages(self.settings):
@@ -161,7 +193,8 @@ class LagProbe:
                 lag = max(end - (c or 0), 0)
                 stamp = oldest.get((topic, p))
                 seconds = 0.0 if lag == 0 else None if stamp is None else max(now - stamp, 0.0)
-                rows.append(PartitionLag(stage, self.group, topic, p, c, end, lag, seconds))
+                owner = owners.get((topic, p))
+                rows.append(PartitionLag(stage, self.group, topic, p, c, end, lag, seconds, owner))
         return rows
 
     def wait(
