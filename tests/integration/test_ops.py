@@ -153,3 +153,19 @@ def test_lag_grows_while_the_worker_is_down_and_falls_to_zero_after(
     assert max(snap["series"]["lag"]["route"]) > 0  # the chart shows the climb ...
     assert snap["series"]["lag"]["route"][-1] == 0  # ... and the way down
     assert sum(p["computed"]["event_count"] for p in exported(settings).values()) == traffic.sent
+
+
+def test_a_worker_without_redis_is_alive_but_not_ready(
+    topics: Settings, workers: EmbeddedStack
+) -> None:
+    """Readiness means something: the process answers /health, but /ready says it cannot
+    do its job and why."""
+    port = free_port()
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    workers.settings = topics.model_copy(update={"worker_metrics_port": port, "redis_url": nowhere})
+    workers.start_worker()
+    base = f"http://127.0.0.1:{port}"
+    assert get_json(f"{base}/health") == (200, {"status": "ok"})
+    # Once its tables are recovered, Redis is the one reason left.
+    only_redis = (503, {"status": "not ready", "reasons": ["Redis does not answer"]})
+    until(lambda: get_json(f"{base}/ready") == only_redis, "/ready naming Redis alone")
