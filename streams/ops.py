@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 import redis.asyncio as aredis
@@ -41,10 +42,9 @@ async def _answers(host: str, port: int) -> bool:
     return True
 
 
-def not_ready(app: Any) -> list[str]:
+def not_ready(app: Any, recovery: Any) -> list[str]:
     """Why the worker's own state is not ready (empty: it is)."""
     reasons = []
-    recovery = app.tables.recovery
     if not recovery.completed.is_set():
         reasons.append("tables not recovered yet")
     if getattr(recovery, "in_recovery", False):
@@ -61,12 +61,13 @@ def install(app: Any, settings: Settings, inputs: list[str]) -> None:
     host, port = settings.worker_metrics_host, settings.worker_metrics_port
     broker_host, broker_port = settings.broker_address
     wanted = set(inputs)
+    recovery = app.tables.recovery  # created here, in the worker's thread
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def ready(request: web.Request) -> web.Response:
-        reasons = not_ready(app)
+        reasons = not_ready(app, recovery)
         if not await _answers(broker_host, broker_port):
             reasons.append(f"broker {broker_host}:{broker_port} does not answer")
         client = aredis.Redis.from_url(settings.redis_url, socket_timeout=2)
@@ -80,20 +81,19 @@ def install(app: Any, settings: Settings, inputs: list[str]) -> None:
             return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
         return web.json_response({"status": "ready"})
 
-    @app.task
-    async def serve_ops() -> None:
-        web_app = web.Application(middlewares=[httpmetrics.middleware("worker")])
-        web_app.router.add_get("/metrics", httpmetrics.metrics)
-        web_app.router.add_get("/health", health)
-        web_app.router.add_get("/ready", ready)
-        runner = web.AppRunner(web_app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        log.info("metrics, health and readiness on http://%s:%d", host, port)
-        try:
-            await asyncio.Event().wait()  # until the worker stops (the task is cancelled)
-        finally:
-            await runner.cleanup()
+    web_app = web.Application(middlewares=[httpmetrics.middleware("worker")])
+    web_app.router.add_get("/metrics", httpmetrics.metrics)
+    web_app.router.add_get("/health", health)
+    web_app.router.add_get("/ready", ready)
+    # Its own thread and loop, started now: Faust starts app tasks only after the
+    # first table recovery, and /health must answer (and /ready say "not recovered
+    # yet") during a long one. The handlers only read the app's flags.
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(web_app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, host, port).start())  # a taken port fails here
+    threading.Thread(target=loop.run_forever, name="unifier-ops", daemon=True).start()
+    log.info("metrics, health and readiness on http://%s:%d", host, port)
 
     @app.timer(interval=5.0)
     async def measure_lag() -> None:
