@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import faust
 
-from streams import graph, metrics, offsets, ops, route
+from streams import flush, graph, metrics, offsets, ops, route
 from unifier.settings import Settings
 
 log = logging.getLogger("unifier.worker")
@@ -80,6 +80,7 @@ def create_app(settings: Settings) -> Any:
     graph.register(app, settings, topics, identity, profiles)
     inputs = [settings.topic_touchpoints, settings.topic_identity, settings.topic_profile_ops]
     offsets.install(app, inputs)
+    flush.install()  # a commit waits for every table write to be sent
     ops.install(app, settings, inputs)
 
     async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:

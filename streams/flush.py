@@ -1,0 +1,101 @@
+"""A commit never passes a table write that is still waiting to be sent.
+
+A Faust table's ``__setitem__`` is synchronous, so its changelog record goes into the
+producer's ``ProducerBuffer`` and a background task sends it. Before the consumer
+commits offsets it calls ``producer.flush()``, which is meant to drain that buffer.
+In faust-streaming 0.15.3 it may not: ``ProducerBuffer.flush`` waits at most 0.1 s
+for each record to leave and *returns* when one takes longer, with the rest still
+queued. The worker's producer puts every record in a batch of its own (the embedded
+broker's end-offset bug, see ``Settings.faust_producer_max_batch_size``), and aiokafka
+sends one batch per partition at a time, so under load a changelog record easily
+takes longer than that. The commit then covers records whose table writes were never
+sent; a worker killed (or stopped) at that moment comes back with a table that lacks
+them, and the records that made them are not read again.
+
+That fits what a CI run of the restart tests showed (issue #5): a merged-away profile
+that had offered itself to a winner came back without that state, ignored the
+winner's answer as one it had not asked for, and never got its redirect in Redis.
+``tests/unit/test_flush.py`` shows the early return on Faust's own buffer.
+
+The replacement waits until the buffer is empty and the record its sender took last
+has been handed to the client (Faust's flush did not wait for that one either; the
+client's own flush, which follows, then waits for delivery), however long that takes,
+logging while it waits. When the buffer has stopped with records in it, it raises (as Faust
+does): the commit fails, and the records are read again after the restart.
+
+Pinned to faust-streaming 0.15.3 like ``streams.offsets``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+from faust.transport.producer import ProducerBuffer
+
+from streams.offsets import PATCHED_FOR
+
+log = logging.getLogger("unifier.flush")
+
+POLL_S = 0.1
+WARN_EVERY_S = 10.0
+
+_original: dict[str, Any] = {}
+
+
+def unsent(buffer: Any) -> int:
+    """Records queued, plus the one the buffer's sender has taken and not sent yet."""
+    return int(buffer.size) + getattr(buffer, "_unifier_sending", 0)
+
+
+async def flush_all(buffer: Any) -> None:
+    """Return only when every record put in ``buffer`` has been handed to the client."""
+    started = warned = time.monotonic()
+    while unsent(buffer):
+        if buffer.state != "running":
+            raise RuntimeError(
+                f"cannot flush: the producer buffer stopped with {unsent(buffer)} records unsent"
+            )
+        buffer.message_sent.clear()
+        try:
+            await asyncio.wait_for(buffer.message_sent.wait(), timeout=POLL_S)
+        except TimeoutError:
+            now = time.monotonic()
+            if now - warned >= WARN_EVERY_S:
+                log.warning(
+                    "producer flush: %d records still queued after %.0f s",
+                    unsent(buffer),
+                    now - started,
+                )
+                warned = now
+
+
+async def _flush(self: Any) -> None:
+    await flush_all(self)
+
+
+async def _send_pending(self: Any, fut: Any) -> None:
+    # Faust's sender takes a record off the queue before sending it: count it until
+    # it is handed over, or a flush could end with it still on its way.
+    self._unifier_sending = getattr(self, "_unifier_sending", 0) + 1
+    try:
+        await _original["_send_pending"](self, fut)
+    finally:
+        self._unifier_sending -= 1
+
+
+def install() -> None:
+    """Replace ``ProducerBuffer.flush`` (once per process)."""
+    if _original:
+        return
+    if faust.__version__ != PATCHED_FOR:
+        raise RuntimeError(
+            f"streams/flush.py patches faust-streaming {PATCHED_FOR}, found "
+            f"{faust.__version__}: re-check the patch against the new release"
+        )
+    for name, replacement in (("flush", _flush), ("_send_pending", _send_pending)):
+        _original[name] = getattr(ProducerBuffer, name)
+        setattr(ProducerBuffer, name, replacement)
