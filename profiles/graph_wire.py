@@ -20,8 +20,10 @@ from profiles.graph import (
     EventFacts,
     Granted,
     Merge,
+    Merged,
     Observe,
     Offer,
+    Out,
     ProfileMsg,
     ProfileNode,
     ProfileState,
@@ -235,12 +237,35 @@ def version_of(state: ProfileState) -> int:
     return len(state.events) + len(state.held) + len(state.refused) + len(state.merged)
 
 
+def redirect_view(profile_id: str, merged_into: str) -> dict[str, Any]:
+    """What a merged-away id reads as: the survivor's id, at the final version."""
+    return {"profile_id": profile_id, "merged_into": merged_into, "version": REDIRECT_VERSION}
+
+
+def shown(nodes: Mapping[str, ProfileNode]) -> list[tuple[str, ProfileNode]]:
+    """The profiles among those a record touched that the view shows: redirects, and
+    live profiles that hold an identifier (one founded by a message that arrived before
+    its first event has nothing to show yet)."""
+    return [
+        (key, node) for key, node in nodes.items() if node.redirect is not None or node.state.held
+    ]
+
+
+def merged_away(outs: Iterable[Out]) -> list[dict[str, Any]]:
+    """A redirect for every profile a record's winners absorbed. The loser writes the
+    same redirect when the answer reaches it; written by the winner too, the view agrees
+    with ``profile-merges`` (which the winner publishes) as soon as the merge is made,
+    whatever happens to the loser's table afterwards."""
+    return [redirect_view(m.loser, m.winner) for stage, _key, m in outs
+            if stage == "merges" and isinstance(m, Merged)]  # fmt: skip
+
+
 def view_of(
     profile_id: str, node: ProfileNode, rules: TraitRules = DEFAULT_TRAIT_RULES
 ) -> dict[str, Any]:
     """The documented read form (``unifier profiles get``, the API, Redis)."""
     if node.redirect is not None:
-        return {"profile_id": profile_id, "merged_into": node.redirect, "version": REDIRECT_VERSION}
+        return redirect_view(profile_id, node.redirect)
     s = node.state
     ids: dict[str, list[str]] = {}
     for ident in sorted(s.held):

@@ -5,6 +5,10 @@ Layout (all keys under ``unifier:``):
   documented profile form). Written by a Lua script that refuses an older
   version, so a lagging writer can never move the view backwards.
 - ``unifier:id:<type>:<normalized value>`` — the profile id that holds the identifier.
+  Written in the same script, and only ever to a smaller id: every profile that ever
+  held an identifier ends up merged into one, and a merge keeps the smaller id, so the
+  smallest holder is the one that lasts. A write from a profile merged away since (a
+  record replayed after a restart, a lagging worker) cannot take the key back.
 - A profile merged into another keeps ``unifier:profile:<id>`` as a redirect
   (``{"profile_id", "merged_into"}``): reads follow it to the survivor.
 
@@ -25,10 +29,34 @@ from schemas.codec import ORJSON_OPTS
 
 PREFIX = "unifier:"
 
-# KEYS[1] profile hash; ARGV[1] version, ARGV[2] json, ARGV[3] why ('' = none: a
-# redirect keeps no explanation of the profile it was).
-# 1 = written, 0 = older, ignored.
-_WRITE_IF_NEWER = """
+# Identifier keys name the smallest profile id that has held them (see the module
+# docstring). Byte order, as Python orders profile ids: Lua's `<` on strings follows
+# the server's locale.
+_INDEX = """
+local function smaller(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local function index(first, pid)
+  for i = first, #KEYS do
+    local cur = redis.call('GET', KEYS[i])
+    if not cur or smaller(pid, cur) then redis.call('SET', KEYS[i], pid) end
+  end
+end
+"""
+
+# KEYS[1] profile hash, KEYS[2..] the identifier keys of its identifiers (none for a
+# redirect); ARGV[1] version, ARGV[2] json, ARGV[3] why ('' = none: a redirect keeps no
+# explanation of the profile it was), ARGV[4] the profile id.
+# 1 = written, 0 = older, ignored (its identifier keys are still offered).
+_WRITE_IF_NEWER = (
+    _INDEX
+    + """
+index(2, ARGV[4])
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
@@ -36,6 +64,10 @@ if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3])
 else redis.call('HDEL', KEYS[1], 'why') end
 return 1
 """
+)
+
+# KEYS the identifier keys of one profile, ARGV[1] its id (`unifier view rebuild`).
+_INDEX_ONLY = _INDEX + "index(1, ARGV[1])\nreturn 1\n"
 
 
 def profile_key(profile_id: str) -> str:
@@ -174,27 +206,31 @@ def write_args(view: Mapping[str, Any], why: Mapping[str, Any] | None) -> list[A
         view["version"],
         orjson.dumps(view, option=ORJSON_OPTS),
         orjson.dumps(why, option=ORJSON_OPTS) if why is not None else "",
+        view["profile_id"],
     ]
 
 
-def index_entries(view: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-    """(key, profile id) for every identifier a live view holds; none for a redirect."""
-    for id_type, values in view.get("identifiers", {}).items():
-        for value in values:
-            yield identifier_key(id_type, value), view["profile_id"]
+def identifier_keys(view: Mapping[str, Any]) -> list[str]:
+    """The index keys of every identifier a live view holds; none for a redirect."""
+    return [
+        identifier_key(id_type, value)
+        for id_type, values in view.get("identifiers", {}).items()
+        for value in values
+    ]
 
 
 def applied(results: Sequence[Any]) -> int:
-    """How many script calls in a pipeline's results wrote (1), not SETs (True)."""
-    return sum(1 for r in results if r == 1 and not isinstance(r, bool))
+    """How many profile writes in a pipeline's results were applied (not older)."""
+    return sum(1 for r in results if r == 1)
 
 
 class RedisWriter:
-    """A synchronous writer with the same guard (``unifier view rebuild``)."""
+    """A synchronous writer with the same guards (``unifier view rebuild``)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
         self._script = client.register_script(_WRITE_IF_NEWER)
+        self._index = client.register_script(_INDEX_ONLY)
 
     def write(
         self,
@@ -206,11 +242,21 @@ class RedisWriter:
         whys = whys or {}
         for view in profiles:
             pid = view["profile_id"]
-            self._script(keys=[profile_key(pid)], args=write_args(view, whys.get(pid)), client=pipe)
-            if index:
-                for key, pid in index_entries(view):
-                    pipe.set(key, pid)
+            keys = [profile_key(pid), *(identifier_keys(view) if index else ())]
+            self._script(keys=keys, args=write_args(view, whys.get(pid)), client=pipe)
         return applied(pipe.execute())
+
+    def index(self, views: Iterable[Mapping[str, Any]]) -> int:
+        """Offer every identifier of these live views to the index; how many were offered."""
+        pipe = self._r.pipeline(transaction=False)
+        offered = 0
+        for view in views:
+            keys = identifier_keys(view)
+            if keys:
+                self._index(keys=keys, args=[view["profile_id"]], client=pipe)
+                offered += len(keys)
+        pipe.execute()
+        return offered
 
 
 class AsyncRedisWriter:
@@ -235,10 +281,8 @@ class AsyncRedisWriter:
         whys = whys or {}
         for view in profiles:
             pid = view["profile_id"]
-            args = write_args(view, whys.get(pid))
-            await self._script(keys=[profile_key(pid)], args=args, client=pipe)
-            for key, pid in index_entries(view):
-                pipe.set(key, pid)
+            keys = [profile_key(pid), *identifier_keys(view)]
+            await self._script(keys=keys, args=write_args(view, whys.get(pid)), client=pipe)
             count += 1
         if count == 0:
             return 0

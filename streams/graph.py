@@ -28,8 +28,10 @@ from profiles.graph_wire import (
     WireError,
     changed_fields,
     decode_messages,
+    merged_away,
     node_from,
     node_to,
+    shown,
     update_record,
     view_of,
     why_of,
@@ -283,11 +285,7 @@ def register(
                 # Every touched profile, even when nothing changed: a replay after a crash
                 # between the table write and Redis must still bring the view up to date
                 # (the version guard makes a repeated write a no-op).
-                touched = [
-                    (key, node)
-                    for key, node in cache.items()
-                    if node.redirect is not None or node.state.held
-                ]
+                touched = shown(cache)
                 views = [view_of(key, node, trait_rules) for key, node in touched]
                 whys = {key: why_of(node) for key, node in touched if node.redirect is None}
                 updates = profile_updates(cache, touched, views, whys)
@@ -296,7 +294,7 @@ def register(
                     k for k, node in touched if node.redirect is None and not cache.before.get(k)
                 ]
                 cache.flush()
-                await write_with_retry(writer, views, whys)
+                await write_with_retry(writer, views + merged_away(outs), whys)
                 await manual.ack(event)
                 metrics.RECORDS.labels(stage="profile").inc()
                 metrics.MESSAGES_IN.labels(stage="profile").inc(len(messages))

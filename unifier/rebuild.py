@@ -8,7 +8,8 @@ from the start to their current end and writes:
    write-if-newer script the worker uses — so it can run while workers write, and
    an older record never replaces a newer view;
 2. a redirect for every merged-away profile (reads follow it to the survivor);
-3. the identifier index, from the live profiles now in Redis.
+3. the identifier index, from the live profiles now in Redis (each key keeps the
+   smallest profile id that holds it, the same rule as the worker's writes).
 
 Memory stays small: views go to Redis in batches as they are read; only the ids of
 merged-away profiles are kept.
@@ -25,8 +26,8 @@ import redis
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from profiles.feed import ProfileFeed, ProfileMerge, ProfileRemoved, ProfileUpdate
-from profiles.graph_wire import REDIRECT_VERSION
-from profiles.view import PREFIX, RedisWriter, index_entries, profile_key
+from profiles.graph_wire import redirect_view
+from profiles.view import PREFIX, RedisWriter, profile_key
 from unifier.settings import Settings
 
 BATCH = 500
@@ -113,10 +114,7 @@ def rebuild(
                 elif isinstance(change, ProfileMerge):
                     winners[change.loser] = change.winner
             flush()
-        redirects = [
-            {"profile_id": loser, "merged_into": winner, "version": REDIRECT_VERSION}
-            for loser, winner in sorted(winners.items())
-        ]
+        redirects = [redirect_view(loser, winner) for loser, winner in sorted(winners.items())]
         for start in range(0, len(redirects), BATCH):
             writer.write(redirects[start : start + BATCH], index=False)
         result.redirects = len(redirects)
@@ -129,14 +127,15 @@ def rebuild(
                 file=err,
             )
         result.orphans = len(orphans)
-        result.profiles, result.identifiers = _index(client)
+        result.profiles, result.identifiers = _index(client, writer)
     finally:
         client.close()
     return result
 
 
-def _index(client: redis.Redis) -> tuple[int, int]:
-    """Point every identifier of every live profile at it; (profiles, identifiers)."""
+def _index(client: redis.Redis, writer: RedisWriter) -> tuple[int, int]:
+    """Offer every identifier of every live profile to the index (each key keeps the
+    smallest holder, as the worker's writes do); (profiles, identifiers)."""
     profiles = identifiers = 0
     keys: list[Any] = []
 
@@ -145,15 +144,10 @@ def _index(client: redis.Redis) -> tuple[int, int]:
         read = client.pipeline(transaction=False)
         for key in batch:
             read.hget(key, "json")
-        write = client.pipeline(transaction=False)
-        for raw in read.execute():
-            view = orjson.loads(raw) if raw else {}
-            if raw and "merged_into" not in view:
-                profiles += 1
-                for key, pid in index_entries(view):
-                    write.set(key, pid)
-                    identifiers += 1
-        write.execute()
+        live = [view for raw in read.execute() if raw for view in [orjson.loads(raw)]
+                if "merged_into" not in view]  # fmt: skip
+        profiles += len(live)
+        identifiers += writer.index(live)
 
     for key in client.scan_iter(match=f"{PREFIX}profile:*", count=1000):
         keys.append(key)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
 import redis
 
-from profiles.view import PREFIX
+from profiles.view import PREFIX, identifier_keys
 
 
 def dump(url: str) -> dict[str, Any]:
@@ -66,3 +67,33 @@ class VersionWatch:
                     self.backwards.append((name, seen, version))
                 self.highest[name] = max(seen, version)
             self.samples += 1
+
+
+class ViewModel:
+    """The view's write rules in plain Python — what Redis holds after the same
+    writes through profiles.view's scripts (tests/integration/test_view.py checks that
+    the two agree): a profile is replaced only by a newer version, an identifier key
+    only by a smaller profile id."""
+
+    def __init__(self) -> None:
+        self.profiles: dict[str, dict[str, Any]] = {}  # id -> view
+        self.whys: dict[str, dict[str, Any]] = {}
+        self.index: dict[str, str] = {}  # identifier key -> profile id
+
+    def write(
+        self,
+        views: Iterable[Mapping[str, Any]],
+        whys: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        whys = whys or {}
+        for view in views:
+            pid = view["profile_id"]
+            for key in identifier_keys(view):
+                if key not in self.index or pid < self.index[key]:
+                    self.index[key] = pid
+            old = self.profiles.get(pid)
+            if old is None or old["version"] < view["version"]:
+                self.profiles[pid] = dict(view)
+                self.whys.pop(pid, None)
+                if pid in whys:
+                    self.whys[pid] = dict(whys[pid])

@@ -29,11 +29,12 @@ from profiles.graph import (
     ident_type,
     owner_of,
 )
-from profiles.graph_wire import facts_of
+from profiles.graph_wire import REDIRECT_VERSION, facts_of, merged_away, shown, view_of, why_of
 from profiles.reference import key, reference_clusters, usable
 from profiles.routing import partition_for
 from profiles.rules import IdentityRules
 from profiles.touchpoint import Touchpoint
+from tests.support.view import ViewModel
 from tests.unit.test_reference import event_lists
 from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
 
@@ -41,6 +42,28 @@ LIMITED = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES)
 UNLIMITED = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES, limits={}, max_claimants=None)
 
 Node = tuple[str, int]
+
+
+class Touched(dict[str, ProfileNode]):
+    """A profile table as the profile stage's cache sees it: the profiles a message
+    read or created are the ones whose view it writes."""
+
+    def __init__(self, table: dict[str, ProfileNode]) -> None:
+        super().__init__()
+        self._table = table
+        self._read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._table:
+            self._read.add(key)
+        return self._table.get(key, default)
+
+    def __setitem__(self, key: str, node: ProfileNode) -> None:
+        self._read.add(key)
+        self._table[key] = node
+
+    def touched(self) -> dict[str, ProfileNode]:
+        return {key: self._table[key] for key in sorted(self._read)}
 
 
 class Simulation:
@@ -52,9 +75,16 @@ class Simulation:
         seed: int,
         redeliver: float = 0.0,
         crash: float = 0.0,
+        rollback: float = 0.0,
     ):
         self.redeliver = redeliver
         self.crash = crash
+        self.rollback = rollback
+        self.view = ViewModel()  # what the profile stage wrote to Redis
+        # Per partition: its table as of the last commit, and the messages it processed
+        # since (in order) — what a worker killed now would process again.
+        self.committed: dict[Node, tuple[Any, list[Any]]] = {}
+        self.replay: dict[Node, deque[Any]] = {}
         self.rules = rules
         self.parts = {"identity": identity_parts, "profile": profile_parts}
         self.identity: list[dict[str, str]] = [{} for _ in range(identity_parts)]
@@ -89,36 +119,67 @@ class Simulation:
     def run(self, limit: int = 200_000) -> None:
         while True:
             busy = [c for c, q in self.channels.items() if q]
+            busy += [(("replay", 0), t) for t, q in self.replay.items() if q]
             if not busy:
                 return
             source, target = self.rng.choice(busy)
+            if self.replay.get(target):
+                # A restarted partition reads its uncommitted records again first.
+                self.process(target, self.replay[target].popleft())
+                continue
             channel = self.channels[(source, target)]
             msg = channel.popleft()
             if self.rng.random() < self.redeliver:
                 # At least once: processed now, and again later in this channel, as after a
                 # crash before the commit. (Its outputs are sent twice, too.)
                 channel.insert(self.rng.randrange(len(channel) + 1), msg)
-            stage, part = target
-            tables: list[Any] = self.identity if stage == "identity" else self.profiles
-            table = tables[part]
-            if self.rng.random() < self.crash:
-                # Killed after the outputs were delivered but before the table write
-                # (streams/graph.py sends outputs first): the table stays as it was. The
-                # uncommitted message is the next one this partition processes after the
-                # restart (nothing behind it in its log can come first).
-                scratch = copy.deepcopy(table)
-                if stage == "identity":
-                    outs = handle_identity(scratch, msg, self.rules.max_claimants)
-                else:
-                    outs = handle_profile(scratch, msg, self.rules)
-                self.send(target, outs)
-            if stage == "identity":
-                outs = handle_identity(table, msg, self.rules.max_claimants)
-            else:
-                outs = handle_profile(table, msg, self.rules)
-            self.send(target, outs)
+            self.process(target, msg)
             self.delivered += 1
             assert self.delivered < limit, "the protocol does not quiesce"
+
+    def tables(self, stage: str) -> list[Any]:
+        return self.identity if stage == "identity" else self.profiles
+
+    def handle(self, target: Node, table: Any, msg: Any, redis: bool) -> None:
+        """One message as streams/graph.py handles a record: outputs, table, Redis."""
+        stage, _part = target
+        if stage == "identity":
+            self.send(target, handle_identity(table, msg, self.rules.max_claimants))
+            return
+        cache = Touched(table)
+        outs = handle_profile(cache, msg, self.rules)
+        self.send(target, outs)
+        if redis:
+            touched = shown(cache.touched())
+            views = [view_of(key, node) for key, node in touched]
+            self.view.write(views + merged_away(outs), {k: why_of(n) for k, n in touched})
+
+    def process(self, target: Node, msg: Any) -> None:
+        stage, part = target
+        tables = self.tables(stage)
+        if self.rollback and target not in self.committed:
+            self.committed[target] = (copy.deepcopy(tables[part]), [])
+        if self.rng.random() < self.crash:
+            # Killed after the outputs were delivered but before the table write
+            # (streams/graph.py sends outputs first): the table stays as it was. The
+            # uncommitted message is the next one this partition processes after the
+            # restart (nothing behind it in its log can come first).
+            self.handle(target, copy.deepcopy(tables[part]), msg, redis=False)
+        self.handle(target, tables[part], msg, redis=True)
+        if not self.rollback:
+            return
+        table, since = self.committed[target]
+        since.append(msg)
+        roll = self.rng.random()
+        if roll < self.rollback:
+            # Killed before the table's latest writes reached its changelog: the table
+            # comes back as of the last commit, and every message since is processed
+            # again — their outputs and Redis writes were made already.
+            tables[part] = copy.deepcopy(table)
+            self.replay.setdefault(target, deque()).extendleft(reversed(since))
+            since.clear()
+        elif roll < 0.5:  # a commit: the changelog has everything up to here
+            self.committed[target] = (copy.deepcopy(tables[part]), [])
 
     def live(self) -> dict[str, ProfileNode]:
         return {p: n for table in self.profiles for p, n in table.items() if n.redirect is None}
@@ -145,8 +206,9 @@ def simulate(
     seed: int,
     redeliver: float = 0.0,
     crash: float = 0.0,
+    rollback: float = 0.0,
 ) -> Simulation:
-    sim = Simulation(rules, parts[1], parts[2], seed, redeliver, crash)
+    sim = Simulation(rules, parts[1], parts[2], seed, redeliver, crash, rollback)
     sim.feed(events, parts[0])
     sim.run()
     return sim
@@ -170,37 +232,58 @@ def check_settled(sim: Simulation, events: list[Touchpoint]) -> None:
     assert set(applied.values()) <= {1}
 
 
+def check_view(sim: Simulation) -> None:
+    """Redis as the profile stage left it is the view of the tables as they ended:
+    every live profile exactly, a redirect for every profile merged away (each one
+    ``profile-merges`` named), and every identifier key naming its live holder."""
+    nodes = {key: node for table in sim.profiles for key, node in table.items()}
+    expected = ViewModel()
+    expected.write([view_of(key, node) for key, node in shown(nodes)])
+    assert sim.view.profiles == expected.profiles
+    assert {m.loser for m in sim.merges} <= {
+        pid for pid, view in sim.view.profiles.items() if "merged_into" in view
+    }
+    assert sim.view.index == expected.index
+    assert sim.view.whys == {k: why_of(n) for k, n in shown(nodes) if n.redirect is None}
+
+
 parts = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4))
 
 
 redelivery = st.sampled_from([0.0, 0.0, 0.1, 0.3])
 crashes = st.sampled_from([0.0, 0.0, 0.05, 0.2])
+rollbacks = st.sampled_from([0.0, 0.0, 0.02, 0.1])
 
 
 @settings(max_examples=300, deadline=None)
-@given(event_lists, parts, st.integers(0, 2**32), redelivery, crashes)
+@given(event_lists, parts, st.integers(0, 2**32), redelivery, crashes, rollbacks)
 def test_without_limits_the_graph_finds_the_reference_clusters(
-    events, parts, seed, again, crash
+    events, parts, seed, again, crash, rollback
 ) -> None:  # type: ignore[no-untyped-def]
-    sim = simulate(events, UNLIMITED, parts, seed, again, crash)
+    """Under re-delivery, crashes between outputs and table writes, and restarts that
+    lose a table's uncommitted writes; Redis ends as the view of the tables."""
+    sim = simulate(events, UNLIMITED, parts, seed, again, crash, rollback)
     check_settled(sim, events)
+    check_view(sim)
     assert sim.clusters() == set(reference_clusters(events, UNLIMITED, "US", limits=False).clusters)
     # Merged away once: a record on profile-merges can repeat (sent again after a
     # crash: at least once), but it never names a second winner for a loser.
     assert len(set(sim.merges)) == len({m.loser for m in sim.merges})
-    if not crash:  # and re-sent offers do not publish it again
+    if not crash and not rollback:  # and re-sent offers do not publish it again
         assert len(sim.merges) == len(set(sim.merges))
 
 
 @settings(max_examples=300, deadline=None)
-@given(event_lists, parts, st.integers(0, 2**32), redelivery, crashes)
+@given(event_lists, parts, st.integers(0, 2**32), redelivery, crashes, rollbacks)
 def test_with_limits_no_cluster_breaks_one_and_the_rest_agrees(
-    events, parts, seed, again, crash
+    events, parts, seed, again, crash, rollback
 ) -> None:  # type: ignore[no-untyped-def]
     """With crashes, too: a duplicate answer sent when a worker was killed between a
     record's outputs and its table write can arrive late — it must not drop a newer
     reservation of the same identifier (answers name their claim)."""
-    check_limited(simulate(events, LIMITED, parts, seed, again, crash), events)
+    sim = simulate(events, LIMITED, parts, seed, again, crash, rollback)
+    check_limited(sim, events)
+    check_view(sim)
 
 
 def check_limited(sim: Simulation, events: list[Touchpoint]) -> None:
@@ -257,9 +340,14 @@ def test_synthetic_journeys_settle_on_the_truth() -> None:
 
     journeys = generate_journeys(300, seed=21)
     events = [parse_json(e, DEFAULT_IDENTIFIER_PRIORITIES) for e in journeys.events]
-    for parts, seed, again in (((4, 8, 8), 1, 0.0), ((1, 1, 1), 2, 0.2), ((3, 5, 7), 3, 0.05)):
-        sim = simulate(events, LIMITED, parts, seed, again)
+    for parts, seed, again, rollback in (
+        ((4, 8, 8), 1, 0.0, 0.0),
+        ((1, 1, 1), 2, 0.2, 0.0),
+        ((3, 5, 7), 3, 0.05, 0.05),
+    ):
+        sim = simulate(events, LIMITED, parts, seed, again, rollback=rollback)
         check_settled(sim, events)
+        check_view(sim)
         result = score(sim.clusters(), journeys.truth)
         assert (result.precision, result.recall) == (1.0, 1.0), (parts, result)
         assert sim.merges
@@ -378,3 +466,17 @@ def test_with_a_shared_limit_of_one_nothing_merges(events, parts, seed, again) -
     for cluster in ref.clusters:
         if sum(1 for c in sim.clusters() if c & cluster) > 1:
             assert refused, "clusters split without a recorded refusal"
+
+
+def test_the_winners_record_writes_the_losers_redirect() -> None:
+    """A read of the merged-away id answers with the survivor as soon as the winner has
+    absorbed it, as profile-merges says — not only once the answer reaches the loser
+    (whose table entry, lost in a restart, once made it ignore that answer)."""
+    offer = Offer("p_1", "p_2", ProfileState(held={"user_id:bo"}), frozenset(),
+                  "anonymous_id:t", "p_2", "e7", "p_2.1")  # fmt: skip
+    table = {"p_1": ProfileNode(state=ProfileState(held={"anonymous_id:t"}))}
+    sim = Simulation(UNLIMITED, 1, 1, seed=0)
+    sim.handle(("profile", 0), table, offer, redis=True)
+    assert sim.view.profiles["p_2"] == {"profile_id": "p_2", "merged_into": "p_1",
+                                        "version": REDIRECT_VERSION}  # fmt: skip
+    assert sim.view.index == {"unifier:id:anonymous_id:t": "p_1", "unifier:id:user_id:bo": "p_1"}

@@ -1,0 +1,106 @@
+"""The view's write scripts on a real Redis server, against their rules in plain Python.
+
+The identity-graph simulator (tests/unit/test_graph.py) checks what the worker writes
+with ``ViewModel``; this checks that Redis, through profiles.view's Lua scripts, ends
+where ``ViewModel`` ends, for any order of writes: a profile replaced only by a newer
+version (a redirect by nothing), an identifier key only by a smaller profile id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from profiles.graph_wire import redirect_view
+from profiles.view import AsyncRedisWriter, RedisProfileView, RedisWriter
+from tests.support.view import ViewModel, dump
+
+pytestmark = pytest.mark.integration
+
+# Ids of different lengths and digits against letters: the script compares bytes.
+PIDS = ["p_0a", "p_1f", "p_a0", "p_b", "p_ff0"]
+IDS = [("email", "a@x.example"), ("email", "b@x.example"), ("phone", "+14155550100")]
+
+
+@st.composite
+def writes(draw: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    pid = draw(st.sampled_from(PIDS))
+    if draw(st.integers(0, 5)) == 0:
+        return redirect_view(pid, draw(st.sampled_from([p for p in PIDS if p < pid] or PIDS))), None
+    held = draw(st.lists(st.sampled_from(IDS), max_size=3, unique=True))
+    identifiers: dict[str, list[str]] = {}
+    for id_type, value in sorted(held):
+        identifiers.setdefault(id_type, []).append(value)
+    version = draw(st.integers(1, 6))
+    view = {"profile_id": pid, "identifiers": identifiers, "version": version}
+    why = {"identifiers": [], "n": version} if draw(st.booleans()) else None
+    return view, why
+
+
+def redis_as_model(url: str) -> ViewModel:
+    got = ViewModel()
+    for key, value in dump(url).items():
+        if key.startswith("unifier:profile:"):
+            pid = key.removeprefix("unifier:profile:")
+            got.profiles[pid] = orjson.loads(value["json"])
+            if "why" in value:
+                got.whys[pid] = orjson.loads(value["why"])
+        else:
+            got.index[key] = value.decode()
+    return got
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.lists(writes(), min_size=1, max_size=4), min_size=1, max_size=6))
+def test_redis_ends_where_the_rules_say_whatever_the_order(
+    redis_url: str, batches: list[list[tuple[dict[str, Any], dict[str, Any] | None]]]
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    model, sync, writer = ViewModel(), RedisWriter(client), AsyncRedisWriter.from_url(redis_url)
+
+    async def write_all() -> None:
+        for n, batch in enumerate(batches):
+            views = [view for view, _ in batch]
+            whys = {view["profile_id"]: why for view, why in batch if why is not None}
+            model.write(views, whys)
+            if n % 2:  # both writers run the same script
+                sync.write(views, whys)
+            else:
+                await writer.write(views, whys)
+        await writer.close()
+
+    try:
+        asyncio.run(write_all())
+        got = redis_as_model(redis_url)
+        assert (got.profiles, got.whys, got.index) == (model.profiles, model.whys, model.index)
+    finally:
+        client.close()
+
+
+def test_an_identifier_key_keeps_the_survivor_when_a_merged_away_profile_writes_late(
+    redis_url: str,
+) -> None:
+    """What a reader notices: after p_1 absorbed p_2, a late write of p_2 (a record
+    replayed after a restart) leaves the email pointing at p_1, the survivor."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    writer = RedisWriter(client)
+    email = {"email": ["ana@x.example"]}
+    writer.write([{"profile_id": "p_2", "identifiers": email, "version": 3}])
+    writer.write([{"profile_id": "p_1", "identifiers": email, "version": 5},
+                  redirect_view("p_2", "p_1")])  # fmt: skip
+    writer.write([{"profile_id": "p_2", "identifiers": email, "version": 4}])
+    assert client.get("unifier:id:email:ana@x.example") == b"p_1"
+    view = RedisProfileView(client)
+    assert view.lookup("email", "ana@x.example")["profile_id"] == "p_1"  # type: ignore[index]
+    assert view.get("p_2")["profile_id"] == "p_1"  # type: ignore[index]
+    client.close()
