@@ -44,26 +44,58 @@ UNLIMITED = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES, limits={}, max_cl
 Node = tuple[str, int]
 
 
-class Touched(dict[str, ProfileNode]):
-    """A profile table as the profile stage's cache sees it: the profiles a message
-    read or created are the ones whose view it writes."""
+class Touched(dict[str, Any]):
+    """A partition's table as a stage's cache sees it: the keys a message read or
+    created (for the profile stage, the profiles whose view it writes); and, when given
+    an undo log, each key's value from before its first change since the last commit."""
 
-    def __init__(self, table: dict[str, ProfileNode]) -> None:
+    def __init__(self, table: dict[str, Any], undo: dict[str, Any] | None = None) -> None:
         super().__init__()
         self._table = table
         self._read: set[str] = set()
+        self._undo = undo
+
+    def _keep(self, key: str) -> None:
+        if self._undo is not None and key not in self._undo:
+            self._undo[key] = copy.deepcopy(self._table.get(key))
 
     def get(self, key: str, default: Any = None) -> Any:
         if key in self._table:
+            self._keep(key)  # nodes change in place once read
             self._read.add(key)
         return self._table.get(key, default)
 
-    def __setitem__(self, key: str, node: ProfileNode) -> None:
-        self._read.add(key)
-        self._table[key] = node
+    def __getitem__(self, key: str) -> Any:
+        found = self.get(key, KeyError)
+        if found is KeyError:
+            raise KeyError(key)
+        return found
 
-    def touched(self) -> dict[str, ProfileNode]:
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._keep(key)
+        self._read.add(key)
+        self._table[key] = value
+
+    def touched(self) -> dict[str, Any]:
         return {key: self._table[key] for key in sorted(self._read)}
+
+
+class Uncommitted:
+    """What a partition processed since its last commit: a worker killed now would
+    come back with the table as it was then and process these messages again."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.undo: dict[str, Any] = {}  # key -> value at the commit (None: absent)
+
+    def roll_back(self, table: dict[str, Any]) -> list[Any]:
+        for k, value in self.undo.items():
+            if value is None:
+                table.pop(k, None)
+            else:
+                table[k] = value
+        messages, self.messages, self.undo = self.messages, [], {}
+        return messages
 
 
 class Simulation:
@@ -81,9 +113,8 @@ class Simulation:
         self.crash = crash
         self.rollback = rollback
         self.view = ViewModel()  # what the profile stage wrote to Redis
-        # Per partition: its table as of the last commit, and the messages it processed
-        # since (in order) — what a worker killed now would process again.
-        self.committed: dict[Node, tuple[Any, list[Any]]] = {}
+        self.uncommitted: dict[Node, Uncommitted] = {}
+        self.rolled_back = 0  # messages processed again after a lost table write
         self.replay: dict[Node, deque[Any]] = {}
         self.rules = rules
         self.parts = {"identity": identity_parts, "profile": profile_parts}
@@ -140,13 +171,15 @@ class Simulation:
     def tables(self, stage: str) -> list[Any]:
         return self.identity if stage == "identity" else self.profiles
 
-    def handle(self, target: Node, table: Any, msg: Any, redis: bool) -> None:
+    def handle(
+        self, target: Node, table: Any, msg: Any, redis: bool, undo: dict[str, Any] | None = None
+    ) -> None:
         """One message as streams/graph.py handles a record: outputs, table, Redis."""
         stage, _part = target
+        cache = Touched(table, undo)
         if stage == "identity":
-            self.send(target, handle_identity(table, msg, self.rules.max_claimants))
+            self.send(target, handle_identity(cache, msg, self.rules.max_claimants))
             return
-        cache = Touched(table)
         outs = handle_profile(cache, msg, self.rules)
         self.send(target, outs)
         if redis:
@@ -156,30 +189,29 @@ class Simulation:
 
     def process(self, target: Node, msg: Any) -> None:
         stage, part = target
-        tables = self.tables(stage)
-        if self.rollback and target not in self.committed:
-            self.committed[target] = (copy.deepcopy(tables[part]), [])
+        table = self.tables(stage)[part]
         if self.rng.random() < self.crash:
             # Killed after the outputs were delivered but before the table write
             # (streams/graph.py sends outputs first): the table stays as it was. The
             # uncommitted message is the next one this partition processes after the
             # restart (nothing behind it in its log can come first).
-            self.handle(target, copy.deepcopy(tables[part]), msg, redis=False)
-        self.handle(target, tables[part], msg, redis=True)
+            self.handle(target, copy.deepcopy(table), msg, redis=False)
         if not self.rollback:
+            self.handle(target, table, msg, redis=True)
             return
-        table, since = self.committed[target]
-        since.append(msg)
+        since = self.uncommitted.setdefault(target, Uncommitted())
+        self.handle(target, table, msg, redis=True, undo=since.undo)
+        since.messages.append(msg)
         roll = self.rng.random()
         if roll < self.rollback:
             # Killed before the table's latest writes reached its changelog: the table
             # comes back as of the last commit, and every message since is processed
             # again — their outputs and Redis writes were made already.
-            tables[part] = copy.deepcopy(table)
-            self.replay.setdefault(target, deque()).extendleft(reversed(since))
-            since.clear()
+            again = since.roll_back(table)
+            self.rolled_back += len(again)
+            self.replay.setdefault(target, deque()).extendleft(reversed(again))
         elif roll < 0.5:  # a commit: the changelog has everything up to here
-            self.committed[target] = (copy.deepcopy(tables[part]), [])
+            self.uncommitted[target] = Uncommitted()
 
     def live(self) -> dict[str, ProfileNode]:
         return {p: n for table in self.profiles for p, n in table.items() if n.redirect is None}
@@ -348,6 +380,7 @@ def test_synthetic_journeys_settle_on_the_truth() -> None:
         sim = simulate(events, LIMITED, parts, seed, again, rollback=rollback)
         check_settled(sim, events)
         check_view(sim)
+        assert sim.rolled_back > 0 or not rollback
         result = score(sim.clusters(), journeys.truth)
         assert (result.precision, result.recall) == (1.0, 1.0), (parts, result)
         assert sim.merges
