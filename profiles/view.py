@@ -201,7 +201,11 @@ class AsyncRedisView:
 
 
 def write_args(view: Mapping[str, Any], why: Mapping[str, Any] | None) -> list[Any]:
-    """ARGV of the write-if-newer script for one profile view (or redirect)."""
+    """ARGV of the write-if-newer script for one profile view (or redirect). A redirect
+    keeps no explanation, whatever ``why`` says: one batch can hold a merged-away
+    profile's last live view (with its explanation) and its redirect."""
+    if "merged_into" in view:
+        why = None
     return [
         view["version"],
         orjson.dumps(view, option=ORJSON_OPTS),

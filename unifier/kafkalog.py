@@ -18,13 +18,15 @@ class OncePer(logging.Filter):
     def __init__(self, every: float = 30.0) -> None:
         super().__init__()
         self.every = every
-        self._last: dict[str, tuple[float, int]] = {}
+        self._last: dict[str, tuple[float | None, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = _NUMBERS.sub("#", record.getMessage())  # timestamps, ports, counts
         now = time.monotonic()
-        last, held = self._last.get(key, (0.0, 0))
-        if now - last < self.every:
+        last, held = self._last.get(key, (None, 0))
+        # (Not 0.0 for "never": the monotonic clock starts near 0 at boot, and a machine
+        # up for less than `every` would have held back every first message.)
+        if last is not None and now - last < self.every:
             self._last[key] = (last, held + 1)
             return False
         self._last[key] = (now, 0)

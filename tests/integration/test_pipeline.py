@@ -15,7 +15,7 @@ from profiles.view import RedisProfileView
 from schemas.codec import encode_touchpoint
 from tests.support.data import comparable, reference_views, write_jsonl
 from tests.support.http import get_text
-from tests.support.view import VersionWatch, dump
+from tests.support.view import VersionWatch, dump_as_read
 from unifier.ingest import ingest_file
 from unifier.lag import LagProbe
 from unifier.processes import free_port
@@ -137,14 +137,15 @@ def test_worker_stopped_mid_stream_applies_every_event_once(
     assert watch.samples > 10 and not watch.backwards
 
     # Redis is a cache of the log: wiped and rebuilt, the same view comes back, key
-    # for key — every live profile (view and explanation), every redirect, and every
-    # identifier key (issue #5: a restart once left a redirect missing, and replayed
-    # records could point identifier keys at merged-away ids).
-    before = dump(settings.redis_url)
+    # for key — every live profile (view and explanation), every identifier key, and a
+    # redirect for every merged-away id that reads as the same profile (issue #5: a
+    # restart once left a redirect missing, and replayed records could point
+    # identifier keys at merged-away ids).
+    before = dump_as_read(settings.redis_url)
     result = rebuild(settings, clear_first=True, progress=False)
-    after = dump(settings.redis_url)
+    after = dump_as_read(settings.redis_url)
     assert after.keys() == before.keys()
-    assert {k: v for k, v in after.items() if v != before[k]} == {}
+    assert {k: (before[k], v) for k, v in after.items() if v != before[k]} == {}
     assert result.profiles == len(got) and result.cleared == len(before)
     # Every identifier resolves to the live profile that holds it, not through a redirect.
     live = {p["profile_id"]: p for p in got.values()}

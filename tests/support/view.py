@@ -7,9 +7,47 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
+import orjson
 import redis
 
 from profiles.view import PREFIX, identifier_keys
+
+
+def survivor(profiles: Mapping[str, Mapping[str, Any]], pid: str) -> str | None:
+    """Where a read of ``pid`` lands, following redirects (None: nowhere)."""
+    for _ in range(64):
+        view = profiles.get(pid)
+        if view is None:
+            return None
+        if "merged_into" not in view:
+            return pid
+        pid = view["merged_into"]
+    raise AssertionError(f"redirect cycle at {pid}")
+
+
+def as_read(profiles: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Profiles as a reader sees them: a live one as it is, a redirect as the profile
+    it leads to. (A loser's redirect may name the profile that absorbed it or, when an
+    answer to a repeated offer came first, that profile's own survivor: reads agree.)"""
+    return {
+        pid: view if "merged_into" not in view else ("read as", survivor(profiles, pid))
+        for pid, view in profiles.items()
+    }
+
+
+def dump_as_read(url: str) -> dict[str, Any]:
+    """``dump`` with every redirect replaced by the profile a read of it lands on."""
+    out = dump(url)
+    prefix = f"{PREFIX}profile:"
+    profiles = {
+        key.removeprefix(prefix): orjson.loads(value["json"])
+        for key, value in out.items()
+        if key.startswith(prefix)
+    }
+    for pid, read in as_read(profiles).items():
+        if "merged_into" in profiles[pid]:
+            out[prefix + pid] = read
+    return out
 
 
 def dump(url: str) -> dict[str, Any]:
@@ -95,5 +133,5 @@ class ViewModel:
             if old is None or old["version"] < view["version"]:
                 self.profiles[pid] = dict(view)
                 self.whys.pop(pid, None)
-                if pid in whys:
+                if pid in whys and "merged_into" not in view:
                     self.whys[pid] = dict(whys[pid])
