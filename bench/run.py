@@ -1,0 +1,335 @@
+"""One command, one run, one report: how fast the unifier is on this machine, and how right.
+
+    ./dev bench                 # the full run on the embedded stack; writes bench/results/
+    ./dev bench --people 300    # a smaller one (a smoke run)
+
+Every number in the report comes from this one run, on one machine, next to the
+machine's own ceilings measured the same minute (issue #7):
+
+1. raw limits — confluent-kafka consuming and fastavro-decoding the very touchpoints
+   the pipeline gets; Redis writing the very views the worker writes (its Lua script,
+   pipelined) — the ceiling no worker can pass;
+2. end to end — synthetic journeys pre-loaded onto ``touchpoints``, one worker started,
+   the time until every stage has caught up (every profile is in Redis);
+6. accuracy — the clusters of that same run against the generator's truth.
+
+The report goes to ``bench/results/report.md`` and ``report.json``: the table, the
+machine, the versions and the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.accuracy import clusters_of_export
+from producers.synthetic import generate_journeys, score
+from profiles.touchpoint import Touchpoint, parse_json
+from unifier.settings import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGES = ("faust-streaming", "aiokafka", "confluent-kafka", "redis", "fastavro", "orjson")
+
+
+@dataclass
+class Report:
+    started: str
+    command: str
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, name: str, **values: Any) -> None:
+        self.sections[name] = values
+        print(f"  {name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()), flush=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if value < 10 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_gib = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kib = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]
+        mem_gib = round(int(kib) / 1024 / 1024, 1)
+    versions = {}
+    for name in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": mem_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+    }
+
+
+@contextlib.contextmanager
+def timer() -> Iterator[list[float]]:
+    """Yields a list that holds the elapsed seconds once the block ends."""
+    took: list[float] = []
+    started = time.perf_counter()
+    try:
+        yield took
+    finally:
+        took.append(time.perf_counter() - started)
+
+
+# --- 1. raw limits --------------------------------------------------------------------
+def consume_decode_ceiling(settings: Settings, touchpoints: list[Touchpoint]) -> dict[str, Any]:
+    """confluent-kafka reading the same Avro records the worker reads, decoded each."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from producers.kafka import TouchpointProducer
+    from schemas.codec import decode_touchpoints
+
+    topic = f"bench.raw.{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin.create_topics([NewTopic(topic, settings.touchpoint_partitions, 1)])[topic].result(15)
+    with TouchpointProducer(settings.model_copy(update={"topic_touchpoints": topic})) as out:
+        for tp in touchpoints:
+            out.send(tp)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"bench-{topic}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    parts = [
+        TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.touchpoint_partitions)
+    ]
+    consumer.assign(parts)
+    events = records = 0
+    started = None
+    deadline = time.monotonic() + 120
+    while events < len(touchpoints) and time.monotonic() < deadline:
+        for msg in consumer.consume(num_messages=1000, timeout=0.5):
+            if msg.error() is not None:
+                continue
+            if started is None:
+                started = time.perf_counter()
+            events += len(decode_touchpoints(msg.value()))
+            records += 1
+    took = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return {
+        "events": events,
+        "records": records,
+        "seconds": took,
+        "events_per_s": events / took if took else 0.0,
+    }
+
+
+def redis_write_ceiling(settings: Settings, touchpoints: list[Touchpoint]) -> dict[str, Any]:
+    """The worker's own write script, pipelined in batches of 500, on realistic views."""
+    import redis
+
+    from profiles.graph import ProfileNode, ProfileState
+    from profiles.graph_wire import facts_of, view_of, why_of
+    from profiles.reference import key, reference_clusters, usable
+    from profiles.view import RedisWriter
+
+    rules = settings.identity_rules()
+    region = settings.default_phone_region
+    ref = reference_clusters(touchpoints, rules, region, limits=bool(rules.limits))
+    where = ref.cluster_of()
+    states = [ProfileState(held=set(c)) for c in ref.clusters]
+    for tp in touchpoints:
+        ids, _ = usable(tp.identifiers, rules, region)
+        if ids:
+            states[where[key(ids[0])]].fold(facts_of(tp))
+    nodes = [(f"p_bench{n:08d}", ProfileNode(state=s)) for n, s in enumerate(states)]
+    views = [view_of(pid, node) for pid, node in nodes]
+    whys = {pid: why_of(node) for pid, node in nodes}
+    client = redis.Redis.from_url(settings.redis_url)
+    writer = RedisWriter(client)
+    rounds = max(1, 20_000 // max(len(views), 1))
+    with timer() as took:
+        for r in range(rounds):
+            bumped = [{**v, "version": v["version"] + r + 1} for v in views]
+            for start in range(0, len(bumped), 500):
+                writer.write(bumped[start : start + 500], whys)
+    client.close()
+    written = rounds * len(views)
+    return {
+        "profiles": written,
+        "identifiers_per_profile": round(sum(len(s.held) for s in states) / max(len(states), 1), 2),
+        "seconds": took[0],
+        "profiles_per_s": written / took[0],
+    }
+
+
+# --- 2. end to end ----------------------------------------------------------------------
+def end_to_end(
+    settings: Settings, stack: Any, touchpoints: list[Touchpoint], journeys: Any
+) -> dict[str, Any]:
+    from producers.kafka import TouchpointProducer
+    from profiles.view import RedisProfileView
+    from unifier.lag import LagProbe
+
+    with timer() as load, TouchpointProducer(settings) as out:
+        for tp in touchpoints:
+            out.send(tp)
+    started = time.perf_counter()
+    stack.start_worker()  # returns once it is assigned and its tables are recovered
+    ready = time.perf_counter() - started
+    with LagProbe(settings) as probe:
+        if not probe.wait(timeout=1800, interval=0.2):
+            raise SystemExit("the worker did not catch up within 30 minutes")
+    took = time.perf_counter() - started
+    view = RedisProfileView.from_url(settings.redis_url)
+    with contextlib.closing(view):
+        profiles = list(view.scan())
+    s = score(clusters_of_export(profiles), journeys.truth)
+    return {
+        "events": len(touchpoints),
+        "preload_seconds": load[0],
+        "worker_ready_seconds": ready,
+        "seconds": took,
+        "events_per_s": len(touchpoints) / took,
+        "events_per_s_after_ready": len(touchpoints) / max(took - ready, 1e-9),
+        "profiles": len(profiles),
+        "precision": s.precision,
+        "recall": s.recall,
+        "f1": s.f1,
+    }
+
+
+# --- the report -----------------------------------------------------------------------
+def markdown(report: Report) -> str:
+    s = report.sections
+    raw, redis_raw, e2e = s.get("raw_decode", {}), s.get("raw_redis", {}), s.get("end_to_end", {})
+    m = report.machine
+    lines = [
+        "# Benchmark",
+        "",
+        f"Run {report.started} with `{report.command}` on {m['cpus']} cores of {m['cpu_model']}, "
+        f"{m['memory_gib']} GiB, Python {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+        + ". Embedded stack (Tansu broker, Valkey) on the same machine as the worker.",
+        "",
+        "| measure | value | against the ceiling |",
+        "|---|---|---|",
+    ]
+    ceiling = raw.get("events_per_s", 0.0)
+    if raw:
+        lines.append(
+            f"| 1. consume + Avro decode (confluent-kafka, one process) | "
+            f"{raw['events_per_s']:,.0f} events/s | the ceiling |"
+        )
+    if redis_raw:
+        lines.append(
+            f"| 1. Redis: the worker's write script, pipelines of 500 | "
+            f"{redis_raw['profiles_per_s']:,.0f} profiles/s "
+            f"({redis_raw['identifiers_per_profile']} identifiers each) | — |"
+        )
+    if e2e:
+        ratio = e2e["events_per_s"] / ceiling if ceiling else 0.0
+        lines += [
+            f"| 2. end to end, one worker: {e2e['events']:,} events pre-loaded → every stage "
+            f"caught up | {e2e['events_per_s']:,.0f} events/s ({e2e['seconds']:.1f} s, "
+            f"{e2e['worker_ready_seconds']:.1f} s of it until the worker was ready) | "
+            f"{ratio:.4f} of the ceiling |",
+            f"| 6. accuracy of that run (pairwise, against the truth) | precision "
+            f"{e2e['precision']:.4f}, recall {e2e['recall']:.4f}, F1 {e2e['f1']:.4f}; "
+            f"{e2e['profiles']:,} profiles | — |",
+        ]
+    lines += [
+        "",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items()),
+        "",
+        "Not measured yet (issue #7): latency under a steady load, the read API under "
+        "concurrent lookups, memory per profile at 100k/1M profiles, 1 vs 2 workers, "
+        "the chart.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--people", type=int, default=2000, help="synthetic people (default 2000)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
+    args = parser.parse_args()
+
+    from unifier.demo import demo_settings
+    from unifier.stack import running
+
+    print(f"generating journeys for {args.people:,} people ...", flush=True)
+    journeys = generate_journeys(args.people, args.seed)
+    base = Settings()
+    touchpoints = [parse_json(e, base.identifier_priorities) for e in journeys.events]
+    with tempfile.TemporaryDirectory(prefix="unifier-bench-") as tmp:
+        settings = demo_settings(Path(tmp))
+        report = Report(
+            started=datetime.now(UTC).isoformat(timespec="seconds"),
+            command="./dev bench " + " ".join(sys.argv[1:]),
+            machine=machine(),
+            settings={
+                "people": args.people,
+                "events": len(touchpoints),
+                "touchpoint_partitions": settings.touchpoint_partitions,
+                "internal_partitions": settings.internal_partitions,
+                "producer_batch_events": settings.producer_batch_events,
+                "faust_producer_max_batch_size": settings.faust_producer_max_batch_size,
+                "commit_interval_s": settings.commit_interval_s,
+            },
+        )
+        print("starting the embedded broker and Redis ...", flush=True)
+        with running(settings) as stack:
+            print("1. raw limits", flush=True)
+            report.add("raw_decode", **consume_decode_ceiling(settings, touchpoints))
+            report.add("raw_redis", **redis_write_ceiling(settings, touchpoints))
+            stack_redis_flush(settings)
+            print("2. end to end (one worker) and 6. accuracy", flush=True)
+            report.add("end_to_end", **end_to_end(settings, stack, touchpoints, journeys))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    (args.out / "report.md").write_text(markdown(report))
+    print(f"\nwrote {args.out / 'report.md'} and report.json\n")
+    print(markdown(report))
+
+
+def stack_redis_flush(settings: Settings) -> None:
+    """The raw Redis measure leaves its keys behind: the pipeline starts on an empty view."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    client.close()
+
+
+if __name__ == "__main__":
+    main()
