@@ -155,20 +155,17 @@ def redis_write_ceiling(settings: Settings, touchpoints: list[Touchpoint]) -> di
     """The worker's own write script, pipelined in batches of 500, on realistic views."""
     import redis
 
-    from profiles.graph import ProfileNode, ProfileState
-    from profiles.graph_wire import facts_of, view_of, why_of
-    from profiles.reference import key, reference_clusters, usable
+    from profiles.graph import ProfileNode
+    from profiles.graph_wire import view_of, why_of
+    from profiles.reference import reference_states
     from profiles.view import RedisWriter
 
-    rules = settings.identity_rules()
-    region = settings.default_phone_region
-    ref = reference_clusters(touchpoints, rules, region, limits=bool(rules.limits))
-    where = ref.cluster_of()
-    states = [ProfileState(held=set(c)) for c in ref.clusters]
-    for tp in touchpoints:
-        ids, _ = usable(tp.identifiers, rules, region)
-        if ids:
-            states[where[key(ids[0])]].fold(facts_of(tp))
+    states = reference_states(
+        touchpoints,
+        settings.identity_rules(),
+        settings.default_phone_region,
+        settings.trait_alias_index(),
+    )
     nodes = [(f"p_bench{n:08d}", ProfileNode(state=s)) for n, s in enumerate(states)]
     views = [view_of(pid, node) for pid, node in nodes]
     whys = {pid: why_of(node) for pid, node in nodes}
@@ -386,9 +383,21 @@ def markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--people", type=int, default=2000, help="synthetic people (default 2000)")
+    parser.add_argument(
+        "--people", type=positive, default=2000, help="synthetic people (default 2000)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
     args = parser.parse_args()

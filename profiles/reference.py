@@ -13,8 +13,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from profiles.graph import ProfileState
+from profiles.graph_wire import facts_of
 from profiles.identifiers import normalize_all
 from profiles.rules import IdentityRules
+from profiles.standardize import DEFAULT_INDEX
 from profiles.touchpoint import Touchpoint
 
 Ident = tuple[str, str]  # (type, normalized value)
@@ -111,3 +114,23 @@ def reference_clusters(
         groups.setdefault(find(ident), set()).add(key(ident))
     clusters = sorted((frozenset(g) for g in groups.values()), key=sorted)
     return Reference(clusters, refused, dropped)
+
+
+def reference_states(
+    touchpoints: Iterable[Touchpoint],
+    rules: IdentityRules,
+    region: str,
+    aliases: Mapping[str, str] | None = None,
+) -> list[ProfileState]:
+    """One ``ProfileState`` per reference cluster, each with every event anchored in it
+    folded in, single-threaded: what the product must show (exact without limits)."""
+    tps = list(touchpoints)
+    index = DEFAULT_INDEX if aliases is None else aliases
+    ref = reference_clusters(tps, rules, region, limits=bool(rules.limits))
+    where = ref.cluster_of()
+    states = [ProfileState(held=set(c)) for c in ref.clusters]
+    for tp in tps:
+        ids, _ = usable(tp.identifiers, rules, region)
+        if ids:
+            states[where[key(ids[0])]].fold(facts_of(tp, index))
+    return states

@@ -33,10 +33,9 @@ import logging
 import time
 from typing import Any
 
-import faust
 from faust.transport.producer import ProducerBuffer
 
-from streams.offsets import PATCHED_FOR
+from streams.offsets import require_patched_faust
 
 log = logging.getLogger("unifier.flush")
 
@@ -91,11 +90,7 @@ def install() -> None:
     """Replace ``ProducerBuffer.flush`` (once per process)."""
     if _original:
         return
-    if faust.__version__ != PATCHED_FOR:
-        raise RuntimeError(
-            f"streams/flush.py patches faust-streaming {PATCHED_FOR}, found "
-            f"{faust.__version__}: re-check the patch against the new release"
-        )
+    require_patched_faust("streams/flush.py")
     for name, replacement in (("flush", _flush), ("_send_pending", _send_pending)):
         _original[name] = getattr(ProducerBuffer, name)
         setattr(ProducerBuffer, name, replacement)

@@ -119,15 +119,20 @@ async def _perform_seek(self: Any) -> None:
                 self._committed_offset[tp] = start
 
 
+def require_patched_faust(module: str) -> None:
+    """Refuse to patch a Faust release the patch was not checked against."""
+    if faust.__version__ != PATCHED_FOR:
+        raise RuntimeError(
+            f"{module} patches faust-streaming {PATCHED_FOR}, found "
+            f"{faust.__version__}: re-check the patch against the new release"
+        )
+
+
 def patch_consumer() -> None:
     """Replace three methods of Faust's consumer (once per process)."""
     if _original:
         return
-    if faust.__version__ != PATCHED_FOR:
-        raise RuntimeError(
-            f"streams/offsets.py patches faust-streaming {PATCHED_FOR}, found "
-            f"{faust.__version__}: re-check the patch against the new release"
-        )
+    require_patched_faust("streams/offsets.py")
     for name, replacement in (
         ("ack", _ack),
         ("_new_offset", _new_offset),

@@ -144,8 +144,8 @@ def _index(client: redis.Redis, writer: RedisWriter) -> tuple[int, int]:
         read = client.pipeline(transaction=False)
         for key in batch:
             read.hget(key, "json")
-        live = [view for raw in read.execute() if raw for view in [orjson.loads(raw)]
-                if "merged_into" not in view]  # fmt: skip
+        views = [orjson.loads(raw) for raw in read.execute() if raw]
+        live = [view for view in views if "merged_into" not in view]
         profiles += len(live)
         identifiers += writer.index(live)
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from profiles.graph import ProfileNode, ProfileState
-from profiles.graph_wire import facts_of, view_of
-from profiles.reference import key, reference_clusters, usable
+from profiles.graph import ProfileNode
+from profiles.graph_wire import view_of
+from profiles.reference import reference_states
 from profiles.touchpoint import parse_json
 from unifier.settings import Settings
 
@@ -74,15 +74,9 @@ def reference_views(events: Iterable[dict[str, Any]], settings: Settings) -> Com
     event anchored in it folded in, single-threaded. Exact when limits are off; with
     limits, which of two people keeps a shared identifier depends on arrival order."""
     rules = settings.identity_rules()
-    region = settings.default_phone_region
-    aliases = settings.trait_alias_index()
     tps = [parse_json(e, rules.priorities) for e in events]
-    ref = reference_clusters(tps, rules, region, limits=bool(rules.limits))
-    where = ref.cluster_of()
-    states = [ProfileState(held=set(c)) for c in ref.clusters]
-    for tp in tps:
-        ids, _ = usable(tp.identifiers, rules, region)
-        if ids:
-            states[where[key(ids[0])]].fold(facts_of(tp, aliases))
+    states = reference_states(
+        tps, rules, settings.default_phone_region, settings.trait_alias_index()
+    )
     traits = settings.trait_rules()
     return comparable(view_of("reference", ProfileNode(state=s), traits) for s in states)
