@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import faust
 
-from streams import flush, graph, metrics, offsets, ops, route
+from streams import fetch, flush, graph, metrics, offsets, ops, route
 from unifier.settings import Settings
 
 log = logging.getLogger("unifier.worker")
@@ -81,6 +81,7 @@ def create_app(settings: Settings) -> Any:
     inputs = [settings.topic_touchpoints, settings.topic_identity, settings.topic_profile_ops]
     offsets.install(app, inputs)
     flush.install()  # a commit waits for every table write to be sent
+    fetch.install(settings.consumer_fetch_max_wait_ms)  # Faust hard-codes 1500 ms
     ops.install(app, settings, inputs)
 
     async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:

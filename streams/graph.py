@@ -6,11 +6,11 @@
   (state or redirect), writes every touched profile to Redis in one pipeline, and
   publishes merges on ``profile-merges``.
 
-Both handle one Kafka record (a batch of messages) at a time: the table is read and
-written once per key per batch, outputs go out grouped by partition, and the record
-is acknowledged by hand after its outputs are sent (and, for profiles, written to
-Redis). A re-delivered record is handled again; every handler tolerates that
-(profiles.graph).
+Both take the Kafka records that have arrived (each a batch of messages) and handle
+them as one batch (streams.batches): the table is read and written once per key per
+batch, outputs go out grouped by partition, and the records are acknowledged by hand
+after their outputs are sent (and, for profiles, written to Redis). A re-delivered
+record is handled again; every handler tolerates that (profiles.graph).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 import redis
@@ -39,6 +39,7 @@ from profiles.graph_wire import (
 from profiles.view import AsyncRedisWriter
 from schemas.codec import CODEC, PROFILE_MERGE, PROFILE_UPDATE
 from streams import metrics
+from streams.batches import batches, in_partition
 from streams.dlq import dead_letter
 from streams.messages import group, send_batches
 from unifier.settings import Settings
@@ -109,8 +110,9 @@ class Overlay(MutableMapping[str, str]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
-    def flush(self) -> None:
+    def flush(self, before: Callable[[str], None] = lambda key: None) -> None:
         for key, value in self._w.items():
+            before(key)
             if value is None:
                 self._t.pop(key, None)
             else:
@@ -139,8 +141,9 @@ class NodeCache(dict[str, ProfileNode]):
         raw = self.before.get(key)
         return None if raw is None else node_from(raw)
 
-    def flush(self) -> None:
+    def flush(self, before: Callable[[str], None] = lambda key: None) -> None:
         for key, node in self.items():
+            before(key)
             self._t[key] = node_to(node)
 
 
@@ -251,33 +254,41 @@ def register(
             await dead_letter(dlq, event, f"{stage}.decode", str(exc), log=log)
             return None
 
+    take = settings.stage_batch_records, settings.stage_batch_wait_s
+
+    async def messages_in(events: Sequence[Any], stage: str) -> list[Any]:
+        """Every message of a batch of records, in order; bad records dead-lettered."""
+        out: list[Any] = []
+        for event in events:
+            messages = await messages_of(event, stage)
+            if messages is not None:
+                out += messages
+        metrics.MESSAGES_IN.labels(stage=stage).inc(len(out))
+        return out
+
     @app.agent(identity_topic, name="identity")
     async def identity(stream: Any) -> None:
         table = StrTable(identity_table)
         manual = stream.noack()
-        async for event in manual.events():
-            messages = await messages_of(event, "identity")
-            if messages is not None:
-                writes = Overlay(table)
-                outs = []
-                for msg in messages:
-                    outs += handle_identity(writes, msg, rules.max_claimants)
-                await send_outputs("identity", outs)
-                writes.flush()
-                metrics.MESSAGES_IN.labels(stage="identity").inc(len(messages))
-            await manual.ack(event)
-            metrics.RECORDS.labels(stage="identity").inc()
+        async for events in batches(manual, *take):
+            writes = Overlay(table)
+            outs = []
+            for msg in await messages_in(events, "identity"):
+                outs += handle_identity(writes, msg, rules.max_claimants)
+            await send_outputs("identity", outs)
+            with in_partition(manual, events, partitions) as before:
+                writes.flush(before)
+            for event in events:
+                await manual.ack(event)
+            metrics.RECORDS.labels(stage="identity").inc(len(events))
 
     @app.agent(profile_topic, name="profile")
     async def profile(stream: Any) -> None:
         writer = AsyncRedisWriter.from_url(settings.redis_url)
         try:
             manual = stream.noack()
-            async for event in manual.events():
-                messages = await messages_of(event, "profile")
-                if messages is None:
-                    await manual.ack(event)
-                    continue
+            async for events in batches(manual, *take):
+                messages = await messages_in(events, "profile")
                 cache = NodeCache(profiles_table)
                 outs = []
                 for msg in messages:
@@ -293,11 +304,14 @@ def register(
                 new = [
                     k for k, node in touched if node.redirect is None and not cache.before.get(k)
                 ]
-                cache.flush()
-                await write_with_retry(writer, views + merged_away(outs), whys)
-                await manual.ack(event)
-                metrics.RECORDS.labels(stage="profile").inc()
-                metrics.MESSAGES_IN.labels(stage="profile").inc(len(messages))
+                with in_partition(manual, events, partitions) as before:
+                    cache.flush(before)
+                written = views + merged_away(outs)
+                if written:
+                    await write_with_retry(writer, written, whys)
+                for event in events:
+                    await manual.ack(event)
+                metrics.RECORDS.labels(stage="profile").inc(len(events))
                 metrics.FOUNDED.inc(len(new))
                 now_ms = time.time() * 1000
                 for msg in messages:

@@ -1,6 +1,7 @@
 """Stage 1, route: decode input records, check each event, and send it to the identity
-partition of its highest-priority identifier — one Kafka record per partition, so the
-stages behind pay Faust's per-record cost once per batch."""
+partition of its highest-priority identifier — one Kafka record per partition for all
+the input records taken at once, so the stages behind pay Faust's per-record cost
+once per batch."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints, encode_touchpoint
 from schemas.resolve import Resolver
 from streams import metrics
+from streams.batches import batches
 from streams.dlq import dead_letter
 from streams.messages import send_batches
 from unifier.settings import Settings
@@ -66,17 +68,23 @@ def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any)
 
     @app.agent(source, name="route")
     async def route(stream: Any) -> None:
-        # One input record at a time (our producers put hundreds of events in a record),
-        # acknowledged by hand once its groups are sent: Faust's own acks (and
-        # `take_events`) fire in a `finally`, so a worker stopped mid-record would
-        # commit events it never forwarded. Unacked records are re-delivered after a
-        # restart; the graph folds each event id once.
+        # The records that have arrived, handled as one batch (streams.batches) and
+        # acknowledged by hand once their groups are sent: Faust's own acks (and
+        # `take_events`) fire in a `finally`, so a worker stopped mid-batch would commit
+        # events it never forwarded. Unacked records are re-delivered after a restart;
+        # the graph folds each event id once.
         manual = stream.noack()
-        async for event in manual.events():
-            groups = await route_record(event)
+        async for events in batches(
+            manual, settings.stage_batch_records, settings.stage_batch_wait_s
+        ):
+            groups: dict[int, list[Observe]] = {}
+            for event in events:
+                for part, observed in (await route_record(event)).items():
+                    groups.setdefault(part, []).extend(observed)
             await send_batches(identity, groups, max_bytes)
-            await manual.ack(event)
-            records.inc()
+            for event in events:
+                await manual.ack(event)
+            records.inc(len(events))
             sent.inc(sum(len(g) for g in groups.values()))
 
     return route

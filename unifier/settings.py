@@ -104,7 +104,26 @@ class Settings(BaseSettings):
         "wrongly after multi-record batches and table recovery would lose updates. On real "
         "Kafka set 16384 (aiokafka's default).",
     )
+    consumer_fetch_max_wait_ms: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description="How long the broker may hold the worker's fetch when it has no data "
+        "(Faust hard-codes 1500). The embedded broker does not answer a waiting fetch when "
+        "a record arrives, so every stage-to-stage hop waits about a quarter of this.",
+    )
     producer_batch_events: int = Field(500, ge=1, description="Events per input record")
+    stage_batch_records: int = Field(
+        500,
+        ge=1,
+        description="Kafka records a worker stage takes and handles as one batch at most: "
+        "one table write per key, one record per partition out, one Redis pipeline",
+    )
+    stage_batch_wait_s: float = Field(
+        0.005,
+        gt=0,
+        description="How long a stage waits to fill a batch before it handles what it has",
+    )
     max_record_bytes: int = Field(
         900_000,
         ge=10_000,
