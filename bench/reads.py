@@ -129,11 +129,20 @@ async def _lookups(
 def read_api(
     settings: Settings, emails: list[str], log: Path, rate: float = 1000.0, seconds: float = 10.0
 ) -> dict[str, Any]:
+    from bench.scale import cpu_seconds
+
     proc, base = start_api(settings, log)
     try:
         asyncio.run(_lookups(base, emails, None, 1.0, 8))  # warm up connections and caches
-        open_loop = asyncio.run(_lookups(base, emails, rate, seconds, 64))
-        closed_loop = asyncio.run(_lookups(base, emails, None, 5.0, 16))
+        loops = []
+        for offered, clients, took in ((rate, 64, seconds), (None, 16, 5.0)):
+            cpu = cpu_seconds(proc.pid)
+            loop = asyncio.run(_lookups(base, emails, offered, took, clients))
+            loop["api_cpu_ms_per_request"] = (
+                (cpu_seconds(proc.pid) - cpu) * 1000 / max(loop["requests"], 1)
+            )
+            loops.append(loop)
+        open_loop, closed_loop = loops
     finally:
         stop_api(proc)
     return {"offered_per_s": rate, "open_loop": open_loop, "closed_loop": closed_loop}

@@ -154,11 +154,43 @@ class RedisProfileView:
                     yield view
 
 
+# One round trip for a read (the read API's hot path): from an identifier key or a
+# profile id to the survivor's JSON, redirects followed in the server. A redirect is
+# recognised by its exact form (redirect_view: profile_id, then merged_into), never by
+# a search inside a profile, whose traits may hold any text.
+_READ = """
+local pid = ARGV[2]
+if ARGV[1] == 'id' then
+  pid = redis.call('GET', ARGV[2])
+  if not pid then return false end
+end
+for _ = 1, 64 do
+  local raw = redis.call('HGET', ARGV[3] .. 'profile:' .. pid, 'json')
+  if not raw then return false end
+  local into = string.match(raw, '^{"profile_id":"[^"]*","merged_into":"([^"]*)"')
+  if not into then return raw end
+  pid = into
+end
+return false
+"""
+
+
 class AsyncRedisView:
     """Asynchronous reader (the read API): the same answers as RedisProfileView."""
 
     def __init__(self, client: aredis.Redis) -> None:
         self._r = client
+        self._read = client.register_script(_READ)
+
+    async def get_json(self, profile_id: str) -> bytes | None:
+        """The profile's stored JSON as is (redirects followed), in one round trip."""
+        raw = await self._read(args=["profile", profile_id, PREFIX])
+        return raw or None
+
+    async def lookup_json(self, id_type: str, value: str) -> bytes | None:
+        """The JSON of the profile that holds the identifier, in one round trip."""
+        raw = await self._read(args=["id", identifier_key(id_type, value), PREFIX])
+        return raw or None
 
     @classmethod
     def from_url(cls, url: str) -> AsyncRedisView:

@@ -38,6 +38,11 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+def _stored(body: bytes) -> web.Response:
+    """A profile as Redis holds it: already the documented JSON, sent without a decode."""
+    return web.Response(body=body, content_type="application/json")
+
+
 def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
 
@@ -79,10 +84,10 @@ def _check_key(request: web.Request) -> web.Response | None:
 
 async def get_profile(request: web.Request) -> web.Response:
     pid = request.match_info["profile_id"]
-    found = await request.app[VIEW].get(pid)
+    found = await request.app[VIEW].get_json(pid)
     if found is None:
         return _error(404, f"no profile {pid}")
-    return _json(found)
+    return _stored(found)
 
 
 async def why_profile(request: web.Request) -> web.Response:
@@ -108,10 +113,10 @@ async def find_profile(request: web.Request) -> web.Response:
         )
     except InvalidIdentifier as exc:
         return _error(400, f"{id_type}: {exc}")
-    found = await request.app[VIEW].lookup(id_type, norm)
+    found = await request.app[VIEW].lookup_json(id_type, norm)
     if found is None:
         return _error(404, f"no profile with that {id_type}")
-    return _json(found)
+    return _stored(found)
 
 
 async def health(request: web.Request) -> web.Response:
