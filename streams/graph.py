@@ -111,7 +111,12 @@ class Overlay(MutableMapping[str, str]):
         return sum(1 for _ in self)
 
     def flush(self, before: Callable[[str], None] = lambda key: None) -> None:
+        """Write what changed. A key set to the value it has, or deleted while absent,
+        is not written: each write is a changelog record, and a re-delivered claim
+        sets what is there already."""
         for key, value in self._w.items():
+            if self._t.get(key) == value:
+                continue
             before(key)
             if value is None:
                 self._t.pop(key, None)
@@ -121,12 +126,18 @@ class Overlay(MutableMapping[str, str]):
 
 
 class NodeCache(dict[str, ProfileNode]):
-    """Profiles a batch touches, decoded once and written back once."""
+    """Profiles a batch touches, decoded once and written back once.
+
+    Once the batch is handled, ``encode()`` takes each profile's stored form once:
+    ``changed`` answers from it, and ``flush`` writes back only the profiles whose
+    form changed (each write is a changelog record; a message that changed nothing,
+    such as a re-delivered one, costs none)."""
 
     def __init__(self, table: Any) -> None:
         super().__init__()
         self._t = table
         self.before: dict[str, bytes | None] = {}  # as stored when first read
+        self._after: dict[str, bytes] | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
         if key not in self:
@@ -141,10 +152,23 @@ class NodeCache(dict[str, ProfileNode]):
         raw = self.before.get(key)
         return None if raw is None else node_from(raw)
 
+    def encode(self) -> None:
+        self._after = {key: node_to(node) for key, node in self.items()}
+
+    def changed(self, key: str) -> bool:
+        if self._after is None:
+            raise RuntimeError("NodeCache.changed before encode()")
+        return self._after.get(key) != self.before.get(key)
+
     def flush(self, before: Callable[[str], None] = lambda key: None) -> None:
-        for key, node in self.items():
+        if self._after is None:
+            self.encode()
+        assert self._after is not None
+        for key, raw in self._after.items():
+            if raw == self.before.get(key):
+                continue
             before(key)
-            self._t[key] = node_to(node)
+            self._t[key] = raw
 
 
 async def write_with_retry(
@@ -232,6 +256,8 @@ def register(
         now = int(time.time() * 1000)
         out: list[tuple[str, bytes | None]] = []
         for (key, node), view in zip(touched, views, strict=True):
+            if not cache.changed(key):
+                continue  # as stored: the feed has its latest form already
             old = cache.stored(key)
             if node.redirect is not None:
                 if old is None or old.redirect is None:
@@ -296,6 +322,7 @@ def register(
                 # Every touched profile, even when nothing changed: a replay after a crash
                 # between the table write and Redis must still bring the view up to date
                 # (the version guard makes a repeated write a no-op).
+                cache.encode()
                 touched = shown(cache)
                 views = [view_of(key, node, trait_rules) for key, node in touched]
                 whys = {key: why_of(node) for key, node in touched if node.redirect is None}
