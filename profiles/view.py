@@ -58,7 +58,7 @@ _WRITE_IF_NEWER = (
     + """
 index(2, ARGV[4])
 local cur = redis.call('HGET', KEYS[1], 'version')
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3])
 else redis.call('HDEL', KEYS[1], 'why') end

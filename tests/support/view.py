@@ -130,7 +130,7 @@ class ViewModel:
                 if key not in self.index or pid < self.index[key]:
                     self.index[key] = pid
             old = self.profiles.get(pid)
-            if old is None or old["version"] < view["version"]:
+            if old is None or old["version"] <= view["version"]:
                 self.profiles[pid] = dict(view)
                 self.whys.pop(pid, None)
                 if pid in whys and "merged_into" not in view:
