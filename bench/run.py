@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -466,21 +467,21 @@ def bounds(report: Report) -> list[str]:
     if not e2e:
         return []
     ceiling = s.get("raw_decode", {}).get("events_per_s", float("nan"))
+    cpu_ms = e2e["worker_cpu_seconds"] * 1000 / max(e2e["events"], 1)
     out = [
         "**Against issue #7's targets.**",
         "",
         f"- Throughput ≥ 20,000 events/s, one worker: {e2e['events_per_s']:,.0f} events/s, "
-        f"{20_000 / max(e2e['events_per_s'], 1e-9):,.0f}x short. The worker used "
-        f"{e2e['worker_cpu_share']:.0%} of one core for it; the broker's consume ceiling is "
-        f"{ceiling:,.0f} events/s, so Kafka and Avro are not what bounds it. A Faust worker "
-        "is one Python process on one core: the stages, the aiokafka consumer and "
-        "producer, the table changelogs and the Redis client share it. Every event "
-        "causes several internal messages (route → identity → profile, then a claim "
-        "and its grant per new identifier, offers and answers per merge) and about two "
-        "changelog records per touched key; the changelog goes out one record per "
-        "produce batch (faust_producer_max_batch_size=64, the workaround for the "
-        "broker's end-offset bug, ENVIRONMENT.md trap 3). Profiling (py-spy) puts a "
-        "quarter of the worker's time in aiokafka's producer alone.",
+        f"{20_000 / max(e2e['events_per_s'], 1e-9):,.0f}x short. The broker's consume ceiling "
+        f"is {ceiling:,.0f} events/s, so Kafka and Avro are not what bounds it; the worker "
+        f"is: it used {e2e['worker_cpu_share']:.0%} of one core, {cpu_ms:.2f} ms of CPU per "
+        "event. A Faust worker is one Python process, so one core at most: its stages, the "
+        "aiokafka consumer and producer, the table changelogs and the Redis client share "
+        "it. Every event causes several internal messages (route → identity → profile, "
+        "then a claim and its grant per new identifier, an offer and an answer per "
+        "merge), a changelog record per table entry it changes, and a profile-updates "
+        "record; Faust and aiokafka spend their time per record, not per byte "
+        '(DESIGN.md, "Throughput"). 20,000 events/s would need 0.05 ms per event.',
     ]
     two = s.get("two_workers")
     if two:
@@ -566,6 +567,12 @@ def main() -> None:
         parse_json(e, base.identifier_priorities)
         for e in generate_journeys(int(needed / per_person * 1.1) + 1, args.seed + 1).events
     ]
+    # The journeys are millions of objects: a full garbage collection of them in the
+    # middle of a latency measure stalls this process's probes and its API client for
+    # ~200 ms, and the stall would be charged to the worker or the API. Frozen, the
+    # collector leaves them alone.
+    gc.collect()
+    gc.freeze()
     with tempfile.TemporaryDirectory(prefix="unifier-bench-") as tmp:
         settings = demo_settings(Path(tmp) / "one")
         report = Report(

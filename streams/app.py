@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import faust
 
-from streams import fetch, flush, graph, metrics, offsets, ops, route
+from streams import fetch, flush, graph, metrics, offsets, ops, recovery, route
 from unifier.settings import Settings
 
 log = logging.getLogger("unifier.worker")
@@ -82,6 +82,7 @@ def create_app(settings: Settings) -> Any:
     offsets.install(app, inputs)
     flush.install()  # a commit waits for every table write to be sent
     fetch.install(settings.consumer_fetch_max_wait_ms)  # Faust hard-codes 1500 ms
+    recovery.install(settings.bootstrap_servers)  # changelogs read to their true end
     ops.install(app, settings, inputs)
 
     async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -5,12 +5,13 @@ producer's ``ProducerBuffer`` and a background task sends it. Before the consume
 commits offsets it calls ``producer.flush()``, which is meant to drain that buffer.
 In faust-streaming 0.15.3 it may not: ``ProducerBuffer.flush`` waits at most 0.1 s
 for each record to leave and *returns* when one takes longer, with the rest still
-queued. The worker's producer puts every record in a batch of its own (the embedded
-broker's end-offset bug, see ``Settings.faust_producer_max_batch_size``), and aiokafka
-sends one batch per partition at a time, so under load a changelog record easily
-takes longer than that. The commit then covers records whose table writes were never
-sent; a worker killed (or stopped) at that moment comes back with a table that lacks
-them, and the records that made them are not read again.
+queued. When the worker's producer put every record in a batch of its own (the
+first workaround for the embedded broker's end-offset bug, see streams.recovery), and
+aiokafka sends one batch per partition at a time, a changelog record under load easily
+took longer than that; with batching it still can (a slow broker, a full buffer).
+The commit then covers records whose table writes were never sent; a worker killed
+(or stopped) at that moment comes back with a table that lacks them, and the records
+that made them are not read again.
 
 That fits what a CI run of the restart tests showed (issue #5): a merged-away profile
 that had offered itself to a winner came back without that state, ignored the

@@ -30,6 +30,12 @@ LAG = Gauge(
     ["topic", "partition"],
 )
 ASSIGNED = Gauge("unifier_assigned_partitions", "Input partitions this worker owns")
+TABLE_KEYS = Gauge(
+    "unifier_table_keys",
+    "Entries in this worker's partitions of each table (identity: identifiers; "
+    "profiles: profiles and redirects): what its memory grows with",
+    ["table"],
+)
 
 
 async def _answers(host: str, port: int) -> bool:
@@ -97,6 +103,8 @@ def install(app: Any, settings: Settings, inputs: list[str]) -> None:
 
     @app.timer(interval=5.0)
     async def measure_lag() -> None:
+        for name, table in app.tables.items():
+            TABLE_KEYS.labels(name).set(len(table))
         consumer = app.consumer
         owned = [tp for tp in consumer.assignment() if tp.topic in wanted]
         ASSIGNED.set(len(owned))

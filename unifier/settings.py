@@ -97,12 +97,11 @@ class Settings(BaseSettings):
     )
     commit_interval_s: float = Field(1.0, gt=0, description="Faust offset commit interval")
     faust_producer_max_batch_size: int = Field(
-        64,
+        16384,
         ge=1,
-        description="aiokafka max batch size in bytes for the worker's producer. 64 puts "
-        "every changelog record in its own batch: the embedded broker answers end offsets "
-        "wrongly after multi-record batches and table recovery would lose updates. On real "
-        "Kafka set 16384 (aiokafka's default).",
+        description="aiokafka max batch size in bytes for the worker's producer (its "
+        "default). Table recovery reads changelogs to their true end (streams/recovery.py), "
+        "so multi-record batches are safe on the embedded broker too.",
     )
     consumer_fetch_max_wait_ms: int = Field(
         20,

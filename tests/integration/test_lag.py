@@ -8,8 +8,9 @@ produces in large batches and checks the probe sees every record.
 import time
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streams.recovery import true_ends
 from unifier.lag import LagProbe
 from unifier.settings import Settings
 
@@ -45,3 +46,29 @@ def test_end_offsets_count_every_record_of_batched_produces(topics: Settings) ->
     assert route[2].lag_seconds == 0
     assert {r.stage for r in rows} == {"route", "identity", "profile"}
     assert all(r.lag == 0 and r.lag_seconds == 0 for r in rows if r.stage != "route")
+
+
+def test_table_recovery_reads_a_changelog_to_the_end_of_its_last_batch(
+    topics: Settings,
+) -> None:
+    """What a worker's table recovery is given as the end of each changelog partition
+    (streams.recovery): the last record's offset + 1, also after a batch of several
+    records, where the embedded broker's ListOffsets answer is short."""
+    settings = topics
+    config = {"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 50}
+    producer = Producer({**config, "batch.num.messages": 1000})
+    topic = settings.topic_identity
+    per_partition = {0: 1, 1: 37, 2: 0, 3: 500}
+    for partition, count in per_partition.items():
+        for i in range(count):
+            producer.produce(topic, b"v%d" % i, key=b"k%d" % i, partition=partition)
+    assert producer.flush(10) == 0
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ends"})
+    reported = {
+        (topic, p): consumer.get_watermark_offsets(TopicPartition(topic, p), cached=False)[1]
+        for p in per_partition
+    }
+    consumer.close()
+    assert true_ends(settings.bootstrap_servers, reported) == {
+        (topic, p): n for p, n in per_partition.items()
+    }

@@ -6,15 +6,18 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from producers.synthetic import generate
 from profiles.profile import profile_id_for
 from profiles.touchpoint import Touchpoint, parse_json
 from profiles.view import RedisProfileView
 from schemas.codec import encode_touchpoint
+from streams.recovery import true_ends
+from tests.support.backends import docker_engine_answers
 from tests.support.data import comparable, reference_views, write_jsonl
-from tests.support.http import get_text
+from tests.support.http import get_text, metric
+from tests.support.kafka import consume_all
 from tests.support.view import VersionWatch, dump_as_read
 from unifier.ingest import ingest_file
 from unifier.lag import LagProbe
@@ -102,6 +105,55 @@ def test_restarted_worker_recovers_its_table_exactly(
         pid for pid in before if pid in after and after[pid]["version"] > before[pid]["version"]
     ]
     assert len(touched_twice) > 10, "the test must update recovered profiles"
+
+
+def test_a_restarted_worker_recovers_every_table_entry_of_a_burst(
+    topics: Settings, workers: EmbeddedStack, tmp_path: Path
+) -> None:
+    """Customers whose identifiers all arrive in one record: the identity table takes
+    hundreds of keys in one burst, so its changelog ends in batches of many records,
+    whose end the embedded broker reports short (streams.recovery). After a restart the
+    worker must hold every identifier its changelog has, as its table-size gauge says."""
+    settings = topics.model_copy(update={"worker_metrics_port": free_port()})
+    workers.settings = settings
+    events = [
+        {"event_id": f"burst-{i}", "type": "seen", "source": "web",
+         "occurred_at": "2026-11-01T10:00:00.000Z",
+         "identifiers": {"user_id": f"u{i}", "email": f"p{i}@x.example", "loyalty_id": f"L{i}",
+                         "crm_id": f"c{i}", "anonymous_id": f"a{i}"}}
+        for i in range(150)
+    ]  # fmt: skip
+    path = tmp_path / "burst.jsonl"
+    write_jsonl(path, events)
+    workers.start_worker()
+    ingest_file(path, settings)
+    caught_up(settings)
+    workers.stop_one("worker")  # SIGTERM: a graceful stop, every table write sent
+    latest: dict[bytes, bytes | None] = {}
+    for m in consume_all(settings, settings.identity_changelog_topic, settings.internal_partitions):
+        latest[m.key()] = m.value()
+    held = sum(1 for value in latest.values() if value is not None)
+    assert held >= 5 * len(events)
+    # The burst did end in multi-record batches: the broker reports some end short.
+    topic = settings.identity_changelog_topic
+    reader = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ends"})
+    reported = {
+        (topic, p): reader.get_watermark_offsets(TopicPartition(topic, p), cached=False)[1]
+        for p in range(settings.internal_partitions)
+    }
+    reader.close()
+    if not docker_engine_answers():  # the embedded broker: Kafka reports ends right
+        assert true_ends(settings.bootstrap_servers, reported) != reported
+
+    workers.start_worker()  # recovers its tables from the changelogs, then is ready
+    url = f"http://127.0.0.1:{settings.worker_metrics_port}/metrics"
+    deadline = time.monotonic() + 30
+    while True:
+        keys = metric(get_text(url).splitlines(), "unifier_table_keys", table="identity")
+        if keys == held or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert keys == held
 
 
 @pytest.mark.no_identity_limits

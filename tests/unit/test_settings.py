@@ -31,23 +31,6 @@ def test_redis_address() -> None:
     assert Settings(redis_url="redis://127.0.0.1:6390/2").redis_address == ("127.0.0.1", 6390)
 
 
-def test_worker_producer_puts_each_changelog_record_in_its_own_batch() -> None:
-    """The embedded broker answers end offsets as "base offset of the last batch + 1";
-    Faust's table recovery reads up to that offset and would lose the rest of a
-    multi-record batch. The batch limit must keep every changelog record alone in its
-    batch — checked with aiokafka's own batch builder and the smallest changelog
-    record the worker writes (an identity-table entry)."""
-    from aiokafka.record.default_records import DefaultRecordBatchBuilder
-
-    builder = DefaultRecordBatchBuilder(
-        magic=2, compression_type=0, is_transactional=False, producer_id=-1,
-        producer_epoch=-1, base_sequence=-1, batch_size=Settings().faust_producer_max_batch_size,
-    )  # fmt: skip
-    key, value = b"email:a@b.co", b"p_" + b"0" * 20
-    assert builder.append(0, None, key=key, value=value, headers=[]) is not None
-    assert builder.append(1, None, key=key, value=value, headers=[]) is None
-
-
 def test_identity_rules_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UNIFIER_IDENTITY_LIMITS", '{"email": 2}')
     monkeypatch.setenv("UNIFIER_IDENTITY_BLOCK_VALUES", '["guest@shop.example"]')

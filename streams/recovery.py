@@ -1,0 +1,117 @@
+"""Table recovery reads each changelog to its true end.
+
+Faust 0.15.3 recovers a table by reading its changelog partitions up to the end
+offsets the broker reports (``Recovery._build_highwaters`` → ``consumer.highwaters``,
+a ListOffsets request). The embedded broker (Tansu 0.6) answers ListOffsets with the
+base offset of a partition's last record batch + 1 (ENVIRONMENT.md, trap 3), so after
+a batch of several records the newest ones were never read back: a restarted worker
+came back without its latest table writes. The earlier workaround kept every
+changelog record in a batch of its own (a 64-byte producer batch limit). That made
+each changelog record its own produce round trip, and Faust's producer buffer sends
+them one after the other: that, more than anything, bounded the worker's speed.
+
+Here the reported end is only the starting point: each partition is read from the
+record before it to the end of what the broker has, and the end is the one the fetch
+response reports (its high watermark, which is right on every broker). On a broker
+whose ListOffsets is right the answer is the same. A partition whose end cannot be
+read in time fails the recovery (and the worker's start) rather than let a table come
+back short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from faust.tables.recovery import Recovery
+
+from streams.offsets import require_patched_faust
+from unifier.kafkalog import client_logger
+
+log = logging.getLogger("unifier.recovery")
+
+_ORIGINAL = Recovery._build_highwaters
+
+
+def true_ends(
+    bootstrap_servers: str, reported: Mapping[tuple[str, int], int], timeout_s: float = 30.0
+) -> dict[tuple[str, int], int]:
+    """The end offset (last offset + 1) of each (topic, partition), given the end the
+    broker reported for it; partitions reported empty stay as they are."""
+    ends = dict(reported)
+    todo = {tp: end for tp, end in reported.items() if end > 0}
+    if not todo:
+        return ends
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "unifier-recovery-ends",  # never joined, never committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
+            "logger": client_logger(),
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(t, p, end - 1) for (t, p), end in todo.items()])
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise KafkaException(
+                    KafkaError(
+                        KafkaError._TIMED_OUT,
+                        f"could not read the end of {sorted(todo)} within {timeout_s:.0f} s",
+                    )
+                )
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            tp = (msg.topic(), msg.partition())
+            err = msg.error()
+            if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(err)
+            if tp not in todo:
+                continue
+            offset = msg.offset() or 0
+            if err is None:
+                ends[tp] = max(ends[tp], offset + 1)
+                continue
+            # At the end: the fetch response's high watermark, right on every broker.
+            _low, high = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            ends[tp] = max(ends[tp], high, offset)
+            del todo[tp]
+    finally:
+        consumer.close()
+    return ends
+
+
+def install(bootstrap_servers: str) -> None:
+    """Patch Faust's recovery (once per process) to use ``true_ends``."""
+    require_patched_faust("streams/recovery.py")
+
+    async def _build_highwaters(
+        self: Any, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        await _ORIGINAL(self, consumer, tps, destination, title)
+        # Faust keeps "last offset" (end - 1, or -1 for an empty partition).
+        reported = {(tp.topic, tp.partition): destination[tp] + 1 for tp in tps}
+        ends = await asyncio.get_running_loop().run_in_executor(
+            None, true_ends, bootstrap_servers, reported
+        )
+        for tp in tps:
+            end = ends[(tp.topic, tp.partition)]
+            if end != reported[(tp.topic, tp.partition)]:
+                log.info(
+                    "%s[%d]: changelog ends at %d, not at the reported %d",
+                    tp.topic,
+                    tp.partition,
+                    end,
+                    reported[(tp.topic, tp.partition)],
+                )
+            destination[tp] = end - 1
+
+    Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
