@@ -508,14 +508,17 @@ def bounds(report: Report) -> list[str]:
             )
         else:
             out.append(
-                f"- At {rate:,.0f} events/s (within what the worker sustains) the p99 is "
-                f"{p99:,.0f} ms and a merge's p99 is {load['merge']['p99_ms']:,.0f} ms: an "
-                "event crosses route → identity → profile, each hop a produce, a fetch "
-                f"(the fetch wait is {report.settings.get('consumer_fetch_max_wait_ms')} ms; "
-                "at Faust's own 1.5 s a hop alone took "
-                f"{hop.get('aiokafka_p50_ms', float('nan')):,.0f} ms "
-                "at the median) and a batch of work; a merge adds a claim, an offer and an "
-                "answer."
+                f"- At {rate:,.0f} events/s (within what the worker sustains) a new profile "
+                f"is visible after {load['new_profile']['p50_ms']:,.0f} ms at the median and "
+                f"{p99:,.0f} ms at p99; a merge after {load['merge']['p50_ms']:,.0f} and "
+                f"{load['merge']['p99_ms']:,.0f} ms. The median is three stages "
+                "(route → identity → profile), each a produce, a fetch (the fetch wait is "
+                f"{report.settings.get('consumer_fetch_max_wait_ms')} ms; at Faust's own "
+                f"1.5 s a hop alone took {hop.get('aiokafka_p50_ms', float('nan')):,.0f} ms "
+                "at the median) and the batch of work each stage is busy with when the event "
+                "arrives; a merge adds a claim, an offer and an answer. What makes the tail "
+                f"({p99 / max(load['new_profile']['p50_ms'], 1e-9):.1f} times the median) is "
+                "not broken down yet."
             )
     return out
 

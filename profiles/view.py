@@ -28,6 +28,10 @@ import redis.asyncio as aredis
 from schemas.codec import ORJSON_OPTS
 
 PREFIX = "unifier:"
+# Profiles per pipeline round trip when the worker writes a batch: enough to amortize
+# the round trip, few enough that one batch does not hold Redis (or the client's
+# buffers) for long.
+PIPELINE_PROFILES = 500
 
 # Identifier keys name the smallest profile id that has held them (see the module
 # docstring). Byte order, as Python orders profile ids: Lua's `<` on strings follows
@@ -313,16 +317,19 @@ class AsyncRedisWriter:
         their identifier index; returns how many profile writes were applied (older
         versions are skipped by the script)."""
         pipe = self._r.pipeline(transaction=False)
-        count = 0
+        queued = done = 0
         whys = whys or {}
         for view in profiles:
             pid = view["profile_id"]
             keys = [profile_key(pid), *identifier_keys(view)]
             await self._script(keys=keys, args=write_args(view, whys.get(pid)), client=pipe)
-            count += 1
-        if count == 0:
-            return 0
-        return applied(await pipe.execute())
+            queued += 1
+            if queued == PIPELINE_PROFILES:  # bounded: a huge batch is several round trips
+                done += applied(await pipe.execute())
+                queued = 0
+        if queued:
+            done += applied(await pipe.execute())
+        return done
 
     async def close(self) -> None:
         await self._r.aclose()

@@ -135,3 +135,30 @@ def test_an_identifier_key_keeps_the_survivor_when_a_merged_away_profile_writes_
     assert view.lookup("email", "ana@x.example")["profile_id"] == "p_1"  # type: ignore[index]
     assert view.get("p_2")["profile_id"] == "p_1"  # type: ignore[index]
     client.close()
+
+
+def test_a_large_batch_is_written_whole_in_bounded_pipelines(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import profiles.view
+
+    monkeypatch.setattr(profiles.view, "PIPELINE_PROFILES", 3)
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    views = [{"profile_id": f"p_{n:02d}", "identifiers": {"email": [f"{n}@x.example"]},
+              "version": 1} for n in range(7)]  # fmt: skip
+
+    async def write() -> int:
+        writer = AsyncRedisWriter.from_url(redis_url)
+        try:
+            return await writer.write(views)
+        finally:
+            await writer.close()
+
+    try:
+        assert asyncio.run(write()) == 7
+        assert asyncio.run(write()) == 7  # the same versions again: replaced, not refused
+        plain = RedisProfileView(client)
+        assert [plain.lookup("email", f"{n}@x.example") for n in range(7)] == views
+    finally:
+        client.close()
