@@ -39,6 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.accuracy import clusters_of_export
+from bench.load import percentile
+from bench.scale import cpu_seconds, rss_bytes
 from producers.synthetic import generate_journeys, score
 from profiles.touchpoint import Touchpoint, parse_json
 from unifier.settings import Settings
@@ -253,8 +255,7 @@ def hop_latency(settings: Settings, samples: int = 30) -> dict[str, Any]:
         return ages
 
     def pcts(ages: list[float]) -> tuple[float, float]:
-        ages = sorted(ages)
-        return ages[len(ages) // 2], ages[min(len(ages) - 1, int(len(ages) * 0.99))]
+        return percentile(ages, 0.5), percentile(ages, 0.99)
 
     a50, a99 = pcts(asyncio.run(with_aiokafka()))
     c50, c99 = pcts(with_confluent())
@@ -270,7 +271,6 @@ def end_to_end(
 
     from producers.kafka import TouchpointProducer
     from profiles.view import RedisProfileView
-    from unifier.lag import LagProbe
 
     with timer() as load, TouchpointProducer(settings) as out:
         for tp in touchpoints:
@@ -280,11 +280,9 @@ def end_to_end(
     for name in names:  # each returns once it is assigned and its tables are recovered
         stack.start_worker(name)
     ready = time.perf_counter() - started
-    with LagProbe(settings) as probe:
-        if not probe.wait(timeout=1800, interval=0.2):
-            raise SystemExit("the workers did not catch up within 30 minutes")
+    wait_caught_up(settings)
     took = time.perf_counter() - started
-    cpu = sum(process_cpu_seconds(stack.procs[name].pid) for name in names)
+    cpu = sum(cpu_seconds(stack.procs[name].pid) for name in names)
     rss = sum(rss_bytes(stack.procs[name].pid) for name in names)
     view = RedisProfileView.from_url(settings.redis_url)
     with contextlib.closing(view):
@@ -313,24 +311,12 @@ def end_to_end(
     }
 
 
-def rss_bytes(pid: int) -> int:
-    from bench.scale import rss_bytes as rss
-
-    return rss(pid)
-
-
 def wait_caught_up(settings: Settings) -> None:
     from unifier.lag import LagProbe
 
     with LagProbe(settings) as probe:
         if not probe.wait(timeout=1800, interval=0.2):
-            raise SystemExit("the worker did not catch up within 30 minutes")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    from bench.scale import cpu_seconds
-
-    return cpu_seconds(pid)
+            raise SystemExit("the workers did not catch up within 30 minutes")
 
 
 # --- the report -----------------------------------------------------------------------
@@ -533,6 +519,10 @@ def positive(text: str) -> int:
     return value
 
 
+def sizes(text: str) -> list[int]:
+    return [positive(n.strip()) for n in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -544,12 +534,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--profiles",
+        type=sizes,
         default="100000,1000000",
-        help="table sizes for the memory measure (default 100000,1000000)",
+        help="table sizes for the memory measure, comma-separated (default 100000,1000000)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
     args = parser.parse_args()
-    sizes = [positive(n) for n in args.profiles.split(",")]
 
     from bench.load import offered_load
     from bench.reads import read_api
@@ -625,7 +615,7 @@ def main() -> None:
             two = end_to_end(settings2, stack2, touchpoints, journeys, workers=2)
             two.pop("emails")
             report.add("two_workers", **two)
-        report.add("memory", **table_memory(sizes))
+        report.add("memory", **table_memory(args.profiles))
     report.sections["total_seconds"] = {"seconds": time.perf_counter() - began}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")

@@ -180,7 +180,8 @@ return false
 
 
 class AsyncRedisView:
-    """Asynchronous reader (the read API): the same answers as RedisProfileView."""
+    """Asynchronous reader (the read API): the same answers as RedisProfileView, the
+    profiles as the stored JSON."""
 
     def __init__(self, client: aredis.Redis) -> None:
         self._r = client
@@ -206,10 +207,6 @@ class AsyncRedisView:
     async def ping(self) -> bool:
         return bool(await self._r.ping())
 
-    async def get(self, profile_id: str) -> dict[str, Any] | None:
-        found = await self._follow(profile_id)
-        return found[0] if found else None
-
     async def why(self, profile_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         found = await self._follow(profile_id)
         if found is None:
@@ -217,12 +214,6 @@ class AsyncRedisView:
         view, key = found
         raw = await self._r.hget(key, "why")
         return view, (orjson.loads(raw) if raw else {})
-
-    async def lookup(self, id_type: str, value: str) -> dict[str, Any] | None:
-        found = await self._r.get(identifier_key(id_type, value))
-        if not found:
-            return None
-        return await self.get(found.decode() if isinstance(found, bytes) else str(found))
 
     async def _follow(self, profile_id: str) -> tuple[dict[str, Any], str] | None:
         for _ in range(64):
