@@ -24,13 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from profiles.configured import identifier_priorities
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from config.settings import Settings
 from producers.synthetic import Score, Truth, generate_journeys, score
 from profiles.reference import reference_clusters
 from profiles.rules import IdentityRules
 from profiles.touchpoint import parse_json
-from unifier.settings import Settings
 
 
 def clusters_of_export(profiles: list[dict[str, Any]]) -> list[set[str]]:
@@ -42,7 +44,7 @@ def clusters_of_export(profiles: list[dict[str, Any]]) -> list[set[str]]:
 def run_pipeline(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
     """Every event through the embedded stack; the exported profiles and the seconds taken."""
     from producers.kafka import TouchpointProducer
-    from profiles.view import RedisProfileView
+    from serve.view import RedisProfileView
     from unifier.demo import demo_settings
     from unifier.lag import LagProbe
     from unifier.stack import running
@@ -54,7 +56,7 @@ def run_pipeline(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], fl
             started = time.monotonic()
             with TouchpointProducer(settings) as producer:
                 for event in events:
-                    producer.send(parse_json(event, settings.identifier_priorities))
+                    producer.send(parse_json(event, identifier_priorities(settings)))
             with LagProbe(settings) as probe:
                 if not probe.wait(timeout=600):
                     raise SystemExit("the worker did not catch up within 600 s")
@@ -83,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = Settings()
-    rules = IdentityRules.build(settings.identifier_priorities)
+    rules = IdentityRules.build(identifier_priorities(settings))
     print("| clusters | precision | recall | F1 | predicted pairs | true pairs |")
     print("|---|---|---|---|---|---|")
     if args.export:
@@ -100,9 +102,9 @@ def main() -> None:
         return
 
     journeys = generate_journeys(args.people, args.seed)
-    events = [parse_json(e, settings.identifier_priorities) for e in journeys.events]
+    events = [parse_json(e, identifier_priorities(settings)) for e in journeys.events]
     bare = IdentityRules.build(
-        settings.identifier_priorities, blocked_values=(), blocked_patterns=()
+        identifier_priorities(settings), blocked_values=(), blocked_patterns=()
     )
     for name, r, limits in (
         ("reference, no block list, no limits", bare, False),

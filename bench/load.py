@@ -31,10 +31,11 @@ from typing import Any
 import orjson
 import redis
 
+from config.settings import Settings
 from producers.kafka import TouchpointProducer
+from profiles.configured import identifier_priorities
 from profiles.touchpoint import Touchpoint, parse_json
-from profiles.view import identifier_key, profile_key
-from unifier.settings import Settings
+from sinks.redis_view import identifier_key, profile_key
 
 POLL_S = 0.002
 TICK_S = 0.01
@@ -83,7 +84,7 @@ class Probes:
         s = self.settings
         self._out = TouchpointProducer(s.model_copy(update={"producer_batch_events": 1}))
         self._redis = redis.Redis.from_url(s.redis_url)
-        self._priorities = s.identifier_priorities
+        self._priorities = identifier_priorities(s)
         self._thread = threading.Thread(target=self._watch, name="probe-watch", daemon=True)
         self._thread.start()
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import summary_ms
+from config.settings import Settings
 from unifier.processes import free_port
-from unifier.settings import Settings
 
 KEY = "k-bench-read"
 

@@ -36,14 +36,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from profiles.configured import identifier_priorities, identity_rules, trait_alias_index
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.accuracy import clusters_of_export
 from bench.load import percentile
 from bench.scale import cpu_seconds, rss_bytes
+from config.settings import Settings
 from producers.synthetic import generate_journeys, score
 from profiles.touchpoint import Touchpoint, parse_json
-from unifier.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = ("faust-streaming", "aiokafka", "confluent-kafka", "redis", "fastavro", "orjson")
@@ -158,16 +160,16 @@ def redis_write_ceiling(settings: Settings, touchpoints: list[Touchpoint]) -> di
     """The worker's own write script, pipelined in batches of 500, on realistic views."""
     import redis
 
-    from profiles.graph import ProfileNode
-    from profiles.graph_wire import view_of, why_of
+    from profiles.graph.state import ProfileNode
+    from profiles.projection import view_of, why_of
     from profiles.reference import reference_states
-    from profiles.view import RedisWriter
+    from sinks.redis_view import RedisWriter
 
     states = reference_states(
         touchpoints,
-        settings.identity_rules(),
+        identity_rules(settings),
         settings.default_phone_region,
-        settings.trait_alias_index(),
+        trait_alias_index(settings),
     )
     nodes = [(f"p_bench{n:08d}", ProfileNode(state=s)) for n, s in enumerate(states)]
     views = [view_of(pid, node) for pid, node in nodes]
@@ -270,7 +272,7 @@ def end_to_end(
     import redis
 
     from producers.kafka import TouchpointProducer
-    from profiles.view import RedisProfileView
+    from serve.view import RedisProfileView
 
     with timer() as load, TouchpointProducer(settings) as out:
         for tp in touchpoints:
@@ -551,13 +553,13 @@ def main() -> None:
     print(f"generating journeys for {args.people:,} people ...", flush=True)
     journeys = generate_journeys(args.people, args.seed)
     base = Settings()
-    touchpoints = [parse_json(e, base.identifier_priorities) for e in journeys.events]
+    touchpoints = [parse_json(e, identifier_priorities(base)) for e in journeys.events]
     # The offered loads use other people (another seed), so they found new profiles;
     # enough of them for 2,000 events/s plus the sustained load (at most 1,000/s).
     needed = 3_000 * args.load_seconds
     per_person = len(touchpoints) / args.people
     offered = [
-        parse_json(e, base.identifier_priorities)
+        parse_json(e, identifier_priorities(base))
         for e in generate_journeys(int(needed / per_person * 1.1) + 1, args.seed + 1).events
     ]
     # The journeys are millions of objects: a full garbage collection of them in the

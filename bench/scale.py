@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from profiles.configured import identifier_priorities, identity_rules, trait_alias_index
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -40,21 +42,21 @@ def cpu_seconds(pid: int) -> float:
 
 
 def fill_tables(sizes: list[int], people: int, seed: int) -> dict[str, Any]:
+    from config.settings import Settings
     from producers.synthetic import generate_journeys
-    from profiles.graph import ProfileNode
-    from profiles.graph_wire import node_to
+    from profiles.graph.state import ProfileNode
     from profiles.reference import reference_states
     from profiles.touchpoint import parse_json
-    from unifier.settings import Settings
+    from schemas.wire import node_to
 
     settings = Settings()
     journeys = generate_journeys(people, seed)
-    touchpoints = [parse_json(e, settings.identifier_priorities) for e in journeys.events]
+    touchpoints = [parse_json(e, identifier_priorities(settings)) for e in journeys.events]
     states = reference_states(
         touchpoints,
-        settings.identity_rules(),
+        identity_rules(settings),
         settings.default_phone_region,
-        settings.trait_alias_index(),
+        trait_alias_index(settings),
     )
     templates = [(node_to(ProfileNode(state=s)), sorted(s.held)) for s in states]
     events_per_profile = len(touchpoints) / len(states)

@@ -35,13 +35,14 @@ from aiohttp import web
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter
 
+from config import httpmetrics
+from config.settings import Settings
 from producers.segment import to_touchpoint_json
+from profiles.configured import identifier_priorities, identity_rules
 from profiles.routing import validate_event
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from schemas.codec import BATCH, TOUCHPOINT, encode_batches
 from schemas.resolve import RegistryFraming, SchemaLog, registry_client
-from unifier import httpmetrics
-from unifier.settings import Settings
 
 log = logging.getLogger("unifier.collector")
 
@@ -293,8 +294,8 @@ def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Appl
             'no write keys: set UNIFIER_COLLECTOR_WRITE_KEYS, e.g. \'{"<key>": "web"}\''
         )
     keys = dict(settings.collector_write_keys)
-    id_types = settings.identifier_priorities
-    rules = settings.identity_rules()
+    id_types = identifier_priorities(settings)
+    rules = identity_rules(settings)
     sender = sender or AsyncSender(settings)
 
     @web.middleware

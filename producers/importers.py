@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from config.settings import Settings
 from producers.loader import Loader, LoadResult
+from profiles.configured import identifier_priorities, identity_rules
 from profiles.routing import validate_event
 from profiles.rules import IdentityRules
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
-from unifier.settings import Settings
 
 POS_FIELDS = {
     "transaction_id": "receipt / transaction number (required)",
@@ -372,12 +373,12 @@ def import_file(
 ) -> LoadResult:
     """Import a POS or CRM CSV file; raises ``MappingError`` before sending anything
     when the mapping or the header does not fit."""
-    if "crm_id" not in settings.identifier_priorities and kind == "crm":
+    if "crm_id" not in identifier_priorities(settings) and kind == "crm":
         raise MappingError(
             "identifier type crm_id is not configured (UNIFIER_IDENTIFIER_PRIORITIES)"
         )
     mapping = load_mapping(kind, mapping_path)
-    rules = settings.identity_rules()
+    rules = identity_rules(settings)
     with open(path, "rb") as fh:
         source = rows(fh, mapping)  # reads the header: a MappingError stops here
         first = next(source, None)

@@ -26,10 +26,10 @@ from types import TracebackType
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from config.settings import Settings
 from profiles.touchpoint import Touchpoint
 from schemas.codec import BATCH, TOUCHPOINT, encode_batches
 from schemas.resolve import RegistryFraming, SchemaLog, registry_client
-from unifier.settings import Settings
 
 log = logging.getLogger("unifier.producer")
 

@@ -17,9 +17,9 @@ from typing import IO, Any
 import orjson
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from config.settings import Settings
 from producers.kafka import TouchpointProducer
 from profiles.touchpoint import Touchpoint
-from unifier.settings import Settings
 
 SHOWN_REJECTS = 20
 

@@ -24,11 +24,12 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any
 
+from config.settings import Settings
+from config.version import __version__
 from producers.kafka import DeliveryReport, ErrorCallback, TouchpointProducer
+from profiles.configured import identity_rules
 from profiles.routing import validate_event
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
-from unifier import __version__
-from unifier.settings import Settings
 
 Identifiers = Mapping[str, str | int]
 Amount = Decimal | str | int | float
@@ -52,7 +53,7 @@ class Unifier:
         """``producer_config``: librdkafka settings that override ours (dots as in
         librdkafka: pass them as ``**{"delivery.timeout.ms": 5000}``)."""
         self.settings = settings or Settings()
-        self._rules = self.settings.identity_rules()
+        self._rules = identity_rules(self.settings)
         self.source = source
         self._producer = TouchpointProducer(
             self.settings,

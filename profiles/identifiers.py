@@ -1,4 +1,11 @@
-"""Identifier normalization: the same person must produce the same key.
+"""Identifier types and their normalization: the same person must produce the same key.
+
+``IDENTIFIER_TYPES`` is the registry of built-in types: each entry says how the type
+ranks (priority: an event is anchored by its highest-priority identifier), how many of
+it one profile may hold (limit), how a value is normalized, and whether holding one
+makes a customer *known* (lifecycle). A new built-in type is one entry here; settings
+(``UNIFIER_IDENTIFIER_PRIORITIES``, ``UNIFIER_IDENTITY_LIMITS``) can replace the
+priorities and limits per deployment, and add types that are plain ids.
 
 Emails are trimmed and lower-cased; phones become E.164 (via ``phonenumbers``,
 with a default region for numbers written without a country code); every other
@@ -46,10 +53,48 @@ def normalize_id(value: str, region: str) -> str:
     return ident
 
 
+Normalizer = Callable[[str, str], str]  # (value, default phone region) -> normalized
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifierType:
+    """One built-in identifier type (see the module docstring)."""
+
+    name: str
+    priority: int  # higher wins: the anchor of an event is its highest-priority identifier
+    limit: int | None  # how many of this type one profile may hold; None: no limit
+    normalize: Normalizer = normalize_id
+    known: bool = True  # holding one makes a customer known (lifecycle "known")
+    label: str = ""  # what it is, for people
+
+
+def _registry(*types: IdentifierType) -> dict[str, IdentifierType]:
+    return {t.name: t for t in types}
+
+
+#: The built-in identifier types. Add a type here (and a line to its tests).
+IDENTIFIER_TYPES: Mapping[str, IdentifierType] = _registry(
+    IdentifierType("user_id", 100, 1, label="account id in the shop"),
+    IdentifierType("email", 90, 5, normalize_email, label="email address"),
+    IdentifierType("loyalty_id", 80, 2, label="loyalty card number"),
+    IdentifierType("crm_id", 75, 1, label="record id in the CRM"),
+    IdentifierType("phone", 70, 5, normalize_phone, label="phone number"),
+    IdentifierType("anonymous_id", 10, 100, known=False, label="device or browser id"),
+)
+
+#: Priorities of the built-in types (``UNIFIER_IDENTIFIER_PRIORITIES`` replaces them).
+DEFAULT_IDENTIFIER_PRIORITIES: Mapping[str, int] = {
+    t.name: t.priority for t in IDENTIFIER_TYPES.values()
+}
+#: Per-type limits of the built-in types (``UNIFIER_IDENTITY_LIMITS`` replaces them).
+DEFAULT_LIMITS: Mapping[str, int] = {
+    t.name: t.limit for t in IDENTIFIER_TYPES.values() if t.limit is not None
+}
+#: Types whose presence makes a customer known; others (and configured ones) do not.
+KNOWN_TYPES = frozenset(t.name for t in IDENTIFIER_TYPES.values() if t.known)
 #: Normalizer per identifier type; types not listed here are plain ids.
-NORMALIZERS: Mapping[str, Callable[[str, str], str]] = {
-    "email": normalize_email,
-    "phone": normalize_phone,
+NORMALIZERS: Mapping[str, Normalizer] = {
+    t.name: t.normalize for t in IDENTIFIER_TYPES.values() if t.normalize is not normalize_id
 }
 
 

@@ -13,37 +13,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from profiles.graph import ProfileState
-from profiles.graph_wire import facts_of
-from profiles.identifiers import normalize_all
-from profiles.rules import IdentityRules
+from profiles.facts import facts_of
+from profiles.graph.state import ProfileState
+from profiles.rules import Ident, IdentityRules, key, usable
 from profiles.standardize import DEFAULT_INDEX
 from profiles.touchpoint import Touchpoint
-
-Ident = tuple[str, str]  # (type, normalized value)
-
-
-def key(ident: Ident) -> str:
-    return f"{ident[0]}:{ident[1]}"
-
-
-def usable(
-    identifiers: Mapping[str, str], rules: IdentityRules, region: str
-) -> tuple[list[Ident], list[tuple[str, str]]]:
-    """(identifiers that may link, highest priority first; (type, reason) dropped)."""
-    raw = dict(identifiers)
-    known = {t: v for t, v in raw.items() if t in rules.priorities}
-    good, bad = normalize_all(known, region, rules.email)
-    dropped = [(r.id_type, r.reason) for r in bad]
-    dropped += [(t, "unknown identifier type") for t in raw if t not in known]
-    ids = []
-    for id_type, value in good.items():
-        rule = rules.blocked(value)
-        if rule is None:
-            ids.append((id_type, value))
-        else:
-            dropped.append((id_type, rule))
-    return rules.by_priority(ids), dropped
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,9 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from profiles.graph import Observe
-from profiles.graph_wire import facts_of
-from profiles.reference import key, usable
-from profiles.rules import IdentityRules
+from profiles.facts import facts_of
+from profiles.graph.messages import Observe
+from profiles.rules import IdentityRules, key, usable
 from profiles.standardize import DEFAULT_INDEX
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint, parse_json
 

@@ -7,7 +7,7 @@ card or ``test@test.com`` must not fuse strangers. Three rules, all configuratio
   link anything: ``test@test.com``, ``null``, ``anonymous``, all-zero numbers…
   A blocked identifier is dropped from the event with the rule that blocked it.
 * **Per-type limits** — how many identifiers of a type one profile may hold
-  (``user_id`` 1, ``email`` 5, ``phone`` 5, ``anonymous_id`` 100, ``loyalty_id`` 2).
+  (``user_id`` 1, ``email`` 5…; ``profiles.identifiers.IDENTIFIER_TYPES``).
   A link that would break a limit is refused and recorded.
 * **Identifier priority** — decides which link is refused when an event would
   break a limit: the identifiers of the highest priority are linked first.
@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from profiles.identifiers import NO_EMAIL_RULES, EmailRules
+from profiles.identifiers import DEFAULT_LIMITS, NO_EMAIL_RULES, EmailRules, normalize_all
 
 DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
     "test@test.com",
@@ -49,14 +49,6 @@ DEFAULT_BLOCKED_PATTERNS: tuple[str, ...] = (
     r"^(test|fake|dummy|sample|noreply|no-reply)\d*@",  # test@..., test123@..., fake@...
 )
 DEFAULT_MAX_CLAIMANTS = 10
-DEFAULT_LIMITS: Mapping[str, int] = {
-    "user_id": 1,
-    "email": 5,
-    "phone": 5,
-    "anonymous_id": 100,
-    "loyalty_id": 2,
-    "crm_id": 1,
-}
 
 
 @dataclass(frozen=True)
@@ -112,3 +104,30 @@ class IdentityRules:
     def by_priority(self, identifiers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Highest priority first; ties by type, then value, so the order is total."""
         return sorted(identifiers, key=lambda tv: (-self.priorities.get(tv[0], 0), tv[0], tv[1]))
+
+
+Ident = tuple[str, str]  # (type, normalized value)
+
+
+def key(ident: Ident) -> str:
+    """The table key of an identifier: ``type:value``."""
+    return f"{ident[0]}:{ident[1]}"
+
+
+def usable(
+    identifiers: Mapping[str, str], rules: IdentityRules, region: str
+) -> tuple[list[Ident], list[tuple[str, str]]]:
+    """(identifiers that may link, highest priority first; (type, reason) dropped)."""
+    raw = dict(identifiers)
+    known = {t: v for t, v in raw.items() if t in rules.priorities}
+    good, bad = normalize_all(known, region, rules.email)
+    dropped = [(r.id_type, r.reason) for r in bad]
+    dropped += [(t, "unknown identifier type") for t in raw if t not in known]
+    ids = []
+    for id_type, value in good.items():
+        rule = rules.blocked(value)
+        if rule is None:
+            ids.append((id_type, value))
+        else:
+            dropped.append((id_type, rule))
+    return rules.by_priority(ids), dropped

@@ -13,22 +13,24 @@ which (``UNIFIER_TRAIT_STRATEGIES``), and in what order sources win where the
 strategy asks (``UNIFIER_SOURCE_PRIORITIES``, e.g. CRM over the web form for the
 postal address).
 
-**Computed traits**: first/last seen, last channel, counts by type and source,
-orders and lifetime value per currency, average order value, top categories, the
-last touchpoints, the lifecycle stage and consent per purpose.
+Computed traits (orders, lifetime value, lifecycle…) are in ``profiles.computed``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import Any
-
-from profiles.profile import iso
 
 Scalar = str | int | float | bool | None
+
+#: Which source's word counts most for traits using the source_priority strategy.
+DEFAULT_SOURCE_PRIORITIES: Mapping[str, int] = {
+    "crm": 100,
+    "pos": 80,
+    "support": 60,
+    "email": 50,
+    "web": 40,
+}
 
 #: (event time ms, source, event id, value): one event's say about a trait.
 Observation = tuple[int, str, str, Scalar]
@@ -114,76 +116,3 @@ def choose_traits(
     for name, obs in observations:
         by_trait.setdefault(name, []).append(obs)
     return {name: rules.strategy(name)(obs, rules) for name, obs in sorted(by_trait.items())}
-
-
-# --- computed traits ------------------------------------------------------------------
-ORDER_TYPES = frozenset({"order_completed", "pos_transaction"})
-KNOWN_TYPES = frozenset({"user_id", "email", "phone", "loyalty_id", "crm_id"})
-
-
-def lifecycle(identifier_types: Iterable[str], orders: int) -> str:
-    if orders >= 2:
-        return "repeat"
-    if orders == 1:
-        return "customer"
-    return "known" if set(identifier_types) & KNOWN_TYPES else "anonymous"
-
-
-def money(value: Decimal) -> str:
-    """A decimal amount as a plain string with its places ("12.50", "0")."""
-    return format(value.normalize(), "f") if value else "0"
-
-
-@dataclass(frozen=True, slots=True)
-class Purchase:
-    """What a profile keeps of an order or a POS sale."""
-
-    currency: str
-    total: Decimal
-    categories: tuple[str, ...] = ()
-
-
-def computed(
-    events: Iterable[Any],
-    identifier_types: Iterable[str],
-    rules: TraitRules,
-) -> dict[str, Any]:
-    """Computed traits of a profile from its events (``EventFacts``)."""
-    evs = sorted(events, key=lambda e: (e.time_ms, e.event_id))
-    if not evs:
-        return {"event_count": 0, "first_seen": None, "last_seen": None,
-                "lifecycle_stage": lifecycle(identifier_types, 0)}  # fmt: skip
-    by_currency: dict[str, list[Decimal]] = {}
-    categories: Counter[str] = Counter()
-    consent: dict[str, dict[str, Any]] = {}
-    for e in evs:
-        if e.purchase is not None:
-            by_currency.setdefault(e.purchase.currency, []).append(e.purchase.total)
-            categories.update(e.purchase.categories)
-        for purpose, granted in e.consent:
-            consent[purpose] = {"granted": granted, "at": iso(e.time_ms), "source": e.source}
-    orders = sum(len(v) for v in by_currency.values())
-    last = evs[-1]
-    return {
-        "event_count": len(evs),
-        "first_seen": iso(evs[0].time_ms),
-        "last_seen": iso(last.time_ms),
-        "last_channel": last.source,
-        "events_by_type": dict(sorted(Counter(e.type for e in evs).items())),
-        "events_by_source": dict(sorted(Counter(e.source for e in evs).items())),
-        "orders": orders,
-        "lifetime_value": {c: money(sum(v, Decimal(0))) for c, v in sorted(by_currency.items())},
-        "average_order_value": {
-            c: money((sum(v, Decimal(0)) / len(v)).quantize(Decimal("0.01")))
-            for c, v in sorted(by_currency.items())
-        },
-        "top_categories": [
-            c for c, _ in sorted(categories.items(), key=lambda kv: (-kv[1], kv[0]))
-        ][: rules.top_categories],
-        "last_touchpoints": [
-            {"event_id": e.event_id, "type": e.type, "source": e.source, "at": iso(e.time_ms)}
-            for e in reversed(evs[-rules.last_touchpoints :])
-        ],
-        "lifecycle_stage": lifecycle(identifier_types, orders),
-        "consent": dict(sorted(consent.items())),
-    }

@@ -30,8 +30,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from config.settings import Settings
 from schemas.codec import CODEC, Codec, DecodeError, UnknownSchema
-from unifier.settings import Settings
 
 log = logging.getLogger("unifier.schemas")
 

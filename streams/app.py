@@ -10,8 +10,8 @@ from typing import Any, cast
 
 import faust
 
+from config.settings import Settings
 from streams import fetch, flush, graph, metrics, offsets, ops, recovery, route
-from unifier.settings import Settings
 
 log = logging.getLogger("unifier.worker")
 

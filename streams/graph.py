@@ -23,26 +23,20 @@ from typing import Any
 
 import redis
 
-from profiles.graph import Apply, Merged, ProfileNode, handle_identity, handle_profile
-from profiles.graph_wire import (
-    WireError,
-    changed_fields,
-    decode_messages,
-    merged_away,
-    node_from,
-    node_to,
-    shown,
-    update_record,
-    view_of,
-    why_of,
-)
-from profiles.view import AsyncRedisWriter
-from schemas.codec import CODEC, PROFILE_MERGE, PROFILE_UPDATE
+from config.settings import Settings
+from profiles.configured import identity_rules, trait_rules
+from profiles.graph.identity import handle_identity
+from profiles.graph.messages import Apply
+from profiles.graph.profile import handle_profile
+from profiles.graph.state import ProfileNode
+from profiles.projection import changed_fields, merged_away, shown, view_of, why_of
+from schemas.records import encode_update, merge_record
+from schemas.wire import WireError, decode_messages, node_from, node_to
+from sinks.redis_view import AsyncRedisWriter
 from streams import metrics
 from streams.batches import batches, in_partition
 from streams.dlq import dead_letter
 from streams.messages import group, send_batches
-from unifier.settings import Settings
 
 log = logging.getLogger("unifier.graph")
 
@@ -189,21 +183,6 @@ async def write_with_retry(
             delay = min(delay * 2, 5.0)
 
 
-def merge_record(merge: Merged) -> bytes:
-    id_type, _, value = merge.via.partition(":")
-    return CODEC.encode(
-        PROFILE_MERGE,
-        {
-            "loser": merge.loser,
-            "winner": merge.winner,
-            "identifier_type": id_type,
-            "identifier_value": value,
-            "event_id": merge.event_id,
-            "merged_at": int(time.time() * 1000),
-        },
-    )
-
-
 def register(
     app: Any,
     settings: Settings,
@@ -211,8 +190,8 @@ def register(
     identity_table: Any,
     profiles_table: Any,
 ) -> None:
-    rules = settings.identity_rules()
-    trait_rules = settings.trait_rules()
+    rules = identity_rules(settings)
+    survivorship = trait_rules(settings)
     partitions = settings.internal_partitions
     max_bytes = settings.max_record_bytes
     identity_topic, profile_topic = topics["identity"], topics["profile"]
@@ -264,12 +243,13 @@ def register(
                     out.append((key, None))
                 continue
             before = (
-                view_of(key, old, trait_rules) if old is not None and old.redirect is None else None
+                view_of(key, old, survivorship)
+                if old is not None and old.redirect is None
+                else None
             )
             changed = changed_fields(before, view)
             if before is None or changed or before["version"] != view["version"]:
-                record = update_record(view, whys[key], changed, now)
-                out.append((key, CODEC.encode(PROFILE_UPDATE, record)))
+                out.append((key, encode_update(view, whys[key], changed, now)))
         return out
 
     async def messages_of(event: Any, stage: str) -> list[Any] | None:
@@ -324,7 +304,7 @@ def register(
                 # (the version guard makes a repeated write a no-op).
                 cache.encode()
                 touched = shown(cache)
-                views = [view_of(key, node, trait_rules) for key, node in touched]
+                views = [view_of(key, node, survivorship) for key, node in touched]
                 whys = {key: why_of(node) for key, node in touched if node.redirect is None}
                 updates = profile_updates(cache, touched, views, whys)
                 await send_outputs("profile", outs, updates)

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from profiles.graph import Merged, Out
-from profiles.graph_wire import encode_messages
+from profiles.graph.messages import Merged, Out
 from profiles.routing import partition_for
+from schemas.wire import encode_messages
 
 
 def encode_batches(messages: Sequence[Any], max_bytes: int) -> list[bytes]:

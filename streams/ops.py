@@ -19,8 +19,8 @@ import redis.asyncio as aredis
 from aiohttp import web
 from prometheus_client import Gauge
 
-from unifier import httpmetrics
-from unifier.settings import Settings
+from config import httpmetrics
+from config.settings import Settings
 
 log = logging.getLogger("unifier.ops")
 

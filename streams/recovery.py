@@ -29,8 +29,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from faust.tables.recovery import Recovery
 
+from config.kafkalog import client_logger
 from streams.offsets import require_patched_faust
-from unifier.kafkalog import client_logger
 
 log = logging.getLogger("unifier.recovery")
 

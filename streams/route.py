@@ -9,7 +9,9 @@ import asyncio
 import logging
 from typing import Any
 
-from profiles.graph import Observe
+from config.settings import Settings
+from profiles.configured import identity_rules, trait_alias_index
+from profiles.graph.messages import Observe
 from profiles.routing import observe, partition_for
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints, encode_touchpoint
@@ -18,15 +20,14 @@ from streams import metrics
 from streams.batches import batches
 from streams.dlq import dead_letter
 from streams.messages import send_batches
-from unifier.settings import Settings
 
 log = logging.getLogger("unifier.route")
 
 
 def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any) -> Any:
-    rules = settings.identity_rules()
+    rules = identity_rules(settings)
     region = settings.default_phone_region
-    aliases = settings.trait_alias_index()
+    aliases = trait_alias_index(settings)
     partitions = settings.internal_partitions
     max_bytes = settings.max_record_bytes
     resolver = Resolver(settings)

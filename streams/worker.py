@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import faust
 
+from config import logs
+from config.settings import Settings
 from streams.app import create_app
-from unifier import logs
-from unifier.settings import Settings
 
 
 def run_worker(settings: Settings) -> None:

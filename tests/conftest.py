@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from config.settings import Settings
 from tests.support.backends import kafka, redis_server
-from unifier.settings import Settings
 from unifier.stack import EmbeddedStack
 from unifier.topics import ensure_topics
 

@@ -1,3 +1,1 @@
-"""Profile Unifier: the CLI, settings and the embedded development stack."""
-
-__version__ = "0.1.0"
+"""The ``unifier`` command line, the embedded development stack and ops tools."""

@@ -23,10 +23,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from config import httpmetrics
+from config.settings import Settings
+from profiles.configured import identifier_priorities, identity_rules
 from profiles.identifiers import InvalidIdentifier, normalize
-from profiles.view import AsyncRedisView
-from unifier import httpmetrics
-from unifier.settings import Settings
+from serve.view import AsyncRedisView
 
 log = logging.getLogger("unifier.api")
 
@@ -104,12 +105,12 @@ async def find_profile(request: web.Request) -> web.Response:
     id_type, value = request.query.get("type"), request.query.get("value")
     if not id_type or value is None:
         return _error(400, "give both query parameters: type and value")
-    if id_type not in settings.identifier_priorities:
-        known = ", ".join(sorted(settings.identifier_priorities))
+    if id_type not in identifier_priorities(settings):
+        known = ", ".join(sorted(identifier_priorities(settings)))
         return _error(400, f"unknown identifier type {id_type!r} (configured: {known})")
     try:
         norm = normalize(
-            id_type, value, settings.default_phone_region, settings.identity_rules().email
+            id_type, value, settings.default_phone_region, identity_rules(settings).email
         )
     except InvalidIdentifier as exc:
         return _error(400, f"{id_type}: {exc}")
@@ -299,5 +300,5 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     """The document for this deployment: the identifier types it is configured with."""
     doc = copy.deepcopy(OPENAPI)
     [type_param, _] = doc["paths"]["/v1/profiles"]["get"]["parameters"]
-    type_param["schema"]["enum"] = sorted(settings.identifier_priorities)
+    type_param["schema"]["enum"] = sorted(identifier_priorities(settings))
     return doc

@@ -18,9 +18,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from unifier import logs
+from config import logs
+from config.settings import Settings
+from profiles.configured import check, identifier_priorities, identity_rules
 from unifier.processes import StackError
-from unifier.settings import Settings
 
 app = typer.Typer(
     help="Real-time customer profile unifier: touchpoints in, one profile per customer out.",
@@ -62,6 +63,10 @@ def _main(ctx: typer.Context) -> None:
             for e in exc.errors(include_url=False)
         )
         raise fail(f"invalid configuration: {problems}") from None
+    try:
+        check(ctx.obj)  # what the core cannot use (an unknown trait strategy…)
+    except ValueError as exc:
+        raise fail(f"invalid configuration: {exc}") from None
 
 
 # --- stack -------------------------------------------------------------------------
@@ -635,7 +640,7 @@ def profiles_get(
 ) -> None:
     """Print one profile as JSON. Exit 1 if no profile holds the identifier."""
     from profiles.identifiers import InvalidIdentifier, normalize
-    from profiles.view import RedisProfileView
+    from serve.view import RedisProfileView
 
     settings = settings_of(ctx)
     given = {
@@ -664,14 +669,14 @@ def profiles_get(
             found, what = view.get(profile_id), f"profile {profile_id}"
         else:
             ((kind, raw),) = given.items()
-            if kind not in settings.identifier_priorities:
+            if kind not in identifier_priorities(settings):
                 raise fail(
                     f"unknown identifier type '{kind}' (configured: "
-                    f"{', '.join(sorted(settings.identifier_priorities))})"
+                    f"{', '.join(sorted(identifier_priorities(settings)))})"
                 )
             try:
                 norm = normalize(
-                    kind, raw, settings.default_phone_region, settings.identity_rules().email
+                    kind, raw, settings.default_phone_region, identity_rules(settings).email
                 )
             except InvalidIdentifier as exc:
                 raise fail(f"{kind}: {exc}") from None
@@ -696,7 +701,7 @@ def profiles_why(
     it refused (with the rule). Exit 1 if there is no such profile."""
     import orjson
 
-    from profiles.view import RedisProfileView
+    from serve.view import RedisProfileView
 
     settings = settings_of(ctx)
     view = RedisProfileView.from_url(settings.redis_url)
@@ -750,7 +755,7 @@ def profiles_export(
     """Every profile as JSON lines: profile_id, identifiers, traits, computed, version."""
     import redis
 
-    from profiles.view import RedisProfileView
+    from serve.view import RedisProfileView
 
     settings = settings_of(ctx)
     view = RedisProfileView.from_url(settings.redis_url)

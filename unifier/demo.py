@@ -20,12 +20,12 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
+from config.settings import Settings
 from producers.sdk import Unifier
 from producers.synthetic import generate_journeys, score
-from profiles.view import RedisProfileView
+from serve.view import RedisProfileView
 from unifier.lag import LagProbe
 from unifier.processes import StackError, free_port
-from unifier.settings import Settings
 from unifier.stack import EmbeddedStack, running
 
 

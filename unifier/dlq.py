@@ -29,13 +29,14 @@ from typing import IO, Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from config.settings import Settings
 from producers.loader import Loader, LoadResult
+from profiles.configured import identity_rules
 from profiles.routing import observe, validate_event
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint, to_json_form
 from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints
 from schemas.resolve import Resolver
 from unifier.ingest import _lines
-from unifier.settings import Settings
 
 HEADERS = {
     "x-dlq-reason": "reason",
@@ -176,7 +177,7 @@ def replay_file(
         open(path, "rb") as fh,
     ):
         result = loader.result
-        rules = settings.identity_rules()
+        rules = identity_rules(settings)
         position = 0
         for number, raw in _lines(fh):
             position += len(raw) + 1
@@ -223,7 +224,7 @@ class TopicReplay:
 def replay_topic(settings: Settings, stage: str | None = None) -> TopicReplay:
     """Send again, as they are, the dead letters that decode and validate now."""
     outcome = TopicReplay()
-    rules = settings.identity_rules()
+    rules = identity_rules(settings)
     producer = Producer(
         {"bootstrap.servers": settings.bootstrap_servers, "enable.idempotence": True}
     )

@@ -13,11 +13,12 @@ from typing import IO
 
 import orjson
 
+from config.settings import Settings
 from producers.loader import Loader, LoadResult
+from profiles.configured import identity_rules
 from profiles.routing import validate_event
 from profiles.rules import IdentityRules
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
-from unifier.settings import Settings
 
 MAX_LINE_BYTES = 1024 * 1024
 
@@ -32,7 +33,7 @@ def validate_line(
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         raise InvalidTouchpoint(f"malformed JSON: {exc}") from None
-    rules = rules or settings.identity_rules()
+    rules = rules or identity_rules(settings)
     return validate_event(obj, rules, settings.default_phone_region)
 
 
@@ -50,7 +51,7 @@ def ingest_file(
     progress: bool | None = None,
     err: IO[str] = sys.stderr,
 ) -> LoadResult:
-    rules = settings.identity_rules()
+    rules = identity_rules(settings)
     with Loader(path, settings, rejects_path, progress, err, "ingest") as loader:
         result = loader.result
         with open(path, "rb") as fh:

@@ -15,8 +15,8 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from unifier.kafkalog import client_logger
-from unifier.settings import Settings
+from config.kafkalog import client_logger
+from config.settings import Settings
 
 
 @dataclass(frozen=True)

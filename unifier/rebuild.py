@@ -25,10 +25,11 @@ import orjson
 import redis
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from profiles.feed import ProfileFeed, ProfileMerge, ProfileRemoved, ProfileUpdate
-from profiles.graph_wire import redirect_view
-from profiles.view import PREFIX, RedisWriter, profile_key
-from unifier.settings import Settings
+from config.settings import Settings
+from profiles.projection import redirect_view
+from schemas.records import ProfileMerge, ProfileRemoved, ProfileUpdate
+from serve.feed import ProfileFeed
+from sinks.redis_view import PREFIX, RedisWriter, profile_key
 
 BATCH = 500
 

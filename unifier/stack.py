@@ -20,6 +20,7 @@ from pathlib import Path
 
 import redis
 
+from config.settings import Settings
 from unifier.processes import (
     Proc,
     StackError,
@@ -31,7 +32,6 @@ from unifier.processes import (
     stop,
     wait_until,
 )
-from unifier.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

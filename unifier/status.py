@@ -31,8 +31,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from config.settings import Settings
 from unifier.lag import LagProbe, PartitionLag, stages
-from unifier.settings import Settings
 
 #: Worker counters the page charts as rates: name -> (metric, label filter).
 RATES: dict[str, tuple[str, dict[str, str]]] = {

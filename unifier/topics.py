@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from unifier.settings import Settings
+from config.settings import Settings
 
 
 @dataclass(frozen=True)

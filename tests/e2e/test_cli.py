@@ -9,10 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from config.settings import Settings
 from producers.synthetic import generate
 from tests.e2e.conftest import Cli, ports_of, stack_pids
 from tests.support.data import comparable, reference_views, write_jsonl
-from unifier.settings import Settings
 from unifier.topics import topic_specs
 
 pytestmark = pytest.mark.e2e

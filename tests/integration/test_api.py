@@ -17,14 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from profiles.graph_wire import node_from, view_of
+from config.settings import Settings
+from profiles.configured import trait_rules
+from profiles.projection import view_of
+from schemas.wire import node_from
 from tests.integration.test_identity import ev, send
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.http import get_json, get_text, metric
 from tests.support.kafka import consume_all
 from unifier.api import OPENAPI, create_api, openapi_document
 from unifier.processes import free_port
-from unifier.settings import Settings
 from unifier.stack import EmbeddedStack
 
 pytestmark = pytest.mark.integration
@@ -73,7 +75,7 @@ def test_the_api_answers_what_the_worker_holds(
     for m in consume_all(settings, settings.profiles_changelog_topic, settings.internal_partitions):
         held[orjson.loads(m.key())] = m.value()  # Faust writes table keys as JSON
     assert get_json(f"{api}/v1/profiles/{pid}", KEY)[1] == view_of(
-        pid, node_from(held[pid]), settings.trait_rules()
+        pid, node_from(held[pid]), trait_rules(settings)
     )
     # By identifier, normalized the way the worker does; merged-away ids answer with
     # the survivor.

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from config.settings import Settings
 from tests.support.http import get, get_text, metric, post
 from tests.support.kafka import touchpoints_on_topic
 from unifier.processes import free_port
-from unifier.settings import Settings
 from unifier.stack import EmbeddedStack
 
 pytestmark = pytest.mark.integration

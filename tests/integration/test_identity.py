@@ -12,18 +12,20 @@ from typing import Any
 import orjson
 import pytest
 
+from config.settings import Settings
 from producers.kafka import TouchpointProducer
 from producers.synthetic import generate_journeys, score
-from profiles.feed import ProfileFeed, ProfileMerge, ProfileRemoved, ProfileUpdate
+from profiles.configured import identifier_priorities
 from profiles.touchpoint import Touchpoint, parse_json
-from profiles.view import RedisProfileView
 from schemas.codec import CODEC, PROFILE_MERGE
+from schemas.records import ProfileMerge, ProfileRemoved, ProfileUpdate
+from serve.feed import ProfileFeed
+from serve.view import RedisProfileView
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views
 from tests.support.http import get_json, get_text, metric
 from tests.support.kafka import consume_all
 from unifier.processes import free_port
-from unifier.settings import Settings
 from unifier.stack import EmbeddedStack
 from unifier.topics import ensure_topics
 
@@ -191,7 +193,7 @@ def run(settings: Settings, events: list[dict[str, Any]], tmp: Path) -> dict[str
     ensure_topics(settings)
     with EmbeddedStack(settings, tmp) as stack:
         stack.start_worker()
-        send(settings, [parse_json(e, settings.identifier_priorities) for e in events])
+        send(settings, [parse_json(e, identifier_priorities(settings)) for e in events])
         caught_up(settings)
         return exported(settings)
 
@@ -261,9 +263,9 @@ def test_two_workers_through_a_rebalance(settings: Settings, tmp_path: Path) -> 
     ensure_topics(settings)
     with EmbeddedStack(settings, tmp_path / "two") as stack:
         stack.start_worker("worker-1")
-        send(settings, [parse_json(e, settings.identifier_priorities) for e in events[:half]])
+        send(settings, [parse_json(e, identifier_priorities(settings)) for e in events[:half]])
         stack.start_worker("worker-2")  # waits until the rebalance has completed
-        send(settings, [parse_json(e, settings.identifier_priorities) for e in events[half:]])
+        send(settings, [parse_json(e, identifier_priorities(settings)) for e in events[half:]])
         caught_up(settings)
         got = exported(settings)
     assert comparable(got.values()) == reference_views(events, settings)

@@ -10,9 +10,9 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from config.settings import Settings
 from streams.recovery import true_ends
 from unifier.lag import LagProbe
-from unifier.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -15,13 +15,14 @@ import orjson
 import pytest
 from aiohttp import web
 
+from config.settings import Settings
 from producers.kafka import TouchpointProducer
 from producers.synthetic import generate
+from profiles.configured import identifier_priorities
 from profiles.touchpoint import parse_json
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.http import get_json, get_text
 from unifier.processes import free_port
-from unifier.settings import Settings
 from unifier.stack import EmbeddedStack
 from unifier.status import StatusSampler, create_status_app
 
@@ -69,7 +70,7 @@ class Traffic:
 
     def __init__(self, settings: Settings) -> None:
         events = generate(people=400, seed=11)
-        self.events = [parse_json(e, settings.identifier_priorities) for e in events]
+        self.events = [parse_json(e, identifier_priorities(settings)) for e in events]
         self.settings = settings
         self.sent = 0
         self._stop = threading.Event()

@@ -8,11 +8,13 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from config.settings import Settings
 from producers.synthetic import generate
+from profiles.configured import identifier_priorities
 from profiles.profile import profile_id_for
 from profiles.touchpoint import Touchpoint, parse_json
-from profiles.view import RedisProfileView
 from schemas.codec import encode_touchpoint
+from serve.view import RedisProfileView
 from streams.recovery import true_ends
 from tests.support.backends import docker_engine_answers
 from tests.support.data import comparable, reference_views, write_jsonl
@@ -23,7 +25,6 @@ from unifier.ingest import ingest_file
 from unifier.lag import LagProbe
 from unifier.processes import free_port
 from unifier.rebuild import rebuild
-from unifier.settings import Settings
 from unifier.stack import EmbeddedStack
 
 pytestmark = pytest.mark.integration
@@ -225,7 +226,7 @@ def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(
                 "occurred_at": "2026-11-22T10:00:00Z",
                 "identifiers": {"email": email},
             },
-            settings.identifier_priorities,
+            identifier_priorities(settings),
         )
 
     good = signed_in("ok-1", "Ana@X.com")

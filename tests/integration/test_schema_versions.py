@@ -11,12 +11,12 @@ import pytest
 from confluent_kafka import Producer
 from fastavro.schema import parse_schema
 
+from config.settings import Settings
 from profiles.touchpoint import Touchpoint
-from profiles.view import RedisProfileView
 from schemas.codec import BATCH, CODEC, SCHEMA_DIR, batch_record, single_object_header
+from serve.view import RedisProfileView
 from tests.integration.test_pipeline import caught_up
 from unifier import dlq
-from unifier.settings import Settings
 from unifier.stack import EmbeddedStack
 
 pytestmark = pytest.mark.integration

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from config.settings import Settings
 from producers.kafka import BufferFull
 from producers.sdk import Unifier
 from profiles.touchpoint import Touchpoint
 from unifier.processes import free_port
-from unifier.settings import Settings
 
 pytestmark = pytest.mark.integration
 

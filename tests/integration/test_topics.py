@@ -1,6 +1,6 @@
 import pytest
 
-from unifier.settings import Settings
+from config.settings import Settings
 from unifier.topics import TopicMismatch, admin_client, ensure_topics, existing_partitions
 
 pytestmark = pytest.mark.integration

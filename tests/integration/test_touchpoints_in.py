@@ -17,10 +17,10 @@ import pytest
 from confluent_kafka import Producer
 from fastavro.schema import parse_schema
 
+from config.settings import Settings
 from producers.importers import import_file
 from producers.sdk import Unifier
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
-from profiles.view import RedisProfileView
 from schemas.codec import (
     BATCH,
     CODEC,
@@ -28,12 +28,12 @@ from schemas.codec import (
     encode_touchpoint,
     single_object_header,
 )
+from serve.view import RedisProfileView
 from tests.integration.test_pipeline import caught_up
 from tests.support.http import post
 from tests.support.kafka import touchpoints_on_topic
 from unifier import dlq
 from unifier.processes import free_port
-from unifier.settings import Settings
 from unifier.stack import EmbeddedStack
 
 pytestmark = pytest.mark.integration

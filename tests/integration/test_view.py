@@ -17,8 +17,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from profiles.graph_wire import redirect_view
-from profiles.view import AsyncRedisView, AsyncRedisWriter, RedisProfileView, RedisWriter
+from profiles.projection import redirect_view
+from serve.view import AsyncRedisView, RedisProfileView
+from sinks.redis_view import AsyncRedisWriter, RedisWriter
 from tests.support.view import ViewModel, dump
 
 pytestmark = pytest.mark.integration
@@ -140,9 +141,9 @@ def test_an_identifier_key_keeps_the_survivor_when_a_merged_away_profile_writes_
 def test_a_large_batch_is_written_whole_in_bounded_pipelines(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import profiles.view
+    import sinks.redis_view
 
-    monkeypatch.setattr(profiles.view, "PIPELINE_PROFILES", 3)
+    monkeypatch.setattr(sinks.redis_view, "PIPELINE_PROFILES", 3)
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     views = [{"profile_id": f"p_{n:02d}", "identifiers": {"email": [f"{n}@x.example"]},

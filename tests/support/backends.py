@@ -8,8 +8,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from config.settings import Settings
 from unifier.processes import free_port
-from unifier.settings import Settings
 from unifier.stack import EmbeddedStack
 
 

@@ -8,11 +8,12 @@ from typing import Any
 
 import orjson
 
-from profiles.graph import ProfileNode
-from profiles.graph_wire import view_of
+from config.settings import Settings
+from profiles.configured import identity_rules, trait_alias_index, trait_rules
+from profiles.graph.state import ProfileNode
+from profiles.projection import view_of
 from profiles.reference import reference_states
 from profiles.touchpoint import parse_json
-from unifier.settings import Settings
 
 BROKEN_LINES = [
     b'{"event_id": "b1", "type": "x", "source": "web"',  # malformed JSON
@@ -73,10 +74,10 @@ def reference_views(events: Iterable[dict[str, Any]], settings: Settings) -> Com
     """What the product must show: the reference union-find's clusters, each with every
     event anchored in it folded in, single-threaded. Exact when limits are off; with
     limits, which of two people keeps a shared identifier depends on arrival order."""
-    rules = settings.identity_rules()
+    rules = identity_rules(settings)
     tps = [parse_json(e, rules.priorities) for e in events]
     states = reference_states(
-        tps, rules, settings.default_phone_region, settings.trait_alias_index()
+        tps, rules, settings.default_phone_region, trait_alias_index(settings)
     )
-    traits = settings.trait_rules()
+    traits = trait_rules(settings)
     return comparable(view_of("reference", ProfileNode(state=s), traits) for s in states)

@@ -8,9 +8,9 @@ from collections.abc import Collection
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
+from config.settings import Settings
 from profiles.touchpoint import Touchpoint
 from schemas.codec import decode_touchpoints
-from unifier.settings import Settings
 
 
 def consume_all(

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import redis
 
-from profiles.view import PREFIX, identifier_keys
+from sinks.redis_view import PREFIX, identifier_keys
 
 
 def survivor(profiles: Mapping[str, Mapping[str, Any]], pid: str) -> str | None:

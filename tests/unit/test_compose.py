@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from unifier.settings import Settings
+from config.settings import Settings
 from unifier.topics import topic_specs
 
 COMPOSE = Path(__file__).parents[2] / "docker-compose.yml"
@@ -87,9 +87,9 @@ def known_metrics() -> set[str]:
     """Every metric name our processes export, with the suffixes Prometheus adds."""
     import prometheus_client
 
+    import config.httpmetrics  # noqa: F401
     import streams.metrics
     import streams.ops  # noqa: F401
-    import unifier.httpmetrics  # noqa: F401
     from producers.collector import EVENTS  # noqa: F401
     from unifier.status import StatusSampler
 

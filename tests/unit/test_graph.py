@@ -17,26 +17,19 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from profiles.graph import (
-    Merged,
-    Observe,
-    Offer,
-    ProfileNode,
-    ProfileState,
-    Release,
-    handle_identity,
-    handle_profile,
-    ident_type,
-    owner_of,
-)
-from profiles.graph_wire import REDIRECT_VERSION, facts_of, merged_away, shown, view_of, why_of
-from profiles.reference import key, reference_clusters, usable
+from profiles.facts import facts_of
+from profiles.graph.identity import handle_identity, owner_of
+from profiles.graph.messages import Merged, Observe, Offer, Release
+from profiles.graph.profile import handle_profile
+from profiles.graph.state import ProfileNode, ProfileState, ident_type
+from profiles.identifiers import DEFAULT_IDENTIFIER_PRIORITIES
+from profiles.projection import REDIRECT_VERSION, merged_away, shown, view_of, why_of
+from profiles.reference import reference_clusters
 from profiles.routing import partition_for
-from profiles.rules import IdentityRules
+from profiles.rules import IdentityRules, key, usable
 from profiles.touchpoint import Touchpoint
 from tests.support.view import ViewModel, as_read
 from tests.unit.test_reference import event_lists
-from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
 
 LIMITED = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES)
 UNLIMITED = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES, limits={}, max_claimants=None)
@@ -409,7 +402,7 @@ def test_synthetic_journeys_settle_on_the_truth() -> None:
 @given(event_lists, parts, st.integers(0, 2**32))
 def test_messages_and_nodes_survive_the_wire(events, parts, seed) -> None:  # type: ignore[no-untyped-def]
     """Everything the simulator sent and every node it left round-trips through JSON."""
-    from profiles.graph_wire import decode_messages, encode_messages, node_from, node_to
+    from schemas.wire import decode_messages, encode_messages, node_from, node_to
 
     sim = simulate(events, LIMITED, parts, seed)
     sent: list[Any] = []

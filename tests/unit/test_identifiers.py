@@ -2,9 +2,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profiles.identifiers import InvalidIdentifier, normalize, normalize_all
+from profiles.identifiers import (
+    DEFAULT_IDENTIFIER_PRIORITIES,
+    InvalidIdentifier,
+    normalize,
+    normalize_all,
+)
 from profiles.rules import IdentityRules
-from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
 
 
 @pytest.mark.parametrize(
@@ -91,9 +95,10 @@ def test_email_provider_rules(raw: str, ignore_dots: bool, strip_plus: bool, exp
 
 
 def test_email_provider_rules_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from profiles.reference import usable
-    from unifier.settings import Settings
+    from config.settings import Settings
+    from profiles.configured import identity_rules
+    from profiles.rules import usable
 
     monkeypatch.setenv("UNIFIER_EMAIL_IGNORE_DOTS_DOMAINS", '["gmail.com"]')
-    ids, _ = usable({"email": "a.n.a@gmail.com"}, Settings().identity_rules(), "US")
+    ids, _ = usable({"email": "a.n.a@gmail.com"}, identity_rules(Settings()), "US")
     assert ids == [("email", "ana@gmail.com")]

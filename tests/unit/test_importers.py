@@ -17,8 +17,8 @@ from producers.importers import (
     pos_touchpoint,
     rows,
 )
+from profiles.identifiers import DEFAULT_IDENTIFIER_PRIORITIES
 from profiles.touchpoint import InvalidTouchpoint, parse_json
-from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
 
 POS_CSV = (
     "Receipt;Date;Shop;Till;Card;Total;Phone;SKU;Qty;Price\n"

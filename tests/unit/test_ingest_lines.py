@@ -3,9 +3,9 @@ import io
 import orjson
 import pytest
 
+from config.settings import Settings
 from profiles.touchpoint import InvalidTouchpoint
 from unifier.ingest import _lines, validate_line
-from unifier.settings import Settings
 
 GOOD = {
     "event_id": "e1",

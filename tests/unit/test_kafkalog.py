@@ -2,7 +2,7 @@
 
 import logging
 
-from unifier.kafkalog import OncePer
+from config.kafkalog import OncePer
 
 
 def record(msg: str) -> logging.LogRecord:

@@ -5,7 +5,7 @@ import logging
 
 import orjson
 
-from unifier.logs import JsonFormatter, config
+from config.logs import JsonFormatter, config
 
 
 def test_a_json_line_carries_time_level_logger_message_extras_and_the_traceback() -> None:
@@ -30,7 +30,7 @@ def test_a_json_line_carries_time_level_logger_message_extras_and_the_traceback(
 
 
 def test_auto_is_text_on_a_terminal_and_json_otherwise() -> None:
-    assert config("INFO", "json")["formatters"]["default"] == {"()": "unifier.logs.JsonFormatter"}
+    assert config("INFO", "json")["formatters"]["default"] == {"()": "config.logs.JsonFormatter"}
     assert "format" in config("INFO", "text")["formatters"]["default"]
     # Under pytest stderr is captured, not a terminal: auto means JSON.
-    assert config("INFO", "auto")["formatters"]["default"] == {"()": "unifier.logs.JsonFormatter"}
+    assert config("INFO", "auto")["formatters"]["default"] == {"()": "config.logs.JsonFormatter"}

@@ -5,11 +5,13 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profiles.feed import ProfileRemoved, ProfileUpdate, update_from
-from profiles.graph import ProfileNode, ProfileState, Refusal
-from profiles.graph_wire import facts_of, node_from, node_to, view_of, why_of
+from profiles.facts import facts_of
+from profiles.graph.state import ProfileNode, ProfileState, Refusal
 from profiles.profile import iso, profile_id_for
+from profiles.projection import view_of, why_of
 from profiles.touchpoint import Touchpoint
+from schemas.records import ProfileRemoved, ProfileUpdate, update_from
+from schemas.wire import node_from, node_to
 from tests.unit.strategies import touchpoints
 
 
@@ -140,8 +142,9 @@ def test_merging_two_parts_equals_folding_everything(a, b) -> None:  # type: ign
 
 
 def test_a_profile_update_record_is_valid_avro_and_names_what_changed() -> None:
-    from profiles.graph_wire import changed_fields, update_record
+    from profiles.projection import changed_fields
     from schemas.codec import CODEC, PROFILE_UPDATE
+    from schemas.records import update_record
 
     e1 = Touchpoint("e1", "identify", "crm", 1795341600000, {"email": "a@b.co"}, {"city": "Porto"})
     e2 = Touchpoint("e2", "page", "web", 1795341660000, {"email": "a@b.co"}, {"plan": "gold"})
@@ -171,8 +174,8 @@ def test_a_profile_update_record_is_valid_avro_and_names_what_changed() -> None:
 def test_every_view_survives_a_profile_update_record(events) -> None:  # type: ignore[no-untyped-def]
     """`unifier view rebuild` rebuilds Redis from these records: nothing may be lost or
     change type on the way (traits, money as strings, nested computed traits)."""
-    from profiles.graph_wire import update_record
     from schemas.codec import CODEC, PROFILE_UPDATE
+    from schemas.records import update_record
 
     node = ProfileNode(state=fold(events))
     v, why = view_of("p_1", node), why_of(node)

@@ -9,10 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from profiles.graph_wire import view_of
+from config.settings import Settings
+from profiles.configured import identifier_priorities, trait_rules
+from profiles.projection import view_of
 from profiles.touchpoint import parse_json
 from tests.unit.test_graph import LIMITED, check_settled, simulate
-from unifier.settings import Settings
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -29,11 +30,11 @@ def example(name: str) -> str:
 def four_channel_profile(parts: tuple[int, int, int], seed: int) -> dict[str, Any]:
     settings = Settings()
     raw = [orjson.loads(line) for line in example("four-channels events").splitlines()]
-    events = [parse_json(r, settings.identifier_priorities) for r in raw]
+    events = [parse_json(r, identifier_priorities(settings)) for r in raw]
     sim = simulate(events, LIMITED, parts, seed)
     check_settled(sim, events)
     [(pid, node)] = sim.live().items()
-    return view_of(pid, node, settings.trait_rules())
+    return view_of(pid, node, trait_rules(settings))
 
 
 def test_the_four_channel_customer_becomes_the_profile_shown() -> None:

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profiles.reference import Reference, reference_clusters, usable
-from profiles.rules import IdentityRules
+from profiles.identifiers import DEFAULT_IDENTIFIER_PRIORITIES
+from profiles.reference import Reference, reference_clusters
+from profiles.rules import IdentityRules, usable
 from profiles.touchpoint import Touchpoint
-from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
 
 RULES = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES)
 UNIVERSE = {

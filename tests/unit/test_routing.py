@@ -2,10 +2,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from profiles.identifiers import DEFAULT_IDENTIFIER_PRIORITIES
 from profiles.routing import observe, partition_for
 from profiles.rules import IdentityRules
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
-from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
 
 RULES = IdentityRules.build(DEFAULT_IDENTIFIER_PRIORITIES)
 

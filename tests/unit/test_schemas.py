@@ -14,6 +14,7 @@ from fastavro.schema import parse_schema
 from fastavro.utils import generate_many
 from hypothesis import given, settings
 
+from config.settings import Settings
 from profiles.touchpoint import Touchpoint, parse_json, to_json_form
 from schemas.codec import (
     BATCH,
@@ -37,7 +38,6 @@ from schemas.codec import (
 from schemas.compat import _plain, problems
 from schemas.resolve import RegistryFraming, Resolver, registry_client
 from tests.unit.strategies import touchpoints
-from unifier.settings import Settings
 
 CURRENT = load_raw_schemas()
 HISTORY = sorted((SCHEMA_DIR / "history").glob("touchpoint.*.avsc"))

@@ -1,7 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from unifier.settings import Settings
+from config.settings import Settings
+from profiles.configured import check, identity_rules, trait_rules
 
 
 def test_environment_overrides_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,7 +35,7 @@ def test_redis_address() -> None:
 def test_identity_rules_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UNIFIER_IDENTITY_LIMITS", '{"email": 2}')
     monkeypatch.setenv("UNIFIER_IDENTITY_BLOCK_VALUES", '["guest@shop.example"]')
-    rules = Settings().identity_rules()
+    rules = identity_rules(Settings())
     assert rules.limit("email") == 2
     assert rules.limit("user_id") is None
     assert rules.blocked("guest@shop.example") == "block list"
@@ -46,7 +47,7 @@ def test_identity_rules_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_an_unknown_trait_strategy_is_refused_with_its_name() -> None:
     with pytest.raises(ValueError, match="unknown trait strategy newest"):
-        Settings(trait_strategies={"city": "newest"})
-    rules = Settings(trait_strategies={"address": "source_priority"}).trait_rules()
+        check(Settings(trait_strategies={"city": "newest"}))
+    rules = trait_rules(Settings(trait_strategies={"address": "source_priority"}))
     assert rules.strategies == {"address": "source_priority"}
     assert rules.source_priorities["crm"] > rules.source_priorities["web"]

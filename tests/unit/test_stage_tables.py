@@ -4,8 +4,8 @@ nothing (a re-delivered record, a claim for what the profile holds) writes nothi
 
 from typing import Any
 
-from profiles.graph import ProfileNode
-from profiles.graph_wire import node_from, node_to
+from profiles.graph.state import ProfileNode
+from schemas.wire import node_from, node_to
 from streams.graph import NodeCache, Overlay
 
 

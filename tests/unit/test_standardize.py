@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from profiles.graph_wire import facts_of
+from profiles.facts import facts_of
 from profiles.standardize import alias_index, standardize, trait_name, trait_value
 from profiles.touchpoint import Touchpoint
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from producers.synthetic import generate_journeys
-from profiles.identifiers import normalize_all
+from profiles.identifiers import DEFAULT_IDENTIFIER_PRIORITIES, normalize_all
 from profiles.touchpoint import parse_json
-from unifier.settings import DEFAULT_IDENTIFIER_PRIORITIES
 
 JOURNEYS = generate_journeys(400, seed=11)
 

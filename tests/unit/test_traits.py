@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profiles.traits import STRATEGIES, TraitRules, choose_traits, lifecycle
+from profiles.computed import lifecycle
+from profiles.traits import STRATEGIES, TraitRules, choose_traits
 
 RULES = TraitRules(
     strategies={"address": "source_priority", "first_referrer": "first", "max_spend": "max",

@@ -1,72 +1,38 @@
-"""The identity graph's messages and table values as JSON (orjson), and the view form.
+"""The internal wire format: identity-graph messages and table values as JSON (orjson).
 
 Internal topics carry one JSON array of messages per Kafka record; each message is a
 small object tagged by ``k``. Table values are one object per identifier or profile.
+Only the worker reads and writes these; they are not a public contract.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from profiles.graph import (
+from profiles.computed import Purchase
+from profiles.facts import EventFacts
+from profiles.graph.messages import (
     Answer,
     Apply,
     Claim,
     Denied,
-    EventFacts,
     Granted,
     Merge,
-    Merged,
     Observe,
     Offer,
-    Out,
     ProfileMsg,
-    ProfileNode,
-    ProfileState,
-    Refusal,
     Release,
     Repoint,
-    Reservation,
-    ident_type,
 )
-from profiles.standardize import DEFAULT_INDEX, standardize
-from profiles.touchpoint import Touchpoint
-from profiles.traits import DEFAULT_TRAIT_RULES, Purchase, TraitRules, choose_traits, computed
-from schemas.codec import ORJSON_OPTS
-
-#: A redirect's version: final, above any live version, so it always replaces the view.
-REDIRECT_VERSION = 2**53
+from profiles.graph.state import ProfileNode, ProfileState, Refusal, Reservation
 
 
 class WireError(ValueError):
     """An internal record that is not a list of graph messages."""
-
-
-def purchase_of(tp: Touchpoint) -> Purchase | None:
-    sale = tp.order if tp.order is not None else tp.pos
-    if sale is None:
-        return None
-    categories = tuple(
-        sorted({i["category"] for i in sale.get("items") or () if i.get("category")})
-    )
-    return Purchase(sale["currency"], Decimal(sale["total"]), categories)
-
-
-def facts_of(tp: Touchpoint, aliases: Mapping[str, str] = DEFAULT_INDEX) -> EventFacts:
-    """What a profile keeps of an event, traits standardized (profiles.standardize)."""
-    return EventFacts(
-        tp.event_id,
-        tp.type,
-        tp.source,
-        tp.occurred_at_ms,
-        tuple(standardize(tp.traits, aliases).items()),
-        purchase_of(tp),
-        tuple(sorted(tp.consent.items())),
-    )
 
 
 def _facts(e: EventFacts) -> list[Any]:
@@ -230,121 +196,3 @@ def node_from(data: bytes) -> ProfileNode:
         offering=d["of"],
         held_back=held_back,
     )
-
-
-def version_of(state: ProfileState) -> int:
-    """Grows with every change a live profile can see: all its parts only grow."""
-    return len(state.events) + len(state.held) + len(state.refused) + len(state.merged)
-
-
-def redirect_view(profile_id: str, merged_into: str) -> dict[str, Any]:
-    """What a merged-away id reads as: the survivor's id, at the final version."""
-    return {"profile_id": profile_id, "merged_into": merged_into, "version": REDIRECT_VERSION}
-
-
-def shown(nodes: Mapping[str, ProfileNode]) -> list[tuple[str, ProfileNode]]:
-    """The profiles among those a record touched that the view shows: redirects, and
-    live profiles that hold an identifier (one founded by a message that arrived before
-    its first event has nothing to show yet)."""
-    return [
-        (key, node) for key, node in nodes.items() if node.redirect is not None or node.state.held
-    ]
-
-
-def merged_away(outs: Iterable[Out]) -> list[dict[str, Any]]:
-    """A redirect for every profile a record's winners absorbed. The loser writes the
-    same redirect when the answer reaches it; written by the winner too, the view agrees
-    with ``profile-merges`` (which the winner publishes) as soon as the merge is made,
-    whatever happens to the loser's table afterwards."""
-    return [redirect_view(m.loser, m.winner) for stage, _key, m in outs
-            if stage == "merges" and isinstance(m, Merged)]  # fmt: skip
-
-
-def view_of(
-    profile_id: str, node: ProfileNode, rules: TraitRules = DEFAULT_TRAIT_RULES
-) -> dict[str, Any]:
-    """The documented read form (``unifier profiles get``, the API, Redis)."""
-    if node.redirect is not None:
-        return redirect_view(profile_id, node.redirect)
-    s = node.state
-    ids: dict[str, list[str]] = {}
-    for ident in sorted(s.held):
-        ids.setdefault(ident_type(ident), []).append(ident.split(":", 1)[1])
-    events = s.events.values()
-    observations = (
-        (name, (e.time_ms, e.source, e.event_id, value)) for e in events for name, value in e.traits
-    )
-    return {
-        "profile_id": profile_id,
-        "identifiers": dict(sorted(ids.items())),
-        "traits": choose_traits(observations, rules),
-        "computed": {
-            **computed(events, ids, rules),
-            "merged_from": sorted(m[0] for m in s.merged),
-            "refused_links": len(s.refused),
-        },
-        "version": version_of(s),
-    }
-
-
-def why_of(node: ProfileNode) -> dict[str, Any]:
-    """How each identifier came to the profile, the merges it went through, and the
-    links it refused (``unifier profiles why``)."""
-    s = node.state
-    return {
-        "identifiers": [
-            {
-                "identifier": i,
-                "event_id": s.linked_by.get(i, ("", ""))[0],
-                "how": s.linked_by.get(i, ("", "claimed"))[1],
-            }
-            for i in sorted(s.held)
-        ],
-        "merges": [{"loser": m[0], "via": m[1], "event_id": m[2]} for m in sorted(s.merged)],
-        "refused": [
-            {"event_id": r.event_id, "identifier": r.ident, "other": r.other, "rule": r.rule}
-            for r in sorted(s.refused, key=lambda r: (r.event_id, r.ident))
-        ],
-    }
-
-
-def changed_fields(before: dict[str, Any] | None, after: dict[str, Any]) -> list[str]:
-    """Top-level names (``identifiers``, ``traits.<name>``, ``computed.<name>``) that
-    differ between two views of a profile; everything when there was none before."""
-    old = before or {}
-    out = []
-    if old.get("identifiers") != after.get("identifiers"):
-        out.append("identifiers")
-    for part in ("traits", "computed"):
-        a, b = old.get(part) or {}, after.get(part) or {}
-        out += [f"{part}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return out
-
-
-def update_record(
-    view: dict[str, Any], why: dict[str, Any], changed: list[str], now_ms: int
-) -> dict[str, Any]:
-    """The ``ProfileUpdate`` Avro record of a live profile's view and explanation: all
-    that the Redis view holds for it (``unifier view rebuild`` reads it back)."""
-    computed = view["computed"]
-    first = computed.get("first_seen")
-    last = computed.get("last_seen")
-    return {
-        "profile_id": view["profile_id"],
-        "version": view["version"],
-        "updated_at": now_ms,
-        "identifiers": view["identifiers"],
-        "traits": view["traits"],
-        "first_seen": _ms(first) if first else 0,
-        "last_seen": _ms(last) if last else 0,
-        "event_count": computed["event_count"],
-        "computed_json": orjson.dumps(computed, option=ORJSON_OPTS).decode(),
-        "changed_fields": changed,
-        "why_json": orjson.dumps(why, option=ORJSON_OPTS).decode(),
-    }
-
-
-def _ms(stamp: str) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)

@@ -47,7 +47,7 @@ def use_json(fmt: str) -> bool:
 def config(level: str, fmt: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for this format (also handed to Faust's worker)."""
     formatter = (
-        {"()": "unifier.logs.JsonFormatter"}
+        {"()": "config.logs.JsonFormatter"}
         if use_json(fmt)
         else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     )

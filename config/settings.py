@@ -1,5 +1,10 @@
 """The one configuration object. Built once at the entry point and passed down.
 
+Plain data only: this module imports nothing of ours. Settings whose default is a
+domain table (identifier types, limits, block lists, trait aliases, source
+priorities) default to ``None``, which means "the built-in table"; the domain core
+turns settings into its rules in ``profiles.configured``.
+
 Every field can be set from the environment with the ``UNIFIER_`` prefix, e.g.
 ``UNIFIER_BOOTSTRAP_SERVERS=kafka:9092`` or
 ``UNIFIER_IDENTIFIER_PRIORITIES='{"user_id": 100, "email": 90}'``.
@@ -9,37 +14,16 @@ docker-compose.yml uses exactly these names; a test keeps the two in step.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from profiles.identifiers import EmailRules
-from profiles.rules import (
-    DEFAULT_BLOCKED_PATTERNS,
-    DEFAULT_BLOCKED_VALUES,
-    DEFAULT_LIMITS,
-    DEFAULT_MAX_CLAIMANTS,
-    IdentityRules,
-)
-from profiles.standardize import DEFAULT_ALIASES, alias_index
-from profiles.traits import TraitRules
-
-#: Which source's word counts most for traits using the source_priority strategy.
-DEFAULT_SOURCE_PRIORITIES = {"crm": 100, "pos": 80, "support": 60, "email": 50, "web": 40}
-
-#: Built-in identifier types and their priorities (higher wins). An event is
-#: keyed by its highest-priority identifier; more types can be added in config.
-DEFAULT_IDENTIFIER_PRIORITIES: dict[str, int] = {
-    "user_id": 100,
-    "email": 90,
-    "loyalty_id": 80,
-    "crm_id": 75,
-    "phone": 70,
-    "anonymous_id": 10,
-}
+#: An identifier claimed by more profiles than this stops linking (see profiles.rules).
+DEFAULT_MAX_CLAIMANTS = 10
 
 
 def _default_state_dir() -> Path:
@@ -131,9 +115,10 @@ class Settings(BaseSettings):
     )
 
     # --- identity ---------------------------------------------------------
-    identifier_priorities: dict[str, int] = Field(
-        default_factory=lambda: dict(DEFAULT_IDENTIFIER_PRIORITIES),
-        description="Identifier types the product accepts, with priorities (higher wins)",
+    identifier_priorities: dict[str, int] | None = Field(
+        None,
+        description="Identifier types the product accepts, with priorities (higher wins; "
+        "JSON); unset: the built-in types (profiles.identifiers.IDENTIFIER_TYPES)",
     )
     default_phone_region: str = Field("US", description="Region for phones without +country")
     email_ignore_dots_domains: list[str] = Field(
@@ -145,22 +130,25 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Domains where +tags are dropped from addresses (off by default)",
     )
-    identity_limits: dict[str, int] = Field(
-        default_factory=lambda: dict(DEFAULT_LIMITS),
-        description="How many identifiers of a type one profile may hold (JSON)",
+    identity_limits: dict[str, int] | None = Field(
+        None,
+        description="How many identifiers of a type one profile may hold (JSON); unset: "
+        "the built-in types' limits; {}: no limits",
     )
     identity_max_claimants: int = Field(
         DEFAULT_MAX_CLAIMANTS,
         ge=0,
         description="An identifier claimed by more profiles than this stops linking; 0: off",
     )
-    identity_block_values: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_BLOCKED_VALUES),
-        description="Normalized values that never link profiles (JSON list)",
+    identity_block_values: list[str] | None = Field(
+        None,
+        description="Normalized values that never link profiles (JSON list); unset: the "
+        "built-in list (profiles.rules.DEFAULT_BLOCKED_VALUES)",
     )
-    identity_block_patterns: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_BLOCKED_PATTERNS),
-        description="Regular expressions (case-insensitive) for values that never link",
+    identity_block_patterns: list[str] | None = Field(
+        None,
+        description="Regular expressions (case-insensitive) for values that never link; "
+        "unset: the built-in list (profiles.rules.DEFAULT_BLOCKED_PATTERNS)",
     )
 
     # --- profile traits --------------------------------------------------------
@@ -171,13 +159,15 @@ class Settings(BaseSettings):
     trait_default_strategy: str = Field(
         "latest", description="Strategy of traits not in UNIFIER_TRAIT_STRATEGIES"
     )
-    trait_aliases: dict[str, list[str]] = Field(
-        default_factory=lambda: {k: list(v) for k, v in DEFAULT_ALIASES.items()},
-        description='Trait -> other names for it, e.g. {"industry": ["sector"]} (JSON)',
+    trait_aliases: dict[str, list[str]] | None = Field(
+        None,
+        description='Trait -> other names for it, e.g. {"industry": ["sector"]} (JSON); '
+        "unset: the built-in aliases (profiles.standardize.DEFAULT_ALIASES)",
     )
-    source_priorities: dict[str, int] = Field(
-        default_factory=lambda: dict(DEFAULT_SOURCE_PRIORITIES),
-        description="Source -> priority for the source_priority strategy (higher wins; JSON)",
+    source_priorities: dict[str, int] | None = Field(
+        None,
+        description="Source -> priority for the source_priority strategy (higher wins; "
+        "JSON); unset: crm > pos > support > email > web",
     )
 
     # --- collector (HTTP) ----------------------------------------------------
@@ -239,44 +229,20 @@ class Settings(BaseSettings):
 
     @field_validator("identifier_priorities")
     @classmethod
-    def _non_empty(cls, value: dict[str, int]) -> dict[str, int]:
-        if not value:
+    def _non_empty(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None and not value:
             raise ValueError("at least one identifier type is required")
         return value
 
     @field_validator("identity_block_patterns")
     @classmethod
-    def _patterns_compile(cls, value: list[str]) -> list[str]:
-        IdentityRules.build({}, blocked_patterns=value)  # raises, naming the pattern
+    def _patterns_compile(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or ():
+            try:
+                re.compile(pattern, re.IGNORECASE)
+            except re.error as exc:
+                raise ValueError(f"block pattern {pattern!r} does not compile: {exc}") from None
         return value
-
-    @model_validator(mode="after")
-    def _strategies_exist(self) -> Settings:
-        self.trait_rules().check()  # a ValueError naming the unknown strategy
-        return self
-
-    def trait_rules(self) -> TraitRules:
-        return TraitRules(
-            strategies=dict(self.trait_strategies),
-            default=self.trait_default_strategy,
-            source_priorities=dict(self.source_priorities),
-        )
-
-    def trait_alias_index(self) -> dict[str, str]:
-        return alias_index(self.trait_aliases)
-
-    def identity_rules(self) -> IdentityRules:
-        return IdentityRules.build(
-            self.identifier_priorities,
-            self.identity_limits,
-            self.identity_block_values,
-            self.identity_block_patterns,
-            EmailRules(
-                frozenset(d.lower() for d in self.email_ignore_dots_domains),
-                frozenset(d.lower() for d in self.email_strip_plus_domains),
-            ),
-            self.identity_max_claimants or None,
-        )
 
     @field_validator("default_phone_region")
     @classmethod

@@ -4,7 +4,7 @@
 every change and a tombstone when a profile is merged away; ``profile-merges`` says
 into which profile it went. ``ProfileFeed`` reads both and yields typed records::
 
-    from profiles.feed import ProfileFeed, ProfileMerge, ProfileRemoved, ProfileUpdate
+    from serve.feed import ProfileFeed, ProfileMerge, ProfileRemoved, ProfileUpdate
 
     with ProfileFeed("localhost:9092", group_id="crm-sync") as feed:
         for change in feed.changes():
@@ -29,97 +29,31 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from schemas.codec import CODEC, PROFILE_MERGE, PROFILE_UPDATE, DecodeError
+from schemas.records import (
+    Change,
+    FeedError,
+    ProfileMerge,
+    ProfileRemoved,
+    ProfileUpdate,
+    merge_from,
+    update_from,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class ProfileUpdate:
-    """A profile as it is now (the full profile, not a diff)."""
-
-    profile_id: str
-    version: int
-    updated_at_ms: int
-    identifiers: Mapping[str, list[str]]
-    traits: Mapping[str, Any]
-    computed: Mapping[str, Any]
-    changed_fields: tuple[str, ...]
-    why: Mapping[str, Any]
-
-    def view(self) -> dict[str, Any]:
-        """The documented read form, as the API and Redis serve it."""
-        return {
-            "profile_id": self.profile_id,
-            "identifiers": dict(self.identifiers),
-            "traits": dict(self.traits),
-            "computed": dict(self.computed),
-            "version": self.version,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileRemoved:
-    """A tombstone: the profile was merged into another (a ``ProfileMerge`` names it)."""
-
-    profile_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileMerge:
-    loser: str
-    winner: str
-    identifier_type: str  # the type of the identifier that linked them (its value is PII)
-    event_id: str
-    merged_at_ms: int
-
-
-Change = ProfileUpdate | ProfileRemoved | ProfileMerge
-
-
-class FeedError(RuntimeError):
-    """A record on an output topic that this client cannot read."""
-
-
-def update_from(key: bytes | None, value: bytes | None) -> ProfileUpdate | ProfileRemoved:
-    if key is None:
-        raise FeedError("a profile-updates record without a key")
-    if value is None:
-        return ProfileRemoved(key.decode())
-    try:
-        _, r = CODEC.read(value, (PROFILE_UPDATE,))
-        return ProfileUpdate(
-            r["profile_id"],
-            r["version"],
-            _millis(r["updated_at"]),
-            r["identifiers"],
-            r["traits"],
-            orjson.loads(r["computed_json"]),
-            tuple(r["changed_fields"]),
-            orjson.loads(r["why_json"]),
-        )
-    except (DecodeError, orjson.JSONDecodeError, KeyError) as exc:
-        raise FeedError(f"profile-updates record for {key.decode()!r}: {exc}") from None
-
-
-def merge_from(value: bytes | None) -> ProfileMerge:
-    try:
-        _, r = CODEC.read(value or b"", (PROFILE_MERGE,))
-    except DecodeError as exc:
-        raise FeedError(f"profile-merges record: {exc}") from None
-    return ProfileMerge(
-        r["loser"], r["winner"], r["identifier_type"], r["event_id"], _millis(r["merged_at"])
-    )
-
-
-def _millis(value: Any) -> int:
-    # fastavro reads timestamp-millis as an aware datetime.
-    return value if isinstance(value, int) else int(value.timestamp() * 1000)
+__all__ = [
+    "Change",
+    "FeedError",
+    "ProfileFeed",
+    "ProfileMerge",
+    "ProfileRemoved",
+    "ProfileUpdate",
+    "merge_from",
+    "update_from",
+]
 
 
 class ProfileFeed:

@@ -1,0 +1,48 @@
+"""What a profile keeps of an event: its facts, traits standardized on the way in."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from profiles.computed import Purchase
+from profiles.standardize import DEFAULT_INDEX, standardize
+from profiles.touchpoint import Touchpoint
+
+
+@dataclass(frozen=True, slots=True)
+class EventFacts:
+    """What a profile keeps of an event."""
+
+    event_id: str
+    type: str
+    source: str
+    time_ms: int
+    traits: tuple[tuple[str, Any], ...] = ()
+    purchase: Purchase | None = None  # an order or a POS sale
+    consent: tuple[tuple[str, bool], ...] = ()  # purpose -> granted
+
+
+def purchase_of(tp: Touchpoint) -> Purchase | None:
+    sale = tp.order if tp.order is not None else tp.pos
+    if sale is None:
+        return None
+    categories = tuple(
+        sorted({i["category"] for i in sale.get("items") or () if i.get("category")})
+    )
+    return Purchase(sale["currency"], Decimal(sale["total"]), categories)
+
+
+def facts_of(tp: Touchpoint, aliases: Mapping[str, str] = DEFAULT_INDEX) -> EventFacts:
+    """What a profile keeps of an event, traits standardized (profiles.standardize)."""
+    return EventFacts(
+        tp.event_id,
+        tp.type,
+        tp.source,
+        tp.occurred_at_ms,
+        tuple(standardize(tp.traits, aliases).items()),
+        purchase_of(tp),
+        tuple(sorted(tp.consent.items())),
+    )

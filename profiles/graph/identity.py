@@ -1,0 +1,87 @@
+"""Handlers of identity partitions: the identity table maps an identifier to its owner."""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+
+from profiles.graph.messages import (
+    Apply,
+    Claim,
+    Denied,
+    Granted,
+    IdentityMsg,
+    Merge,
+    Observe,
+    Out,
+    Repoint,
+)
+from profiles.graph.state import Key, profile_for
+
+
+# An identity table value is the owner's profile id, then (space-separated) the other
+# profiles that claimed the identifier, up to the rule's limit.
+def owner_of(value: str) -> str:
+    return value.split(" ", 1)[0]
+
+
+def _entry(table: MutableMapping[Key, str], ident: Key) -> tuple[str | None, list[str]]:
+    value = table.get(ident)
+    if value is None:
+        return None, []
+    owner, *claimants = value.split(" ")
+    return owner, claimants
+
+
+def _store(table: MutableMapping[Key, str], ident: Key, owner: str, claimants: list[str]) -> None:
+    table[ident] = " ".join([owner, *sorted(set(claimants) - {owner})])
+
+
+def shared_rule(max_claimants: int) -> str:
+    return f"shared by more than {max_claimants} profiles"
+
+
+def _is_shared(claimants: list[str], max_claimants: int | None) -> bool:
+    """Full: the owner and the claimants already count `max_claimants` profiles."""
+    return max_claimants is not None and 1 + len(claimants) >= max_claimants
+
+
+def handle_identity(
+    table: MutableMapping[Key, str], msg: IdentityMsg, max_claimants: int | None = None
+) -> list[Out]:
+    """`max_claimants`: an identifier claimed by more profiles than this (its owner
+    included) stops linking — a shared POS phone, a household device.
+
+    Decisions must not change when a message is delivered again after the identifier
+    became shared: the profiles admitted before it filled up stay admitted (their
+    claims merge again, a no-op), and an event anchored on it goes to its owner,
+    which passes it on only if it does not have it yet."""
+    if isinstance(msg, Observe):
+        owner, claimants = _entry(table, msg.anchor)
+        if owner is None:
+            owner = table[msg.anchor] = profile_for(msg.anchor)
+            return [("profile", owner, Apply(owner, msg.ids, msg.event, True, msg.refused))]
+        shared = len(msg.ids) > 1 and _is_shared(claimants, max_claimants)
+        apply = Apply(owner, msg.ids, msg.event, False, msg.refused, pass_over=shared)
+        return [("profile", owner, apply)]
+    if isinstance(msg, Claim):
+        owner, claimants = _entry(table, msg.ident)
+        if owner is None:
+            table[msg.ident] = owner = msg.profile
+        if owner == msg.profile:
+            return [("profile", msg.profile, Granted(msg.profile, msg.ident, msg.event_id))]
+        if max_claimants is not None and msg.profile not in claimants:
+            if _is_shared(claimants, max_claimants):
+                rule = shared_rule(max_claimants)
+                denied = Denied(msg.profile, msg.ident, msg.event_id, owner, rule, msg.claim)
+                return [("profile", msg.profile, denied)]
+            _store(table, msg.ident, owner, [*claimants, msg.profile])
+        winner, loser = sorted((owner, msg.profile))
+        merge = Merge(loser, winner, msg.ident, msg.profile, msg.event_id, msg.claim)
+        return [("profile", loser, merge)]
+    if isinstance(msg, Repoint):
+        owner, claimants = _entry(table, msg.ident)
+        if owner == msg.old:
+            # The old owner still counts as a profile that held it.
+            _store(table, msg.ident, msg.new, [*claimants, msg.old])
+        return []
+    raise TypeError(f"not an identity message: {msg!r}")

@@ -1,0 +1,121 @@
+"""The messages identity and profile partitions send each other, and the outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from profiles.facts import EventFacts
+from profiles.graph.state import Key, ProfileState, Refusal, Reservation
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:  # -> identity[anchor]
+    anchor: Key
+    ids: tuple[Key, ...]  # usable identifiers, highest priority first (anchor included)
+    event: EventFacts
+    refused: tuple[Refusal, ...] = ()  # shared identifiers passed over on the way
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:  # -> profile[profile]
+    profile: str
+    ids: tuple[Key, ...]
+    event: EventFacts
+    granted_anchor: bool  # the anchor was unowned and now belongs to this profile
+    refused: tuple[Refusal, ...] = ()
+    # The anchor is shared: unless this profile already has the event (a re-delivery
+    # from before the anchor was shared), pass it on to its next identifier.
+    pass_over: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:  # -> identity[ident]
+    ident: Key
+    profile: str
+    event_id: str
+    claim: str  # the claim's id: every answer to it names it (see Reservation)
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:  # -> profile[profile]
+    profile: str
+    ident: Key
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:  # -> profile[loser]
+    loser: str
+    winner: str
+    via: Key
+    claimer: str
+    event_id: str
+    claim: str
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:  # -> profile[winner]
+    winner: str
+    loser: str
+    state: ProfileState
+    pending: frozenset[Reservation]  # the loser's reservations: they move with it
+    via: Key
+    claimer: str
+    event_id: str
+    claim: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:  # -> profile[loser]
+    loser: str
+    winner: str
+    accepted: bool
+    via: Key
+    claimer: str
+    event_id: str
+    claim: str
+    rule: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:  # -> profile[profile]: a claim of a shared identifier, refused
+    profile: str
+    ident: Key
+    event_id: str
+    owner: str
+    rule: str
+    claim: str
+
+
+@dataclass(frozen=True, slots=True)
+class Release:  # -> profile[profile]: a reservation that will not be granted
+    profile: str
+    ident: Key
+    claim: str  # only this reservation goes: a late duplicate must not drop a newer one
+
+
+@dataclass(frozen=True, slots=True)
+class Repoint:  # -> identity[ident]
+    ident: Key
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:  # -> the profile-merges output
+    loser: str
+    winner: str
+    via: Key
+    event_id: str
+
+
+ProfileMsg = Apply | Granted | Merge | Offer | Answer | Release | Denied
+IdentityMsg = Observe | Claim | Repoint
+# (stage, key, message): stage "identity" or "profile" (a message for that partition),
+# "merges" (a Merged for the output topic) or "refused" (key = the rule, for metrics)
+Out = tuple[str, Key, Any]
+
+
+def _counted(rule: str) -> Out:
+    return ("refused", rule, None)

@@ -1,0 +1,226 @@
+"""Handlers of profile partitions: apply events, claim identifiers, merge two-phase."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import replace
+
+from profiles.graph.identity import shared_rule
+from profiles.graph.messages import (
+    Answer,
+    Apply,
+    Claim,
+    Denied,
+    Granted,
+    Merge,
+    Merged,
+    Observe,
+    Offer,
+    Out,
+    ProfileMsg,
+    Release,
+    Repoint,
+    _counted,
+)
+from profiles.graph.state import Key, ProfileNode, ProfileState, Refusal, ident_type
+from profiles.rules import IdentityRules
+
+
+def _over_limit(ids: Iterable[Key], rules: IdentityRules) -> str | None:
+    counts = Counter(ident_type(i) for i in ids)
+    for id_type, n in sorted(counts.items()):
+        limit = rules.limit(id_type)
+        if limit is not None and n > limit:
+            return f"limit {id_type}={limit}"
+    return None
+
+
+def handle_profile(
+    table: dict[str, ProfileNode], msg: ProfileMsg, rules: IdentityRules
+) -> list[Out]:
+    key = _target(msg)
+    node = table.get(key)
+    if node is None:
+        node = table[key] = ProfileNode()
+    if isinstance(msg, Answer) and (node.redirect is not None or node.offering != msg.claim):
+        return []  # a re-delivered answer to an offer already settled
+    if node.redirect is not None:
+        return _at_redirect(node, key, msg)
+    if node.offered_to is not None and not isinstance(msg, Answer):
+        node.held_back.append(msg)  # a loser waits for its answer
+        return []
+    return _live(table, node, key, msg, rules)
+
+
+def _live(
+    table: dict[str, ProfileNode],
+    node: ProfileNode,
+    key: str,
+    msg: ProfileMsg,
+    rules: IdentityRules,
+) -> list[Out]:
+    if isinstance(msg, Apply):
+        return _apply(node, msg, rules)
+    if isinstance(msg, Offer):
+        return _offer(node, key, msg, rules)
+    if isinstance(msg, Answer):
+        return _answer(table, node, key, msg, rules)
+    if isinstance(msg, Merge):
+        return _merge(node, key, msg)
+    if isinstance(msg, Granted):
+        node.state.held.add(msg.ident)
+        node.settle()
+    elif isinstance(msg, Denied):
+        node.pending.discard((msg.ident, msg.claim))
+        node.state.refused.add(Refusal(msg.event_id, msg.ident, msg.owner, msg.rule))
+        return [_counted(msg.rule)]
+    elif isinstance(msg, Release):
+        node.pending.discard((msg.ident, msg.claim))
+    return []
+
+
+def _merge(node: ProfileNode, key: str, msg: Merge) -> list[Out]:
+    """This profile is the loser of a merge: offer itself, then wait for the answer."""
+    node.offered_to = msg.winner
+    node.offering = msg.claim
+    offer = Offer(
+        msg.winner,
+        key,
+        node.state.copy(),
+        frozenset(node.pending),
+        msg.via,
+        msg.claimer,
+        msg.event_id,
+        msg.claim,
+    )
+    return [("profile", msg.winner, offer)]
+
+
+def _target(msg: ProfileMsg) -> str:
+    if isinstance(msg, Apply | Granted | Release | Denied):
+        return msg.profile
+    if isinstance(msg, Merge | Answer):
+        return msg.loser
+    return msg.winner  # Offer
+
+
+def _at_redirect(node: ProfileNode, key: str, msg: ProfileMsg) -> list[Out]:
+    """A profile merged away: messages follow the redirect (to a smaller id)."""
+    to = node.redirect
+    assert to is not None
+    if isinstance(msg, Apply):
+        forward = Apply(to, msg.ids, msg.event, msg.granted_anchor, msg.refused, msg.pass_over)
+        return [("profile", to, forward)]
+    if isinstance(msg, Granted):  # a claim answered after the merge: the winner owns it now
+        return [
+            ("identity", msg.ident, Repoint(msg.ident, key, to)),
+            ("profile", to, Granted(to, msg.ident, msg.event_id)),
+        ]
+    if isinstance(msg, Release | Denied):
+        return [("profile", to, replace(msg, profile=to))]
+    if isinstance(msg, Merge):
+        if msg.winner == to:
+            return []
+        winner, loser = sorted((to, msg.winner))
+        merge = Merge(loser, winner, msg.via, msg.claimer, msg.event_id, msg.claim)
+        return [("profile", loser, merge)]
+    if isinstance(msg, Offer):
+        return [("profile", to, replace(msg, winner=to))]
+    raise AssertionError(f"{msg!r} reached redirect {key}")  # Answers were dropped above
+
+
+def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
+    state = node.state
+    out: list[Out] = []
+    anchor = msg.ids[0]
+    if msg.pass_over and msg.event.event_id not in state.events:
+        passed = Refusal(
+            msg.event.event_id, anchor, msg.profile, shared_rule(rules.max_claimants or 0)
+        )
+        rest = msg.ids[1:]
+        observe = Observe(rest[0], rest, msg.event, (*msg.refused, passed))
+        return [("identity", rest[0], observe), _counted(passed.rule)]
+    if msg.granted_anchor and anchor not in state.held:
+        state.held.add(anchor)
+        node.settle()  # a loser may have handed over its claim of it
+    state.fold(msg.event)
+    if msg.granted_anchor:
+        state.link(anchor, msg.event.event_id, "first seen")
+    state.refused.update(msg.refused)
+    reserved = node.reserved()
+    for ident in msg.ids[1:]:
+        if ident in state.held or ident in reserved:
+            continue
+        broken = _over_limit(state.held | reserved | {ident}, rules)
+        if broken is not None:
+            state.refused.add(Refusal(msg.event.event_id, ident, anchor, broken))
+            out.append(_counted(broken))
+            continue
+        node.claims += 1
+        claim = f"{msg.profile}.{node.claims}"
+        node.pending.add((ident, claim))
+        reserved.add(ident)
+        state.link(ident, msg.event.event_id, f"seen with {anchor}")
+        out.append(("identity", ident, Claim(ident, msg.profile, msg.event.event_id, claim)))
+    return out
+
+
+def _offer(node: ProfileNode, key: str, msg: Offer, rules: IdentityRules) -> list[Out]:
+    repeat = _decided(node.state, msg)
+    if repeat is not None:
+        # A repeated offer (re-sent after a crash, or forwarded from a winner since
+        # merged away — decisions travel with the state) gets the same answer, and its
+        # reservations are not taken again: they may have been answered since.
+        again = Answer(msg.loser, key, repeat == "", msg.via, msg.claimer, msg.event_id,
+                       msg.claim, repeat)  # fmt: skip
+        return [("profile", msg.loser, again)]
+    theirs = {ident for ident, _ in msg.pending}
+    rule = _over_limit(node.state.held | node.reserved() | msg.state.held | theirs, rules)
+    if rule is not None:
+        node.state.refused.add(Refusal(msg.event_id, msg.via, msg.loser, rule))
+        answer = Answer(msg.loser, key, False, msg.via, msg.claimer, msg.event_id, msg.claim, rule)
+        return [("profile", msg.loser, answer), _counted(rule)]
+    node.state.merge(msg.state)
+    node.pending |= msg.pending
+    node.settle()
+    node.state.merged.add((msg.loser, msg.via, msg.event_id))
+    node.state.link(msg.via, msg.event_id, f"merged {msg.loser}")
+    return [
+        (
+            "profile",
+            msg.loser,
+            Answer(msg.loser, key, True, msg.via, msg.claimer, msg.event_id, msg.claim),
+        ),
+        ("merges", key, Merged(msg.loser, key, msg.via, msg.event_id)),
+    ]
+
+
+def _decided(state: ProfileState, msg: Offer) -> str | None:
+    """ "" if this offer was accepted before, the rule if it was refused, else None."""
+    if (msg.loser, msg.via, msg.event_id) in state.merged:
+        return ""
+    for r in state.refused:
+        if (r.event_id, r.ident, r.other) == (msg.event_id, msg.via, msg.loser):
+            return r.rule
+    return None
+
+
+def _answer(
+    table: dict[str, ProfileNode], node: ProfileNode, key: str, msg: Answer, rules: IdentityRules
+) -> list[Out]:
+    node.offered_to = node.offering = None
+    held_back, node.held_back = node.held_back, []
+    out: list[Out] = []
+    if msg.accepted:
+        node.redirect = msg.winner
+        out += [("identity", i, Repoint(i, key, msg.winner)) for i in sorted(node.state.held)]
+        # The winner took the reservations with the offer; their grants follow the redirect.
+        node.state = ProfileState()
+        node.pending = set()
+    else:
+        node.state.refused.add(Refusal(msg.event_id, msg.via, msg.winner, msg.rule))
+        out.append(("profile", msg.claimer, Release(msg.claimer, msg.via, msg.claim)))
+    for held in held_back:  # replayed in order: here, or along the new redirect
+        out += handle_profile(table, held, rules)
+    return out

@@ -1,0 +1,108 @@
+"""The profile as readers see it: the documented view, the redirect of a merged-away
+id, the explanation (``profiles why``) and which fields changed between two views.
+
+Pure functions of the profile state; the Redis view, the read API, ``profile-updates``
+and ``unifier profiles export`` all show what ``view_of`` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from profiles.computed import computed
+from profiles.graph.messages import Merged, Out
+from profiles.graph.state import ProfileNode, ProfileState, ident_type
+from profiles.traits import DEFAULT_TRAIT_RULES, TraitRules, choose_traits
+
+#: A redirect's version: final, above any live version, so it always replaces the view.
+REDIRECT_VERSION = 2**53
+
+
+def version_of(state: ProfileState) -> int:
+    """Grows with every change a live profile can see: all its parts only grow."""
+    return len(state.events) + len(state.held) + len(state.refused) + len(state.merged)
+
+
+def redirect_view(profile_id: str, merged_into: str) -> dict[str, Any]:
+    """What a merged-away id reads as: the survivor's id, at the final version."""
+    return {"profile_id": profile_id, "merged_into": merged_into, "version": REDIRECT_VERSION}
+
+
+def shown(nodes: Mapping[str, ProfileNode]) -> list[tuple[str, ProfileNode]]:
+    """The profiles among those a record touched that the view shows: redirects, and
+    live profiles that hold an identifier (one founded by a message that arrived before
+    its first event has nothing to show yet)."""
+    return [
+        (key, node) for key, node in nodes.items() if node.redirect is not None or node.state.held
+    ]
+
+
+def merged_away(outs: Iterable[Out]) -> list[dict[str, Any]]:
+    """A redirect for every profile a record's winners absorbed. The loser writes the
+    same redirect when the answer reaches it; written by the winner too, the view agrees
+    with ``profile-merges`` (which the winner publishes) as soon as the merge is made,
+    whatever happens to the loser's table afterwards."""
+    return [redirect_view(m.loser, m.winner) for stage, _key, m in outs
+            if stage == "merges" and isinstance(m, Merged)]  # fmt: skip
+
+
+def view_of(
+    profile_id: str, node: ProfileNode, rules: TraitRules = DEFAULT_TRAIT_RULES
+) -> dict[str, Any]:
+    """The documented read form (``unifier profiles get``, the API, Redis)."""
+    if node.redirect is not None:
+        return redirect_view(profile_id, node.redirect)
+    s = node.state
+    ids: dict[str, list[str]] = {}
+    for ident in sorted(s.held):
+        ids.setdefault(ident_type(ident), []).append(ident.split(":", 1)[1])
+    events = s.events.values()
+    observations = (
+        (name, (e.time_ms, e.source, e.event_id, value)) for e in events for name, value in e.traits
+    )
+    return {
+        "profile_id": profile_id,
+        "identifiers": dict(sorted(ids.items())),
+        "traits": choose_traits(observations, rules),
+        "computed": {
+            **computed(events, ids, rules),
+            "merged_from": sorted(m[0] for m in s.merged),
+            "refused_links": len(s.refused),
+        },
+        "version": version_of(s),
+    }
+
+
+def why_of(node: ProfileNode) -> dict[str, Any]:
+    """How each identifier came to the profile, the merges it went through, and the
+    links it refused (``unifier profiles why``)."""
+    s = node.state
+    return {
+        "identifiers": [
+            {
+                "identifier": i,
+                "event_id": s.linked_by.get(i, ("", ""))[0],
+                "how": s.linked_by.get(i, ("", "claimed"))[1],
+            }
+            for i in sorted(s.held)
+        ],
+        "merges": [{"loser": m[0], "via": m[1], "event_id": m[2]} for m in sorted(s.merged)],
+        "refused": [
+            {"event_id": r.event_id, "identifier": r.ident, "other": r.other, "rule": r.rule}
+            for r in sorted(s.refused, key=lambda r: (r.event_id, r.ident))
+        ],
+    }
+
+
+def changed_fields(before: dict[str, Any] | None, after: dict[str, Any]) -> list[str]:
+    """Top-level names (``identifiers``, ``traits.<name>``, ``computed.<name>``) that
+    differ between two views of a profile; everything when there was none before."""
+    old = before or {}
+    out = []
+    if old.get("identifiers") != after.get("identifiers"):
+        out.append("identifiers")
+    for part in ("traits", "computed"):
+        a, b = old.get(part) or {}, after.get(part) or {}
+        out += [f"{part}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return out

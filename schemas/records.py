@@ -1,0 +1,157 @@
+"""Every record the product writes to an output topic, built in one place.
+
+* ``ProfileUpdate`` (``profile-updates``, compacted, keyed by profile id): the full
+  profile after every change, with what changed; a tombstone when merged away.
+* ``ProfileMerge`` (``profile-merges``): one record per profile merged into another.
+
+Both are Avro (``schemas/*.avsc``) through ``schemas.codec``; ``decode_update`` and
+``decode_merge`` turn them back into typed records for readers (``serve.feed``,
+``unifier view rebuild``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from profiles.graph.messages import Merged
+from schemas.codec import CODEC, ORJSON_OPTS, PROFILE_MERGE, PROFILE_UPDATE, DecodeError
+
+
+def update_record(
+    view: dict[str, Any], why: dict[str, Any], changed: list[str], now_ms: int
+) -> dict[str, Any]:
+    """The ``ProfileUpdate`` Avro record of a live profile's view and explanation: all
+    that the Redis view holds for it (``unifier view rebuild`` reads it back)."""
+    computed = view["computed"]
+    first = computed.get("first_seen")
+    last = computed.get("last_seen")
+    return {
+        "profile_id": view["profile_id"],
+        "version": view["version"],
+        "updated_at": now_ms,
+        "identifiers": view["identifiers"],
+        "traits": view["traits"],
+        "first_seen": _ms(first) if first else 0,
+        "last_seen": _ms(last) if last else 0,
+        "event_count": computed["event_count"],
+        "computed_json": orjson.dumps(computed, option=ORJSON_OPTS).decode(),
+        "changed_fields": changed,
+        "why_json": orjson.dumps(why, option=ORJSON_OPTS).decode(),
+    }
+
+
+def _ms(stamp: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def encode_update(
+    view: dict[str, Any], why: dict[str, Any], changed: list[str], now_ms: int
+) -> bytes:
+    """The ``profile-updates`` value of a live profile (a tombstone is ``None``)."""
+    return CODEC.encode(PROFILE_UPDATE, update_record(view, why, changed, now_ms))
+
+
+def merge_record(merge: Merged) -> bytes:
+    id_type, _, value = merge.via.partition(":")
+    return CODEC.encode(
+        PROFILE_MERGE,
+        {
+            "loser": merge.loser,
+            "winner": merge.winner,
+            "identifier_type": id_type,
+            "identifier_value": value,
+            "event_id": merge.event_id,
+            "merged_at": int(time.time() * 1000),
+        },
+    )
+
+
+# --- reading them back ------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ProfileUpdate:
+    """A profile as it is now (the full profile, not a diff)."""
+
+    profile_id: str
+    version: int
+    updated_at_ms: int
+    identifiers: Mapping[str, list[str]]
+    traits: Mapping[str, Any]
+    computed: Mapping[str, Any]
+    changed_fields: tuple[str, ...]
+    why: Mapping[str, Any]
+
+    def view(self) -> dict[str, Any]:
+        """The documented read form, as the API and Redis serve it."""
+        return {
+            "profile_id": self.profile_id,
+            "identifiers": dict(self.identifiers),
+            "traits": dict(self.traits),
+            "computed": dict(self.computed),
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRemoved:
+    """A tombstone: the profile was merged into another (a ``ProfileMerge`` names it)."""
+
+    profile_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileMerge:
+    loser: str
+    winner: str
+    identifier_type: str  # the type of the identifier that linked them (its value is PII)
+    event_id: str
+    merged_at_ms: int
+
+
+Change = ProfileUpdate | ProfileRemoved | ProfileMerge
+
+
+class FeedError(RuntimeError):
+    """A record on an output topic that this client cannot read."""
+
+
+def update_from(key: bytes | None, value: bytes | None) -> ProfileUpdate | ProfileRemoved:
+    if key is None:
+        raise FeedError("a profile-updates record without a key")
+    if value is None:
+        return ProfileRemoved(key.decode())
+    try:
+        _, r = CODEC.read(value, (PROFILE_UPDATE,))
+        return ProfileUpdate(
+            r["profile_id"],
+            r["version"],
+            _millis(r["updated_at"]),
+            r["identifiers"],
+            r["traits"],
+            orjson.loads(r["computed_json"]),
+            tuple(r["changed_fields"]),
+            orjson.loads(r["why_json"]),
+        )
+    except (DecodeError, orjson.JSONDecodeError, KeyError) as exc:
+        raise FeedError(f"profile-updates record for {key.decode()!r}: {exc}") from None
+
+
+def merge_from(value: bytes | None) -> ProfileMerge:
+    try:
+        _, r = CODEC.read(value or b"", (PROFILE_MERGE,))
+    except DecodeError as exc:
+        raise FeedError(f"profile-merges record: {exc}") from None
+    return ProfileMerge(
+        r["loser"], r["winner"], r["identifier_type"], r["event_id"], _millis(r["merged_at"])
+    )
+
+
+def _millis(value: Any) -> int:
+    # fastavro reads timestamp-millis as an aware datetime.
+    return value if isinstance(value, int) else int(value.timestamp() * 1000)

@@ -1,0 +1,148 @@
+"""Readers of the Redis view: the CLI, export and tests (``RedisProfileView``) and the
+read API (``AsyncRedisView``). Both follow redirects, so a merged-away id answers with
+the survivor. The key layout is the writer's (``sinks.redis_view``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aredis
+
+from sinks.redis_view import PREFIX, identifier_key, profile_key
+
+
+class RedisProfileView:
+    """Synchronous reader (CLI, export, tests)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisProfileView:
+        return cls(redis.Redis.from_url(url, socket_timeout=10))
+
+    def close(self) -> None:
+        self._r.close()
+
+    def get(self, profile_id: str) -> dict[str, Any] | None:
+        """The profile, following redirects: a merged-away id answers with the survivor."""
+        found = self._follow(profile_id)
+        return found[0] if found else None
+
+    def why(self, profile_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(the profile, how its identifiers were linked), following redirects."""
+        found = self._follow(profile_id)
+        if found is None:
+            return None
+        view, key = found
+        raw = self._r.hget(key, "why")
+        return view, (orjson.loads(raw) if raw else {})
+
+    def _follow(self, profile_id: str) -> tuple[dict[str, Any], str] | None:
+        for _ in range(64):
+            raw = self._r.hget(profile_key(profile_id), "json")
+            if not raw:
+                return None
+            view: dict[str, Any] = orjson.loads(raw)
+            if "merged_into" not in view:
+                return view, profile_key(profile_id)
+            profile_id = view["merged_into"]
+        return None
+
+    def lookup(self, id_type: str, value: str) -> dict[str, Any] | None:
+        profile_id = self._r.get(identifier_key(id_type, value))
+        return self.get(profile_id.decode()) if profile_id else None  # type: ignore[union-attr]
+
+    def scan(self, page: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every profile, fetched a page of keys per pipeline round-trip."""
+        keys: list[Any] = []
+        for key in self._r.scan_iter(match=f"{PREFIX}profile:*", count=page):
+            keys.append(key)
+            if len(keys) >= page:
+                yield from self._fetch(keys)
+                keys = []
+        if keys:
+            yield from self._fetch(keys)
+
+    def _fetch(self, keys: Sequence[Any]) -> Iterator[dict[str, Any]]:
+        pipe = self._r.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, "json")
+        for raw in pipe.execute():
+            if raw:
+                view = orjson.loads(raw)
+                if "merged_into" not in view:  # redirects are not profiles
+                    yield view
+
+
+# One round trip for a read (the read API's hot path): from an identifier key or a
+# profile id to the survivor's JSON, redirects followed in the server. A redirect is
+# recognised by its exact form (redirect_view: profile_id, then merged_into), never by
+# a search inside a profile, whose traits may hold any text.
+_READ = """
+local pid = ARGV[2]
+if ARGV[1] == 'id' then
+  pid = redis.call('GET', ARGV[2])
+  if not pid then return false end
+end
+for _ = 1, 64 do
+  local raw = redis.call('HGET', ARGV[3] .. 'profile:' .. pid, 'json')
+  if not raw then return false end
+  local into = string.match(raw, '^{"profile_id":"[^"]*","merged_into":"([^"]*)"')
+  if not into then return raw end
+  pid = into
+end
+return false
+"""
+
+
+class AsyncRedisView:
+    """Asynchronous reader (the read API): the same answers as RedisProfileView, the
+    profiles as the stored JSON."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self._r = client
+        self._read = client.register_script(_READ)
+
+    async def get_json(self, profile_id: str) -> bytes | None:
+        """The profile's stored JSON as is (redirects followed), in one round trip."""
+        raw = await self._read(args=["profile", profile_id, PREFIX])
+        return raw or None
+
+    async def lookup_json(self, id_type: str, value: str) -> bytes | None:
+        """The JSON of the profile that holds the identifier, in one round trip."""
+        raw = await self._read(args=["id", identifier_key(id_type, value), PREFIX])
+        return raw or None
+
+    @classmethod
+    def from_url(cls, url: str) -> AsyncRedisView:
+        return cls(aredis.Redis.from_url(url, socket_timeout=5))
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self._r.ping())
+
+    async def why(self, profile_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        found = await self._follow(profile_id)
+        if found is None:
+            return None
+        view, key = found
+        raw = await self._r.hget(key, "why")
+        return view, (orjson.loads(raw) if raw else {})
+
+    async def _follow(self, profile_id: str) -> tuple[dict[str, Any], str] | None:
+        for _ in range(64):
+            raw = await self._r.hget(profile_key(profile_id), "json")
+            if not raw:
+                return None
+            view: dict[str, Any] = orjson.loads(raw)
+            if "merged_into" not in view:
+                return view, profile_key(profile_id)
+            profile_id = view["merged_into"]
+        return None

@@ -1,0 +1,144 @@
+"""The topology: every topic, stage, table and changelog of the product, in one place.
+
+Names come from settings (``UNIFIER_TOPIC_*``, ``UNIFIER_APP_ID``); what exists, how
+it is partitioned and configured, and which stage reads and writes what is said here
+only. ``unifier topics create`` creates ``topics()``, ``unifier lag`` and the status
+page watch ``stages``, and ``streams.app`` declares the Faust topics and tables from
+it. Pure data: importing this module imports no Kafka client.
+
+::
+
+    [touchpoints] ─▶ route ─▶ [identity] ─▶ identity ─▶ [profile-ops] ─▶ profile ─▶ sinks
+         │                          ▲   (identity table)        │  (profiles table)   │
+         └▶ [touchpoints.dlq]       └───────────────────────────┘    [profile-updates] ◀┤
+                                                                     [profile-merges]  ◀┤
+                                                                     Redis view        ◀┘
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from config.settings import Settings
+
+#: The dead-letter topic keeps what could not be used for this long.
+DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+_COMPACT = {"cleanup.policy": "compact"}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+    purpose: str = ""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A Faust table: keyed like the topic of the stage that owns it."""
+
+    name: str
+    changelog: str  # Faust names it ``<app id>-<table>-changelog``
+    purpose: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One agent: the topic it consumes (its consumer group's lag is its lag), the table
+    it owns, and the topics it writes."""
+
+    name: str
+    consumes: str
+    partitions: int
+    table: str | None
+    emits: tuple[str, ...]
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    return f"{app_id}-{table}-changelog"
+
+
+@dataclass(frozen=True)
+class Topology:
+    touchpoints: TopicSpec
+    dlq: TopicSpec
+    identity: TopicSpec
+    profile_ops: TopicSpec
+    profile_updates: TopicSpec
+    profile_merges: TopicSpec
+    schemas: TopicSpec
+    tables: dict[str, TableSpec]
+    stages: tuple[Stage, ...]
+
+    def topics(self) -> list[TopicSpec]:
+        """Every topic, changelogs included, in the order ``topics create`` makes them."""
+        internal = self.identity.partitions
+        changelogs = [
+            TopicSpec(t.changelog, internal, dict(_COMPACT), f"internal: changelog of {t.purpose}")
+            for t in self.tables.values()
+        ]
+        return [
+            self.touchpoints,
+            self.dlq,
+            self.identity,
+            self.profile_ops,
+            *changelogs,
+            self.profile_updates,
+            self.profile_merges,
+            self.schemas,
+        ]
+
+    def stage_inputs(self) -> list[str]:
+        """The topics the worker's consumer group reads (one per stage)."""
+        return [s.consumes for s in self.stages]
+
+
+def topology(settings: Settings) -> Topology:
+    internal = settings.internal_partitions
+    app_id = settings.app_id
+    s = settings
+    touchpoints = TopicSpec(
+        s.topic_touchpoints, s.touchpoint_partitions, {}, "input: touchpoints from every source"
+    )
+    dlq = TopicSpec(
+        s.topic_dlq,
+        1,
+        {"retention.ms": str(DLQ_RETENTION_MS)},
+        "input records that could not be decoded or validated",
+    )
+    identity = TopicSpec(
+        s.topic_identity, internal, {}, "internal: identity-graph messages, by identifier"
+    )
+    ops = TopicSpec(
+        s.topic_profile_ops, internal, {}, "internal: identity-graph messages, by profile"
+    )
+    updates = TopicSpec(
+        s.topic_profile_updates, internal, dict(_COMPACT), "output: the latest profile per id"
+    )
+    merges = TopicSpec(
+        s.topic_profile_merges, internal, {}, "output: one record per merge of two profiles"
+    )
+    schemas = TopicSpec(s.topic_schemas, 1, dict(_COMPACT), "writer schemas announced by producers")
+    tables = {
+        "identity": TableSpec(
+            "identity",
+            changelog_topic(app_id, "identity"),
+            "the identity table (identifier -> profile)",
+        ),
+        "profiles": TableSpec(
+            "profiles", changelog_topic(app_id, "profiles"), "the profiles table"
+        ),
+    }
+    stages = (
+        Stage("route", touchpoints.name, touchpoints.partitions, None, (identity.name, dlq.name)),
+        Stage("identity", identity.name, internal, "identity", (ops.name, identity.name)),
+        Stage(
+            "profile",
+            ops.name,
+            internal,
+            "profiles",
+            (identity.name, ops.name, updates.name, merges.name),
+        ),
+    )
+    return Topology(touchpoints, dlq, identity, ops, updates, merges, schemas, tables, stages)
