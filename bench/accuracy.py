@@ -44,9 +44,9 @@ def clusters_of_export(profiles: list[dict[str, Any]]) -> list[set[str]]:
 def run_pipeline(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
     """Every event through the embedded stack; the exported profiles and the seconds taken."""
     from producers.kafka import TouchpointProducer
+    from serve.lag import LagProbe
     from serve.view import RedisProfileView
     from unifier.demo import demo_settings
-    from unifier.lag import LagProbe
     from unifier.stack import running
 
     with tempfile.TemporaryDirectory(prefix="unifier-bench-") as tmp:

@@ -6,7 +6,7 @@ sends probes, each its own record:
 
 * a **new-profile probe** is an event with an identifier nobody has (a fresh
   ``user_id``); it is visible once Redis holds that identifier's key (the key is
-  written by the same script as the profile, see profiles.view);
+  written by the same script as the profile, see sinks.redis_view);
 * a **merge probe** is three events: one with a fresh ``anonymous_id``, one with a
   fresh ``email``, and, once both are visible as two profiles, one with both. The
   merge is visible once a lookup by the email returns a profile that also holds the

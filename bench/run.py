@@ -44,7 +44,7 @@ from bench.accuracy import clusters_of_export
 from bench.load import percentile
 from bench.scale import cpu_seconds, rss_bytes
 from config.settings import Settings
-from producers.synthetic import generate_journeys, score
+from producers.synthetic import Journeys, generate_journeys, score
 from profiles.touchpoint import Touchpoint, parse_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -160,7 +160,7 @@ def redis_write_ceiling(settings: Settings, touchpoints: list[Touchpoint]) -> di
     """The worker's own write script, pipelined in batches of 500, on realistic views."""
     import redis
 
-    from profiles.graph.state import ProfileNode
+    from profiles.graph.node import ProfileNode
     from profiles.projection import view_of, why_of
     from profiles.reference import reference_states
     from sinks.redis_view import RedisWriter
@@ -197,72 +197,81 @@ def hop_latency(settings: Settings, samples: int = 30) -> dict[str, Any]:
     the cost of every hop between two stages. aiokafka with the fetch wait Faust 0.15.3
     hard-codes (1.5 s), and confluent-kafka with librdkafka's default (0.5 s)."""
     import asyncio
-    import threading
 
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
     servers = settings.bootstrap_servers
     topic = f"bench.hop.{uuid.uuid4().hex[:6]}"
     admin = AdminClient({"bootstrap.servers": servers})
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(15)
-
-    async def with_aiokafka() -> list[float]:
-        producer = AIOKafkaProducer(bootstrap_servers=servers)
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=None,
-                                    auto_offset_reset="latest", fetch_max_wait_ms=1500)  # fmt: skip
-        await producer.start()
-        await consumer.start()
-        ages: list[float] = []
-
-        async def read() -> None:
-            async for msg in consumer:
-                ages.append(time.time() * 1000 - msg.timestamp)
-                if len(ages) >= samples:
-                    return
-
-        reading = asyncio.ensure_future(read())
-        await asyncio.sleep(2)
-        for _ in range(samples):
-            await producer.send_and_wait(topic, b"hop")
-            await asyncio.sleep(0.1)
-        await asyncio.wait_for(reading, 60)
-        await consumer.stop()
-        await producer.stop()
-        return ages
-
-    def with_confluent() -> list[float]:
-        consumer = Consumer({"bootstrap.servers": servers, "group.id": f"bench-{topic}"})
-        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        producer = Producer({"bootstrap.servers": servers, "linger.ms": 0})
-        ages: list[float] = []
-
-        def read() -> None:
-            deadline = time.monotonic() + 60
-            while len(ages) < samples and time.monotonic() < deadline:
-                msg = consumer.poll(0.05)
-                if msg is not None and msg.error() is None and msg.value() == b"c":
-                    ages.append(time.time() * 1000 - msg.timestamp()[1])
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        time.sleep(2)
-        for _ in range(samples):
-            producer.produce(topic, b"c")
-            producer.flush()
-            time.sleep(0.1)
-        reader.join()
-        consumer.close()
-        return ages
-
-    def pcts(ages: list[float]) -> tuple[float, float]:
-        return percentile(ages, 0.5), percentile(ages, 0.99)
-
-    a50, a99 = pcts(asyncio.run(with_aiokafka()))
-    c50, c99 = pcts(with_confluent())
+    a50, a99 = _p50_p99(asyncio.run(_hop_aiokafka(servers, topic, samples)))
+    c50, c99 = _p50_p99(_hop_confluent(servers, topic, samples))
     return {"aiokafka_p50_ms": a50, "aiokafka_p99_ms": a99,
             "confluent_p50_ms": c50, "confluent_p99_ms": c99}  # fmt: skip
+
+
+async def _hop_aiokafka(servers: str, topic: str, samples: int) -> list[float]:
+    """Ages (ms) of ``samples`` records when an aiokafka consumer at Faust's fetch wait has them."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=None,
+                                auto_offset_reset="latest", fetch_max_wait_ms=1500)  # fmt: skip
+    await producer.start()
+    await consumer.start()
+    ages: list[float] = []
+
+    async def read() -> None:
+        async for msg in consumer:
+            ages.append(time.time() * 1000 - msg.timestamp)
+            if len(ages) >= samples:
+                return
+
+    reading = asyncio.ensure_future(read())
+    await asyncio.sleep(2)
+    for _ in range(samples):
+        await producer.send_and_wait(topic, b"hop")
+        await asyncio.sleep(0.1)
+    await asyncio.wait_for(reading, 60)
+    await consumer.stop()
+    await producer.stop()
+    return ages
+
+
+def _hop_confluent(servers: str, topic: str, samples: int) -> list[float]:
+    """Ages (ms) of ``samples`` records when a polling confluent-kafka consumer has them."""
+    import threading
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"bench-{topic}"})
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    producer = Producer({"bootstrap.servers": servers, "linger.ms": 0})
+    ages: list[float] = []
+
+    def read() -> None:
+        deadline = time.monotonic() + 60
+        while len(ages) < samples and time.monotonic() < deadline:
+            msg = consumer.poll(0.05)
+            if msg is not None and msg.error() is None and msg.value() == b"c":
+                ages.append(time.time() * 1000 - msg.timestamp()[1])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(2)
+    for _ in range(samples):
+        producer.produce(topic, b"c")
+        producer.flush()
+        time.sleep(0.1)
+    reader.join()
+    consumer.close()
+    return ages
+
+
+def _p50_p99(ages: list[float]) -> tuple[float, float]:
+    return percentile(ages, 0.5), percentile(ages, 0.99)
 
 
 # --- 2. end to end ----------------------------------------------------------------------
@@ -314,7 +323,7 @@ def end_to_end(
 
 
 def wait_caught_up(settings: Settings) -> None:
-    from unifier.lag import LagProbe
+    from serve.lag import LagProbe
 
     with LagProbe(settings) as probe:
         if not probe.wait(timeout=1800, interval=0.2):
@@ -337,14 +346,29 @@ def _lat(d: dict[str, Any]) -> str:
 
 def markdown(report: Report) -> str:
     s = report.sections
-    raw, redis_raw, e2e = s.get("raw_decode", {}), s.get("raw_redis", {}), s.get("end_to_end", {})
-    hop, two, mem = s.get("raw_hop", {}), s.get("two_workers", {}), s.get("memory", {})
-    reads = s.get("read_api", {})
+    e2e = s.get("end_to_end", {})
+    lines = [
+        *_heading(report),
+        *_raw_rows(report),
+        *_end_to_end_rows(s),
+        *_load_rows(s),
+        *_read_rows(s.get("read_api", {})),
+        *_memory_rows(s.get("memory", {}), e2e),
+        *_section_two_rows(e2e),
+    ]
+    settings = ", ".join(f"{k}={v}" for k, v in report.settings.items())
+    lines += ["", *bounds(report), "", f"Settings: {settings}", ""]
+    return "\n".join(lines)
+
+
+def _heading(report: Report) -> list[str]:
+    """The title, the machine and the run, and the head of the table."""
+    s = report.sections
     m = report.machine
     took = "."
     if "total_seconds" in s:
         took = f"; the whole run took {s['total_seconds']['seconds']:.0f} s."
-    lines = [
+    return [
         "# Benchmark",
         "",
         f"Run {report.started} with `{report.command}` on {m['cpus']} cores of {m['cpu_model']}, "
@@ -358,7 +382,13 @@ def markdown(report: Report) -> str:
         "| measure | value | against the ceiling or target |",
         "|---|---|---|",
     ]
-    ceiling = raw.get("events_per_s", 0.0)
+
+
+def _raw_rows(report: Report) -> list[str]:
+    """Section 1: the ceilings of the broker, Redis and one hop."""
+    s = report.sections
+    raw, redis_raw, hop = s.get("raw_decode", {}), s.get("raw_redis", {}), s.get("raw_hop", {})
+    lines = []
     if raw:
         lines.append(
             f"| 1. consume + Avro decode (confluent-kafka, one process) | "
@@ -377,8 +407,16 @@ def markdown(report: Report) -> str:
             f"p99 {hop['aiokafka_p99_ms']:,.0f} ms; confluent-kafka (0.5 s): p50 "
             f"{hop['confluent_p50_ms']:,.0f} ms, p99 {hop['confluent_p99_ms']:,.0f} ms | "
             f"why the worker's fetch wait is {report.settings.get('consumer_fetch_max_wait_ms')}"
-            " ms (streams/fetch.py) |"
+            " ms (streams/patches/fetch.py) |"
         )
+    return lines
+
+
+def _end_to_end_rows(s: dict[str, dict[str, Any]]) -> list[str]:
+    """Sections 2 and 5: the pre-loaded runs, one worker and two, against the ceiling."""
+    e2e, two = s.get("end_to_end", {}), s.get("two_workers", {})
+    ceiling = s.get("raw_decode", {}).get("events_per_s", 0.0)
+    lines = []
     for name, run in (("one worker", e2e), ("two workers", two)):
         if not run:
             continue
@@ -390,6 +428,12 @@ def markdown(report: Report) -> str:
             f"CPU {run['worker_cpu_share']:.0%} of one core) | {ratio:.3f} of the ceiling; "
             f"target 20,000: {20_000 / max(run['events_per_s'], 1e-9):,.0f}x short |"
         )
+    return lines
+
+
+def _load_rows(s: dict[str, dict[str, Any]]) -> list[str]:
+    """Section 3: latency under the offered loads, new profiles and merges."""
+    lines: list[str] = []
     for name, title in (("load_sustained", "sustained"), ("load_target", "target")):
         load = s.get(name)
         if not load:
@@ -406,46 +450,59 @@ def markdown(report: Report) -> str:
             f"{f', {lost} still invisible after the drain' if lost else ''}) | target p99 ≤ "
             f"250 ms: {_against(merge, 250)} |",
         ]
-    if reads:
-        o, c = reads["open_loop"], reads["closed_loop"]
+    return lines
+
+
+def _read_rows(reads: dict[str, Any]) -> list[str]:
+    """Section 4: the read API, open and closed loop."""
+    if not reads:
+        return []
+    o, c = reads["open_loop"], reads["closed_loop"]
+    return [
+        f"| 4. read API, lookups by email: {reads['offered_per_s']:,.0f}/s offered "
+        f"(open loop, {o['requests']:,} requests, {o['errors']} errors) | p50 "
+        f"{o['p50_ms']:.2f} ms, p99 {o['p99_ms']:.2f} ms; closed loop, 16 clients: "
+        f"{c['requests_per_s']:,.0f} requests/s, p99 {c['p99_ms']:.2f} ms; the API used "
+        f"{o['api_cpu_ms_per_request']:.2f} ms of CPU per request | target p99 ≤ 5 ms "
+        f"at 1,000/s: {'met' if o['p99_ms'] <= 5 else 'missed'} |"
+    ]
+
+
+def _memory_rows(mem: dict[str, Any], e2e: dict[str, Any]) -> list[str]:
+    """Section 5: the memory store's size per profile, with the worker's own."""
+    lines: list[str] = []
+    if not mem:
+        return lines
+    for size in mem["sizes"]:
+        total = size["tables_rss_bytes"] + (e2e.get("worker_rss_bytes") or 0)
+        verdict = "—"
+        if size["profiles"] >= 1_000_000:
+            verdict = "target ≤ 2 GiB: " + ("met" if total <= 2 * 2**30 else "missed")
         lines.append(
-            f"| 4. read API, lookups by email: {reads['offered_per_s']:,.0f}/s offered "
-            f"(open loop, {o['requests']:,} requests, {o['errors']} errors) | p50 "
-            f"{o['p50_ms']:.2f} ms, p99 {o['p99_ms']:.2f} ms; closed loop, 16 clients: "
-            f"{c['requests_per_s']:,.0f} requests/s, p99 {c['p99_ms']:.2f} ms; the API used "
-            f"{o['api_cpu_ms_per_request']:.2f} ms of CPU per request | target p99 ≤ 5 ms "
-            f"at 1,000/s: {'met' if o['p99_ms'] <= 5 else 'missed'} |"
+            f"| 5. memory, {size['profiles']:,} profiles ({size['identifiers']:,} "
+            f"identifiers, {mem['events_per_profile']:.1f} events each) in the memory "
+            f"store | {size['bytes_per_profile']:,.0f} bytes per profile "
+            f"({size['encoded_bytes_per_profile']:,.0f} encoded); tables "
+            f"{_mib(size['tables_rss_bytes'])}, with the worker's own "
+            f"{_mib(e2e.get('worker_rss_bytes', 0))}: {_mib(total)} | "
+            f"{verdict} |"
         )
-    if mem:
-        for size in mem["sizes"]:
-            total = size["tables_rss_bytes"] + (e2e.get("worker_rss_bytes") or 0)
-            verdict = "—"
-            if size["profiles"] >= 1_000_000:
-                verdict = "target ≤ 2 GiB: " + ("met" if total <= 2 * 2**30 else "missed")
-            lines.append(
-                f"| 5. memory, {size['profiles']:,} profiles ({size['identifiers']:,} "
-                f"identifiers, {mem['events_per_profile']:.1f} events each) in the memory "
-                f"store | {size['bytes_per_profile']:,.0f} bytes per profile "
-                f"({size['encoded_bytes_per_profile']:,.0f} encoded); tables "
-                f"{_mib(size['tables_rss_bytes'])}, with the worker's own "
-                f"{_mib(e2e.get('worker_rss_bytes', 0))}: {_mib(total)} | "
-                f"{verdict} |"
-            )
-    if e2e:
-        used = e2e["redis_used_memory_bytes"]
-        lines.append(
-            f"| 5. Redis memory after section 2 | {_mib(used)} for {e2e['profiles']:,} "
-            f"profiles ({used / max(e2e['profiles'], 1):,.0f} bytes each, index and "
-            "explanations included) | — |"
-        )
-        lines.append(
-            f"| 6. accuracy of section 2 (pairwise, against the truth) | precision "
-            f"{e2e['precision']:.4f}, recall {e2e['recall']:.4f}, F1 {e2e['f1']:.4f}; "
-            f"{e2e['profiles']:,} profiles | — |"
-        )
-    settings = ", ".join(f"{k}={v}" for k, v in report.settings.items())
-    lines += ["", *bounds(report), "", f"Settings: {settings}", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _section_two_rows(e2e: dict[str, Any]) -> list[str]:
+    """Redis memory (section 5) and accuracy (section 6) of the section 2 run."""
+    if not e2e:
+        return []
+    used = e2e["redis_used_memory_bytes"]
+    return [
+        f"| 5. Redis memory after section 2 | {_mib(used)} for {e2e['profiles']:,} "
+        f"profiles ({used / max(e2e['profiles'], 1):,.0f} bytes each, index and "
+        "explanations included) | — |",
+        f"| 6. accuracy of section 2 (pairwise, against the truth) | precision "
+        f"{e2e['precision']:.4f}, recall {e2e['recall']:.4f}, F1 {e2e['f1']:.4f}; "
+        f"{e2e['profiles']:,} profiles | — |",
+    ]
 
 
 def bounds(report: Report) -> list[str]:
@@ -482,33 +539,38 @@ def bounds(report: Report) -> list[str]:
         )
     for name in ("load_target", "load_sustained"):
         load = s.get(name)
-        if not load:
-            continue
-        rate = load["offered_events_per_s"]
-        p99 = load["new_profile"]["p99_ms"]
-        if rate > e2e["events_per_s_after_ready"]:
-            out.append(
-                f"- Visible p99 ≤ 100 ms at {rate:,.0f} events/s: p99 {p99:,.0f} ms. "
-                f"The offered rate is above what the worker sustains "
-                f"({e2e['events_per_s_after_ready']:,.0f} events/s), so a backlog builds and "
-                "latency is the time to work through it; the throughput bound above is "
-                "this bound too."
-            )
-        else:
-            out.append(
-                f"- At {rate:,.0f} events/s (within what the worker sustains) a new profile "
-                f"is visible after {load['new_profile']['p50_ms']:,.0f} ms at the median and "
-                f"{p99:,.0f} ms at p99; a merge after {load['merge']['p50_ms']:,.0f} and "
-                f"{load['merge']['p99_ms']:,.0f} ms. The median is three stages "
-                "(route → identity → profile), each a produce, a fetch (the fetch wait is "
-                f"{report.settings.get('consumer_fetch_max_wait_ms')} ms; at Faust's own "
-                f"1.5 s a hop alone took {hop.get('aiokafka_p50_ms', float('nan')):,.0f} ms "
-                "at the median) and the batch of work each stage is busy with when the event "
-                "arrives; a merge adds a claim, an offer and an answer. What makes the tail "
-                f"({p99 / max(load['new_profile']['p50_ms'], 1e-9):.1f} times the median) is "
-                "not broken down yet."
-            )
+        if load:
+            out.append(_load_bound(report, load, e2e, hop))
     return out
+
+
+def _load_bound(
+    report: Report, load: dict[str, Any], e2e: dict[str, Any], hop: dict[str, Any]
+) -> str:
+    """What bounds the latency of one offered load: the backlog, or the stages' hops."""
+    rate = load["offered_events_per_s"]
+    p99 = load["new_profile"]["p99_ms"]
+    if rate > e2e["events_per_s_after_ready"]:
+        return (
+            f"- Visible p99 ≤ 100 ms at {rate:,.0f} events/s: p99 {p99:,.0f} ms. "
+            f"The offered rate is above what the worker sustains "
+            f"({e2e['events_per_s_after_ready']:,.0f} events/s), so a backlog builds and "
+            "latency is the time to work through it; the throughput bound above is "
+            "this bound too."
+        )
+    return (
+        f"- At {rate:,.0f} events/s (within what the worker sustains) a new profile "
+        f"is visible after {load['new_profile']['p50_ms']:,.0f} ms at the median and "
+        f"{p99:,.0f} ms at p99; a merge after {load['merge']['p50_ms']:,.0f} and "
+        f"{load['merge']['p99_ms']:,.0f} ms. The median is three stages "
+        "(route → identity → profile), each a produce, a fetch (the fetch wait is "
+        f"{report.settings.get('consumer_fetch_max_wait_ms')} ms; at Faust's own "
+        f"1.5 s a hop alone took {hop.get('aiokafka_p50_ms', float('nan')):,.0f} ms "
+        "at the median) and the batch of work each stage is busy with when the event "
+        "arrives; a merge adds a claim, an offer and an answer. What makes the tail "
+        f"({p99 / max(load['new_profile']['p50_ms'], 1e-9):.1f} times the median) is "
+        "not broken down yet."
+    )
 
 
 def positive(text: str) -> int:
@@ -525,7 +587,7 @@ def sizes(text: str) -> list[int]:
     return [positive(n.strip()) for n in text.split(",")]
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--people", type=positive, default=2000, help="synthetic people (default 2000)"
@@ -541,15 +603,44 @@ def main() -> None:
         help="table sizes for the memory measure, comma-separated (default 100000,1000000)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    from bench.load import offered_load
-    from bench.reads import read_api
+
+def main() -> None:
+    args = _arguments()
+
     from bench.scale import table_memory
     from unifier.demo import demo_settings
     from unifier.stack import running
 
     began = time.perf_counter()
+    journeys, touchpoints, offered = _workload(args)
+    # The journeys are millions of objects: a full garbage collection of them in the
+    # middle of a latency measure stalls this process's probes and its API client for
+    # ~200 ms, and the stall would be charged to the worker or the API. Frozen, the
+    # collector leaves them alone.
+    gc.collect()
+    gc.freeze()
+    with tempfile.TemporaryDirectory(prefix="unifier-bench-") as tmp:
+        settings = demo_settings(Path(tmp) / "one")
+        report = _new_report(args, settings, touchpoints)
+        print("starting the embedded broker and Redis ...", flush=True)
+        with running(settings) as stack:
+            _one_worker(report, settings, stack, journeys, touchpoints, offered, args.load_seconds)
+        print("5. scale: two workers (a fresh stack), memory per profile", flush=True)
+        settings2 = demo_settings(Path(tmp) / "two")
+        with running(settings2) as stack2:
+            two = end_to_end(settings2, stack2, touchpoints, journeys, workers=2)
+            two.pop("emails")
+            report.add("two_workers", **two)
+        report.add("memory", **table_memory(args.profiles))
+    report.sections["total_seconds"] = {"seconds": time.perf_counter() - began}
+    _write(report, args.out)
+
+
+def _workload(args: argparse.Namespace) -> tuple[Journeys, list[Touchpoint], list[Touchpoint]]:
+    """The journeys and their touchpoints, and the other people's touchpoints the offered
+    loads send."""
     print(f"generating journeys for {args.people:,} people ...", flush=True)
     journeys = generate_journeys(args.people, args.seed)
     base = Settings()
@@ -562,73 +653,81 @@ def main() -> None:
         parse_json(e, identifier_priorities(base))
         for e in generate_journeys(int(needed / per_person * 1.1) + 1, args.seed + 1).events
     ]
-    # The journeys are millions of objects: a full garbage collection of them in the
-    # middle of a latency measure stalls this process's probes and its API client for
-    # ~200 ms, and the stall would be charged to the worker or the API. Frozen, the
-    # collector leaves them alone.
-    gc.collect()
-    gc.freeze()
-    with tempfile.TemporaryDirectory(prefix="unifier-bench-") as tmp:
-        settings = demo_settings(Path(tmp) / "one")
-        report = Report(
-            started=datetime.now(UTC).isoformat(timespec="seconds"),
-            command=" ".join(["./dev bench", *sys.argv[1:]]),
-            machine=machine(),
-            settings={
-                "people": args.people,
-                "events": len(touchpoints),
-                "touchpoint_partitions": settings.touchpoint_partitions,
-                "internal_partitions": settings.internal_partitions,
-                "producer_batch_events": settings.producer_batch_events,
-                "faust_producer_max_batch_size": settings.faust_producer_max_batch_size,
-                "consumer_fetch_max_wait_ms": settings.consumer_fetch_max_wait_ms,
-                "stage_batch_records": settings.stage_batch_records,
-                "stage_batch_wait_s": settings.stage_batch_wait_s,
-                "commit_interval_s": settings.commit_interval_s,
-            },
-        )
-        print("starting the embedded broker and Redis ...", flush=True)
-        with running(settings) as stack:
-            print("1. raw limits", flush=True)
-            report.add("raw_decode", **consume_decode_ceiling(settings, touchpoints))
-            report.add("raw_redis", **redis_write_ceiling(settings, touchpoints))
-            report.add("raw_hop", **hop_latency(settings))
-            stack_redis_flush(settings)
-            print("2. end to end (one worker) and 6. accuracy", flush=True)
-            e2e = end_to_end(settings, stack, touchpoints, journeys)
-            emails = e2e.pop("emails")
-            report.add("end_to_end", **e2e)
-            print("4. read API (lookups by email)", flush=True)
-            report.add("read_api", **read_api(settings, emails, stack.dir / "api.log"))
-            print("3. latency under an offered load", flush=True)
-            sustained = min(1000, max(50, round(e2e["events_per_s_after_ready"] * 0.5, -1)))
-            first = offered[: int(sustained * args.load_seconds)]
-            report.add(
-                "load_sustained",
-                **offered_load(settings, first, sustained, args.load_seconds),
-            )
-            wait_caught_up(settings)
-            rest = offered[len(first) :]
-            report.add("load_target", **offered_load(settings, rest, 2000, args.load_seconds))
-            wait_caught_up(settings)
-        print("5. scale: two workers (a fresh stack), memory per profile", flush=True)
-        settings2 = demo_settings(Path(tmp) / "two")
-        with running(settings2) as stack2:
-            two = end_to_end(settings2, stack2, touchpoints, journeys, workers=2)
-            two.pop("emails")
-            report.add("two_workers", **two)
-        report.add("memory", **table_memory(args.profiles))
-    report.sections["total_seconds"] = {"seconds": time.perf_counter() - began}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
-    (args.out / "report.md").write_text(markdown(report))
+    return journeys, touchpoints, offered
+
+
+def _new_report(
+    args: argparse.Namespace, settings: Settings, touchpoints: list[Touchpoint]
+) -> Report:
+    """An empty report of this run: the command, the machine and the settings."""
+    return Report(
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+        command=" ".join(["./dev bench", *sys.argv[1:]]),
+        machine=machine(),
+        settings={
+            "people": args.people,
+            "events": len(touchpoints),
+            "touchpoint_partitions": settings.touchpoint_partitions,
+            "internal_partitions": settings.internal_partitions,
+            "producer_batch_events": settings.producer_batch_events,
+            "faust_producer_max_batch_size": settings.faust_producer_max_batch_size,
+            "consumer_fetch_max_wait_ms": settings.consumer_fetch_max_wait_ms,
+            "stage_batch_records": settings.stage_batch_records,
+            "stage_batch_wait_s": settings.stage_batch_wait_s,
+            "commit_interval_s": settings.commit_interval_s,
+        },
+    )
+
+
+def _one_worker(
+    report: Report,
+    settings: Settings,
+    stack: Any,
+    journeys: Journeys,
+    touchpoints: list[Touchpoint],
+    offered: list[Touchpoint],
+    load_seconds: int,
+) -> None:
+    """Sections 1 to 4 and 6, on one stack: raw limits, end to end, reads, offered loads."""
+    from bench.load import offered_load
+    from bench.reads import read_api
+
+    print("1. raw limits", flush=True)
+    report.add("raw_decode", **consume_decode_ceiling(settings, touchpoints))
+    report.add("raw_redis", **redis_write_ceiling(settings, touchpoints))
+    report.add("raw_hop", **hop_latency(settings))
+    stack_redis_flush(settings)
+    print("2. end to end (one worker) and 6. accuracy", flush=True)
+    e2e = end_to_end(settings, stack, touchpoints, journeys)
+    emails = e2e.pop("emails")
+    report.add("end_to_end", **e2e)
+    print("4. read API (lookups by email)", flush=True)
+    report.add("read_api", **read_api(settings, emails, stack.dir / "api.log"))
+    print("3. latency under an offered load", flush=True)
+    sustained = min(1000, max(50, round(e2e["events_per_s_after_ready"] * 0.5, -1)))
+    first = offered[: int(sustained * load_seconds)]
+    report.add(
+        "load_sustained",
+        **offered_load(settings, first, sustained, load_seconds),
+    )
+    wait_caught_up(settings)
+    rest = offered[len(first) :]
+    report.add("load_target", **offered_load(settings, rest, 2000, load_seconds))
+    wait_caught_up(settings)
+
+
+def _write(report: Report, out: Path) -> None:
+    """The report as JSON, Markdown and a chart in ``out``; the Markdown printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
     try:
         from bench.chart import chart
 
-        chart(report.sections, args.out / "report.png")
+        chart(report.sections, out / "report.png")
     except ImportError as exc:  # matplotlib is in the [bench] extra that ./dev bench installs
         print(f"no chart ({exc}); install the [bench] extra", file=sys.stderr)
-    print(f"\nwrote {args.out / 'report.md'}, report.json and report.png\n")
+    print(f"\nwrote {out / 'report.md'}, report.json and report.png\n")
     print(markdown(report))
 
 

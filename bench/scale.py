@@ -5,7 +5,7 @@ Memory: a worker holds two tables in Faust's memory store (a dict per partition)
 id). Filling them to a million profiles through the pipeline would take far longer
 than the benchmark may, so a fresh process fills the same dicts the way the store
 does — one key and one value object per entry, the values the worker's own encoding
-(``profiles.graph_wire.node_to``) of the real profiles of the synthetic journeys,
+(``schemas.wire.node_to``) of the real profiles of the synthetic journeys,
 cycled with fresh ids — and reads its resident memory (``/proc/self/status``) at each
 size. Run on its own:
 
@@ -44,7 +44,7 @@ def cpu_seconds(pid: int) -> float:
 def fill_tables(sizes: list[int], people: int, seed: int) -> dict[str, Any]:
     from config.settings import Settings
     from producers.synthetic import generate_journeys
-    from profiles.graph.state import ProfileNode
+    from profiles.graph.node import ProfileNode
     from profiles.reference import reference_states
     from profiles.touchpoint import parse_json
     from schemas.wire import node_to

@@ -19,11 +19,16 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: An identifier claimed by more profiles than this stops linking (see profiles.rules).
 DEFAULT_MAX_CLAIMANTS = 10
+
+
+def reveal(secret: SecretStr | str) -> str:
+    """A secret's value (settings built with ``model_copy(update=...)`` hold plain str)."""
+    return secret.get_secret_value() if isinstance(secret, SecretStr) else secret
 
 
 def _default_state_dir() -> Path:
@@ -84,7 +89,8 @@ class Settings(BaseSettings):
         16384,
         ge=1,
         description="aiokafka max batch size in bytes for the worker's producer (its "
-        "default). Table recovery reads changelogs to their true end (streams/recovery.py), "
+        "default). Table recovery reads changelogs to their true end "
+        "(streams/patches/recovery.py), "
         "so multi-record batches are safe on the embedded broker too.",
     )
     consumer_fetch_max_wait_ms: int = Field(
@@ -173,9 +179,10 @@ class Settings(BaseSettings):
     # --- collector (HTTP) ----------------------------------------------------
     collector_host: str = Field("127.0.0.1", description="Address the collector binds")
     collector_port: int = Field(8088, ge=0, le=65535, description="0 picks a free port")
-    collector_write_keys: dict[str, str] = Field(
+    collector_write_keys: dict[SecretStr, str] = Field(
         default_factory=dict,
-        description='Write key -> source name, e.g. {"wk_live_...": "web"} (JSON)',
+        description='Write key -> source name, e.g. {"wk_live_...": "web"} (JSON; secret: '
+        "masked in logs and reprs)",
     )
     collector_cors_origins: list[str] = Field(
         default_factory=lambda: ["*"],
@@ -196,9 +203,10 @@ class Settings(BaseSettings):
 
     api_host: str = Field("127.0.0.1", description="Address the read API binds")
     api_port: int = Field(8090, ge=0, le=65535, description="Port of the read API")
-    api_keys: dict[str, list[str]] = Field(
+    api_keys: dict[SecretStr, list[str]] = Field(
         default_factory=dict,
-        description='API key -> scopes, e.g. {"k-...": ["read"]} (JSON); the API needs one',
+        description='API key -> scopes, e.g. {"k-...": ["read"]} (JSON); the API needs one '
+        "(secret: masked in logs and reprs)",
     )
     worker_metrics_port: int | None = Field(
         None,
@@ -271,10 +279,22 @@ class Settings(BaseSettings):
         parts = urlsplit(self.redis_url)
         return parts.hostname or "127.0.0.1", parts.port or 6379
 
+    def write_key_sources(self) -> dict[str, str]:
+        """Write key (revealed) -> source name: what the collector checks requests against."""
+        return {reveal(k): v for k, v in self.collector_write_keys.items()}
+
+    def api_key_scopes(self) -> dict[str, list[str]]:
+        """API key (revealed) -> scopes: what the read API checks requests against."""
+        return {reveal(k): list(v) for k, v in self.api_keys.items()}
+
     def env(self) -> dict[str, str]:
-        """These settings as UNIFIER_* environment variables (for child processes)."""
+        """These settings as UNIFIER_* environment variables (for child processes),
+        secrets included: the environment is how a child gets them."""
         out: dict[str, str] = {}
-        for name, value in self.model_dump(mode="json").items():
+        dumped = self.model_dump(mode="json")
+        dumped["collector_write_keys"] = self.write_key_sources()
+        dumped["api_keys"] = self.api_key_scopes()
+        for name, value in dumped.items():
             if value is None:  # unset: the child falls back to the same default
                 continue
             if isinstance(value, dict | list):

@@ -287,26 +287,49 @@ def _source_for(request: web.Request, body: Any, keys: dict[str, str]) -> str | 
     return None
 
 
-def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Application:
-    """The collector as an aiohttp application (``sender`` is started with the app)."""
-    if not settings.collector_write_keys:
-        raise ValueError(
-            'no write keys: set UNIFIER_COLLECTOR_WRITE_KEYS, e.g. \'{"<key>": "web"}\''
-        )
-    keys = dict(settings.collector_write_keys)
-    id_types = identifier_priorities(settings)
-    rules = identity_rules(settings)
-    sender = sender or AsyncSender(settings)
+def _messages_of(body: Any, call: str | None) -> list[Any]:
+    """The messages a request body holds for ``call`` (refused when none or too many)."""
+    if call == "touchpoints":
+        messages = body if isinstance(body, list) else [body]
+    elif call == "batch":
+        batch = body.get("batch") if isinstance(body, dict) else None
+        if not isinstance(batch, list):
+            raise _Refused(400, "batch: a list of messages is required")
+        messages = batch
+    else:
+        messages = [body]
+    if not messages:
+        raise _Refused(400, "no events")
+    if len(messages) > MAX_EVENTS_PER_REQUEST:
+        raise _Refused(413, f"more than {MAX_EVENTS_PER_REQUEST} events in one request")
+    return messages
+
+
+async def _health(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+class _Collector:
+    """The collector's handlers and middlewares, with what they share: the write keys,
+    the identity rules and the sender."""
+
+    def __init__(self, settings: Settings, sender: AsyncSender | None) -> None:
+        self.settings = settings
+        self.keys = settings.write_key_sources()
+        self.id_types = identifier_priorities(settings)
+        self.rules = identity_rules(settings)
+        self.sender = sender or AsyncSender(settings)
+        self.origins = settings.collector_cors_origins
 
     @web.middleware
     async def errors(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             return _error(
-                413, f"request body larger than {settings.collector_max_body_bytes} bytes"
+                413, f"request body larger than {self.settings.collector_max_body_bytes} bytes"
             )
         except web.HTTPException as exc:
             if exc.status >= 400:
@@ -316,94 +339,12 @@ def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Appl
             log.exception("unhandled error in %s %s", request.method, request.path)
             return _error(500, "internal error")
 
-    def validate(doc: dict[str, Any]) -> Touchpoint:
-        return validate_event(doc, rules, settings.default_phone_region)
-
-    def messages_of(body: Any, call: str | None) -> list[Any]:
-        if call == "touchpoints":
-            messages = body if isinstance(body, list) else [body]
-        elif call == "batch":
-            batch = body.get("batch") if isinstance(body, dict) else None
-            if not isinstance(batch, list):
-                raise _Refused(400, "batch: a list of messages is required")
-            messages = batch
-        else:
-            messages = [body]
-        if not messages:
-            raise _Refused(400, "no events")
-        if len(messages) > MAX_EVENTS_PER_REQUEST:
-            raise _Refused(413, f"more than {MAX_EVENTS_PER_REQUEST} events in one request")
-        return messages
-
-    def touchpoints_of(messages: list[Any], call: str | None, source: str) -> list[Touchpoint]:
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        events: list[Touchpoint] = []
-        problems: list[dict[str, Any]] = []
-        for index, message in enumerate(messages):
-            try:
-                if call == "touchpoints":
-                    doc = message
-                else:
-                    doc = to_touchpoint_json(
-                        message, None if call == "batch" else call, source, id_types, now
-                    )
-                events.append(validate(doc))
-            except InvalidTouchpoint as exc:
-                problems.append({"index": index, "reason": str(exc)})
-        if problems:
-            raise _Refused(
-                400, f"{len(problems)} of {len(messages)} events are invalid", errors=problems
-            )
-        return events
-
-    async def accept(request: web.Request, call: str | None) -> web.Response:
-        raw = await request.read()
-        try:
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise _Refused(400, f"malformed JSON: {exc}") from None
-            source = _source_for(request, body, keys)
-            if source is None:
-                raise _Refused(401, "a valid write key is required (HTTP Basic user name)")
-            events = touchpoints_of(messages_of(body, call), call, source)
-            try:
-                await sender.send(events)
-            except Unavailable as exc:
-                raise _Refused(503, str(exc)) from None
-        except _Refused as refused:
-            EVENTS.labels("refused").inc(_count_of(raw))
-            return refused.response
-        EVENTS.labels("accepted").inc(len(events))
-        return web.json_response({"success": True, "accepted": len(events)})
-
-    def route(call: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(request: web.Request) -> web.Response:
-            return await accept(request, call)
-
-        return handler
-
-    async def health(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def ready(_request: web.Request) -> web.Response:
-        problem = await sender.ready()
-        if problem:
-            return web.json_response({"status": "unavailable", "reason": problem}, status=503)
-        return web.json_response({"status": "ready"})
-
-    async def lifecycle(_app: web.Application) -> Any:
-        await sender.start()
-        yield
-        await sender.close()
-
-    origins = settings.collector_cors_origins
-
     @web.middleware
     async def cors(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         # Browsers (analytics.js on the shop's own domain) call the collector cross-origin.
+        origins = self.origins
         origin = request.headers.get("Origin")
         allowed = origin is not None and ("*" in origins or origin in origins)
         if request.method == "OPTIONS" and allowed:
@@ -418,21 +359,93 @@ def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Appl
             response.headers["Vary"] = "Origin"
         return response
 
+    def validate(self, doc: dict[str, Any]) -> Touchpoint:
+        return validate_event(doc, self.rules, self.settings.default_phone_region)
+
+    def touchpoints_of(
+        self, messages: list[Any], call: str | None, source: str
+    ) -> list[Touchpoint]:
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        events: list[Touchpoint] = []
+        problems: list[dict[str, Any]] = []
+        for index, message in enumerate(messages):
+            try:
+                if call == "touchpoints":
+                    doc = message
+                else:
+                    doc = to_touchpoint_json(
+                        message, None if call == "batch" else call, source, self.id_types, now
+                    )
+                events.append(self.validate(doc))
+            except InvalidTouchpoint as exc:
+                problems.append({"index": index, "reason": str(exc)})
+        if problems:
+            raise _Refused(
+                400, f"{len(problems)} of {len(messages)} events are invalid", errors=problems
+            )
+        return events
+
+    async def accept(self, request: web.Request, call: str | None) -> web.Response:
+        raw = await request.read()
+        try:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise _Refused(400, f"malformed JSON: {exc}") from None
+            source = _source_for(request, body, self.keys)
+            if source is None:
+                raise _Refused(401, "a valid write key is required (HTTP Basic user name)")
+            events = self.touchpoints_of(_messages_of(body, call), call, source)
+            try:
+                await self.sender.send(events)
+            except Unavailable as exc:
+                raise _Refused(503, str(exc)) from None
+        except _Refused as refused:
+            EVENTS.labels("refused").inc(_count_of(raw))
+            return refused.response
+        EVENTS.labels("accepted").inc(len(events))
+        return web.json_response({"success": True, "accepted": len(events)})
+
+    def route(self, call: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            return await self.accept(request, call)
+
+        return handler
+
+    async def ready(self, _request: web.Request) -> web.Response:
+        problem = await self.sender.ready()
+        if problem:
+            return web.json_response({"status": "unavailable", "reason": problem}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def lifecycle(self, _app: web.Application) -> Any:
+        await self.sender.start()
+        yield
+        await self.sender.close()
+
+
+def build_app(settings: Settings, sender: AsyncSender | None = None) -> web.Application:
+    """The collector as an aiohttp application (``sender`` is started with the app)."""
+    if not settings.collector_write_keys:
+        raise ValueError(
+            'no write keys: set UNIFIER_COLLECTOR_WRITE_KEYS, e.g. \'{"<key>": "web"}\''
+        )
+    collector = _Collector(settings, sender)
     app = web.Application(
-        middlewares=[httpmetrics.middleware("collector"), cors, errors],
+        middlewares=[httpmetrics.middleware("collector"), collector.cors, collector.errors],
         client_max_size=settings.collector_max_body_bytes,
     )
     for call in SEGMENT_CALLS:
-        app.router.add_post(f"/v1/{call}", route(call))
+        app.router.add_post(f"/v1/{call}", collector.route(call))
     for short, call in SHORT_PATHS.items():
-        app.router.add_post(f"/v1/{short}", route(call))
-    app.router.add_post("/v1/batch", route("batch"))
-    app.router.add_post("/v1/import", route("batch"))  # Segment's server libraries use it
-    app.router.add_post("/v1/touchpoints", route("touchpoints"))
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
+        app.router.add_post(f"/v1/{short}", collector.route(call))
+    app.router.add_post("/v1/batch", collector.route("batch"))
+    app.router.add_post("/v1/import", collector.route("batch"))  # Segment's server libraries use it
+    app.router.add_post("/v1/touchpoints", collector.route("touchpoints"))
+    app.router.add_get("/health", _health)
+    app.router.add_get("/ready", collector.ready)
     app.router.add_get("/metrics", httpmetrics.metrics)
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(collector.lifecycle)
     return app
 
 

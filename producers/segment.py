@@ -124,23 +124,24 @@ def _context(ctx: Mapping[str, Any], page_url: Any, referrer: Any) -> dict[str, 
     return {k: v for k, v in out.items() if v not in (None, {})}
 
 
-def to_touchpoint_json(
-    msg: Any, call: str | None, source: str, identifier_types: Collection[str], now_iso: str
-) -> dict[str, Any]:
-    """One Segment message -> the touchpoint JSON form (validated afterwards by ``parse_json``).
-
-    ``call`` is the endpoint's type (``/v1/track`` -> ``track``); in a batch it is ``None``
-    and the message's own ``type`` decides."""
-    msg = _dict(msg, "message")
+def _kind_of(msg: Mapping[str, Any], call: str | None) -> str:
+    """The Segment call a message is: the endpoint's, or in a batch its own ``type``."""
     kind = msg.get("type") if call in (None, "batch") else call
     if kind not in SUPPORTED:
         raise InvalidTouchpoint(
             f"type: {kind!r} is not supported (supported: {', '.join(SUPPORTED)})"
         )
-    ctx = _dict(msg.get("context"), "context")
-    traits = {**_dict(ctx.get("traits"), "context.traits"), **_dict(msg.get("traits"), "traits")}
-    props = _dict(msg.get("properties"), "properties")
+    return kind
 
+
+def _identifiers(
+    msg: Mapping[str, Any],
+    kind: str,
+    traits: Mapping[str, Any],
+    props: Mapping[str, Any],
+    identifier_types: Collection[str],
+) -> dict[str, str]:
+    """The message's identifiers of the configured types (the first value of each wins)."""
     identifiers: dict[str, str] = {}
 
     def add(kind_: str, value: Any, where: str) -> None:
@@ -158,7 +159,13 @@ def to_touchpoint_json(
             add(id_type, props.get(key), f"properties.{key}")
     if not identifiers:
         raise InvalidTouchpoint("userId or anonymousId is required")
+    return identifiers
 
+
+def _event_type(
+    msg: Mapping[str, Any], kind: str, props: Mapping[str, Any]
+) -> tuple[str, dict[str, Any] | None]:
+    """The touchpoint ``type``, and the order of an ``Order Completed`` track call."""
     event_type = {"identify": "identify", "page": "page_viewed", "screen": "screen_viewed"}.get(
         kind, "alias"
     )
@@ -170,6 +177,23 @@ def to_touchpoint_json(
         event_type = snake(name)
         if event_type == "order_completed":
             order = _order(props)
+    return event_type, order
+
+
+def to_touchpoint_json(
+    msg: Any, call: str | None, source: str, identifier_types: Collection[str], now_iso: str
+) -> dict[str, Any]:
+    """One Segment message -> the touchpoint JSON form (validated afterwards by ``parse_json``).
+
+    ``call`` is the endpoint's type (``/v1/track`` -> ``track``); in a batch it is ``None``
+    and the message's own ``type`` decides."""
+    msg = _dict(msg, "message")
+    kind = _kind_of(msg, call)
+    ctx = _dict(msg.get("context"), "context")
+    traits = {**_dict(ctx.get("traits"), "context.traits"), **_dict(msg.get("traits"), "traits")}
+    props = _dict(msg.get("properties"), "properties")
+    identifiers = _identifiers(msg, kind, traits, props, identifier_types)
+    event_type, order = _event_type(msg, kind, props)
     if kind == "page" and msg.get("name"):
         props = {**props, "name": msg["name"]}
 

@@ -170,12 +170,17 @@ def make_people(count: int, rng: random.Random) -> list[Person]:
 
 # --- events --------------------------------------------------------------------------
 class _Journey:
+    """One person's events, emitted in the order they happened, and what each links."""
+
     def __init__(self, person: Person, rng: random.Random, start: datetime) -> None:
         self.p, self.rng = person, rng
         self.t = start + timedelta(minutes=rng.randint(0, 60 * 24 * 20))
         self.events: list[dict[str, Any]] = []
         # Per event: the canonical identifiers it carries (junk values left out).
         self.links: list[list[str]] = []
+        # The person's own email and phone in canonical form (``type:value``).
+        self.email = f"email:{person.email}" if person.email else None
+        self.phone = f"phone:{e164(person)}" if person.phone_digits else None
 
     def later(self) -> str:
         self.t += timedelta(minutes=self.rng.randint(1, 900), seconds=self.rng.randint(0, 59))
@@ -213,123 +218,165 @@ class _Journey:
             total += price * qty
         return items, total
 
+    def browse(self) -> None:
+        """Anonymous page views on every device, all from one campaign (or none)."""
+        p, rng = self.p, self.rng
+        campaign = rng.choice(
+            [
+                {},
+                {"campaign": {"source": "newsletter", "medium": "email"}},
+                {"campaign": {"source": "ads"}},
+            ]
+        )
+        for device in p.devices:
+            for _ in range(rng.randint(1, 4)):
+                self.emit(
+                    "page_viewed", "web", {"anonymous_id": device}, [f"anonymous_id:{device}"],
+                    context={"page_url": f"https://shop.example{rng.choice(PAGES)}",
+                             "user_agent": "Mozilla/5.0", **campaign},
+                )  # fmt: skip
+
+    def sign_in(self) -> None:
+        """Sign-ins on (up to three of) the devices, or a guest's newsletter signup."""
+        p, rng, email = self.p, self.rng, self.email
+        traits = {"first_name": p.first, "last_name": p.last, "country": p.country}
+        if p.user_id and p.email:
+            for device in p.devices if len(p.devices) < 3 else p.devices[:2] + p.devices[-1:]:
+                self.emit(
+                    "signed_in", "web",
+                    {"anonymous_id": device, "user_id": p.user_id,
+                     "email": email_as_typed(p.email, rng)},
+                    [f"anonymous_id:{device}", f"user_id:{p.user_id}", email],
+                    traits=traits,
+                    consent={"email_marketing": rng.random() < 0.6},
+                )  # fmt: skip
+        elif p.email:  # a guest who signs up for the newsletter
+            self.emit(
+                "newsletter_signup", "web",
+                {"anonymous_id": p.devices[0], "email": email_as_typed(p.email, rng)},
+                [f"anonymous_id:{p.devices[0]}", email],
+                consent={"email_marketing": True},
+            )  # fmt: skip
+
+    def junk_form(self, truth: Truth) -> None:
+        """Now and then a form filled in with a junk email."""
+        p, rng = self.p, self.rng
+        if rng.random() < 0.03:
+            junk = rng.choice(JUNK_EMAILS)
+            truth.junk.add(f"email:{junk}")
+            self.emit("form_submitted", "web", {"anonymous_id": p.devices[0], "email": junk},
+                      [f"anonymous_id:{p.devices[0]}"])  # fmt: skip
+
+    def orders(self) -> None:
+        """Online orders, by user id when signed in, else on the first device."""
+        p, rng, email = self.p, self.rng, self.email
+        for _ in range(rng.randint(0, 3) if p.email else 0):
+            assert p.email is not None
+            items, total = self.items(rng.randint(1, 3))
+            ids = (
+                {"user_id": p.user_id, "email": email_as_typed(p.email, rng)}
+                if p.user_id
+                else {"anonymous_id": p.devices[0], "email": email_as_typed(p.email, rng)}
+            )
+            canon = [f"user_id:{p.user_id}" if p.user_id else f"anonymous_id:{p.devices[0]}", email]
+            order_id = _id(rng, "W-", 10)
+            self.emit(
+                "order_completed", "web", ids, canon,
+                order={"order_id": order_id, "currency": "USD", "total": str(total),
+                       "items": items},
+            )  # fmt: skip
+
+    def store_visits(self, truth: Truth) -> None:
+        """Purchases in stores, with a loyalty card and/or a phone number (or a junk one)."""
+        p, rng, phone = self.p, self.rng, self.phone
+        for _ in range(rng.randint(0, 3) if (p.loyalty_id or p.phone_digits) else 0):
+            ids: dict[str, str] = {}
+            canon: list[str | None] = []
+            if p.loyalty_id and rng.random() < 0.9:
+                ids["loyalty_id"], canon = p.loyalty_id, [f"loyalty_id:{p.loyalty_id}"]
+            if p.phone_digits and (not ids or rng.random() < 0.6):
+                ids["phone"] = phone_as_typed(p, rng)
+                canon.append(phone)
+            elif ids and rng.random() < 0.15:  # the cashier's placeholder number
+                junk = rng.choice(JUNK_PHONES)
+                ids["phone"] = junk
+                truth.junk.add(f"phone:{junk}")
+            if not ids:
+                continue
+            items, total = self.items(rng.randint(1, 4))
+            store = f"S{rng.randint(1, 40):03d}"
+            self.emit(
+                "pos_transaction", "pos", ids, canon,
+                context={"store_id": store, "terminal_id": f"T{rng.randint(1, 4)}"},
+                pos={"transaction_id": _id(rng, "R-", 10), "store_id": store, "currency": "USD",
+                     "total": str(total), "items": items,
+                     "payment_method": rng.choice(["card", "cash", "card"])},
+            )  # fmt: skip
+
+    def email_engagement(self) -> None:
+        """Marketing emails opened or clicked."""
+        p, rng = self.p, self.rng
+        for _ in range(rng.randint(0, 3) if p.email else 0):
+            assert p.email is not None
+            self.emit(
+                rng.choice(["email_opened", "email_clicked"]), "email",
+                {"email": email_as_typed(p.email, rng)}, [self.email],
+                properties={"campaign": rng.choice(["fall", "welcome", "vip"])},
+            )  # fmt: skip
+
+    def support_ticket(self) -> None:
+        """Sometimes a support ticket, from the work email when there is one."""
+        p, rng, phone = self.p, self.rng, self.phone
+        if (p.email or p.phone_digits) and rng.random() < 0.2:
+            ids: dict[str, str] = {}
+            canon: list[str | None] = []
+            address = p.work_email or p.email
+            if address:
+                ids["email"], canon = email_as_typed(address, rng), [f"email:{address}"]
+            if p.phone_digits and (p.work_email or rng.random() < 0.5 or not ids):
+                ids["phone"] = phone_as_typed(p, rng)
+                canon.append(phone)
+            self.emit(
+                "support_ticket_opened", "support", ids, canon,
+                traits={"first_name": p.first, "last_name": p.last},
+                properties={"topic": rng.choice(["returns", "delivery", "sizing"])},
+            )  # fmt: skip
+
+    def crm_update(self) -> None:
+        """The CRM record of a person who has one, with their email and phone."""
+        p, rng = self.p, self.rng
+        if p.crm_id:
+            ids = {"crm_id": p.crm_id}
+            canon: list[str | None] = [f"crm_id:{p.crm_id}"]
+            if p.email:
+                ids["email"] = email_as_typed(p.email, rng)
+                canon.append(self.email)
+            if p.phone_digits:
+                ids["phone"] = phone_as_typed(p, rng)
+                canon.append(self.phone)
+            self.emit(
+                "crm_contact_updated", "crm", ids, canon,
+                traits={"first_name": p.first, "last_name": p.last, "job_title": rng.choice(
+                    ["Engineer", "Nurse", "Teacher", "Designer"]),
+                    "address": {"country": p.country}},
+                consent={"sms_marketing": rng.random() < 0.3},
+            )  # fmt: skip
+
 
 def journey(
     person: Person, rng: random.Random, start: datetime, truth: Truth
 ) -> list[dict[str, Any]]:
+    """One person's events across the channels; their linkable identifiers go to ``truth``."""
     j = _Journey(person, rng, start)
-    p = person
-    email = f"email:{p.email}" if p.email else None
-    phone = f"phone:{e164(p)}" if p.phone_digits else None
-    campaign = rng.choice(
-        [
-            {},
-            {"campaign": {"source": "newsletter", "medium": "email"}},
-            {"campaign": {"source": "ads"}},
-        ]
-    )
-    for device in p.devices:
-        for _ in range(rng.randint(1, 4)):
-            j.emit(
-                "page_viewed", "web", {"anonymous_id": device}, [f"anonymous_id:{device}"],
-                context={"page_url": f"https://shop.example{rng.choice(PAGES)}",
-                         "user_agent": "Mozilla/5.0", **campaign},
-            )  # fmt: skip
-    traits = {"first_name": p.first, "last_name": p.last, "country": p.country}
-    if p.user_id and p.email:
-        for device in p.devices if len(p.devices) < 3 else p.devices[:2] + p.devices[-1:]:
-            j.emit(
-                "signed_in", "web",
-                {"anonymous_id": device, "user_id": p.user_id,
-                 "email": email_as_typed(p.email, rng)},
-                [f"anonymous_id:{device}", f"user_id:{p.user_id}", email],
-                traits=traits,
-                consent={"email_marketing": rng.random() < 0.6},
-            )  # fmt: skip
-    elif p.email:  # a guest who signs up for the newsletter
-        j.emit(
-            "newsletter_signup", "web",
-            {"anonymous_id": p.devices[0], "email": email_as_typed(p.email, rng)},
-            [f"anonymous_id:{p.devices[0]}", email],
-            consent={"email_marketing": True},
-        )  # fmt: skip
-    if rng.random() < 0.03:  # a form filled in with a junk email
-        junk = rng.choice(JUNK_EMAILS)
-        truth.junk.add(f"email:{junk}")
-        j.emit("form_submitted", "web", {"anonymous_id": p.devices[0], "email": junk},
-               [f"anonymous_id:{p.devices[0]}"])  # fmt: skip
-    for _ in range(rng.randint(0, 3) if p.email else 0):
-        assert p.email is not None
-        items, total = j.items(rng.randint(1, 3))
-        ids = (
-            {"user_id": p.user_id, "email": email_as_typed(p.email, rng)}
-            if p.user_id
-            else {"anonymous_id": p.devices[0], "email": email_as_typed(p.email, rng)}
-        )
-        canon = [f"user_id:{p.user_id}" if p.user_id else f"anonymous_id:{p.devices[0]}", email]
-        order_id = _id(rng, "W-", 10)
-        j.emit(
-            "order_completed", "web", ids, canon,
-            order={"order_id": order_id, "currency": "USD", "total": str(total), "items": items},
-        )  # fmt: skip
-    for _ in range(rng.randint(0, 3) if (p.loyalty_id or p.phone_digits) else 0):
-        ids, canon = {}, []
-        if p.loyalty_id and rng.random() < 0.9:
-            ids["loyalty_id"], canon = p.loyalty_id, [f"loyalty_id:{p.loyalty_id}"]
-        if p.phone_digits and (not ids or rng.random() < 0.6):
-            ids["phone"] = phone_as_typed(p, rng)
-            canon.append(phone)
-        elif ids and rng.random() < 0.15:  # the cashier's placeholder number
-            junk = rng.choice(JUNK_PHONES)
-            ids["phone"] = junk
-            truth.junk.add(f"phone:{junk}")
-        if not ids:
-            continue
-        items, total = j.items(rng.randint(1, 4))
-        store = f"S{rng.randint(1, 40):03d}"
-        j.emit(
-            "pos_transaction", "pos", ids, canon,
-            context={"store_id": store, "terminal_id": f"T{rng.randint(1, 4)}"},
-            pos={"transaction_id": _id(rng, "R-", 10), "store_id": store, "currency": "USD",
-                 "total": str(total), "items": items,
-                 "payment_method": rng.choice(["card", "cash", "card"])},
-        )  # fmt: skip
-    for _ in range(rng.randint(0, 3) if p.email else 0):
-        assert p.email is not None
-        j.emit(
-            rng.choice(["email_opened", "email_clicked"]), "email",
-            {"email": email_as_typed(p.email, rng)}, [email],
-            properties={"campaign": rng.choice(["fall", "welcome", "vip"])},
-        )  # fmt: skip
-    if (p.email or p.phone_digits) and rng.random() < 0.2:
-        ids, canon = {}, []
-        address = p.work_email or p.email
-        if address:
-            ids["email"], canon = email_as_typed(address, rng), [f"email:{address}"]
-        if p.phone_digits and (p.work_email or rng.random() < 0.5 or not ids):
-            ids["phone"] = phone_as_typed(p, rng)
-            canon.append(phone)
-        j.emit(
-            "support_ticket_opened", "support", ids, canon,
-            traits={"first_name": p.first, "last_name": p.last},
-            properties={"topic": rng.choice(["returns", "delivery", "sizing"])},
-        )  # fmt: skip
-    if p.crm_id:
-        ids = {"crm_id": p.crm_id}
-        canon = [f"crm_id:{p.crm_id}"]
-        if p.email:
-            ids["email"] = email_as_typed(p.email, rng)
-            canon.append(email)
-        if p.phone_digits:
-            ids["phone"] = phone_as_typed(p, rng)
-            canon.append(phone)
-        j.emit(
-            "crm_contact_updated", "crm", ids, canon,
-            traits={"first_name": p.first, "last_name": p.last, "job_title": rng.choice(
-                ["Engineer", "Nurse", "Teacher", "Designer"]), "address": {"country": p.country}},
-            consent={"sms_marketing": rng.random() < 0.3},
-        )  # fmt: skip
-    truth.persons[p.person_id] = _components(j.links)
+    j.browse()
+    j.sign_in()
+    j.junk_form(truth)
+    j.orders()
+    j.store_visits(truth)
+    j.email_engagement()
+    j.support_ticket()
+    j.crm_update()
+    truth.persons[person.person_id] = _components(j.links)
     return j.events
 
 

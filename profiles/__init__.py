@@ -1,6 +1,8 @@
-"""The domain core: pure Python, no Kafka, no Redis client.
+"""The domain core: pure Python — no Kafka, Redis or HTTP import anywhere under it.
 
-Normalization of identifiers, the touchpoint model and its validation, and the
-profile state with the rules that fold events into it. The Redis view in
-``profiles.view`` is the one adapter that lives here, behind a Protocol.
+Identifier types and normalization (``identifiers``), identity rules (``rules``), the
+touchpoint model (``touchpoint``), event facts (``facts``), the identity-graph
+protocol (``graph``: state, messages, handlers), survivorship (``traits``) and
+computed traits (``computed``), the public view (``projection``), settings turned
+into rules (``configured``), and the ports the outside implements (``ports``).
 """

@@ -1,7 +1,7 @@
 """Profile ids and the time format of the profile view.
 
-The profile state itself is ``profiles.graph.ProfileState`` (a join-semilattice);
-its read form is ``profiles.graph_wire.view_of``.
+The profile state itself is ``profiles.graph.state.ProfileState`` (a join-semilattice);
+its read form is ``profiles.projection.view_of``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from typing import Any
 
 from profiles.computed import computed
 from profiles.graph.messages import Merged, Out
-from profiles.graph.state import ProfileNode, ProfileState, ident_type
+from profiles.graph.node import ProfileNode
+from profiles.graph.state import ProfileState, ident_type
 from profiles.traits import DEFAULT_TRAIT_RULES, TraitRules, choose_traits
 
 #: A redirect's version: final, above any live version, so it always replaces the view.

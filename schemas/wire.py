@@ -28,7 +28,8 @@ from profiles.graph.messages import (
     Release,
     Repoint,
 )
-from profiles.graph.state import ProfileNode, ProfileState, Refusal, Reservation
+from profiles.graph.node import ProfileNode
+from profiles.graph.state import ProfileState, Refusal, Reservation
 
 
 class WireError(ValueError):

@@ -18,6 +18,9 @@ The worker writes whole batches in one pipeline (``RedisViewSink``, a
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -25,7 +28,11 @@ import orjson
 import redis
 import redis.asyncio as aredis
 
+from profiles.projection import redirect_view
 from schemas.codec import ORJSON_OPTS
+from sinks.base import ChangeBatch, Delivery
+
+log = logging.getLogger("unifier.view")
 
 PREFIX = "unifier:"
 # Profiles per pipeline round trip when the worker writes a batch: enough to amortize
@@ -179,3 +186,53 @@ class AsyncRedisWriter:
 
     async def close(self) -> None:
         await self._r.aclose()
+
+
+class RedisViewSink:
+    """The Redis view as a sink: every profile of a batch (and the redirect of every
+    profile its winners absorbed) in pipelines, each write refused if older than what
+    Redis holds. Redis down is back-pressure, not data loss: ``flush`` retries until it
+    answers (the stage's lag shows it)."""
+
+    name = "redis-view"
+
+    def __init__(self, writer: AsyncRedisWriter, max_delay_s: float = 5.0) -> None:
+        self._writer = writer
+        self._views: list[dict[str, Any]] = []
+        self._whys: dict[str, dict[str, Any]] = {}
+        self._max_delay = max_delay_s
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisViewSink:
+        return cls(AsyncRedisWriter.from_url(url))
+
+    async def write(self, batch: ChangeBatch) -> None:
+        for change in batch.changes:
+            self._views.append(change.view)
+            if change.why is not None:
+                self._whys[change.profile_id] = change.why
+        # The winner writes the loser's redirect too: the view agrees with profile-merges
+        # (which the winner publishes) as soon as the merge is made, whatever happens to
+        # the loser's table afterwards. The loser writes the same redirect later.
+        self._views += [redirect_view(m.loser, m.winner) for m in batch.merges]
+
+    async def flush(self) -> Delivery:
+        views, self._views = self._views, []
+        whys, self._whys = self._whys, {}
+        if not views:
+            return Delivery(self.name)
+        delay = 0.1
+        started = time.perf_counter()
+        while True:
+            try:
+                written = await self._writer.write(views, whys)
+                return Delivery(
+                    self.name, written, len(views) - written, time.perf_counter() - started
+                )
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning("Redis write failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_delay)
+
+    async def close(self) -> None:
+        await self._writer.close()

@@ -1,4 +1,5 @@
-"""``create_app(settings)``: the Faust app with its topics, table and stages.
+"""``create_app(settings)``: the Faust app — the topology's topics and tables, its
+stages, their sinks, the Faust patches and the ops server.
 
 No module-level app: the entry point builds Settings once and passes them here.
 """
@@ -11,13 +12,18 @@ from typing import Any, cast
 import faust
 
 from config.settings import Settings
-from streams import fetch, flush, graph, metrics, offsets, ops, recovery, route
+from profiles.configured import identity_rules, trait_rules
+from sinks.kafka import ProfileTopicsSink
+from sinks.redis_view import RedisViewSink
+from streams import identity, metrics, ops, profile, route
+from streams.patches import fetch, flush, offsets, recovery
+from streams.topology import Topology, topology
 
 log = logging.getLogger("unifier.worker")
 
 
-def create_app(settings: Settings) -> Any:
-    app = faust.App(
+def _faust_app(settings: Settings) -> Any:
+    return faust.App(
         settings.app_id,
         broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
         store="memory://",
@@ -36,30 +42,34 @@ def create_app(settings: Settings) -> Any:
         web_enabled=False,
     )
 
-    def raw_topic(name: str, partitions: int | None = None) -> Any:
+
+def _declare(app: Any, topo: Topology) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Faust topics (by stage name for stage inputs, by role for the others) and
+    tables of the topology. Everything is raw bytes: the stages encode and decode."""
+
+    def raw_topic(spec: Any) -> Any:
         return app.topic(
-            name,
+            spec.name,
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",
             value_serializer="raw",
-            partitions=partitions,
+            partitions=spec.partitions,
             internal=False,
         )
 
-    source = raw_topic(settings.topic_touchpoints, settings.touchpoint_partitions)
     topics = {
-        "identity": raw_topic(settings.topic_identity, settings.internal_partitions),
-        "profile": raw_topic(settings.topic_profile_ops, settings.internal_partitions),
-        "dlq": raw_topic(settings.topic_dlq, 1),
-        "merges": raw_topic(settings.topic_profile_merges, settings.internal_partitions),
-        "updates": raw_topic(settings.topic_profile_updates, settings.internal_partitions),
+        "route": raw_topic(topo.touchpoints),
+        "identity": raw_topic(topo.identity),
+        "profile": raw_topic(topo.profile_ops),
+        "dlq": raw_topic(topo.dlq),
+        "merges": raw_topic(topo.profile_merges),
+        "updates": raw_topic(topo.profile_updates),
     }
-
-    def raw_table(name: str) -> Any:
-        return app.Table(
+    tables = {
+        name: app.Table(
             name,
-            partitions=settings.internal_partitions,
+            partitions=topo.identity.partitions,
             # Declared both on the schema and on the table itself: with only schema=,
             # recovery decoded the raw keys as JSON and came back empty.
             schema=faust.Schema(
@@ -68,17 +78,58 @@ def create_app(settings: Settings) -> Any:
             key_type=str,
             value_type=bytes,
         )
+        for name in topo.tables
+    }
+    return topics, tables
 
-    identity = raw_table("identity")  # identifier -> the profile that owns it
-    profiles = raw_table("profiles")  # profile id -> state, or a redirect
 
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+def _register_stages(app: Any, settings: Settings, topo: Topology) -> None:
+    topics, tables = _declare(app, topo)
+    stages = {s.name: s for s in topo.stages}
+    take = settings.stage_batch_records, settings.stage_batch_wait_s
+    rules = identity_rules(settings)
+    max_bytes = settings.max_record_bytes
+    route.register(app, settings, topics["route"], topics["identity"], topics["dlq"])
+    identity.register(app, stages["identity"], topics, tables["identity"], rules, take, max_bytes)
+
+    profile.register(
+        app,
+        stages["profile"],
+        topics,
+        tables["profiles"],
+        (rules, trait_rules(settings)),
+        profile_sinks(settings, topo, topics),
+        take,
+        max_bytes,
+    )
+
+
+def profile_sinks(settings: Settings, topo: Topology, topics: dict[str, Any]) -> profile.Sinks:
+    """Where the profile stage's changes go (``sinks``). A new destination is one more
+    entry here: in ``views`` when it keeps a copy of profiles (written after the table,
+    versions refuse replays), in ``published`` when it must be delivered before the
+    table write (an output topic)."""
+
+    async def send(topic: str, key: bytes, value: bytes | None) -> Any:
+        out = topics["updates"] if topic == topo.profile_updates.name else topics["merges"]
+        return await out.send(key=key, value=value)
+
+    return profile.Sinks(
+        published=[ProfileTopicsSink(send, topo.profile_updates.name, topo.profile_merges.name)],
+        views=[lambda: RedisViewSink.from_url(settings.redis_url)],
+    )
+
+
+def create_app(settings: Settings) -> Any:
+    app = _faust_app(settings)
+    topo = topology(settings)
+
+    @app.on_partitions_assigned.connect
     async def count_rebalance(sender: Any, assigned: Any, **kwargs: Any) -> None:
         metrics.REBALANCES.inc()
 
-    route.register(app, settings, source, topics["identity"], topics["dlq"])
-    graph.register(app, settings, topics, identity, profiles)
-    inputs = [settings.topic_touchpoints, settings.topic_identity, settings.topic_profile_ops]
+    _register_stages(app, settings, topo)
+    inputs = topo.stage_inputs()
     offsets.install(app, inputs)
     flush.install()  # a commit waits for every table write to be sent
     fetch.install(settings.consumer_fetch_max_wait_ms)  # Faust hard-codes 1500 ms

@@ -3,6 +3,7 @@ array per Kafka record, split below the record size limit."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -10,7 +11,9 @@ from typing import Any
 
 from profiles.graph.messages import Merged, Out
 from profiles.routing import partition_for
-from schemas.wire import encode_messages
+from schemas.wire import WireError, decode_messages, encode_messages
+from streams import metrics
+from streams.dlq import dead_letter
 
 
 def encode_batches(messages: Sequence[Any], max_bytes: int) -> list[bytes]:
@@ -54,3 +57,35 @@ def group(outs: list[Out], partitions: int) -> Grouped:
         else:
             raise ValueError(f"unknown output stage {stage!r}")
     return g
+
+
+async def messages_in(
+    events: Sequence[Any], stage: str, dlq: Any, log: logging.Logger
+) -> list[Any]:
+    """Every message of a batch of records, in order; a record that is not a list of
+    graph messages is dead-lettered with the reason."""
+    out: list[Any] = []
+    for event in events:
+        try:
+            out += decode_messages(event.value)
+        except WireError as exc:
+            await dead_letter(dlq, event, f"{stage}.decode", str(exc), log=log)
+    metrics.MESSAGES_IN.labels(stage=stage).inc(len(out))
+    return out
+
+
+async def send_internal(
+    stage: str, grouped: Grouped, identity_topic: Any, profile_topic: Any, max_bytes: int
+) -> list[Awaitable[Any]]:
+    """Send a batch's messages for other partitions; returns the delivery futures."""
+    sent = await send_batches(identity_topic, grouped.identity, max_bytes)
+    sent += await send_batches(profile_topic, grouped.profile, max_bytes)
+    metrics.MERGES.inc(len(grouped.merges))
+    metrics.count_refusals(grouped.refused)
+    for to, n in (
+        ("identity", sum(map(len, grouped.identity.values()))),
+        ("profile", sum(map(len, grouped.profile.values()))),
+    ):
+        if n:
+            metrics.MESSAGES_OUT.labels(stage=stage, to=to).inc(n)
+    return sent

@@ -23,8 +23,8 @@ from rich.table import Table
 from config.settings import Settings
 from producers.sdk import Unifier
 from producers.synthetic import generate_journeys, score
+from serve.lag import LagProbe
 from serve.view import RedisProfileView
-from unifier.lag import LagProbe
 from unifier.processes import StackError, free_port
 from unifier.stack import EmbeddedStack, running
 

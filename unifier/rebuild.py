@@ -69,7 +69,21 @@ def rebuild(
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
     writer = RedisWriter(client)
     show = err.isatty() if progress is None else progress
-    bar = Progress(
+    try:
+        client.ping()
+        if clear_first:
+            result.cleared = clear(client)
+        removed, winners = _write_updates(settings, writer, _progress_bar(show), result)
+        result.redirects = _write_redirects(writer, winners)
+        result.orphans = _remove_orphans(client, removed - set(winners), settings, err)
+        result.profiles, result.identifiers = _index(client, writer)
+    finally:
+        client.close()
+    return result
+
+
+def _progress_bar(show: bool) -> Progress:
+    return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         TextColumn("{task.completed:,} records"),
@@ -78,60 +92,72 @@ def rebuild(
         disable=not show,
         transient=True,
     )
-    try:
-        client.ping()
-        if clear_first:
-            result.cleared = clear(client)
-        removed: set[str] = set()
-        winners: dict[str, str] = {}
-        views: list[dict[str, Any]] = []
-        whys: dict[str, dict[str, Any]] = {}
 
-        def flush() -> None:
-            # The identifier index comes last (step 3): a record read now may be older
-            # than the latest of another profile that holds the same identifier.
-            writer.write(views, whys, index=False)
-            views.clear()
-            whys.clear()
 
-        feed = ProfileFeed(
-            settings.bootstrap_servers,
-            updates_topic=settings.topic_profile_updates,
-            merges_topic=settings.topic_profile_merges,
+def _write_updates(
+    settings: Settings, writer: RedisWriter, bar: Progress, result: RebuildResult
+) -> tuple[set[str], dict[str, str]]:
+    """Step 1: read both output topics to their end, writing each profile's updates in
+    batches (no identifier index yet); the ids removed last, and loser -> winner of
+    every merge."""
+    removed: set[str] = set()
+    winners: dict[str, str] = {}
+    views: list[dict[str, Any]] = []
+    whys: dict[str, dict[str, Any]] = {}
+
+    def flush() -> None:
+        # The identifier index comes last (step 3): a record read now may be older
+        # than the latest of another profile that holds the same identifier.
+        writer.write(views, whys, index=False)
+        views.clear()
+        whys.clear()
+
+    feed = ProfileFeed(
+        settings.bootstrap_servers,
+        updates_topic=settings.topic_profile_updates,
+        merges_topic=settings.topic_profile_merges,
+    )
+    with bar, feed:
+        task = bar.add_task("reading profile-updates and profile-merges")
+        for change in feed.changes(until_end=True):
+            result.records += 1
+            bar.advance(task)
+            if isinstance(change, ProfileUpdate):
+                removed.discard(change.profile_id)
+                views.append(change.view())
+                whys[change.profile_id] = dict(change.why)
+                if len(views) >= BATCH:
+                    flush()
+            elif isinstance(change, ProfileRemoved):
+                removed.add(change.profile_id)
+            elif isinstance(change, ProfileMerge):
+                winners[change.loser] = change.winner
+        flush()
+    return removed, winners
+
+
+def _write_redirects(writer: RedisWriter, winners: dict[str, str]) -> int:
+    """Step 2: a redirect for every merged-away profile; how many."""
+    redirects = [redirect_view(loser, winner) for loser, winner in sorted(winners.items())]
+    for start in range(0, len(redirects), BATCH):
+        writer.write(redirects[start : start + BATCH], index=False)
+    return len(redirects)
+
+
+def _remove_orphans(
+    client: redis.Redis, unmerged: set[str], settings: Settings, err: IO[str]
+) -> int:
+    """Profiles removed with no merge record (retention): their views go, with a
+    warning; how many."""
+    orphans = sorted(unmerged)
+    if orphans:
+        client.delete(*(profile_key(pid) for pid in orphans))
+        print(
+            f"warning: {len(orphans)} merged-away profiles have no record on "
+            f"{settings.topic_profile_merges} (retention?): their views were removed",
+            file=err,
         )
-        with bar, feed:
-            task = bar.add_task("reading profile-updates and profile-merges")
-            for change in feed.changes(until_end=True):
-                result.records += 1
-                bar.advance(task)
-                if isinstance(change, ProfileUpdate):
-                    removed.discard(change.profile_id)
-                    views.append(change.view())
-                    whys[change.profile_id] = dict(change.why)
-                    if len(views) >= BATCH:
-                        flush()
-                elif isinstance(change, ProfileRemoved):
-                    removed.add(change.profile_id)
-                elif isinstance(change, ProfileMerge):
-                    winners[change.loser] = change.winner
-            flush()
-        redirects = [redirect_view(loser, winner) for loser, winner in sorted(winners.items())]
-        for start in range(0, len(redirects), BATCH):
-            writer.write(redirects[start : start + BATCH], index=False)
-        result.redirects = len(redirects)
-        orphans = sorted(removed - set(winners))
-        if orphans:
-            client.delete(*(profile_key(pid) for pid in orphans))
-            print(
-                f"warning: {len(orphans)} merged-away profiles have no record on "
-                f"{settings.topic_profile_merges} (retention?): their views were removed",
-                file=err,
-            )
-        result.orphans = len(orphans)
-        result.profiles, result.identifiers = _index(client, writer)
-    finally:
-        client.close()
-    return result
+    return len(orphans)
 
 
 def _index(client: redis.Redis, writer: RedisWriter) -> tuple[int, int]:

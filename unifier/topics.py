@@ -2,24 +2,17 @@
 
 Creating topics up front matters: a broker that auto-creates topics on first
 metadata request gives them a default partition count, and a Faust table whose
-source topic and changelog disagree refuses to start.
+source topic and changelog disagree refuses to start. What the topics are (names,
+partitions, config, purpose) is the topology's (``streams.topology``); this module
+creates them and checks what exists.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from config.settings import Settings
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    name: str
-    partitions: int
-    config: dict[str, str] = field(default_factory=dict)
-    purpose: str = ""
+from streams.topology import TopicSpec, topology
 
 
 class TopicMismatch(RuntimeError):
@@ -27,56 +20,8 @@ class TopicMismatch(RuntimeError):
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    internal = settings.internal_partitions
-    compact = {"cleanup.policy": "compact"}
-    return [
-        TopicSpec(
-            settings.topic_touchpoints,
-            settings.touchpoint_partitions,
-            {},
-            "input: touchpoints from every source",
-        ),
-        TopicSpec(
-            settings.topic_dlq,
-            1,
-            {"retention.ms": str(30 * 24 * 3600 * 1000)},
-            "input records that could not be decoded or validated",
-        ),
-        TopicSpec(
-            settings.topic_identity,
-            internal,
-            {},
-            "internal: identity-graph messages, by identifier",
-        ),
-        TopicSpec(
-            settings.topic_profile_ops,
-            internal,
-            {},
-            "internal: identity-graph messages, by profile",
-        ),
-        TopicSpec(
-            settings.identity_changelog_topic,
-            internal,
-            compact,
-            "internal: changelog of the identity table (identifier -> profile)",
-        ),
-        TopicSpec(
-            settings.profiles_changelog_topic,
-            internal,
-            compact,
-            "internal: changelog of the profiles table",
-        ),
-        TopicSpec(
-            settings.topic_profile_updates, internal, compact, "output: the latest profile per id"
-        ),
-        TopicSpec(
-            settings.topic_profile_merges,
-            internal,
-            {},
-            "output: one record per merge of two profiles",
-        ),
-        TopicSpec(settings.topic_schemas, 1, compact, "writer schemas announced by producers"),
-    ]
+    """Every topic, changelogs included, in the order they are created (the topology's)."""
+    return topology(settings).topics()
 
 
 def admin_client(settings: Settings) -> AdminClient:

@@ -23,7 +23,8 @@ from profiles.graph.messages import (
     Repoint,
     _counted,
 )
-from profiles.graph.state import Key, ProfileNode, ProfileState, Refusal, ident_type
+from profiles.graph.node import ProfileNode
+from profiles.graph.state import Key, ProfileState, Refusal, ident_type
 from profiles.rules import IdentityRules
 
 

@@ -1,15 +1,11 @@
-"""A profile's state (a join-semilattice) and the node the profiles table holds for it."""
+"""A profile's state: a join-semilattice of what it holds, and the ids it is keyed by."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from profiles.facts import EventFacts
 from profiles.profile import profile_id_for
-
-if TYPE_CHECKING:
-    from profiles.graph.messages import ProfileMsg
 
 Key = str  # "type:value" for identifiers, "p_..." for profiles
 
@@ -88,21 +84,3 @@ class ProfileState:
             dict(self.linked_by),
             set(self.merged),
         )
-
-
-@dataclass(slots=True)
-class ProfileNode:
-    state: ProfileState = field(default_factory=ProfileState)
-    redirect: str | None = None
-    pending: set[Reservation] = field(default_factory=set)  # claimed, not yet granted
-    claims: int = 0  # claims this profile sent: numbers the next one
-    offered_to: str | None = None  # waiting for this winner's answer
-    offering: str | None = None  # the claim whose merge it offered itself for
-    held_back: list[ProfileMsg] = field(default_factory=list)
-
-    def reserved(self) -> set[Key]:
-        return {ident for ident, _ in self.pending}
-
-    def settle(self) -> None:
-        """Reservations of identifiers now held are answered, whatever comes later."""
-        self.pending = {r for r in self.pending if r[0] not in self.state.held}

@@ -21,11 +21,11 @@ from config.settings import Settings
 from profiles.configured import trait_rules
 from profiles.projection import view_of
 from schemas.wire import node_from
+from serve.api import OPENAPI, create_api, openapi_document
 from tests.integration.test_identity import ev, send
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.http import get_json, get_text, metric
 from tests.support.kafka import consume_all
-from unifier.api import OPENAPI, create_api, openapi_document
 from unifier.processes import free_port
 from unifier.stack import EmbeddedStack
 

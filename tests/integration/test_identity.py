@@ -256,7 +256,7 @@ def test_with_the_default_rules_the_synthetic_truth_is_found(
 def test_two_workers_through_a_rebalance(settings: Settings, tmp_path: Path) -> None:
     """A second worker joins the group halfway: partitions (and their tables) move,
     processing goes on, and the profiles are the reference's — every event applied
-    once, every merge finished, every stage caught up (streams/offsets.py)."""
+    once, every merge finished, every stage caught up (streams/patches/offsets.py)."""
     events = generate_journeys(200, seed=19).events
     half = len(events) // 2
     settings = fresh(settings, 4)

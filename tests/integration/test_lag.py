@@ -11,8 +11,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from config.settings import Settings
-from streams.recovery import true_ends
-from unifier.lag import LagProbe
+from serve.lag import LagProbe
+from streams.patches.recovery import true_ends
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def test_table_recovery_reads_a_changelog_to_the_end_of_its_last_batch(
     topics: Settings,
 ) -> None:
     """What a worker's table recovery is given as the end of each changelog partition
-    (streams.recovery): the last record's offset + 1, also after a batch of several
+    (streams.patches.recovery): the last record's offset + 1, also after a batch of several
     records, where the embedded broker's ListOffsets answer is short."""
     settings = topics
     config = {"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 50}

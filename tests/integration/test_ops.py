@@ -20,11 +20,11 @@ from producers.kafka import TouchpointProducer
 from producers.synthetic import generate
 from profiles.configured import identifier_priorities
 from profiles.touchpoint import parse_json
+from serve.status import StatusSampler, create_status_app
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.http import get_json, get_text
 from unifier.processes import free_port
 from unifier.stack import EmbeddedStack
-from unifier.status import StatusSampler, create_status_app
 
 pytestmark = pytest.mark.integration
 

@@ -14,15 +14,15 @@ from profiles.configured import identifier_priorities
 from profiles.profile import profile_id_for
 from profiles.touchpoint import Touchpoint, parse_json
 from schemas.codec import encode_touchpoint
+from serve.lag import LagProbe
 from serve.view import RedisProfileView
-from streams.recovery import true_ends
+from streams.patches.recovery import true_ends
 from tests.support.backends import docker_engine_answers
 from tests.support.data import comparable, reference_views, write_jsonl
 from tests.support.http import get_text, metric
 from tests.support.kafka import consume_all
 from tests.support.view import VersionWatch, dump_as_read
 from unifier.ingest import ingest_file
-from unifier.lag import LagProbe
 from unifier.processes import free_port
 from unifier.rebuild import rebuild
 from unifier.stack import EmbeddedStack
@@ -113,7 +113,7 @@ def test_a_restarted_worker_recovers_every_table_entry_of_a_burst(
 ) -> None:
     """Customers whose identifiers all arrive in one record: the identity table takes
     hundreds of keys in one burst, so its changelog ends in batches of many records,
-    whose end the embedded broker reports short (streams.recovery). After a restart the
+    whose end the embedded broker reports short (streams.patches.recovery). After a restart the
     worker must hold every identifier its changelog has, as its table-size gauge says."""
     settings = topics.model_copy(update={"worker_metrics_port": free_port()})
     workers.settings = settings

@@ -1,7 +1,7 @@
 """The view's write scripts on a real Redis server, against their rules in plain Python.
 
 The identity-graph simulator (tests/unit/test_graph.py) checks what the worker writes
-with ``ViewModel``; this checks that Redis, through profiles.view's Lua scripts, ends
+with ``ViewModel``; this checks that Redis, through sinks.redis_view's Lua scripts, ends
 where ``ViewModel`` ends, for any order of writes: a profile replaced only by a newer
 version (a redirect by nothing), an identifier key only by a smaller profile id.
 """

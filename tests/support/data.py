@@ -10,7 +10,7 @@ import orjson
 
 from config.settings import Settings
 from profiles.configured import identity_rules, trait_alias_index, trait_rules
-from profiles.graph.state import ProfileNode
+from profiles.graph.node import ProfileNode
 from profiles.projection import view_of
 from profiles.reference import reference_states
 from profiles.touchpoint import parse_json

@@ -109,7 +109,7 @@ class VersionWatch:
 
 class ViewModel:
     """The view's write rules in plain Python — what Redis holds after the same
-    writes through profiles.view's scripts (tests/integration/test_view.py checks that
+    writes through sinks.redis_view's scripts (tests/integration/test_view.py checks that
     the two agree): a profile is replaced only by a newer version, an identifier key
     only by a smaller profile id."""
 

@@ -91,7 +91,7 @@ def known_metrics() -> set[str]:
     import streams.metrics
     import streams.ops  # noqa: F401
     from producers.collector import EVENTS  # noqa: F401
-    from unifier.status import StatusSampler
+    from serve.status import StatusSampler
 
     names: set[str] = set()
     registries = [prometheus_client.REGISTRY, StatusSampler(Settings(), []).registry]
@@ -138,3 +138,13 @@ def test_compose_runs_prometheus_and_grafana_on_these_files() -> None:
     worker_env = svc["worker"]["environment"]
     assert str(worker_env["UNIFIER_WORKER_METRICS_PORT"]) == "9100"
     assert svc["status"]["command"] == ["unifier", "status", "--serve"]
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    """An image built without one floor fails at its first import, not at build time."""
+    import tomllib
+
+    root = Path(__file__).parents[2]
+    packages = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mypy"]["packages"]
+    copied = set(re.findall(r"^COPY (\w+) \1$", (root / "Dockerfile").read_text(), re.M))
+    assert set(packages) <= copied, f"Dockerfile does not copy {sorted(set(packages) - copied)}"

@@ -5,7 +5,7 @@ import asyncio
 import faust
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from streams import fetch
+from streams.patches import fetch
 
 
 def worker_consumer(app: faust.App) -> object:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from faust.transport.producer import ProducerBuffer
 
-from streams import flush
+from streams.patches import flush
 
 flush.install()
 STOCK_FLUSH = flush._original["flush"]
@@ -51,7 +51,7 @@ def run_with_buffer(
 
 
 def test_fausts_own_flush_returns_with_records_unsent() -> None:
-    """Why streams.flush exists: if this starts failing, Faust fixed it upstream."""
+    """Why streams.patches.flush exists: if this starts failing, Faust fixed it upstream."""
 
     async def check(buffer: Any, channel: SlowChannel) -> list[int]:
         await STOCK_FLUSH(buffer)

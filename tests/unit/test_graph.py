@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from profiles.facts import facts_of
 from profiles.graph.identity import handle_identity, owner_of
 from profiles.graph.messages import Merged, Observe, Offer, Release
+from profiles.graph.node import ProfileNode
 from profiles.graph.profile import handle_profile
-from profiles.graph.state import ProfileNode, ProfileState, ident_type
+from profiles.graph.state import ProfileState, ident_type
 from profiles.identifiers import DEFAULT_IDENTIFIER_PRIORITIES
 from profiles.projection import REDIRECT_VERSION, merged_away, shown, view_of, why_of
 from profiles.reference import reference_clusters
@@ -178,7 +179,7 @@ class Simulation:
         redis: bool,
         undo: dict[str, Any] | None = None,
     ) -> None:
-        """One Kafka record (a batch of messages for one partition) as streams/graph.py
+        """One Kafka record (a batch of messages for one partition) as streams/profile.py
         handles it: every message against one cache, the outputs, then Redis once."""
         stage, _part = target
         cache = Touched(table, undo)
@@ -200,7 +201,7 @@ class Simulation:
         table = self.tables(stage)[part]
         if self.rng.random() < self.crash:
             # Killed after the outputs were delivered but before the table write
-            # (streams/graph.py sends outputs first): the table stays as it was. The
+            # (streams/profile.py sends outputs first): the table stays as it was. The
             # uncommitted record is the next one this partition processes after the
             # restart (nothing behind it in its log can come first).
             self.handle(target, copy.deepcopy(table), record, redis=False)

@@ -3,7 +3,7 @@
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import ConsumerGroupDescription, MemberAssignment, MemberDescription
 
-from unifier.lag import owners_of
+from serve.lag import owners_of
 
 
 def test_each_partition_is_named_by_its_member_client_and_host() -> None:

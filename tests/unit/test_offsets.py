@@ -1,4 +1,4 @@
-"""The commit rule of streams/offsets.py: a commit never passes a record that was not
+"""The commit rule of streams/patches/offsets.py: a commit never passes a record that was not
 acknowledged, and a consecutive run from the committed offset is always committed."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from intervaltree import IntervalTree
 
-from streams import offsets
+from streams.patches import offsets
 
 TP0 = TP("unifier.profile-ops", 0)
 
@@ -174,7 +174,7 @@ def test_records_deleted_by_retention_move_the_start_instead_of_a_seek() -> None
 
 
 def test_table_writes_wait_for_flush() -> None:
-    from streams.graph import Overlay
+    from streams.state import Overlay
 
     table = {"a": "1", "b": "2"}
     writes = Overlay(table)

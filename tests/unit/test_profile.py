@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from profiles.facts import facts_of
-from profiles.graph.state import ProfileNode, ProfileState, Refusal
+from profiles.graph.node import ProfileNode
+from profiles.graph.state import ProfileState, Refusal
 from profiles.profile import iso, profile_id_for
 from profiles.projection import view_of, why_of
 from profiles.touchpoint import Touchpoint

@@ -4,9 +4,9 @@ nothing (a re-delivered record, a claim for what the profile holds) writes nothi
 
 from typing import Any
 
-from profiles.graph.state import ProfileNode
+from profiles.graph.node import ProfileNode
 from schemas.wire import node_from, node_to
-from streams.graph import NodeCache, Overlay
+from streams.state import NodeCache, Overlay
 
 
 class Counted(dict[str, Any]):

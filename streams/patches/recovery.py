@@ -1,21 +1,23 @@
 """Table recovery reads each changelog to its true end.
 
-Faust 0.15.3 recovers a table by reading its changelog partitions up to the end
-offsets the broker reports (``Recovery._build_highwaters`` → ``consumer.highwaters``,
-a ListOffsets request). The embedded broker (Tansu 0.6) answers ListOffsets with the
-base offset of a partition's last record batch + 1 (ENVIRONMENT.md, trap 3), so after
-a batch of several records the newest ones were never read back: a restarted worker
-came back without its latest table writes. The earlier workaround kept every
-changelog record in a batch of its own (a 64-byte producer batch limit). That made
-each changelog record its own produce round trip, and Faust's producer buffer sends
-them one after the other: that, more than anything, bounded the worker's speed.
+**Corrects** (faust-streaming 0.15.3 on the embedded broker): Faust recovers a table
+by reading its changelog partitions up to the end offsets the broker reports
+(``Recovery._build_highwaters`` → ``consumer.highwaters``, a ListOffsets request).
+Tansu 0.6 answers ListOffsets with the base offset of a partition's last record batch
++ 1 (ENVIRONMENT.md, trap 3), so after a batch of several records the newest ones
+were never read back: a restarted worker came back without its latest table writes.
 
-Here the reported end is only the starting point: each partition is read from the
-record before it to the end of what the broker has, and the end is the one the fetch
-response reports (its high watermark, which is right on every broker). On a broker
-whose ListOffsets is right the answer is the same. A partition whose end cannot be
-read in time fails the recovery (and the worker's start) rather than let a table come
-back short.
+**What holds with this patch**: the reported end is only the starting point; each
+partition is read from the record before it to the end of what the broker has, and
+the end is the one the fetch response reports (its high watermark, right on every
+broker). On a broker whose ListOffsets is right the answer is the same. A partition
+whose end cannot be read in time fails the recovery (and the worker's start) rather
+than let a table come back short. The worker's producer can therefore batch changelog
+records normally.
+
+**Pinned to** faust-streaming 0.15.3 (``streams.patches.PATCHED_FOR``). **Shown by**
+``tests/integration/test_lag.py::test_table_recovery_reads_a_changelog_to_the_end_of_its_last_batch``
+and the restart tests in ``tests/integration/test_pipeline.py``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from faust.tables.recovery import Recovery
 
 from config.kafkalog import client_logger
-from streams.offsets import require_patched_faust
+from streams.patches import require_patched_faust
 
 log = logging.getLogger("unifier.recovery")
 
@@ -91,7 +93,7 @@ def true_ends(
 
 def install(bootstrap_servers: str) -> None:
     """Patch Faust's recovery (once per process) to use ``true_ends``."""
-    require_patched_faust("streams/recovery.py")
+    require_patched_faust("streams/patches/recovery.py")
 
     async def _build_highwaters(
         self: Any, consumer: Any, tps: Any, destination: Any, title: str

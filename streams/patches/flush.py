@@ -1,30 +1,22 @@
 """A commit never passes a table write that is still waiting to be sent.
 
-A Faust table's ``__setitem__`` is synchronous, so its changelog record goes into the
-producer's ``ProducerBuffer`` and a background task sends it. Before the consumer
-commits offsets it calls ``producer.flush()``, which is meant to drain that buffer.
-In faust-streaming 0.15.3 it may not: ``ProducerBuffer.flush`` waits at most 0.1 s
-for each record to leave and *returns* when one takes longer, with the rest still
-queued. When the worker's producer put every record in a batch of its own (the
-first workaround for the embedded broker's end-offset bug, see streams.recovery), and
-aiokafka sends one batch per partition at a time, a changelog record under load easily
-took longer than that; with batching it still can (a slow broker, a full buffer).
-The commit then covers records whose table writes were never sent; a worker killed
-(or stopped) at that moment comes back with a table that lacks them, and the records
-that made them are not read again.
+**Corrects** (faust-streaming 0.15.3): a table's ``__setitem__`` is synchronous, so
+its changelog record goes into the producer's ``ProducerBuffer`` and a background
+task sends it. Before committing offsets the consumer calls ``producer.flush()``,
+meant to drain that buffer; Faust's ``ProducerBuffer.flush`` waits at most 0.1 s for
+each record and *returns* when one takes longer, with the rest still queued, and never
+waits for the record its sender has taken. A commit could then cover records whose
+table writes were never sent: a worker stopped at that moment came back with a table
+that lacks them, and the records that made them were not read again.
 
-That fits what a CI run of the restart tests showed (issue #5): a merged-away profile
-that had offered itself to a winner came back without that state, ignored the
-winner's answer as one it had not asked for, and never got its redirect in Redis.
-``tests/unit/test_flush.py`` shows the early return on Faust's own buffer.
+**What holds with this patch**: the flush waits until the buffer is empty and the
+record its sender took last was handed to the client (whose own flush, which
+follows, waits for delivery), however long that takes, logging while it waits. A
+buffer that stopped with records in it raises, as Faust does: the commit fails and
+the records are read again after the restart.
 
-The replacement waits until the buffer is empty and the record its sender took last
-has been handed to the client (Faust's flush did not wait for that one either; the
-client's own flush, which follows, then waits for delivery), however long that takes,
-logging while it waits. When the buffer has stopped with records in it, it raises (as Faust
-does): the commit fails, and the records are read again after the restart.
-
-Pinned to faust-streaming 0.15.3 like ``streams.offsets``.
+**Pinned to** faust-streaming 0.15.3 (``streams.patches.PATCHED_FOR``). **Shown by**
+``tests/unit/test_flush.py`` (Faust's own buffer: the early return, and the fix).
 """
 
 from __future__ import annotations
@@ -36,7 +28,7 @@ from typing import Any
 
 from faust.transport.producer import ProducerBuffer
 
-from streams.offsets import require_patched_faust
+from streams.patches import require_patched_faust
 
 log = logging.getLogger("unifier.flush")
 
@@ -91,7 +83,7 @@ def install() -> None:
     """Replace ``ProducerBuffer.flush`` (once per process)."""
     if _original:
         return
-    require_patched_faust("streams/flush.py")
+    require_patched_faust("streams/patches/flush.py")
     for name, replacement in (("flush", _flush), ("_send_pending", _send_pending)):
         _original[name] = getattr(ProducerBuffer, name)
         setattr(ProducerBuffer, name, replacement)

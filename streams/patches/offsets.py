@@ -1,35 +1,30 @@
-"""Keep Faust 0.15.3's offset bookkeeping honest through rebalances.
+"""Faust's offset bookkeeping never commits past a record it did not process.
 
-What goes wrong without this (seen in tests here, reported upstream as
-faust-streaming/faust#596): around a rebalance, records a worker had fetched are
-dropped from its stream queues, or skipped by the drain loop, while its read offsets
-have moved past them. Those records are never processed and never acknowledged.
-Faust then either stops committing that partition for good (a gap at the head of its
-acknowledged offsets: `unifier lag --wait` never returns) or, when the gap is a single
-record or the partition had no committed offset yet, commits past it (the record is
-lost). A stream also acknowledges, without handing it over, every record fetched in
-the previous consumer generation that it finds in its queue after the rebalance.
+**Corrects** (faust-streaming 0.15.3, upstream faust-streaming/faust#596): around a
+rebalance, records a worker had fetched are dropped from its stream queues, or
+skipped by the drain loop, while its read offsets move past them. They are never
+processed or acknowledged, and Faust then either stops committing the partition
+(a gap at the head of its acknowledged offsets: ``unifier lag --wait`` never
+returns) or commits past the gap when it is one record or nothing was committed yet
+(the record is lost). A stream also acknowledges, without handing it over, every
+record fetched in the previous consumer generation that it finds after a rebalance.
 
-Three small changes, each safe because every stage of ours is idempotent (a record
-handled twice changes nothing, see profiles.graph):
+**What holds with this patch** (each safe because every stage is idempotent: a
+record handled twice changes nothing, see ``profiles.graph``):
 
-* **Stale acknowledgements do not count.** A record fetched before the latest
-  rebalance is forgotten when acknowledged: its partition is re-read from the
-  committed offset anyway.
-* **Commits never pass an unprocessed record.** An offset is committed only when every
-  record from the committed offset up to it was acknowledged. Faust allowed a
-  one-record hole at the head, any hole when nothing had been committed yet, and
-  treated records its fetch loop had skipped (a paused partition) as processed. The
-  start of a partition without a commit is taken from the broker.
-* **A watchdog re-reads lost records.** Once a second, for each assigned input
-  partition with records after its committed offset: when the record at the committed
-  offset is nowhere in the worker (not acknowledged, not being processed, not queued)
-  for three checks in a row, the partition is sought back to the committed offset.
-  Records after it that were already handled are handled again (no effect).
+* A record fetched before the latest rebalance is forgotten when acknowledged: its
+  partition is re-read from the committed offset anyway.
+* An offset is committed only when every record from the committed offset up to it
+  was acknowledged; a partition without a commit starts where the broker says.
+* A watchdog re-reads lost records: once a second, for each assigned input partition
+  with records after its committed offset, when the record at the committed offset
+  is nowhere in the worker (not acknowledged, processing or queued) for three checks
+  in a row, the partition is sought back to the committed offset.
 
-Pinned to faust-streaming 0.15.3 (pyproject.toml): these replace private methods of
-`faust.transport.consumer.Consumer`; `install` refuses other versions rather than
-guess.
+**Pinned to** faust-streaming 0.15.3 (``streams.patches.PATCHED_FOR``): it replaces
+private methods of ``faust.transport.consumer.Consumer``. **Shown by**
+``tests/unit/test_offsets.py`` (and the kill/restart tests in
+``tests/integration/test_ops.py``).
 """
 
 from __future__ import annotations
@@ -38,13 +33,13 @@ import logging
 from collections.abc import Callable, Container, Iterable
 from typing import Any
 
-import faust
 from faust.transport.consumer import Consumer
 from mode.utils.futures import notify
 
+from streams.patches import require_patched_faust
+
 log = logging.getLogger("unifier.offsets")
 
-PATCHED_FOR = "0.15.3"
 CHECKS_BEFORE_SEEK = 3
 CHECK_INTERVAL_S = 1.0
 
@@ -119,20 +114,11 @@ async def _perform_seek(self: Any) -> None:
                 self._committed_offset[tp] = start
 
 
-def require_patched_faust(module: str) -> None:
-    """Refuse to patch a Faust release the patch was not checked against."""
-    if faust.__version__ != PATCHED_FOR:
-        raise RuntimeError(
-            f"{module} patches faust-streaming {PATCHED_FOR}, found "
-            f"{faust.__version__}: re-check the patch against the new release"
-        )
-
-
 def patch_consumer() -> None:
     """Replace three methods of Faust's consumer (once per process)."""
     if _original:
         return
-    require_patched_faust("streams/offsets.py")
+    require_patched_faust("streams/patches/offsets.py")
     for name, replacement in (
         ("ack", _ack),
         ("_new_offset", _new_offset),

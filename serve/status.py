@@ -5,7 +5,7 @@ A ``StatusSampler`` measures every few seconds, from outside the workers (so it
 still answers when they are down):
 
 * lag per stage (records, and seconds since the oldest record not yet processed),
-  from the broker (``unifier.lag``);
+  from the broker (``serve.lag``);
 * throughput, dead letters, merges and refused links, from the workers' ``/metrics``
   (their counters' rates between two samples).
 
@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
-from unifier.lag import LagProbe, PartitionLag, stages
+from serve.lag import LagProbe, PartitionLag, stages
 
 #: Worker counters the page charts as rates: name -> (metric, label filter).
 RATES: dict[str, tuple[str, dict[str, str]]] = {
@@ -215,7 +215,7 @@ class StatusSampler:
 
 
 def page() -> bytes:
-    return resources.files("unifier").joinpath("status.html").read_bytes()
+    return resources.files("serve").joinpath("status.html").read_bytes()
 
 
 def create_status_app(sampler: StatusSampler) -> Any:

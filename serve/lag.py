@@ -1,4 +1,7 @@
-"""How far behind each stage is, per partition.
+"""How far behind each stage is, per partition (``unifier lag``, the status page).
+
+The stages, and the topics whose consumer-group lag is theirs, come from the
+topology (``streams.topology``).
 
 End offsets come from the high watermark in fetch responses (a consumer's cached
 watermarks), not from ListOffsets: the embedded broker answers ListOffsets wrongly
@@ -17,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 
 from config.kafkalog import client_logger
 from config.settings import Settings
+from streams.topology import topology
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,8 @@ def owners_of(description: Any) -> dict[tuple[str, int], str]:
 
 
 def stages(settings: Settings) -> list[tuple[str, str, int]]:
-    """(stage, topic it consumes, partitions), in pipeline order."""
-    return [
-        ("route", settings.topic_touchpoints, settings.touchpoint_partitions),
-        ("identity", settings.topic_identity, settings.internal_partitions),
-        ("profile", settings.topic_profile_ops, settings.internal_partitions),
-    ]
+    """(stage, topic it consumes, partitions), in pipeline order (from the topology)."""
+    return [(s.name, s.consumes, s.partitions) for s in topology(settings).stages]
 
 
 class LagProbe:

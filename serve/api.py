@@ -25,8 +25,8 @@ from aiohttp import web
 
 from config import httpmetrics
 from config.settings import Settings
-from profiles.configured import identifier_priorities, identity_rules
-from profiles.identifiers import InvalidIdentifier, normalize
+from profiles.configured import identifier_priorities
+from profiles.lookup import IdentifierRefused, UnknownIdentifierType, lookup_key
 from serve.view import AsyncRedisView
 
 log = logging.getLogger("unifier.api")
@@ -70,7 +70,7 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _check_key(request: web.Request) -> web.Response | None:
-    keys = request.app[SETTINGS].api_keys
+    keys = request.app[SETTINGS].api_key_scopes()
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -105,15 +105,12 @@ async def find_profile(request: web.Request) -> web.Response:
     id_type, value = request.query.get("type"), request.query.get("value")
     if not id_type or value is None:
         return _error(400, "give both query parameters: type and value")
-    if id_type not in identifier_priorities(settings):
-        known = ", ".join(sorted(identifier_priorities(settings)))
-        return _error(400, f"unknown identifier type {id_type!r} (configured: {known})")
     try:
-        norm = normalize(
-            id_type, value, settings.default_phone_region, identity_rules(settings).email
-        )
-    except InvalidIdentifier as exc:
-        return _error(400, f"{id_type}: {exc}")
+        norm = lookup_key(settings, id_type, value)
+    except UnknownIdentifierType as exc:
+        return _error(400, exc.text(repr(id_type)))  # quoted as Python does
+    except IdentifierRefused as exc:
+        return _error(400, str(exc))
     found = await request.app[VIEW].lookup_json(id_type, norm)
     if found is None:
         return _error(404, f"no profile with that {id_type}")

@@ -1,0 +1,28 @@
+"""What the profiles table holds per profile id: the state, or a redirect, with the
+protocol's bookkeeping (reservations, the claim counter, a merge in flight and the
+messages held back meanwhile)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from profiles.graph.messages import ProfileMsg
+from profiles.graph.state import Key, ProfileState, Reservation
+
+
+@dataclass(slots=True)
+class ProfileNode:
+    state: ProfileState = field(default_factory=ProfileState)
+    redirect: str | None = None
+    pending: set[Reservation] = field(default_factory=set)  # claimed, not yet granted
+    claims: int = 0  # claims this profile sent: numbers the next one
+    offered_to: str | None = None  # waiting for this winner's answer
+    offering: str | None = None  # the claim whose merge it offered itself for
+    held_back: list[ProfileMsg] = field(default_factory=list)
+
+    def reserved(self) -> set[Key]:
+        return {ident for ident, _ in self.pending}
+
+    def settle(self) -> None:
+        """Reservations of identifiers now held are answered, whatever comes later."""
+        self.pending = {r for r in self.pending if r[0] not in self.state.held}

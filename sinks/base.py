@@ -1,0 +1,77 @@
+"""The sink interface: how a batch of profile changes leaves the worker.
+
+A stage hands every batch it handled to its sinks as one ``ChangeBatch``: ``write``
+takes it (a sink may send right away or buffer), ``flush`` returns once everything
+written so far is delivered, with a ``Delivery`` that says how much. A sink whose
+target is down keeps retrying inside ``flush`` (back-pressure: the stage waits and
+its lag grows, nothing is dropped) unless its contract says otherwise.
+
+The Redis view (``sinks.redis_view.RedisViewSink``) and the output topics
+(``sinks.kafka.ProfileTopicsSink``) implement it; a new destination is one more
+class with these three methods, added where the profile stage builds its sinks
+(``streams.profile``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from profiles.graph.messages import Merged
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileChange:
+    """One profile a batch touched, as readers see it now.
+
+    ``view`` is the documented profile form, or a redirect (``merged_into``) for a
+    profile merged away. ``publish`` says whether its stored form changed, so that
+    followers of ``profile-updates`` hear of it; a profile touched but unchanged is
+    still handed over (a view store re-writes it, which heals a view that missed the
+    write before a crash; its version guard makes that a no-op otherwise)."""
+
+    profile_id: str
+    view: dict[str, Any]
+    why: dict[str, Any] | None = None  # how its identifiers joined; None for a redirect
+    publish: bool = False
+    changed: tuple[str, ...] = ()  # the fields that changed (``profiles.projection``)
+
+    @property
+    def removed(self) -> bool:
+        """Merged away: the view is a redirect (published as a tombstone)."""
+        return "merged_into" in self.view
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """What one batch of the profile stage changed."""
+
+    changes: list[ProfileChange] = field(default_factory=list)
+    merges: list[Merged] = field(default_factory=list)  # profiles merged into another
+
+    def __bool__(self) -> bool:
+        return bool(self.changes or self.merges)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a flush delivered: records or keys written, and how many the target
+    skipped as older than what it holds (a replay after a restart)."""
+
+    sink: str
+    written: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)  # per output, e.g. {"updates": 3}
+
+
+class Sink(Protocol):
+    """A destination of profile changes (see the module docstring)."""
+
+    name: str
+
+    async def write(self, batch: ChangeBatch) -> None: ...
+
+    async def flush(self) -> Delivery: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,64 @@
+"""Stage 2, identity: graph messages keyed by identifier (observations from route,
+claims and re-points from profiles) against the ``identity`` table (identifier →
+profile), as one batch per take (``streams.batches``).
+
+Outputs are sent, and delivered, before the table is written: a worker killed in
+between leaves the table as it was, and the re-delivered record sends the outputs
+again (a no-op where they had arrived). The other way round, a table could remember
+a claim whose message was lost, and the merge it starts would never finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from profiles.graph.identity import handle_identity
+from profiles.rules import IdentityRules
+from streams import metrics
+from streams.batches import batches, in_partition
+from streams.messages import group, messages_in, send_internal
+from streams.state import Overlay, StrTable
+from streams.topology import Stage
+
+log = logging.getLogger("unifier.identity")
+
+
+def register(
+    app: Any,
+    stage: Stage,
+    topics: dict[str, Any],
+    table: Any,
+    rules: IdentityRules,
+    take: tuple[int, float],
+    max_bytes: int,
+) -> Any:
+    """The identity agent, consuming ``topics[stage.consumes]``."""
+    partitions = stage.partitions
+    strings = StrTable(table)
+
+    async def handle(manual: Any, events: list[Any]) -> None:
+        writes = Overlay(strings)
+        outs = []
+        for msg in await messages_in(events, stage.name, topics["dlq"], log):
+            outs += handle_identity(writes, msg, rules.max_claimants)
+        grouped = group(outs, partitions)
+        sent = await send_internal(
+            stage.name, grouped, topics["identity"], topics["profile"], max_bytes
+        )
+        if sent:
+            await asyncio.gather(*sent)
+        with in_partition(manual, events, partitions) as before:
+            writes.flush(before)
+        for event in events:
+            await manual.ack(event)
+        metrics.RECORDS.labels(stage=stage.name).inc(len(events))
+
+    @app.agent(topics[stage.name], name=stage.name)
+    async def identity(stream: Any) -> None:
+        manual = stream.noack()
+        async for events in batches(manual, *take):
+            await handle(manual, events)
+
+    return identity

@@ -1,0 +1,165 @@
+"""Stage 3, profile: graph messages keyed by profile id against the ``profiles`` table
+(state or redirect); every batch's changes go to the sinks (``sinks.base``).
+
+Order within a batch, each step only after the one before succeeded:
+1. messages for other partitions and the output topics (``ProfileTopicsSink``) are
+   sent and delivered — a worker killed before the table write sends them again;
+2. the table is written (only the profiles whose stored form changed);
+3. the Redis view (``RedisViewSink``) gets every touched profile, changed or not — a
+   replay after a crash between the table write and Redis still brings the view up
+   to date (the version guard makes a repeated write a no-op);
+4. the records are acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from profiles.graph.messages import Apply, Merged
+from profiles.graph.node import ProfileNode
+from profiles.graph.profile import handle_profile
+from profiles.projection import changed_fields, shown, view_of, why_of
+from profiles.rules import IdentityRules
+from profiles.traits import TraitRules
+from sinks.base import ChangeBatch, ProfileChange, Sink
+from streams import metrics
+from streams.batches import batches, in_partition
+from streams.messages import group, messages_in, send_internal
+from streams.state import NodeCache
+from streams.topology import Stage
+
+log = logging.getLogger("unifier.profile")
+
+
+def change_of(
+    key: str, node: ProfileNode, cache: NodeCache, view: dict[str, Any], rules: TraitRules
+) -> ProfileChange:
+    """What readers and followers learn of one touched profile."""
+    why = why_of(node) if node.redirect is None else None
+    if not cache.changed(key):
+        return ProfileChange(key, view, why)  # as stored: followers have it already
+    old = cache.stored(key)
+    if node.redirect is not None:  # merged away: a tombstone, once
+        return ProfileChange(key, view, None, publish=old is None or old.redirect is None)
+    before = view_of(key, old, rules) if old is not None and old.redirect is None else None
+    changed = changed_fields(before, view)
+    publish = before is None or bool(changed) or before["version"] != view["version"]
+    return ProfileChange(key, view, why, publish, tuple(changed))
+
+
+def changes_of(cache: NodeCache, rules: TraitRules, outs: list[Any]) -> ChangeBatch:
+    """The batch the sinks get: every profile the view shows among those touched, and
+    the merges made."""
+    cache.encode()
+    changes = [
+        change_of(key, node, cache, view_of(key, node, rules), rules) for key, node in shown(cache)
+    ]
+    merges = [m for kind, _key, m in outs if kind == "merges" and isinstance(m, Merged)]
+    return ChangeBatch(changes, merges)
+
+
+def observe_delivery(batch: ChangeBatch, messages: list[Any], cache: NodeCache) -> None:
+    """Metrics of a handled batch: profiles founded, and how old each event was when
+    its profile reached the view."""
+    founded = [c for c in batch.changes if not c.removed and not cache.before.get(c.profile_id)]
+    metrics.FOUNDED.inc(len(founded))
+    now_ms = time.time() * 1000
+    for msg in messages:
+        if isinstance(msg, Apply) and not msg.pass_over:
+            metrics.EVENT_TO_VIEW.observe(max(now_ms - msg.event.time_ms, 0) / 1000)
+
+
+@dataclass(frozen=True)
+class Sinks:
+    """The profile stage's outputs, by when they get a batch:
+
+    * ``published`` — sent and delivered *before* the table write, with the messages
+      for other partitions (the output topics): a crash before the write sends them
+      again, so they must tolerate duplicates (``profile-updates`` is compacted and
+      carries versions; ``profile-merges`` names the merge).
+    * ``views`` — factories of sinks written *after* the table write (the Redis view,
+      and destinations that keep a copy): made when the agent starts, so their
+      clients live on the worker's event loop. They get every touched profile, changed
+      or not (``ProfileChange.publish`` says which changed) and must refuse a version
+      older than the one they hold.
+    """
+
+    published: list[Sink] = field(default_factory=list)
+    views: list[Callable[[], Sink]] = field(default_factory=list)
+
+
+async def _publish(stage: str, sinks: list[Sink], batch: ChangeBatch, sent: list[Any]) -> None:
+    """Hand the batch to the published sinks and wait for it and ``sent`` to arrive."""
+    for sink in sinks:
+        await sink.write(batch)
+    if sent:
+        await asyncio.gather(*sent)
+    for sink in sinks:
+        delivered = await sink.flush()
+        for to, n in delivered.counts.items():
+            if n:
+                metrics.MESSAGES_OUT.labels(stage=stage, to=to).inc(n)
+
+
+async def _write_views(views: list[Sink], batch: ChangeBatch) -> None:
+    if not batch:
+        return
+    for sink in views:
+        await sink.write(batch)
+        written = await sink.flush()
+        if sink.name == "redis-view":
+            metrics.REDIS_SECONDS.observe(written.seconds)
+            metrics.REDIS_BATCH.observe(written.written + written.skipped)
+
+
+def register(
+    app: Any,
+    stage: Stage,
+    topics: dict[str, Any],
+    table: Any,
+    rules: tuple[IdentityRules, TraitRules],
+    sinks: Sinks,
+    take: tuple[int, float],
+    max_bytes: int,
+) -> Any:
+    """The profile agent, consuming ``topics[stage.name]``."""
+    identity_rules, trait_rules = rules
+    partitions = stage.partitions
+
+    async def handle(manual: Any, events: list[Any], views: list[Sink]) -> None:
+        messages = await messages_in(events, stage.name, topics["dlq"], log)
+        cache = NodeCache(table)
+        outs = []
+        for msg in messages:
+            outs += handle_profile(cache, msg, identity_rules)
+        batch = changes_of(cache, trait_rules, outs)
+        grouped = group(outs, partitions)
+        sent = await send_internal(
+            stage.name, grouped, topics["identity"], topics["profile"], max_bytes
+        )
+        await _publish(stage.name, sinks.published, batch, sent)
+        with in_partition(manual, events, partitions) as before:
+            cache.flush(before)
+        await _write_views(views, batch)
+        for event in events:
+            await manual.ack(event)
+        metrics.RECORDS.labels(stage=stage.name).inc(len(events))
+        observe_delivery(batch, messages, cache)
+
+    @app.agent(topics[stage.name], name=stage.name)
+    async def profile(stream: Any) -> None:
+        views = [make() for make in sinks.views]
+        try:
+            manual = stream.noack()
+            async for events in batches(manual, *take):
+                await handle(manual, events, views)
+        finally:
+            for sink in views:
+                await sink.close()
+
+    return profile

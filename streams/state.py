@@ -1,0 +1,141 @@
+"""State helpers of the stages: a table seen as ``str``, and write buffers that let a
+batch read its own writes and write each changed key back once.
+
+* ``StrTable`` — the identity table (bytes values) as a mapping of str.
+* ``Overlay`` — writes held back until ``flush``; only keys whose value changed are
+  written (each write is a changelog record).
+* ``NodeCache`` — profiles a batch touches, decoded once, encoded once, and written
+  back only when their stored form changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any
+
+from profiles.graph.node import ProfileNode
+from schemas.wire import node_from, node_to
+
+
+class StrTable(MutableMapping[str, str]):
+    """The identity table (bytes values) as a mapping of str."""
+
+    def __init__(self, table: Any) -> None:
+        self._t = table
+
+    def __getitem__(self, key: str) -> str:
+        raw = self._t[key]
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self._t.get(key)
+        return default if raw is None else raw.decode()
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self._t[key] = value.encode()
+
+    def __delitem__(self, key: str) -> None:
+        del self._t[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._t)
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+
+class Overlay(MutableMapping[str, str]):
+    """Writes to a table held back until ``flush``; reads see them."""
+
+    def __init__(self, table: MutableMapping[str, str]) -> None:
+        self._t = table
+        self._w: dict[str, str | None] = {}  # None: deleted
+
+    def __getitem__(self, key: str) -> str:
+        if key in self._w:
+            value = self._w[key]
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self._t[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self._w[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self[key]  # KeyError when absent
+        self._w[key] = None
+
+    def __iter__(self) -> Iterator[str]:
+        deleted = {k for k, v in self._w.items() if v is None}
+        yield from (k for k in self._w if k not in deleted)
+        yield from (k for k in self._t if k not in self._w)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def flush(self, before: Callable[[str], None] = lambda key: None) -> None:
+        """Write what changed. A key set to the value it has, or deleted while absent,
+        is not written: each write is a changelog record, and a re-delivered claim
+        sets what is there already."""
+        for key, value in self._w.items():
+            if self._t.get(key) == value:
+                continue
+            before(key)
+            if value is None:
+                self._t.pop(key, None)
+            else:
+                self._t[key] = value
+        self._w.clear()
+
+
+class NodeCache(dict[str, ProfileNode]):
+    """Profiles a batch touches, decoded once and written back once.
+
+    Once the batch is handled, ``encode()`` takes each profile's stored form once:
+    ``changed`` answers from it, and ``flush`` writes back only the profiles whose
+    form changed (each write is a changelog record; a message that changed nothing,
+    such as a re-delivered one, costs none)."""
+
+    def __init__(self, table: Any) -> None:
+        super().__init__()
+        self._t = table
+        self.before: dict[str, bytes | None] = {}  # as stored when first read
+        self._after: dict[str, bytes] | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            raw = self._t.get(key)
+            self.before.setdefault(key, raw)
+            if raw is None:
+                return default
+            self[key] = node_from(raw)
+        return self[key]
+
+    def stored(self, key: str) -> ProfileNode | None:
+        raw = self.before.get(key)
+        return None if raw is None else node_from(raw)
+
+    def encode(self) -> None:
+        self._after = {key: node_to(node) for key, node in self.items()}
+
+    def changed(self, key: str) -> bool:
+        if self._after is None:
+            raise RuntimeError("NodeCache.changed before encode()")
+        return self._after.get(key) != self.before.get(key)
+
+    def flush(self, before: Callable[[str], None] = lambda key: None) -> None:
+        if self._after is None:
+            self.encode()
+        assert self._after is not None
+        for key, raw in self._after.items():
+            if raw == self.before.get(key):
+                continue
+            before(key)
+            self._t[key] = raw

@@ -1,0 +1,73 @@
+"""The output topics as a sink: what followers of profile-updates and profile-merges
+read for a batch (the records decoded as a downstream service decodes them)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from profiles.graph.messages import Merged
+from schemas.records import ProfileMerge, ProfileRemoved, ProfileUpdate, merge_from, update_from
+from sinks.base import ChangeBatch, ProfileChange
+from sinks.kafka import ProfileTopicsSink
+
+VIEW = {
+    "profile_id": "p_a",
+    "identifiers": {"email": ["ana@x.com"]},
+    "traits": {"first_name": "Ana"},
+    "computed": {"event_count": 1, "first_seen": "2026-11-22T10:00:00Z",
+                 "last_seen": "2026-11-22T10:00:00Z"},
+    "version": 3,
+}  # fmt: skip
+
+
+def run(batch: ChangeBatch) -> tuple[list[tuple[str, bytes, bytes | None]], Any]:
+    sent: list[tuple[str, bytes, bytes | None]] = []
+
+    async def send(topic: str, key: bytes, value: bytes | None) -> Any:
+        sent.append((topic, key, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def go() -> Any:
+        sink = ProfileTopicsSink(send, "profile-updates", "profile-merges", clock=lambda: 1.0)
+        await sink.write(batch)
+        return await sink.flush()
+
+    return sent, asyncio.run(go())
+
+
+def test_a_changed_profile_a_tombstone_and_a_merge_reach_the_topics() -> None:
+    batch = ChangeBatch(
+        [
+            ProfileChange("p_a", VIEW, {"identifiers": []}, True, ("traits.first_name",)),
+            ProfileChange("p_b", {"profile_id": "p_b", "merged_into": "p_a", "version": 9},
+                          None, True),
+            ProfileChange("p_c", {**VIEW, "profile_id": "p_c"}, {}, False),  # unchanged
+        ],
+        [Merged("p_b", "p_a", "email:ana@x.com", "e-1")],
+    )  # fmt: skip
+    sent, delivery = run(batch)
+    assert [(t, k) for t, k, _ in sent] == [
+        ("profile-merges", b"p_b"),
+        ("profile-updates", b"p_a"),
+        ("profile-updates", b"p_b"),
+    ]
+    merge = merge_from(sent[0][2])
+    assert isinstance(merge, ProfileMerge)
+    assert (merge.loser, merge.winner, merge.identifier_type) == ("p_b", "p_a", "email")
+    update = update_from(sent[1][1], sent[1][2])
+    assert isinstance(update, ProfileUpdate)
+    assert update.view() == VIEW
+    assert update.changed_fields == ("traits.first_name",)
+    assert update.updated_at_ms == 1000
+    assert update_from(sent[2][1], sent[2][2]) == ProfileRemoved("p_b")
+    assert delivery.counts == {"merges": 1, "updates": 2}
+    assert delivery.written == 3
+
+
+def test_an_empty_batch_sends_nothing() -> None:
+    sent, delivery = run(ChangeBatch())
+    assert sent == []
+    assert delivery.written == 0
