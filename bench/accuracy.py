@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from profiles.configured import identifier_priorities
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config.settings import Settings
 from producers.synthetic import Score, Truth, generate_journeys, score
+from profiles.configured import identifier_priorities
 from profiles.reference import reference_clusters
 from profiles.rules import IdentityRules
 from profiles.touchpoint import parse_json

@@ -36,8 +36,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from profiles.configured import identifier_priorities, identity_rules, trait_alias_index
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.accuracy import clusters_of_export
@@ -45,6 +43,7 @@ from bench.load import percentile
 from bench.scale import cpu_seconds, rss_bytes
 from config.settings import Settings
 from producers.synthetic import Journeys, generate_journeys, score
+from profiles.configured import identifier_priorities, identity_rules, trait_alias_index
 from profiles.touchpoint import Touchpoint, parse_json
 
 RESULTS = Path(__file__).resolve().parent / "results"

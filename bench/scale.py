@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from profiles.configured import identifier_priorities, identity_rules, trait_alias_index
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from profiles.configured import identifier_priorities, identity_rules, trait_alias_index
 
 
 def rss_bytes(pid: int | str = "self") -> int:

@@ -291,7 +291,9 @@ class Settings(BaseSettings):
         """These settings as UNIFIER_* environment variables (for child processes),
         secrets included: the environment is how a child gets them."""
         out: dict[str, str] = {}
-        dumped = self.model_dump(mode="json")
+        # Secrets are revealed by hand: a copy made with ``model_copy(update=...)`` holds
+        # plain str keys, which pydantic's SecretStr serializer refuses.
+        dumped = self.model_dump(mode="json", exclude={"collector_write_keys", "api_keys"})
         dumped["collector_write_keys"] = self.write_key_sources()
         dumped["api_keys"] = self.api_key_scopes()
         for name, value in dumped.items():

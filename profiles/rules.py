@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from config.settings import DEFAULT_MAX_CLAIMANTS
 from profiles.identifiers import DEFAULT_LIMITS, NO_EMAIL_RULES, EmailRules, normalize_all
 
 DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
@@ -48,7 +49,6 @@ DEFAULT_BLOCKED_PATTERNS: tuple[str, ...] = (
     r"^\+?1?(\d)\1{9}$",  # 1111111111, +12222222222: one digit repeated
     r"^(test|fake|dummy|sample|noreply|no-reply)\d*@",  # test@..., test123@..., fake@...
 )
-DEFAULT_MAX_CLAIMANTS = 10
 
 
 @dataclass(frozen=True)

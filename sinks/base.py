@@ -8,8 +8,8 @@ its lag grows, nothing is dropped) unless its contract says otherwise.
 
 The Redis view (``sinks.redis_view.RedisViewSink``) and the output topics
 (``sinks.kafka.ProfileTopicsSink``) implement it; a new destination is one more
-class with these three methods, added where the profile stage builds its sinks
-(``streams.profile``).
+class with these three methods, added where the worker builds the profile stage's
+sinks (``profile_sinks`` in ``streams/app.py``; ``docs/extending.md``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any, cast
 import faust
 
 from config.settings import Settings
-from profiles.configured import identity_rules, trait_rules
+from profiles.configured import check, identity_rules, trait_rules
 from sinks.kafka import ProfileTopicsSink
 from sinks.redis_view import RedisViewSink
 from streams import identity, metrics, ops, profile, route
@@ -115,12 +115,15 @@ def profile_sinks(settings: Settings, topo: Topology, topics: dict[str, Any]) ->
         return await out.send(key=key, value=value)
 
     return profile.Sinks(
-        published=[ProfileTopicsSink(send, topo.profile_updates.name, topo.profile_merges.name)],
+        published=[
+            lambda: ProfileTopicsSink(send, topo.profile_updates.name, topo.profile_merges.name)
+        ],
         views=[lambda: RedisViewSink.from_url(settings.redis_url)],
     )
 
 
 def create_app(settings: Settings) -> Any:
+    check(settings)  # a setting the core cannot use fails the start, naming it
     app = _faust_app(settings)
     topo = topology(settings)
 

@@ -18,7 +18,7 @@ from profiles.graph.identity import handle_identity
 from profiles.rules import IdentityRules
 from streams import metrics
 from streams.batches import batches, in_partition
-from streams.messages import group, messages_in, send_internal
+from streams.messages import count_internal, group, messages_in, send_internal
 from streams.state import Overlay, StrTable
 from streams.topology import Stage
 
@@ -34,7 +34,7 @@ def register(
     take: tuple[int, float],
     max_bytes: int,
 ) -> Any:
-    """The identity agent, consuming ``topics[stage.consumes]``."""
+    """The identity agent, consuming ``topics[stage.name]`` (the topic ``stage.consumes``)."""
     partitions = stage.partitions
     strings = StrTable(table)
 
@@ -49,6 +49,7 @@ def register(
         )
         if sent:
             await asyncio.gather(*sent)
+        count_internal(stage.name, grouped)
         with in_partition(manual, events, partitions) as before:
             writes.flush(before)
         for event in events:

@@ -77,9 +77,15 @@ async def messages_in(
 async def send_internal(
     stage: str, grouped: Grouped, identity_topic: Any, profile_topic: Any, max_bytes: int
 ) -> list[Awaitable[Any]]:
-    """Send a batch's messages for other partitions; returns the delivery futures."""
+    """Send a batch's messages for other partitions; returns the delivery futures
+    (``count_internal`` once they are delivered)."""
     sent = await send_batches(identity_topic, grouped.identity, max_bytes)
     sent += await send_batches(profile_topic, grouped.profile, max_bytes)
+    return sent
+
+
+def count_internal(stage: str, grouped: Grouped) -> None:
+    """Metrics of a batch's delivered messages: merges, refusals, messages out."""
     metrics.MERGES.inc(len(grouped.merges))
     metrics.count_refusals(grouped.refused)
     for to, n in (
@@ -88,4 +94,3 @@ async def send_internal(
     ):
         if n:
             metrics.MESSAGES_OUT.labels(stage=stage, to=to).inc(n)
-    return sent

@@ -29,7 +29,7 @@ from profiles.traits import TraitRules
 from sinks.base import ChangeBatch, ProfileChange, Sink
 from streams import metrics
 from streams.batches import batches, in_partition
-from streams.messages import group, messages_in, send_internal
+from streams.messages import count_internal, group, messages_in, send_internal
 from streams.state import NodeCache
 from streams.topology import Stage
 
@@ -76,20 +76,21 @@ def observe_delivery(batch: ChangeBatch, messages: list[Any], cache: NodeCache) 
 
 @dataclass(frozen=True)
 class Sinks:
-    """The profile stage's outputs, by when they get a batch:
+    """The profile stage's outputs, by when they get a batch. Each entry is a factory:
+    sinks are made when the agent starts (their clients live on the worker's event
+    loop, and an agent restarted after a crash starts with nothing pending).
 
     * ``published`` — sent and delivered *before* the table write, with the messages
       for other partitions (the output topics): a crash before the write sends them
       again, so they must tolerate duplicates (``profile-updates`` is compacted and
       carries versions; ``profile-merges`` names the merge).
-    * ``views`` — factories of sinks written *after* the table write (the Redis view,
-      and destinations that keep a copy): made when the agent starts, so their
-      clients live on the worker's event loop. They get every touched profile, changed
+    * ``views`` — written *after* the table write (the Redis view, and destinations
+      that keep a copy). They get every touched profile, changed
       or not (``ProfileChange.publish`` says which changed) and must refuse a version
       older than the one they hold.
     """
 
-    published: list[Sink] = field(default_factory=list)
+    published: list[Callable[[], Sink]] = field(default_factory=list)
     views: list[Callable[[], Sink]] = field(default_factory=list)
 
 
@@ -131,7 +132,9 @@ def register(
     identity_rules, trait_rules = rules
     partitions = stage.partitions
 
-    async def handle(manual: Any, events: list[Any], views: list[Sink]) -> None:
+    async def handle(
+        manual: Any, events: list[Any], published: list[Sink], views: list[Sink]
+    ) -> None:
         messages = await messages_in(events, stage.name, topics["dlq"], log)
         cache = NodeCache(table)
         outs = []
@@ -142,7 +145,8 @@ def register(
         sent = await send_internal(
             stage.name, grouped, topics["identity"], topics["profile"], max_bytes
         )
-        await _publish(stage.name, sinks.published, batch, sent)
+        await _publish(stage.name, published, batch, sent)
+        count_internal(stage.name, grouped)
         with in_partition(manual, events, partitions) as before:
             cache.flush(before)
         await _write_views(views, batch)
@@ -153,11 +157,12 @@ def register(
 
     @app.agent(topics[stage.name], name=stage.name)
     async def profile(stream: Any) -> None:
+        published = [make() for make in sinks.published]
         views = [make() for make in sinks.views]
         try:
             manual = stream.noack()
             async for events in batches(manual, *take):
-                await handle(manual, events, views)
+                await handle(manual, events, published, views)
         finally:
             for sink in views:
                 await sink.close()

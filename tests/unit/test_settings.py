@@ -51,3 +51,21 @@ def test_an_unknown_trait_strategy_is_refused_with_its_name() -> None:
     rules = trait_rules(Settings(trait_strategies={"address": "source_priority"}))
     assert rules.strategies == {"address": "source_priority"}
     assert rules.source_priorities["crm"] > rules.source_priorities["web"]
+
+
+def test_keys_are_secrets_masked_in_reprs_and_passed_to_child_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("UNIFIER_API_KEYS", '{"k-live-1": ["read"]}')
+    monkeypatch.setenv("UNIFIER_COLLECTOR_WRITE_KEYS", '{"wk-live-1": "web"}')
+    settings = Settings()
+    assert "k-live-1" not in repr(settings)
+    assert "wk-live-1" not in str(settings)
+    assert settings.api_key_scopes() == {"k-live-1": ["read"]}
+    assert settings.write_key_sources() == {"wk-live-1": "web"}
+    copied = settings.model_copy(update={"api_keys": {"k-2": ["admin"]}})
+    for name, value in copied.env().items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    assert child.api_key_scopes() == {"k-2": ["admin"]}
+    assert child.write_key_sources() == {"wk-live-1": "web"}
