@@ -24,7 +24,22 @@ from streams.messages import send_batches
 log = logging.getLogger("unifier.route")
 
 
+async def decode(resolver: Resolver, data: bytes | None) -> list[Touchpoint]:
+    """The touchpoints of an input record; a record written with a newer producer's
+    schema makes the resolver look that schema up (blocking I/O, so off the loop) and
+    is decoded again, once."""
+    try:
+        return decode_touchpoints(data)
+    except UnknownSchema as missing:
+        reason = await asyncio.get_running_loop().run_in_executor(None, resolver.resolve, missing)
+        if reason is not None:
+            raise DecodeError(reason) from None
+        log.info("learned writer schema %s %s", missing.kind, missing.key)
+        return decode_touchpoints(data)
+
+
 def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any) -> Any:
+    """The route agent, consuming the input topic."""
     rules = identity_rules(settings)
     region = settings.default_phone_region
     aliases = trait_alias_index(settings)
@@ -32,23 +47,10 @@ def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any)
     max_bytes = settings.max_record_bytes
     resolver = Resolver(settings)
 
-    async def decode(data: bytes | None) -> list[Touchpoint]:
-        try:
-            return decode_touchpoints(data)
-        except UnknownSchema as missing:
-            # A newer producer's schema: look it up (blocking I/O, so off the loop), retry once.
-            reason = await asyncio.get_running_loop().run_in_executor(
-                None, resolver.resolve, missing
-            )
-            if reason is not None:
-                raise DecodeError(reason) from None
-            log.info("learned writer schema %s %s", missing.kind, missing.key)
-            return decode_touchpoints(data)
-
     async def route_record(event: Any) -> dict[int, list[Observe]]:
         groups: dict[int, list[Observe]] = {}
         try:
-            touchpoints = await decode(event.value)
+            touchpoints = await decode(resolver, event.value)
         except DecodeError as exc:
             await dead_letter(dlq, event, "route.decode", str(exc), log=log, max_bytes=max_bytes)
             return groups
