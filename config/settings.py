@@ -259,15 +259,6 @@ class Settings(BaseSettings):
 
     # --- derived ----------------------------------------------------------
     @property
-    def profiles_changelog_topic(self) -> str:
-        """Faust names a table's changelog ``<app id>-<table>-changelog``."""
-        return f"{self.app_id}-profiles-changelog"
-
-    @property
-    def identity_changelog_topic(self) -> str:
-        return f"{self.app_id}-identity-changelog"
-
-    @property
     def broker_address(self) -> tuple[str, int]:
         """The first bootstrap server as (host, port)."""
         first = self.bootstrap_servers.split(",")[0].strip()

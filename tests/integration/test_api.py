@@ -22,6 +22,7 @@ from profiles.configured import trait_rules
 from profiles.projection import view_of
 from schemas.wire import node_from
 from serve.api import OPENAPI, create_api, openapi_document
+from streams.topology import topology
 from tests.integration.test_identity import ev, send
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.http import get_json, get_text, metric
@@ -72,7 +73,9 @@ def test_the_api_answers_what_the_worker_holds(
     # ... which is the state the worker holds for it: its table, read back from the
     # table's changelog (the latest record per profile id).
     held = {}
-    for m in consume_all(settings, settings.profiles_changelog_topic, settings.internal_partitions):
+    for m in consume_all(
+        settings, topology(settings).tables["profiles"].changelog, settings.internal_partitions
+    ):
         held[orjson.loads(m.key())] = m.value()  # Faust writes table keys as JSON
     assert get_json(f"{api}/v1/profiles/{pid}", KEY)[1] == view_of(
         pid, node_from(held[pid]), trait_rules(settings)

@@ -17,6 +17,7 @@ from schemas.codec import encode_touchpoint
 from serve.lag import LagProbe
 from serve.view import RedisProfileView
 from streams.patches.recovery import true_ends
+from streams.topology import topology
 from tests.support.backends import docker_engine_answers
 from tests.support.data import comparable, reference_views, write_jsonl
 from tests.support.http import get_text, metric
@@ -131,12 +132,14 @@ def test_a_restarted_worker_recovers_every_table_entry_of_a_burst(
     caught_up(settings)
     workers.stop_one("worker")  # SIGTERM: a graceful stop, every table write sent
     latest: dict[bytes, bytes | None] = {}
-    for m in consume_all(settings, settings.identity_changelog_topic, settings.internal_partitions):
+    for m in consume_all(
+        settings, topology(settings).tables["identity"].changelog, settings.internal_partitions
+    ):
         latest[m.key()] = m.value()
     held = sum(1 for value in latest.values() if value is not None)
     assert held >= 5 * len(events)
     # The burst did end in multi-record batches: the broker reports some end short.
-    topic = settings.identity_changelog_topic
+    topic = topology(settings).tables["identity"].changelog
     reader = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ends"})
     reported = {
         (topic, p): reader.get_watermark_offsets(TopicPartition(topic, p), cached=False)[1]

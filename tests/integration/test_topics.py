@@ -1,6 +1,7 @@
 import pytest
 
 from config.settings import Settings
+from streams.topology import topology
 from unifier.topics import TopicMismatch, admin_client, ensure_topics, existing_partitions
 
 pytestmark = pytest.mark.integration
@@ -15,8 +16,8 @@ def test_creation_is_idempotent(settings: Settings) -> None:
     assert have[settings.topic_touchpoints] == settings.touchpoint_partitions
     assert have[settings.topic_identity] == settings.internal_partitions
     assert have[settings.topic_profile_ops] == settings.internal_partitions
-    assert have[settings.identity_changelog_topic] == settings.internal_partitions
-    assert have[settings.profiles_changelog_topic] == settings.internal_partitions
+    assert have[topology(settings).tables["identity"].changelog] == settings.internal_partitions
+    assert have[topology(settings).tables["profiles"].changelog] == settings.internal_partitions
 
 
 def test_refuses_a_partition_mismatch_naming_topic_and_counts(settings: Settings) -> None:
