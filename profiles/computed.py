@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cached_property
 from typing import Any
 
 from profiles.identifiers import KNOWN_TYPES
@@ -47,25 +46,39 @@ def lifecycle(identifier_types: Iterable[str], orders: int) -> str:
 
 
 class History:
-    """A profile's events (``EventFacts``) in time order, with the sums several traits
-    share computed once."""
+    """A profile's events (``EventFacts``) in time order, with what several traits
+    share gathered in one pass: purchases by currency, category counts, the latest
+    consent per purpose."""
+
+    __slots__ = (
+        "by_currency",
+        "categories",
+        "consent",
+        "events",
+        "identifier_types",
+        "orders",
+        "rules",
+    )
 
     def __init__(self, events: Iterable[Any], identifier_types: Iterable[str], rules: TraitRules):
         self.events = sorted(events, key=lambda e: (e.time_ms, e.event_id))
-        self.identifier_types = frozenset(identifier_types)
+        self.identifier_types = identifier_types
         self.rules = rules
-
-    @cached_property
-    def by_currency(self) -> dict[str, list[Decimal]]:
-        out: dict[str, list[Decimal]] = {}
+        by_currency: dict[str, list[Decimal]] = {}
+        self.categories: Counter[str] = Counter()
+        self.consent: dict[str, dict[str, Any]] = {}
         for e in self.events:
             if e.purchase is not None:
-                out.setdefault(e.purchase.currency, []).append(e.purchase.total)
-        return dict(sorted(out.items()))
-
-    @cached_property
-    def orders(self) -> int:
-        return sum(len(v) for v in self.by_currency.values())
+                by_currency.setdefault(e.purchase.currency, []).append(e.purchase.total)
+                self.categories.update(e.purchase.categories)
+            for purpose, granted in e.consent:
+                self.consent[purpose] = {
+                    "granted": granted,
+                    "at": iso(e.time_ms),
+                    "source": e.source,
+                }
+        self.by_currency = dict(sorted(by_currency.items()))
+        self.orders = sum(len(v) for v in by_currency.values())
 
 
 ComputedTrait = Callable[[History], Any]
@@ -136,11 +149,7 @@ def _average_order_value(h: History) -> dict[str, str]:
 
 @computed_trait("top_categories")
 def _top_categories(h: History) -> list[str]:
-    counts: Counter[str] = Counter()
-    for e in h.events:
-        if e.purchase is not None:
-            counts.update(e.purchase.categories)
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ranked = sorted(h.categories.items(), key=lambda kv: (-kv[1], kv[0]))
     return [c for c, _ in ranked][: h.rules.top_categories]
 
 
@@ -159,11 +168,7 @@ def _lifecycle_stage(h: History) -> str:
 
 @computed_trait("consent")
 def _consent(h: History) -> dict[str, dict[str, Any]]:
-    latest: dict[str, dict[str, Any]] = {}
-    for e in h.events:
-        for purpose, granted in e.consent:
-            latest[purpose] = {"granted": granted, "at": iso(e.time_ms), "source": e.source}
-    return dict(sorted(latest.items()))
+    return dict(sorted(h.consent.items()))
 
 
 def computed(
