@@ -110,9 +110,13 @@ def profile_sinks(settings: Settings, topo: Topology, topics: dict[str, Any]) ->
     versions refuse replays), in ``published`` when it must be delivered before the
     table write (an output topic)."""
 
+    by_name = {
+        topo.profile_updates.name: topics["updates"],
+        topo.profile_merges.name: topics["merges"],
+    }
+
     async def send(topic: str, key: bytes, value: bytes | None) -> Any:
-        out = topics["updates"] if topic == topo.profile_updates.name else topics["merges"]
-        return await out.send(key=key, value=value)
+        return await by_name[topic].send(key=key, value=value)
 
     return profile.Sinks(
         published=[

@@ -60,6 +60,9 @@ REDIS_SECONDS = Histogram(
     "Duration of one Redis pipeline write (retries included)",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
 )
+#: A view sink's name -> (seconds per flush, profiles per flush) it is measured by.
+VIEW_SINKS = {"redis-view": (REDIS_SECONDS, REDIS_BATCH)}
+
 REBALANCES = Counter(
     "unifier_rebalances", "Partition assignments this worker received (one per rebalance)"
 )

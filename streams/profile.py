@@ -113,9 +113,11 @@ async def _write_views(views: list[Sink], batch: ChangeBatch) -> None:
     for sink in views:
         await sink.write(batch)
         written = await sink.flush()
-        if sink.name == "redis-view":
-            metrics.REDIS_SECONDS.observe(written.seconds)
-            metrics.REDIS_BATCH.observe(written.written + written.skipped)
+        measured = metrics.VIEW_SINKS.get(sink.name)
+        if measured is not None:
+            seconds, profiles = measured
+            seconds.observe(written.seconds)
+            profiles.observe(written.written + written.skipped)
 
 
 def register(
