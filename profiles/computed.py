@@ -1,35 +1,31 @@
 """Computed traits: what a profile's events add up to, one registered function each.
 
-``COMPUTED_TRAITS`` maps a trait's name to a function of the profile's ``History``
-(its events in time order, the types of identifiers it holds, the trait rules);
-``computed`` runs them in registration order, which is the order of the
-``computed`` object in the profile view. A new computed trait is one function here
-with ``@computed_trait("name")`` (and a test in ``tests/unit/test_traits.py``).
+``COMPUTED_TRAITS`` maps a trait's name to a function of the profile's ``Summary``
+(its aggregates, ``profiles.totals.Totals``, the types of identifiers it holds and
+the trait rules); ``computed`` runs them in registration order, which is the order
+of the ``computed`` object in the profile view. A new computed trait is one function
+here with ``@computed_trait("name")`` (and a test in ``tests/unit/test_traits.py``);
+one that needs a sum or a join the totals do not keep yet adds it to ``Totals``
+(fold, merge, and for a sum the subtraction a merge of shared events needs).
 
-Every function is a pure function of the set of events, so merges and re-deliveries
-cannot change what comes out (see ``profiles.traits``).
+Every function reads the aggregates only, never the events: the cost of a view does
+not grow with the profile's history, and since the aggregates merge like a set of
+events, merges and re-deliveries cannot change what comes out.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from profiles.facts import EventFacts, Purchase
 from profiles.identifiers import KNOWN_TYPES
 from profiles.profile import iso
+from profiles.totals import Totals
 from profiles.traits import TraitRules
 
-
-@dataclass(frozen=True, slots=True)
-class Purchase:
-    """What a profile keeps of an order or a POS sale."""
-
-    currency: str
-    total: Decimal
-    categories: tuple[str, ...] = ()
+__all__ = ["COMPUTED_TRAITS", "Purchase", "Summary", "computed", "computed_of", "computed_trait"]
 
 
 def money(value: Decimal) -> str:
@@ -45,43 +41,21 @@ def lifecycle(identifier_types: Iterable[str], orders: int) -> str:
     return "known" if set(identifier_types) & KNOWN_TYPES else "anonymous"
 
 
-class History:
-    """A profile's events (``EventFacts``) in time order, with what several traits
-    share gathered in one pass: purchases by currency, category counts, the latest
-    consent per purpose."""
+class Summary:
+    """What computed traits read: a profile's totals, the types of identifiers it
+    holds, the trait rules, and what several traits share (orders per currency)."""
 
-    __slots__ = (
-        "by_currency",
-        "categories",
-        "consent",
-        "events",
-        "identifier_types",
-        "orders",
-        "rules",
-    )
+    __slots__ = ("by_currency", "identifier_types", "orders", "rules", "totals")
 
-    def __init__(self, events: Iterable[Any], identifier_types: Iterable[str], rules: TraitRules):
-        self.events = sorted(events, key=lambda e: (e.time_ms, e.event_id))
+    def __init__(self, totals: Totals, identifier_types: Iterable[str], rules: TraitRules):
+        self.totals = totals
         self.identifier_types = identifier_types
         self.rules = rules
-        by_currency: dict[str, list[Decimal]] = {}
-        self.categories: Counter[str] = Counter()
-        self.consent: dict[str, dict[str, Any]] = {}
-        for e in self.events:
-            if e.purchase is not None:
-                by_currency.setdefault(e.purchase.currency, []).append(e.purchase.total)
-                self.categories.update(e.purchase.categories)
-            for purpose, granted in e.consent:
-                self.consent[purpose] = {
-                    "granted": granted,
-                    "at": iso(e.time_ms),
-                    "source": e.source,
-                }
-        self.by_currency = dict(sorted(by_currency.items()))
-        self.orders = sum(len(v) for v in by_currency.values())
+        self.by_currency = dict(sorted(totals.money.items()))  # currency -> (orders, total)
+        self.orders = sum(n for n, _ in totals.money.values())
 
 
-ComputedTrait = Callable[[History], Any]
+ComputedTrait = Callable[[Summary], Any]
 
 #: Trait name -> its function, in the order the view shows them.
 COMPUTED_TRAITS: dict[str, ComputedTrait] = {}
@@ -100,83 +74,97 @@ def computed_trait(name: str) -> Callable[[ComputedTrait], ComputedTrait]:
 
 
 @computed_trait("event_count")
-def _event_count(h: History) -> int:
-    return len(h.events)
+def _event_count(h: Summary) -> int:
+    return h.totals.count
 
 
 @computed_trait("first_seen")
-def _first_seen(h: History) -> str:
-    return iso(h.events[0].time_ms)
+def _first_seen(h: Summary) -> str | None:
+    return None if h.totals.first is None else iso(h.totals.first[0])
 
 
 @computed_trait("last_seen")
-def _last_seen(h: History) -> str:
-    return iso(h.events[-1].time_ms)
+def _last_seen(h: Summary) -> str | None:
+    return None if h.totals.last is None else iso(h.totals.last[0])
 
 
 @computed_trait("last_channel")
-def _last_channel(h: History) -> str:
-    return str(h.events[-1].source)
+def _last_channel(h: Summary) -> str | None:
+    return None if h.totals.last is None else h.totals.last[2]
 
 
 @computed_trait("events_by_type")
-def _events_by_type(h: History) -> dict[str, int]:
-    return dict(sorted(Counter(e.type for e in h.events).items()))
+def _events_by_type(h: Summary) -> dict[str, int]:
+    return dict(sorted(h.totals.by_type.items()))
 
 
 @computed_trait("events_by_source")
-def _events_by_source(h: History) -> dict[str, int]:
-    return dict(sorted(Counter(e.source for e in h.events).items()))
+def _events_by_source(h: Summary) -> dict[str, int]:
+    return dict(sorted(h.totals.by_source.items()))
 
 
 @computed_trait("orders")
-def _orders(h: History) -> int:
+def _orders(h: Summary) -> int:
     return h.orders
 
 
 @computed_trait("lifetime_value")
-def _lifetime_value(h: History) -> dict[str, str]:
-    return {c: money(sum(v, Decimal(0))) for c, v in h.by_currency.items()}
+def _lifetime_value(h: Summary) -> dict[str, str]:
+    return {c: money(total) for c, (_, total) in h.by_currency.items()}
 
 
 @computed_trait("average_order_value")
-def _average_order_value(h: History) -> dict[str, str]:
+def _average_order_value(h: Summary) -> dict[str, str]:
     return {
-        c: money((sum(v, Decimal(0)) / len(v)).quantize(Decimal("0.01")))
-        for c, v in h.by_currency.items()
+        c: money((total / n).quantize(Decimal("0.01"))) for c, (n, total) in h.by_currency.items()
     }
 
 
 @computed_trait("top_categories")
-def _top_categories(h: History) -> list[str]:
-    ranked = sorted(h.categories.items(), key=lambda kv: (-kv[1], kv[0]))
+def _top_categories(h: Summary) -> list[str]:
+    ranked = sorted(h.totals.categories.items(), key=lambda kv: (-kv[1], kv[0]))
     return [c for c, _ in ranked][: h.rules.top_categories]
 
 
 @computed_trait("last_touchpoints")
-def _last_touchpoints(h: History) -> list[dict[str, Any]]:
+def _last_touchpoints(h: Summary) -> list[dict[str, Any]]:
     return [
-        {"event_id": e.event_id, "type": e.type, "source": e.source, "at": iso(e.time_ms)}
-        for e in reversed(h.events[-h.rules.last_touchpoints :])
+        {"event_id": eid, "type": type_, "source": source, "at": iso(t)}
+        for t, eid, type_, source in h.totals.touchpoints[: h.rules.last_touchpoints]
     ]
 
 
 @computed_trait("lifecycle_stage")
-def _lifecycle_stage(h: History) -> str:
+def _lifecycle_stage(h: Summary) -> str:
     return lifecycle(h.identifier_types, h.orders)
 
 
 @computed_trait("consent")
-def _consent(h: History) -> dict[str, dict[str, Any]]:
-    return dict(sorted(h.consent.items()))
+def _consent(h: Summary) -> dict[str, dict[str, Any]]:
+    return {
+        purpose: {"granted": granted, "at": iso(t), "source": source}
+        for purpose, (t, _eid, granted, source) in sorted(h.totals.consent.items())
+    }
+
+
+def computed_of(
+    totals: Totals, identifier_types: Iterable[str], rules: TraitRules
+) -> dict[str, Any]:
+    """Computed traits of a profile from its totals."""
+    summary = Summary(totals, identifier_types, rules)
+    if not totals.count:
+        return {"event_count": 0, "first_seen": None, "last_seen": None,
+                "lifecycle_stage": lifecycle(identifier_types, 0)}  # fmt: skip
+    return {name: fn(summary) for name, fn in COMPUTED_TRAITS.items()}
 
 
 def computed(
-    events: Iterable[Any], identifier_types: Iterable[str], rules: TraitRules
+    events: Iterable[EventFacts], identifier_types: Iterable[str], rules: TraitRules
 ) -> dict[str, Any]:
-    """Computed traits of a profile from its events (``EventFacts``)."""
-    history = History(events, identifier_types, rules)
-    if not history.events:
-        return {"event_count": 0, "first_seen": None, "last_seen": None,
-                "lifecycle_stage": lifecycle(history.identifier_types, 0)}  # fmt: skip
-    return {name: fn(history) for name, fn in COMPUTED_TRAITS.items()}
+    """Computed traits of a set of events (each event id counted once)."""
+    totals, seen = Totals(), set()
+    for e in events:
+        if e.event_id not in seen:
+            seen.add(e.event_id)
+            totals.fold(e)
+    return computed_of(totals, identifier_types, rules)

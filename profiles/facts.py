@@ -7,9 +7,17 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from profiles.computed import Purchase
 from profiles.standardize import DEFAULT_INDEX, standardize
 from profiles.touchpoint import Touchpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """What a profile keeps of an order or a POS sale."""
+
+    currency: str
+    total: Decimal
+    categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from profiles.computed import computed
+from profiles.computed import computed_of
 from profiles.graph.messages import Merged, Out
 from profiles.graph.node import ProfileNode
 from profiles.graph.state import ProfileState, ident_type
-from profiles.traits import DEFAULT_TRAIT_RULES, TraitRules, choose_traits
+from profiles.traits import DEFAULT_TRAIT_RULES, TraitRules, pick_traits
 
 #: A redirect's version: final, above any live version, so it always replaces the view.
 REDIRECT_VERSION = 2**53
@@ -22,7 +22,7 @@ REDIRECT_VERSION = 2**53
 
 def version_of(state: ProfileState) -> int:
     """Grows with every change a live profile can see: all its parts only grow."""
-    return len(state.events) + len(state.held) + len(state.refused) + len(state.merged)
+    return len(state.seen) + len(state.held) + len(state.refused) + len(state.merged)
 
 
 def redirect_view(profile_id: str, merged_into: str) -> dict[str, Any]:
@@ -58,16 +58,12 @@ def view_of(
     ids: dict[str, list[str]] = {}
     for ident in sorted(s.held):
         ids.setdefault(ident_type(ident), []).append(ident.split(":", 1)[1])
-    events = s.events.values()
-    observations = (
-        (name, (e.time_ms, e.source, e.event_id, value)) for e in events for name, value in e.traits
-    )
     return {
         "profile_id": profile_id,
         "identifiers": dict(sorted(ids.items())),
-        "traits": choose_traits(observations, rules),
+        "traits": pick_traits(s.totals.traits, rules),
         "computed": {
-            **computed(events, ids, rules),
+            **computed_of(s.totals, ids, rules),
             "merged_from": sorted(m[0] for m in s.merged),
             "refused_links": len(s.refused),
         },

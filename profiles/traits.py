@@ -1,11 +1,13 @@
 """Survivorship and computed traits: what a profile says, as pure functions of the
 events it holds.
 
-A profile's state is the set of its events (``ProfileState.events``, keyed by event
-id), so merging two profiles is a set union — commutative, associative and
-idempotent — and everything here is a function of that set: whatever order events
-and merges arrive in, the same profile comes out, and an event delivered twice
-counts once.
+A profile's state is, in effect, the set of its events: its aggregates
+(``profiles.totals``) merge like that set's union — commutative, associative and
+idempotent — and everything here is a function of them: whatever order events and
+merges arrive in, the same profile comes out, and an event delivered twice counts
+once. Each trait keeps the few observations any strategy can pick from
+(``TraitCandidates``), so the rules apply when the view is made, not when events
+arrive.
 
 **Identity traits** (name, email, address…) are chosen per trait by a named
 strategy from the registry ``STRATEGIES``; ``TraitRules`` says which trait uses
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-Scalar = str | int | float | bool | None
+from profiles.totals import TOUCHPOINTS_KEPT, Observation, Scalar, TraitCandidates
 
 #: Which source's word counts most for traits using the source_priority strategy.
 DEFAULT_SOURCE_PRIORITIES: Mapping[str, int] = {
@@ -31,9 +33,6 @@ DEFAULT_SOURCE_PRIORITIES: Mapping[str, int] = {
     "email": 50,
     "web": 40,
 }
-
-#: (event time ms, source, event id, value): one event's say about a trait.
-Observation = tuple[int, str, str, Scalar]
 
 
 @dataclass(frozen=True)
@@ -54,49 +53,52 @@ class TraitRules:
             raise ValueError(
                 f"unknown trait strategy {', '.join(unknown)} (known: {', '.join(STRATEGIES)})"
             )
+        if not 0 <= self.last_touchpoints <= TOUCHPOINTS_KEPT:
+            raise ValueError(
+                f"last_touchpoints is {self.last_touchpoints}: profiles keep up to "
+                f"{TOUCHPOINTS_KEPT} touchpoints"
+            )
 
 
-Strategy = Callable[[list[Observation], TraitRules], Scalar]
+Strategy = Callable[[TraitCandidates, TraitRules], Scalar]
 DEFAULT_TRAIT_RULES = TraitRules()
 
 
-def _latest(obs: list[Observation], rules: TraitRules) -> Scalar:
+def _latest_of(c: TraitCandidates, rules: TraitRules) -> Observation:
+    prio = rules.source_priorities
+    return max(c.latest.values(), key=lambda o: (o[0], prio.get(o[1], 0), o[2]))
+
+
+def _latest(c: TraitCandidates, rules: TraitRules) -> Scalar:
     """The most recent event's value; at the same time, the more trusted source's
     (then the larger event id, so never arrival order)."""
-    prio = rules.source_priorities
-    return max(obs, key=lambda o: (o[0], prio.get(o[1], 0), o[2]))[3]
+    return _latest_of(c, rules)[3]
 
 
-def _first(obs: list[Observation], rules: TraitRules) -> Scalar:
+def _first(c: TraitCandidates, rules: TraitRules) -> Scalar:
     """The earliest event's value: e.g. the first referrer, the sign-up date."""
-    return min(obs, key=lambda o: (o[0], o[2]))[3]
+    return c.first[3] if c.first is not None else None
 
 
-def _source_priority(obs: list[Observation], rules: TraitRules) -> Scalar:
+def _source_priority(c: TraitCandidates, rules: TraitRules) -> Scalar:
     """The most trusted source's value, then the most recent among its events."""
     prio = rules.source_priorities
-    return max(obs, key=lambda o: (prio.get(o[1], 0), o[0], o[2]))[3]
+    return max(c.latest.values(), key=lambda o: (prio.get(o[1], 0), o[0], o[2]))[3]
 
 
-def _numeric(obs: list[Observation]) -> list[Observation]:
-    return [o for o in obs if isinstance(o[3], int | float) and not isinstance(o[3], bool)]
-
-
-def _max(obs: list[Observation], rules: TraitRules) -> Scalar:
+def _max(c: TraitCandidates, rules: TraitRules) -> Scalar:
     """The largest number seen (non-numbers ignored; none: the latest value)."""
-    nums = _numeric(obs)
-    return max(nums, key=lambda o: (o[3], o[0], o[2]))[3] if nums else _latest(obs, rules)
+    return c.hi[3] if c.hi is not None else _latest(c, rules)
 
 
-def _min(obs: list[Observation], rules: TraitRules) -> Scalar:
+def _min(c: TraitCandidates, rules: TraitRules) -> Scalar:
     """The smallest number seen (non-numbers ignored; none: the latest value)."""
-    nums = _numeric(obs)
-    return min(nums, key=lambda o: (o[3], -o[0], o[2]))[3] if nums else _latest(obs, rules)
+    return c.lo[3] if c.lo is not None else _latest(c, rules)
 
 
-def _any_true(obs: list[Observation], rules: TraitRules) -> Scalar:
+def _any_true(c: TraitCandidates, rules: TraitRules) -> Scalar:
     """True once any event said true (a flag that never goes back)."""
-    return any(o[3] is True for o in obs)
+    return c.any_true
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -109,10 +111,16 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+def pick_traits(traits: Mapping[str, TraitCandidates], rules: TraitRules) -> dict[str, Scalar]:
+    """Each trait's value under the rules, from its candidates (``profiles.totals``)."""
+    return {name: rules.strategy(name)(c, rules) for name, c in sorted(traits.items())}
+
+
 def choose_traits(
     observations: Iterable[tuple[str, Observation]], rules: TraitRules
 ) -> dict[str, Scalar]:
-    by_trait: dict[str, list[Observation]] = {}
+    """Each trait's value under the rules, from all its observations."""
+    by_trait: dict[str, TraitCandidates] = {}
     for name, obs in observations:
-        by_trait.setdefault(name, []).append(obs)
-    return {name: rules.strategy(name)(obs, rules) for name, obs in sorted(by_trait.items())}
+        by_trait.setdefault(name, TraitCandidates()).add(obs)
+    return pick_traits(by_trait, rules)

@@ -7,14 +7,14 @@ Only the worker reads and writes these; they are not a public contract.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from decimal import Decimal
+import struct
+import sys
+from array import array
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
-from profiles.computed import Purchase
-from profiles.facts import EventFacts
 from profiles.graph.messages import (
     Answer,
     Apply,
@@ -29,74 +29,99 @@ from profiles.graph.messages import (
     Repoint,
 )
 from profiles.graph.node import ProfileNode
-from profiles.graph.state import ProfileState, Refusal, Reservation
+from profiles.graph.state import UNKNOWN_TIME, ProfileState, Refusal, Reservation
+from profiles.ledger import Ledger, facts_from, facts_to
+from profiles.totals import Totals
 
 
 class WireError(ValueError):
     """An internal record that is not a list of graph messages."""
 
 
-def _facts(e: EventFacts) -> list[Any]:
-    raw: list[Any] = [e.event_id, e.type, e.source, e.time_ms, [list(t) for t in e.traits]]
-    if e.purchase is not None or e.consent:
-        p = e.purchase
-        raw.append([p.currency, str(p.total), list(p.categories)] if p is not None else None)
-        raw.append([list(c) for c in e.consent])
-    return raw
+def _state_parts(s: ProfileState) -> dict[str, Any]:
+    """What a state holds besides its event hashes and ledger."""
+    return {
+        "h": sorted(s.held),
+        "t": s.totals.to_wire(),
+        "rf": sorted([r.event_id, r.ident, r.other, r.rule] for r in s.refused),
+        "lk": {k: list(v) for k, v in s.linked_by.items()},
+        "mg": sorted(list(m) for m in s.merged),
+    }
 
 
-def _facts_from(raw: list[Any]) -> EventFacts:
-    purchase = None
-    if len(raw) > 5 and raw[5] is not None:
-        purchase = Purchase(raw[5][0], Decimal(raw[5][1]), tuple(raw[5][2]))
-    consent = tuple((c[0], bool(c[1])) for c in raw[6]) if len(raw) > 6 else ()
-    return EventFacts(
-        raw[0], raw[1], raw[2], raw[3], tuple((n, v) for n, v in raw[4]), purchase, consent
+def _state_of(d: dict[str, Any], seen: array[int], ledger: Ledger) -> ProfileState:
+    return ProfileState(
+        held=set(d["h"]),
+        seen=seen,
+        totals=Totals.from_wire(d["t"]),
+        ledger=ledger,
+        refused={Refusal(*r) for r in d["rf"]},
+        linked_by={k: (v[0], v[1], v[2]) for k, v in d["lk"].items()},
+        merged={(m[0], m[1], m[2]) for m in d["mg"]},
     )
 
 
 def state_to(s: ProfileState) -> dict[str, Any]:
+    """A whole state, ledger included, for a message (a merge's offer): it leaves its
+    partition, so nothing may stay behind in a table."""
+    full = s.ledger.copy()
     return {
-        "held": sorted(s.held),
-        "events": [_facts(e) for e in s.events.values()],
-        "refused": sorted([r.event_id, r.ident, r.other, r.rule] for r in s.refused),
-        "linked": {k: list(v) for k, v in s.linked_by.items()},
-        "merged": sorted(list(m) for m in s.merged),
+        **_state_parts(s),
+        "sn": list(s.seen),
+        "lg": [full.chunk(n).decode() for n in range(full.sealed)],
+        "lt": full.tail.decode(),
+        "ln": full.tail_n,
     }
 
 
 def state_from(d: dict[str, Any]) -> ProfileState:
-    events = [_facts_from(e) for e in d["events"]]
-    return ProfileState(
+    if "events" in d:
+        return _legacy_state(d)
+    chunks = {n: c.encode() for n, c in enumerate(d["lg"])}
+    ledger = Ledger(len(chunks), d["lt"].encode(), d["ln"], chunks)
+    return _state_of(d, array("Q", sorted(d["sn"])), ledger)
+
+
+def _legacy_state(d: dict[str, Any]) -> ProfileState:
+    """A state written before profiles kept totals (every event in the record): its
+    events folded in again, so the view is the same."""
+    state = ProfileState(
         held=set(d["held"]),
-        events={e.event_id: e for e in events},
         refused={Refusal(*r) for r in d["refused"]},
-        linked_by={k: (v[0], v[1]) for k, v in d["linked"].items()},
         merged={(m[0], m[1], m[2]) for m in d["merged"]},
     )
+    times: dict[str, int] = {}
+    for raw in d["events"]:
+        e = facts_from(raw)
+        times[e.event_id] = e.time_ms
+        state.fold(e)
+    for k, v in d["linked"].items():
+        state.link(k, v[0], v[1], times.get(v[0], UNKNOWN_TIME))
+    return state
 
 
 def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911 - one branch per message kind
     if isinstance(m, Observe):
-        d: dict[str, Any] = {"k": "obs", "a": m.anchor, "ids": list(m.ids), "e": _facts(m.event)}
+        d: dict[str, Any] = {"k": "obs", "a": m.anchor, "ids": list(m.ids), "e": facts_to(m.event)}
         return _with_refused(d, m.refused)
     if isinstance(m, Apply):
-        d = {"k": "app", "p": m.profile, "ids": list(m.ids), "e": _facts(m.event),
+        d = {"k": "app", "p": m.profile, "ids": list(m.ids), "e": facts_to(m.event),
              "g": m.granted_anchor}  # fmt: skip
         if m.pass_over:
             d["po"] = True
         return _with_refused(d, m.refused)
     if isinstance(m, Claim):
-        return {"k": "clm", "i": m.ident, "p": m.profile, "e": m.event_id, "cl": m.claim}
+        return {"k": "clm", "i": m.ident, "p": m.profile, "e": m.event_id, "cl": m.claim,
+                "t": m.time_ms}  # fmt: skip
     if isinstance(m, Granted):
         return {"k": "grt", "p": m.profile, "i": m.ident, "e": m.event_id}
     if isinstance(m, Merge):
         return {"k": "mrg", "l": m.loser, "w": m.winner, "v": m.via, "c": m.claimer,
-                "e": m.event_id, "cl": m.claim}  # fmt: skip
+                "e": m.event_id, "cl": m.claim, "t": m.time_ms}  # fmt: skip
     if isinstance(m, Offer):
         return {"k": "ofr", "w": m.winner, "l": m.loser, "s": state_to(m.state),
                 "pd": _reservations(m.pending), "v": m.via, "c": m.claimer, "e": m.event_id,
-                "cl": m.claim}  # fmt: skip
+                "cl": m.claim, "t": m.time_ms}  # fmt: skip
     if isinstance(m, Answer):
         return {"k": "ans", "l": m.loser, "w": m.winner, "ok": m.accepted, "v": m.via,
                 "c": m.claimer, "e": m.event_id, "cl": m.claim, "r": m.rule}  # fmt: skip
@@ -129,13 +154,15 @@ def _refused_from(d: dict[str, Any]) -> tuple[Refusal, ...]:
 
 
 _READERS: dict[str, Any] = {
-    "obs": lambda d: Observe(d["a"], tuple(d["ids"]), _facts_from(d["e"]), _refused_from(d)),
+    "obs": lambda d: Observe(d["a"], tuple(d["ids"]), facts_from(d["e"]), _refused_from(d)),
     "app": lambda d: Apply(
-        d["p"], tuple(d["ids"]), _facts_from(d["e"]), d["g"], _refused_from(d), d.get("po", False)
+        d["p"], tuple(d["ids"]), facts_from(d["e"]), d["g"], _refused_from(d), d.get("po", False)
     ),
-    "clm": lambda d: Claim(d["i"], d["p"], d["e"], d["cl"]),
+    "clm": lambda d: Claim(d["i"], d["p"], d["e"], d["cl"], d.get("t", UNKNOWN_TIME)),
     "grt": lambda d: Granted(d["p"], d["i"], d["e"]),
-    "mrg": lambda d: Merge(d["l"], d["w"], d["v"], d["c"], d["e"], d["cl"]),
+    "mrg": lambda d: Merge(
+        d["l"], d["w"], d["v"], d["c"], d["e"], d["cl"], d.get("t", UNKNOWN_TIME)
+    ),
     "ofr": lambda d: Offer(
         d["w"],
         d["l"],
@@ -145,6 +172,7 @@ _READERS: dict[str, Any] = {
         d["c"],
         d["e"],
         d["cl"],
+        d.get("t", UNKNOWN_TIME),
     ),
     "ans": lambda d: Answer(d["l"], d["w"], d["ok"], d["v"], d["c"], d["e"], d["cl"], d["r"]),
     "rel": lambda d: Release(d["p"], d["i"], d["cl"]),
@@ -171,10 +199,23 @@ def decode_messages(data: bytes | None) -> list[Any]:
         raise WireError(f"not graph messages: {type(exc).__name__}: {exc}") from None
 
 
+#: A profile node's stored form: this tag, the header's and the hashes' lengths, the
+#: header (JSON), the event hashes (little-endian u64, sorted), the ledger's tail.
+NODE_TAG = b"\x00n2"
+_LENGTHS = struct.Struct("<II")
+_HEAD = len(NODE_TAG) + _LENGTHS.size
+
+
 def node_to(node: ProfileNode) -> bytes:
-    return orjson.dumps(
+    """The record a profile partition stores per profile: bounded but for 8 bytes an
+    event (the hashes, copied as they are) — the ledger's sealed chunks are stored
+    under keys of their own (``ledger_key``)."""
+    s = node.state
+    header = orjson.dumps(
         {
-            "s": state_to(node.state),
+            **_state_parts(s),
+            "ls": s.ledger.sealed,
+            "ln": s.ledger.tail_n,
             "r": node.redirect,
             "pd": _reservations(node.pending),
             "n": node.claims,
@@ -183,17 +224,60 @@ def node_to(node: ProfileNode) -> bytes:
             "hb": [message_to(m) for m in node.held_back],
         }
     )
+    seen = s.seen.tobytes() if sys.byteorder == "little" else _swapped(s.seen).tobytes()
+    return b"".join((NODE_TAG, _LENGTHS.pack(len(header), len(seen)), header, seen, s.ledger.tail))
 
 
-def node_from(data: bytes) -> ProfileNode:
-    d = orjson.loads(data)
+def node_from(data: bytes, load: Callable[[int], bytes] | None = None) -> ProfileNode:
+    """A stored profile node; ``load(n)`` reads the ledger's sealed chunk ``n`` when
+    something asks for the events (a merge), never on the way in."""
+    if data[:1] == b"{":
+        return _legacy_node(orjson.loads(data))
+    if data[: len(NODE_TAG)] != NODE_TAG:
+        raise WireError(f"not a profile node: starts {data[:8]!r}")
+    n_header, n_seen = _LENGTHS.unpack_from(data, len(NODE_TAG))
+    d = orjson.loads(data[_HEAD : _HEAD + n_header])
+    seen = array("Q")
+    seen.frombytes(data[_HEAD + n_header : _HEAD + n_header + n_seen])
+    if sys.byteorder != "little":
+        seen.byteswap()
+    ledger = Ledger(d["ls"], data[_HEAD + n_header + n_seen :], d["ln"], load=load)
     held_back: list[ProfileMsg] = [message_from(m) for m in d["hb"]]
     return ProfileNode(
-        state=state_from(d["s"]),
+        state=_state_of(d, seen, ledger),
         redirect=d["r"],
         pending=_reservations_from(d["pd"]),
         claims=d["n"],
         offered_to=d["ot"],
         offering=d["of"],
         held_back=held_back,
+    )
+
+
+def ledger_key(profile_id: str, n: int) -> str:
+    """The table key of a profile's sealed ledger chunk ``n`` (same partition as the
+    profile: the streams layer writes it with the profile's partition as current)."""
+    return f"{profile_id}#{n}"
+
+
+def is_ledger_key(key: str) -> bool:
+    return "#" in key
+
+
+def _swapped(a: array[int]) -> array[int]:
+    b = array("Q", a)
+    b.byteswap()
+    return b
+
+
+def _legacy_node(d: dict[str, Any]) -> ProfileNode:
+    """A node stored before profiles kept totals (one JSON object)."""
+    return ProfileNode(
+        state=_legacy_state(d["s"]),
+        redirect=d["r"],
+        pending=_reservations_from(d["pd"]),
+        claims=d["n"],
+        offered_to=d["ot"],
+        offering=d["of"],
+        held_back=[message_from(m) for m in d["hb"]],
     )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from profiles.graph.node import ProfileNode
-from schemas.wire import node_from, node_to
+from schemas.wire import ledger_key, node_from, node_to
 
 
 class StrTable(MutableMapping[str, str]):
@@ -101,26 +101,40 @@ class NodeCache(dict[str, ProfileNode]):
     Once the batch is handled, ``encode()`` takes each profile's stored form once:
     ``changed`` answers from it, and ``flush`` writes back only the profiles whose
     form changed (each write is a changelog record; a message that changed nothing,
-    such as a re-delivered one, costs none)."""
+    such as a re-delivered one, costs none). A profile's ledger chunks sealed in the
+    batch are written under keys of their own (``schemas.wire.ledger_key``), once each;
+    those of a profile merged away are deleted."""
 
     def __init__(self, table: Any) -> None:
         super().__init__()
         self._t = table
         self.before: dict[str, bytes | None] = {}  # as stored when first read
+        self._sealed: dict[str, int] = {}  # ledger chunks stored when first read
         self._after: dict[str, bytes] | None = None
+
+    def _loader(self, key: str) -> Callable[[int], bytes]:
+        def load(n: int) -> bytes:
+            raw = self._t.get(ledger_key(key, n))
+            if raw is None:
+                raise KeyError(f"ledger chunk {n} of {key} is missing from the table")
+            return bytes(raw)
+
+        return load
 
     def get(self, key: str, default: Any = None) -> Any:
         if key not in self:
             raw = self._t.get(key)
             self.before.setdefault(key, raw)
             if raw is None:
+                self._sealed.setdefault(key, 0)
                 return default
-            self[key] = node_from(raw)
+            node = self[key] = node_from(raw, self._loader(key))
+            self._sealed.setdefault(key, node.state.ledger.sealed)
         return self[key]
 
     def stored(self, key: str) -> ProfileNode | None:
         raw = self.before.get(key)
-        return None if raw is None else node_from(raw)
+        return None if raw is None else node_from(raw, self._loader(key))
 
     def encode(self) -> None:
         self._after = {key: node_to(node) for key, node in self.items()}
@@ -138,4 +152,10 @@ class NodeCache(dict[str, ProfileNode]):
             if raw == self.before.get(key):
                 continue
             before(key)
+            ledger = self[key].state.ledger
+            stored = self._sealed.get(key, 0)
+            for n in range(stored, ledger.sealed):  # sealed in this batch
+                self._t[ledger_key(key, n)] = ledger.chunk(n)
+            for n in range(ledger.sealed, stored):  # merged away: its events moved
+                self._t.pop(ledger_key(key, n), None)
             self._t[key] = raw

@@ -76,7 +76,7 @@ def handle_identity(
                 return [("profile", msg.profile, denied)]
             _store(table, msg.ident, owner, [*claimants, msg.profile])
         winner, loser = sorted((owner, msg.profile))
-        merge = Merge(loser, winner, msg.ident, msg.profile, msg.event_id, msg.claim)
+        merge = Merge(loser, winner, msg.ident, msg.profile, msg.event_id, msg.claim, msg.time_ms)
         return [("profile", loser, merge)]
     if isinstance(msg, Repoint):
         owner, claimants = _entry(table, msg.ident)

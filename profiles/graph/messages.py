@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from profiles.facts import EventFacts
-from profiles.graph.state import Key, ProfileState, Refusal, Reservation
+from profiles.graph.state import UNKNOWN_TIME, Key, ProfileState, Refusal, Reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,7 @@ class Claim:  # -> identity[ident]
     profile: str
     event_id: str
     claim: str  # the claim's id: every answer to it names it (see Reservation)
+    time_ms: int = UNKNOWN_TIME  # the event's time: orders how identifiers joined
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class Merge:  # -> profile[loser]
     claimer: str
     event_id: str
     claim: str
+    time_ms: int = UNKNOWN_TIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class Offer:  # -> profile[winner]
     claimer: str
     event_id: str
     claim: str
+    time_ms: int = UNKNOWN_TIME
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,6 +94,7 @@ def _merge(node: ProfileNode, key: str, msg: Merge) -> list[Out]:
         msg.claimer,
         msg.event_id,
         msg.claim,
+        msg.time_ms,
     )
     return [("profile", msg.winner, offer)]
 
@@ -124,7 +125,7 @@ def _at_redirect(node: ProfileNode, key: str, msg: ProfileMsg) -> list[Out]:
         if msg.winner == to:
             return []
         winner, loser = sorted((to, msg.winner))
-        merge = Merge(loser, winner, msg.via, msg.claimer, msg.event_id, msg.claim)
+        merge = Merge(loser, winner, msg.via, msg.claimer, msg.event_id, msg.claim, msg.time_ms)
         return [("profile", loser, merge)]
     if isinstance(msg, Offer):
         return [("profile", to, replace(msg, winner=to))]
@@ -135,7 +136,7 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
     state = node.state
     out: list[Out] = []
     anchor = msg.ids[0]
-    if msg.pass_over and msg.event.event_id not in state.events:
+    if msg.pass_over and not state.has(msg.event.event_id):
         passed = Refusal(
             msg.event.event_id, anchor, msg.profile, shared_rule(rules.max_claimants or 0)
         )
@@ -146,8 +147,9 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
         state.held.add(anchor)
         node.settle()  # a loser may have handed over its claim of it
     state.fold(msg.event)
+    time_ms = msg.event.time_ms
     if msg.granted_anchor:
-        state.link(anchor, msg.event.event_id, "first seen")
+        state.link(anchor, msg.event.event_id, "first seen", time_ms)
     state.refused.update(msg.refused)
     reserved = node.reserved()
     for ident in msg.ids[1:]:
@@ -162,8 +164,9 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
         claim = f"{msg.profile}.{node.claims}"
         node.pending.add((ident, claim))
         reserved.add(ident)
-        state.link(ident, msg.event.event_id, f"seen with {anchor}")
-        out.append(("identity", ident, Claim(ident, msg.profile, msg.event.event_id, claim)))
+        state.link(ident, msg.event.event_id, f"seen with {anchor}", time_ms)
+        claim_msg = Claim(ident, msg.profile, msg.event.event_id, claim, time_ms)
+        out.append(("identity", ident, claim_msg))
     return out
 
 
@@ -186,7 +189,7 @@ def _offer(node: ProfileNode, key: str, msg: Offer, rules: IdentityRules) -> lis
     node.pending |= msg.pending
     node.settle()
     node.state.merged.add((msg.loser, msg.via, msg.event_id))
-    node.state.link(msg.via, msg.event_id, f"merged {msg.loser}")
+    node.state.link(msg.via, msg.event_id, f"merged {msg.loser}", msg.time_ms)
     return [
         (
             "profile",

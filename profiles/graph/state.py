@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from array import array
+from bisect import bisect_left
+from dataclasses import dataclass
 
 from profiles.facts import EventFacts
+from profiles.ledger import Ledger, entry_facts, entry_of, event_hash
 from profiles.profile import profile_id_for
+from profiles.totals import Totals
 
 Key = str  # "type:value" for identifiers, "p_..." for profiles
 
@@ -34,53 +38,128 @@ class Refusal:
     rule: str
 
 
-@dataclass(slots=True)
-class ProfileState:
-    """A join-semilattice: ``merge`` is commutative, associative and idempotent."""
+#: How an identifier joined: (event id, how, that event's time in ms).
+Link = tuple[str, str, int]
+#: The time of an event not known where a link is recorded: sorts after every real one.
+UNKNOWN_TIME = 2**63
 
-    held: set[Key] = field(default_factory=set)
-    # Traits and computed traits are functions of this set (profiles.traits).
-    events: dict[str, EventFacts] = field(default_factory=dict)
-    refused: set[Refusal] = field(default_factory=set)
-    # identifier -> (event id, how it joined): for `profiles why`
-    linked_by: dict[Key, tuple[str, str]] = field(default_factory=dict)
-    merged: set[tuple[str, Key, str]] = field(default_factory=set)  # (loser, via, event id)
+
+class ProfileState:
+    """A join-semilattice: ``merge`` is commutative, associative and idempotent.
+
+    What it holds of its events costs the same to touch whatever their number:
+    ``seen``, the sorted 64-bit hashes of their ids (the exact duplicate check, 8 bytes
+    an event), ``totals``, their aggregates (``profiles.totals``), and ``ledger``, the
+    events themselves, appended and read back only on merges."""
+
+    __slots__ = ("held", "ledger", "linked_by", "merged", "refused", "seen", "totals")
+    __hash__ = None  # type: ignore[assignment]  # mutable: compared, never hashed
+
+    def __init__(
+        self,
+        held: set[Key] | None = None,
+        seen: array[int] | None = None,
+        totals: Totals | None = None,
+        ledger: Ledger | None = None,
+        refused: set[Refusal] | None = None,
+        linked_by: dict[Key, Link] | None = None,
+        merged: set[tuple[str, Key, str]] | None = None,
+    ) -> None:
+        self.held: set[Key] = set() if held is None else held
+        self.seen: array[int] = array("Q") if seen is None else seen
+        self.totals = Totals() if totals is None else totals
+        self.ledger = Ledger() if ledger is None else ledger
+        self.refused: set[Refusal] = set() if refused is None else refused
+        # identifier -> how it joined: for `profiles why`
+        self.linked_by: dict[Key, Link] = {} if linked_by is None else linked_by
+        self.merged: set[tuple[str, Key, str]] = set() if merged is None else merged
+
+    @property
+    def event_count(self) -> int:
+        return len(self.seen)
+
+    def has(self, event_id: str) -> bool:
+        return _holds(self.seen, event_hash(event_id))
 
     def fold(self, event: EventFacts) -> bool:
-        if event.event_id in self.events:
+        h = event_hash(event.event_id)
+        i = bisect_left(self.seen, h)
+        if i < len(self.seen) and self.seen[i] == h:
             return False
-        self.events[event.event_id] = event
+        self.seen.insert(i, h)
+        self.totals.fold(event)
+        self.ledger.append(entry_of(event))
         return True
 
-    def link(self, ident: Key, event_id: str, how: str) -> None:
+    def event_ids(self) -> list[str]:
+        """The ids of every event held (reads the whole ledger)."""
+        return [e.event_id for e in self.ledger.events()]
+
+    def link(self, ident: Key, event_id: str, how: str, time_ms: int = UNKNOWN_TIME) -> None:
         """Remember how an identifier joined: of all the ways, the earliest event's (then
         the smaller event id, then ``how``), so the explanation, too, is the same
         whatever the order of events and merges."""
         old = self.linked_by.get(ident)
-        if old is None or self._earlier((event_id, how), old):
-            self.linked_by[ident] = (event_id, how)
-
-    def _earlier(self, a: tuple[str, str], b: tuple[str, str]) -> bool:
-        def order(why: tuple[str, str]) -> tuple[int, str, str]:
-            event = self.events.get(why[0])
-            return (event.time_ms if event is not None else 2**63, *why)
-
-        return order(a) < order(b)
+        new = (event_id, how, time_ms)
+        if old is None or (time_ms, event_id, how) < (old[2], old[0], old[1]):
+            self.linked_by[ident] = new
 
     def merge(self, other: ProfileState) -> None:
+        """Absorb ``other``. Events both hold (their hashes meet) are counted once: the
+        sums lose what ``other``'s ledger says of them, and the ledger skips them."""
         self.held |= other.held
-        for event in other.events.values():
-            self.fold(event)
+        shared = _common(self.seen, other.seen)
+        totals = other.totals
+        if shared:
+            totals = totals.copy()
+            for e in other.ledger.events():
+                if event_hash(e.event_id) in shared:
+                    totals.unfold_sums(e)
+            self.ledger.adopt(other.ledger, lambda entry: _entry_hash(entry) in shared)
+        else:
+            self.ledger.adopt(other.ledger)
+        self.totals.merge(totals)
+        self.seen = _union(self.seen, other.seen)
         self.refused |= other.refused
-        for ident, (event_id, how) in other.linked_by.items():
-            self.link(ident, event_id, how)
+        for ident, (event_id, how, time_ms) in other.linked_by.items():
+            self.link(ident, event_id, how, time_ms)
         self.merged |= other.merged
 
     def copy(self) -> ProfileState:
         return ProfileState(
             set(self.held),
-            dict(self.events),
+            array("Q", self.seen),
+            self.totals.copy(),
+            self.ledger.copy(),
             set(self.refused),
             dict(self.linked_by),
             set(self.merged),
         )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProfileState):
+            return NotImplemented
+        return all(getattr(self, s) == getattr(other, s) for s in ProfileState.__slots__)
+
+    def __repr__(self) -> str:
+        return f"ProfileState(held={sorted(self.held)}, events={len(self.seen)})"
+
+
+def _holds(seen: array[int], h: int) -> bool:
+    i = bisect_left(seen, h)
+    return i < len(seen) and seen[i] == h
+
+
+def _common(a: array[int], b: array[int]) -> set[int]:
+    small, big = (a, b) if len(a) <= len(b) else (b, a)
+    return {h for h in small if _holds(big, h)}
+
+
+def _union(a: array[int], b: array[int]) -> array[int]:
+    if not b:
+        return a
+    return array("Q", sorted(set(a).union(b)))
+
+
+def _entry_hash(entry: bytes) -> int:
+    return event_hash(entry_facts(entry).event_id)

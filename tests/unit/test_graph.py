@@ -268,7 +268,7 @@ def check_settled(sim: Simulation, events: list[Touchpoint]) -> None:
         for ident in table:
             assert ident in live[sim.owner(ident)].state.held
     # Every event with a usable identifier counts exactly once.
-    applied = Counter(e for n in live.values() for e in n.state.events)
+    applied = Counter(e for n in live.values() for e in n.state.event_ids())
     expected = {tp.event_id for tp in events if usable(tp.identifiers, sim.rules, "US")[0]}
     assert set(applied) == expected
     assert set(applied.values()) <= {1}

@@ -195,7 +195,7 @@ def states(draw: st.DrawFn, pool: list[Touchpoint]) -> ProfileState:
     hows = st.sampled_from(["first seen", "seen with email:a@x.org", "merged p_9"])
     for tp in events:
         for t, v in tp.identifiers.items():
-            state.link(f"{t}:{v}", tp.event_id, draw(hows))
+            state.link(f"{t}:{v}", tp.event_id, draw(hows), tp.occurred_at_ms)
         if draw(st.booleans()):
             state.refused.add(Refusal(tp.event_id, "user_id:u", "p_2", "limit user_id=1"))
         if draw(st.booleans()):
