@@ -51,7 +51,8 @@ class Summary:
         self.totals = totals
         self.identifier_types = identifier_types
         self.rules = rules
-        self.by_currency = dict(sorted(totals.money.items()))  # currency -> (orders, total)
+        # currency -> (orders, total)
+        self.by_currency = {c: (n, Decimal(t)) for c, (n, t) in sorted(totals.money.items())}
         self.orders = sum(n for n, _ in totals.money.values())
 
 
@@ -61,13 +62,25 @@ ComputedTrait = Callable[[Summary], Any]
 COMPUTED_TRAITS: dict[str, ComputedTrait] = {}
 
 
-def computed_trait(name: str) -> Callable[[ComputedTrait], ComputedTrait]:
-    """Register a computed trait under ``name`` (a name can be registered once)."""
+#: Trait name -> a cheaper function equal exactly when the trait's values are equal
+#: (what ``profiles.projection.signature_of`` compares to name the changed fields);
+#: a trait without one is compared by its value.
+SIGNATURES: dict[str, ComputedTrait] = {}
+
+
+def computed_trait(
+    name: str, signature: ComputedTrait | None = None
+) -> Callable[[ComputedTrait], ComputedTrait]:
+    """Register a computed trait under ``name`` (a name can be registered once).
+    ``signature``: for a trait costly to make (times as text, lists of objects), a
+    function of the same summary that is equal between two profiles exactly when the
+    trait is; it must not share mutable parts with the totals."""
 
     def register(fn: ComputedTrait) -> ComputedTrait:
         if name in COMPUTED_TRAITS:
             raise ValueError(f"computed trait {name!r} is registered twice")
         COMPUTED_TRAITS[name] = fn
+        SIGNATURES[name] = fn if signature is None else signature
         return fn
 
     return register
@@ -78,12 +91,12 @@ def _event_count(h: Summary) -> int:
     return h.totals.count
 
 
-@computed_trait("first_seen")
+@computed_trait("first_seen", lambda h: None if h.totals.first is None else h.totals.first[0])
 def _first_seen(h: Summary) -> str | None:
     return None if h.totals.first is None else iso(h.totals.first[0])
 
 
-@computed_trait("last_seen")
+@computed_trait("last_seen", lambda h: None if h.totals.last is None else h.totals.last[0])
 def _last_seen(h: Summary) -> str | None:
     return None if h.totals.last is None else iso(h.totals.last[0])
 
@@ -126,7 +139,7 @@ def _top_categories(h: Summary) -> list[str]:
     return [c for c, _ in ranked][: h.rules.top_categories]
 
 
-@computed_trait("last_touchpoints")
+@computed_trait("last_touchpoints", lambda h: h.totals.touchpoints[: h.rules.last_touchpoints])
 def _last_touchpoints(h: Summary) -> list[dict[str, Any]]:
     return [
         {"event_id": eid, "type": type_, "source": source, "at": iso(t)}
@@ -139,7 +152,7 @@ def _lifecycle_stage(h: Summary) -> str:
     return lifecycle(h.identifier_types, h.orders)
 
 
-@computed_trait("consent")
+@computed_trait("consent", lambda h: {p: (c[0], c[2], c[3]) for p, c in h.totals.consent.items()})
 def _consent(h: Summary) -> dict[str, dict[str, Any]]:
     return {
         purpose: {"granted": granted, "at": iso(t), "source": source}
@@ -156,6 +169,16 @@ def computed_of(
         return {"event_count": 0, "first_seen": None, "last_seen": None,
                 "lifecycle_stage": lifecycle(identifier_types, 0)}  # fmt: skip
     return {name: fn(summary) for name, fn in COMPUTED_TRAITS.items()}
+
+
+def computed_signature(
+    totals: Totals, identifier_types: Iterable[str], rules: TraitRules
+) -> dict[str, Any]:
+    """What ``computed_of`` would give, in a form as cheap to compare (``SIGNATURES``)."""
+    summary = Summary(totals, identifier_types, rules)
+    if not totals.count:
+        return {"event_count": 0, "lifecycle_stage": lifecycle(identifier_types, 0)}
+    return {name: fn(summary) for name, fn in SIGNATURES.items()}
 
 
 def computed(

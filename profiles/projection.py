@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from profiles.computed import computed_of
+from profiles.computed import computed_of, computed_signature
 from profiles.graph.messages import Merged, Out
 from profiles.graph.node import ProfileNode
 from profiles.graph.state import ProfileState, ident_type
@@ -92,9 +92,31 @@ def why_of(node: ProfileNode) -> dict[str, Any]:
     }
 
 
+def signature_of(node: ProfileNode, rules: TraitRules = DEFAULT_TRAIT_RULES) -> dict[str, Any]:
+    """What ``changed_fields`` compares, for a live profile, without making its view:
+    two signatures differ in a field exactly when the two views do (times stay
+    numbers, touchpoints stay lists). Taken when a profile is read, before a batch
+    changes it, so the view is made once a touch."""
+    s = node.state
+    ids: dict[str, list[str]] = {}
+    for ident in s.held:
+        ids.setdefault(ident_type(ident), []).append(ident)
+    return {
+        "identifiers": frozenset(s.held),
+        "traits": pick_traits(s.totals.traits, rules),
+        "computed": {
+            **computed_signature(s.totals, ids, rules),
+            "merged_from": sorted(m[0] for m in s.merged),
+            "refused_links": len(s.refused),
+        },
+        "version": version_of(s),
+    }
+
+
 def changed_fields(before: dict[str, Any] | None, after: dict[str, Any]) -> list[str]:
     """Top-level names (``identifiers``, ``traits.<name>``, ``computed.<name>``) that
-    differ between two views of a profile; everything when there was none before."""
+    differ between two views of a profile, or two signatures (``signature_of``);
+    everything when there was none before."""
     old = before or {}
     out = []
     if old.get("identifiers") != after.get("identifiers"):

@@ -19,18 +19,21 @@ when the view is made).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from profiles.facts import EventFacts
 
 #: Touchpoints each profile keeps for ``last_touchpoints`` (the rules show up to this).
-TOUCHPOINTS_KEPT = 50
+TOUCHPOINTS_KEPT = 20
 
 Scalar = str | int | float | bool | None
-#: (event time ms, source, event id, value): one event's say about a trait.
-Observation = tuple[int, str, str, Scalar]
+#: [event time ms, source, event id, value]: one event's say about a trait. Lists,
+#: not tuples, everywhere here: the stored form is JSON, and a record is decoded on
+#: every touch, so what ``orjson.loads`` gives is used as it is.
+Observation = list[Any]
 
 
 def _numeric(v: Any) -> bool:
@@ -62,9 +65,10 @@ class TraitCandidates:
     def add(self, o: Observation) -> None:
         t, src, eid, v = o
         cur = self.latest.get(src)
-        if cur is None or (t, eid) > (cur[0], cur[2]):
+        if cur is None or t > cur[0] or (t == cur[0] and eid > cur[2]):
             self.latest[src] = o
-        if self.first is None or (t, eid) < (self.first[0], self.first[2]):
+        first = self.first
+        if first is None or t < first[0] or (t == first[0] and eid < first[2]):
             self.first = o
         if _numeric(v):
             hi, lo = self.hi, self.lo
@@ -84,16 +88,11 @@ class TraitCandidates:
         self.any_true = self.any_true or other.any_true
 
     def to_wire(self) -> list[Any]:
-        latest = [self.latest[src] for src in sorted(self.latest)]
-        return [latest, self.first, self.hi, self.lo, self.any_true]
+        return [self.latest, self.first, self.hi, self.lo, self.any_true]
 
     @classmethod
     def from_wire(cls, raw: list[Any]) -> TraitCandidates:
-        def obs(o: list[Any] | None) -> Observation | None:
-            return None if o is None else (o[0], o[1], o[2], o[3])
-
-        latest = {o[1]: (o[0], o[1], o[2], o[3]) for o in raw[0]}  # a new dict: no aliasing
-        return cls(latest, obs(raw[1]), obs(raw[2]), obs(raw[3]), bool(raw[4]))
+        return cls(raw[0], raw[1], raw[2], raw[3], raw[4])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TraitCandidates) and self.to_wire() == other.to_wire()
@@ -129,47 +128,56 @@ class Totals:
 
     def __init__(self) -> None:
         self.count = 0
-        self.first: tuple[int, str] | None = None  # (time, event id), the earliest
-        self.last: tuple[int, str, str] | None = None  # (time, event id, source), the latest
+        self.first: list[Any] | None = None  # [time, event id], the earliest
+        self.last: list[Any] | None = None  # [time, event id, source], the latest
         self.by_type: dict[str, int] = {}
         self.by_source: dict[str, int] = {}
-        self.money: dict[str, tuple[int, Decimal]] = {}  # currency -> (orders, total)
+        self.money: dict[str, list[Any]] = {}  # currency -> [orders, total as a string]
         self.categories: dict[str, int] = {}
-        # (time, event id, type, source), latest first, at most TOUCHPOINTS_KEPT
-        self.touchpoints: list[tuple[int, str, str, str]] = []
-        self.consent: dict[str, tuple[int, str, bool, str]] = {}  # purpose -> latest
+        # [time, event id, type, source], latest first, at most TOUCHPOINTS_KEPT
+        self.touchpoints: list[list[Any]] = []
+        self.consent: dict[str, list[Any]] = {}  # purpose -> [time, event id, granted, source]
         self.traits: dict[str, TraitCandidates] = {}
 
     # -- joins ---------------------------------------------------------------------
     def _join(self, e: EventFacts) -> None:
         t, eid = e.time_ms, e.event_id
-        if self.first is None or (t, eid) < self.first:
-            self.first = (t, eid)
-        if self.last is None or (t, eid) > self.last[:2]:
-            self.last = (t, eid, e.source)
-        self._touch([(t, eid, e.type, e.source)])
+        first, last = self.first, self.last
+        if first is None or t < first[0] or (t == first[0] and eid < first[1]):
+            self.first = [t, eid]
+        if last is None or t > last[0] or (t == last[0] and eid > last[1]):
+            self.last = [t, eid, e.source]
+        self._touch([[t, eid, e.type, e.source]])
         for purpose, granted in e.consent:
             cur = self.consent.get(purpose)
-            if cur is None or (t, eid) > cur[:2]:
-                self.consent[purpose] = (t, eid, granted, e.source)
+            if cur is None or [t, eid] > cur[:2]:
+                self.consent[purpose] = [t, eid, granted, e.source]
+        traits = self.traits
         for name, value in e.traits:
-            cands = self.traits.get(name)
+            cands = traits.get(name)
             if cands is None:
-                cands = self.traits[name] = TraitCandidates()
-            cands.add((t, e.source, eid, value))
+                cands = traits[name] = TraitCandidates()
+            cands.add([t, e.source, eid, value])
 
-    def _touch(self, new: Iterable[tuple[int, str, str, str]]) -> None:
+    def _touch(self, new: list[list[Any]]) -> None:
         tps = self.touchpoints
-        fresh = [tp for tp in new if tp not in tps]
-        if not fresh:
-            return
-        if len(fresh) == 1 and (not tps or fresh[0] < tps[-1]):
-            if len(tps) < TOUCHPOINTS_KEPT:
-                tps.append(fresh[0])  # older than all kept, room left
-            return
-        if len(fresh) == 1 and tps and fresh[0] > tps[0]:
-            tps.insert(0, fresh[0])  # the newest: the usual case
+        if len(new) == 1:
+            tp = new[0]
+            if not tps or tp > tps[0]:
+                tps.insert(0, tp)  # the newest: the usual case
+            elif tp < tps[-1]:
+                if len(tps) < TOUCHPOINTS_KEPT:
+                    tps.append(tp)  # older than all kept, room left
+                return
+            elif tp in tps:
+                return
+            else:
+                tps.append(tp)
+                tps.sort(reverse=True)
         else:
+            fresh = [tp for tp in new if tp not in tps]
+            if not fresh:
+                return
             tps.extend(fresh)
             tps.sort(reverse=True)
         del tps[TOUCHPOINTS_KEPT:]
@@ -181,10 +189,10 @@ class Totals:
         _add(self.by_source, e.source, n)
         p = e.purchase
         if p is not None:
-            orders, total = self.money.get(p.currency, (0, Decimal(0)))
+            orders, total = self.money.get(p.currency, (0, "0"))
             orders += n
             if orders:
-                self.money[p.currency] = (orders, total + p.total * n)
+                self.money[p.currency] = [orders, str(Decimal(total) + p.total * n)]
             else:
                 self.money.pop(p.currency, None)
             for c in p.categories:
@@ -209,17 +217,17 @@ class Totals:
             for k, n in theirs.items():
                 _add(mine, k, n)
         for cur, (n, total) in other.money.items():
-            orders, mine_total = self.money.get(cur, (0, Decimal(0)))
-            self.money[cur] = (orders + n, mine_total + total)
+            orders, mine_total = self.money.get(cur, (0, "0"))
+            self.money[cur] = [orders + n, str(Decimal(mine_total) + Decimal(total))]
         if other.first is not None and (self.first is None or other.first < self.first):
-            self.first = other.first
+            self.first = list(other.first)
         if other.last is not None and (self.last is None or other.last[:2] > self.last[:2]):
-            self.last = other.last
-        self._touch(other.touchpoints)
+            self.last = list(other.last)
+        self._touch([list(tp) for tp in other.touchpoints])
         for purpose, c in other.consent.items():
             cur_c = self.consent.get(purpose)
             if cur_c is None or c[:2] > cur_c[:2]:
-                self.consent[purpose] = c
+                self.consent[purpose] = list(c)
         for name, cands in other.traits.items():
             mine_c = self.traits.get(name)
             if mine_c is None:
@@ -227,7 +235,7 @@ class Totals:
             mine_c.merge(cands)
 
     def copy(self) -> Totals:
-        return Totals.from_wire(self.to_wire())
+        return Totals.from_wire(orjson.loads(orjson.dumps(self.to_wire())))
 
     # -- wire ----------------------------------------------------------------------
     def to_wire(self) -> dict[str, Any]:
@@ -237,7 +245,7 @@ class Totals:
             "l": self.last,
             "ty": self.by_type,
             "so": self.by_source,
-            "m": {c: [n, str(total)] for c, (n, total) in self.money.items()},
+            "m": self.money,
             "ca": self.categories,
             "tp": self.touchpoints,
             "co": self.consent,
@@ -246,23 +254,26 @@ class Totals:
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> Totals:
+        """From what ``to_wire`` gave, decoded afresh (it is used as it is, not copied)."""
         t = cls()
         t.count = d["n"]
-        t.first = None if d["f"] is None else (d["f"][0], d["f"][1])
-        t.last = None if d["l"] is None else (d["l"][0], d["l"][1], d["l"][2])
-        t.by_type = dict(d["ty"])
-        t.by_source = dict(d["so"])
-        t.money = {c: (v[0], Decimal(v[1])) for c, v in d["m"].items()}
-        t.categories = dict(d["ca"])
-        t.touchpoints = [(x[0], x[1], x[2], x[3]) for x in d["tp"]]
-        t.consent = {k: (v[0], v[1], v[2], v[3]) for k, v in d["co"].items()}
+        t.first = d["f"]
+        t.last = d["l"]
+        t.by_type = d["ty"]
+        t.by_source = d["so"]
+        t.money = d["m"]
+        t.categories = d["ca"]
+        t.touchpoints = d["tp"]
+        t.consent = d["co"]
         t.traits = {k: TraitCandidates.from_wire(v) for k, v in d["tr"].items()}
         return t
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Totals) and all(
-            getattr(self, s) == getattr(other, s) for s in Totals.__slots__
-        )
+        if not isinstance(other, Totals):
+            return NotImplemented
+        mine, theirs = self.to_wire(), other.to_wire()
+        amounts = [{c: [n, Decimal(v)] for c, (n, v) in w.pop("m").items()} for w in (mine, theirs)]
+        return mine == theirs and amounts[0] == amounts[1]
 
     def __repr__(self) -> str:
         return f"Totals(count={self.count})"

@@ -224,8 +224,9 @@ def node_to(node: ProfileNode) -> bytes:
             "hb": [message_to(m) for m in node.held_back],
         }
     )
-    seen = s.seen.tobytes() if sys.byteorder == "little" else _swapped(s.seen).tobytes()
-    return b"".join((NODE_TAG, _LENGTHS.pack(len(header), len(seen)), header, seen, s.ledger.tail))
+    seen = s.seen if sys.byteorder == "little" else _swapped(s.seen)  # joined without a copy
+    n_seen = len(seen) * seen.itemsize
+    return b"".join((NODE_TAG, _LENGTHS.pack(len(header), n_seen), header, seen, s.ledger.tail))
 
 
 def node_from(data: bytes, load: Callable[[int], bytes] | None = None) -> ProfileNode:
@@ -238,7 +239,7 @@ def node_from(data: bytes, load: Callable[[int], bytes] | None = None) -> Profil
     n_header, n_seen = _LENGTHS.unpack_from(data, len(NODE_TAG))
     d = orjson.loads(data[_HEAD : _HEAD + n_header])
     seen = array("Q")
-    seen.frombytes(data[_HEAD + n_header : _HEAD + n_header + n_seen])
+    seen.frombytes(memoryview(data)[_HEAD + n_header : _HEAD + n_header + n_seen])
     if sys.byteorder != "little":
         seen.byteswap()
     ledger = Ledger(d["ls"], data[_HEAD + n_header + n_seen :], d["ln"], load=load)

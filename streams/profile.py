@@ -23,7 +23,7 @@ from typing import Any
 from profiles.graph.messages import Apply, Merged
 from profiles.graph.node import ProfileNode
 from profiles.graph.profile import handle_profile
-from profiles.projection import changed_fields, shown, view_of, why_of
+from profiles.projection import changed_fields, shown, signature_of, view_of, why_of
 from profiles.rules import IdentityRules
 from profiles.traits import TraitRules
 from sinks.base import ChangeBatch, ProfileChange, Sink
@@ -36,6 +36,20 @@ from streams.topology import Stage
 log = logging.getLogger("unifier.profile")
 
 
+#: What ``NodeCache.read`` holds for a profile that was a redirect when read.
+WAS_REDIRECT = "redirect"
+
+
+def as_read(rules: TraitRules) -> Callable[[ProfileNode], Any]:
+    """What the profile stage keeps of each profile as it is read, to name what a
+    batch changed: its signature (``profiles.projection.signature_of``)."""
+
+    def read(node: ProfileNode) -> Any:
+        return WAS_REDIRECT if node.redirect is not None else signature_of(node, rules)
+
+    return read
+
+
 def change_of(
     key: str, node: ProfileNode, cache: NodeCache, view: dict[str, Any], rules: TraitRules
 ) -> ProfileChange:
@@ -43,12 +57,14 @@ def change_of(
     why = why_of(node) if node.redirect is None else None
     if not cache.changed(key):
         return ProfileChange(key, view, why)  # as stored: followers have it already
-    old = cache.stored(key)
+    before = cache.read.get(key)  # None: new here
     if node.redirect is not None:  # merged away: a tombstone, once
-        return ProfileChange(key, view, None, publish=old is None or old.redirect is None)
-    before = view_of(key, old, rules) if old is not None and old.redirect is None else None
-    changed = changed_fields(before, view)
-    publish = before is None or bool(changed) or before["version"] != view["version"]
+        return ProfileChange(key, view, None, publish=before != WAS_REDIRECT)
+    if before == WAS_REDIRECT:
+        before = None
+    after = signature_of(node, rules)
+    changed = changed_fields(before, after)
+    publish = before is None or bool(changed) or before["version"] != after["version"]
     return ProfileChange(key, view, why, publish, tuple(changed))
 
 
@@ -133,12 +149,13 @@ def register(
     """The profile agent, consuming ``topics[stage.name]``."""
     identity_rules, trait_rules = rules
     partitions = stage.partitions
+    read = as_read(trait_rules)
 
     async def handle(
         manual: Any, events: list[Any], published: list[Sink], views: list[Sink]
     ) -> None:
         messages = await messages_in(events, stage.name, topics["dlq"], log)
-        cache = NodeCache(table)
+        cache = NodeCache(table, read)
         outs = []
         for msg in messages:
             outs += handle_profile(cache, msg, identity_rules)

@@ -105,10 +105,12 @@ class NodeCache(dict[str, ProfileNode]):
     batch are written under keys of their own (``schemas.wire.ledger_key``), once each;
     those of a profile merged away are deleted."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, on_read: Callable[[ProfileNode], Any] | None = None) -> None:
         super().__init__()
         self._t = table
+        self._on_read = on_read
         self.before: dict[str, bytes | None] = {}  # as stored when first read
+        self.read: dict[str, Any] = {}  # what on_read said of each node as it was read
         self._sealed: dict[str, int] = {}  # ledger chunks stored when first read
         self._after: dict[str, bytes] | None = None
 
@@ -130,11 +132,9 @@ class NodeCache(dict[str, ProfileNode]):
                 return default
             node = self[key] = node_from(raw, self._loader(key))
             self._sealed.setdefault(key, node.state.ledger.sealed)
+            if self._on_read is not None:
+                self.read[key] = self._on_read(node)
         return self[key]
-
-    def stored(self, key: str) -> ProfileNode | None:
-        raw = self.before.get(key)
-        return None if raw is None else node_from(raw, self._loader(key))
 
     def encode(self) -> None:
         self._after = {key: node_to(node) for key, node in self.items()}

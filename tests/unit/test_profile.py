@@ -171,6 +171,28 @@ def test_a_profile_update_record_is_valid_avro_and_names_what_changed() -> None:
     assert update_from(b"p_2", None) == ProfileRemoved("p_2")
 
 
+@given(
+    st.lists(touchpoints, max_size=6, unique_by=lambda t: t.event_id),
+    st.lists(touchpoints, max_size=3),
+    st.integers(0, 12),
+)
+def test_the_signature_names_exactly_the_fields_the_view_changes(a, more, shown_n) -> None:  # type: ignore[no-untyped-def]
+    """The profile stage names changed fields from signatures taken as profiles are
+    read (no second view); they must name exactly what the two views differ in."""
+    from profiles.projection import changed_fields, signature_of
+    from profiles.traits import TraitRules
+
+    rules = TraitRules(last_touchpoints=shown_n)
+    before = ProfileNode(state=fold(a))
+    after = ProfileNode(state=fold(a + more))
+    by_views = changed_fields(view_of("p_1", before, rules), view_of("p_1", after, rules))
+    by_signatures = changed_fields(signature_of(before, rules), signature_of(after, rules))
+    assert by_signatures == by_views
+    assert changed_fields(None, signature_of(after, rules)) == changed_fields(
+        None, view_of("p_1", after, rules)
+    )
+
+
 @given(st.lists(touchpoints, max_size=6))
 def test_every_view_survives_a_profile_update_record(events) -> None:  # type: ignore[no-untyped-def]
     """`unifier view rebuild` rebuilds Redis from these records: nothing may be lost or
