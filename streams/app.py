@@ -17,6 +17,7 @@ from sinks.kafka import ProfileTopicsSink
 from sinks.redis_view import RedisViewSink
 from streams import identity, metrics, ops, profile, route
 from streams.patches import fetch, flush, offsets, recovery
+from streams.producer import FastProducer, ProducedTopic
 from streams.topology import Topology, topology
 
 log = logging.getLogger("unifier.worker")
@@ -85,12 +86,26 @@ def _declare(app: Any, topo: Topology) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _register_stages(app: Any, settings: Settings, topo: Topology) -> None:
     topics, tables = _declare(app, topo)
+    producer = FastProducer(settings)
+    produced = {
+        "identity": ProducedTopic(producer, topo.identity.name),
+        "profile": ProducedTopic(producer, topo.profile_ops.name),
+        "updates": ProducedTopic(producer, topo.profile_updates.name),
+        "merges": ProducedTopic(producer, topo.profile_merges.name),
+    }
+
+    @app.on_before_shutdown.connect
+    async def close_producer(app: Any, **kwargs: Any) -> None:
+        producer.close()
+
     stages = {s.name: s for s in topo.stages}
     take = settings.stage_batch_records, settings.stage_batch_wait_s
     rules = identity_rules(settings)
     max_bytes = settings.max_record_bytes
-    route.register(app, settings, topics["route"], topics["identity"], topics["dlq"])
-    identity.register(app, stages["identity"], topics, tables["identity"], rules, take, max_bytes)
+    route.register(app, settings, topics["route"], produced["identity"], topics["dlq"])
+    identity.register(
+        app, stages["identity"], topics, tables["identity"], rules, take, max_bytes, produced
+    )
 
     profile.register(
         app,
@@ -98,25 +113,45 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> None:
         topics,
         tables["profiles"],
         (rules, trait_rules(settings)),
-        profile_sinks(settings, topo, topics),
+        profile_sinks(settings, topo, produced),
         take,
         max_bytes,
+        produced,
     )
 
 
-def profile_sinks(settings: Settings, topo: Topology, topics: dict[str, Any]) -> profile.Sinks:
+async def _done() -> None:
+    return None
+
+
+class _Done:
+    """An awaitable that is already complete (what a queued record's ``send`` gives)."""
+
+    def __await__(self) -> Any:
+        return _done().__await__()
+
+
+_DONE = _Done()
+
+
+def profile_sinks(
+    settings: Settings, topo: Topology, produced: dict[str, ProducedTopic]
+) -> profile.Sinks:
     """Where the profile stage's changes go (``sinks``). A new destination is one more
     entry here: in ``views`` when it keeps a copy of profiles (written after the table,
     versions refuse replays), in ``published`` when it must be delivered before the
     table write (an output topic)."""
 
     by_name = {
-        topo.profile_updates.name: topics["updates"],
-        topo.profile_merges.name: topics["merges"],
+        topo.profile_updates.name: produced["updates"],
+        topo.profile_merges.name: produced["merges"],
     }
 
     async def send(topic: str, key: bytes, value: bytes | None) -> Any:
-        return await by_name[topic].send(key=key, value=value)
+        # Queued on the worker's producer; the stage awaits the delivery of the whole
+        # batch (``FastProducer.delivered``) before the sink's flush.
+        by_name[topic].send(value, key=key)
+        return _DONE
 
     return profile.Sinks(
         published=[

@@ -5,21 +5,22 @@ profile), as one batch per take (``streams.batches``).
 Outputs are sent, and delivered, before the table is written: a worker killed in
 between leaves the table as it was, and the re-delivered record sends the outputs
 again (a no-op where they had arrived). The other way round, a table could remember
-a claim whose message was lost, and the merge it starts would never finish.
+a claim whose message was lost, and the merge it starts would never finish. The
+table's changelog records are delivered before the records are acknowledged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 from profiles.graph.identity import handle_identity
 from profiles.rules import IdentityRules
 from streams import metrics
-from streams.batches import batches, in_partition
+from streams.batches import batches
 from streams.messages import count_internal, group, messages_in, send_internal
-from streams.state import Overlay, StrTable
+from streams.producer import ProducedTopic
+from streams.state import ChangelogTable, Overlay, StrTable, writing
 from streams.topology import Stage
 
 log = logging.getLogger("unifier.identity")
@@ -33,10 +34,13 @@ def register(
     rules: IdentityRules,
     take: tuple[int, float],
     max_bytes: int,
+    produced: dict[str, ProducedTopic],
 ) -> Any:
     """The identity agent, consuming ``topics[stage.name]`` (the topic ``stage.consumes``)."""
     partitions = stage.partitions
-    strings = StrTable(table)
+    producer = produced["identity"].producer
+    changelog = ChangelogTable(table, producer)
+    strings = StrTable(changelog)
 
     async def handle(manual: Any, events: list[Any]) -> None:
         writes = Overlay(strings)
@@ -44,14 +48,12 @@ def register(
         for msg in await messages_in(events, stage.name, topics["dlq"], log):
             outs += handle_identity(writes, msg, rules.max_claimants)
         grouped = group(outs, partitions)
-        sent = await send_internal(
-            stage.name, grouped, topics["identity"], topics["profile"], max_bytes
-        )
-        if sent:
-            await asyncio.gather(*sent)
+        if send_internal(grouped, produced["identity"], produced["profile"], max_bytes):
+            await producer.delivered()
         count_internal(stage.name, grouped)
-        with in_partition(manual, events, partitions) as before:
+        with writing(changelog, events, partitions) as before:
             writes.flush(before)
+        await producer.delivered()
         for event in events:
             await manual.ack(event)
         metrics.RECORDS.labels(stage=stage.name).inc(len(events))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ from profiles.routing import partition_for
 from schemas.wire import WireError, decode_messages, encode_messages
 from streams import metrics
 from streams.dlq import dead_letter
+from streams.producer import ProducedTopic
 
 
 def encode_batches(messages: Sequence[Any], max_bytes: int) -> list[bytes]:
@@ -24,15 +25,15 @@ def encode_batches(messages: Sequence[Any], max_bytes: int) -> list[bytes]:
     return encode_batches(messages[:half], max_bytes) + encode_batches(messages[half:], max_bytes)
 
 
-async def send_batches(
-    topic: Any, groups: dict[int, list[Any]], max_bytes: int
-) -> list[Awaitable[Any]]:
-    """Send each partition's messages; returns the delivery futures."""
-    sent = []
+def send_batches(topic: ProducedTopic, groups: dict[int, list[Any]], max_bytes: int) -> int:
+    """Queue each partition's messages on the worker's producer; returns how many
+    records (the stage then awaits ``FastProducer.delivered``)."""
+    records = 0
     for partition, messages in groups.items():
         for value in encode_batches(messages, max_bytes):
-            sent.append(await topic.send(value=value, partition=partition))
-    return sent
+            topic.send(value, partition)
+            records += 1
+    return records
 
 
 @dataclass
@@ -74,14 +75,13 @@ async def messages_in(
     return out
 
 
-async def send_internal(
-    stage: str, grouped: Grouped, identity_topic: Any, profile_topic: Any, max_bytes: int
-) -> list[Awaitable[Any]]:
-    """Send a batch's messages for other partitions; returns the delivery futures
+def send_internal(
+    grouped: Grouped, identity_topic: ProducedTopic, profile_topic: ProducedTopic, max_bytes: int
+) -> int:
+    """Queue a batch's messages for other partitions; returns how many records
     (``count_internal`` once they are delivered)."""
-    sent = await send_batches(identity_topic, grouped.identity, max_bytes)
-    sent += await send_batches(profile_topic, grouped.profile, max_bytes)
-    return sent
+    records = send_batches(identity_topic, grouped.identity, max_bytes)
+    return records + send_batches(profile_topic, grouped.profile, max_bytes)
 
 
 def count_internal(stage: str, grouped: Grouped) -> None:

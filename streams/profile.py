@@ -4,16 +4,16 @@
 Order within a batch, each step only after the one before succeeded:
 1. messages for other partitions and the output topics (``ProfileTopicsSink``) are
    sent and delivered — a worker killed before the table write sends them again;
-2. the table is written (only the profiles whose stored form changed);
+2. the table is written (only the profiles whose stored form changed), its
+   changelog records queued on the worker's producer (``streams.producer``);
 3. the Redis view (``RedisViewSink``) gets every touched profile, changed or not — a
    replay after a crash between the table write and Redis still brings the view up
    to date (the version guard makes a repeated write a no-op);
-4. the records are acknowledged.
+4. once the changelog records are delivered, the records are acknowledged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -28,9 +28,10 @@ from profiles.rules import IdentityRules
 from profiles.traits import TraitRules
 from sinks.base import ChangeBatch, ProfileChange, Sink
 from streams import metrics
-from streams.batches import batches, in_partition
+from streams.batches import batches
 from streams.messages import count_internal, group, messages_in, send_internal
-from streams.state import NodeCache
+from streams.producer import FastProducer, ProducedTopic
+from streams.state import ChangelogTable, NodeCache, writing
 from streams.topology import Stage
 
 log = logging.getLogger("unifier.profile")
@@ -110,12 +111,14 @@ class Sinks:
     views: list[Callable[[], Sink]] = field(default_factory=list)
 
 
-async def _publish(stage: str, sinks: list[Sink], batch: ChangeBatch, sent: list[Any]) -> None:
-    """Hand the batch to the published sinks and wait for it and ``sent`` to arrive."""
+async def _publish(
+    stage: str, sinks: list[Sink], batch: ChangeBatch, producer: FastProducer
+) -> None:
+    """Hand the batch to the published sinks and wait for it, and the messages the
+    stage queued, to arrive."""
     for sink in sinks:
         await sink.write(batch)
-    if sent:
-        await asyncio.gather(*sent)
+    await producer.delivered()
     for sink in sinks:
         delivered = await sink.flush()
         for to, n in delivered.counts.items():
@@ -145,30 +148,32 @@ def register(
     sinks: Sinks,
     take: tuple[int, float],
     max_bytes: int,
+    produced: dict[str, ProducedTopic],
 ) -> Any:
     """The profile agent, consuming ``topics[stage.name]``."""
     identity_rules, trait_rules = rules
     partitions = stage.partitions
     read = as_read(trait_rules)
+    producer = produced["profile"].producer
+    changelog = ChangelogTable(table, producer)
 
     async def handle(
         manual: Any, events: list[Any], published: list[Sink], views: list[Sink]
     ) -> None:
         messages = await messages_in(events, stage.name, topics["dlq"], log)
-        cache = NodeCache(table, read)
+        cache = NodeCache(changelog, read)
         outs = []
         for msg in messages:
             outs += handle_profile(cache, msg, identity_rules)
         batch = changes_of(cache, trait_rules, outs)
         grouped = group(outs, partitions)
-        sent = await send_internal(
-            stage.name, grouped, topics["identity"], topics["profile"], max_bytes
-        )
-        await _publish(stage.name, published, batch, sent)
+        send_internal(grouped, produced["identity"], produced["profile"], max_bytes)
+        await _publish(stage.name, published, batch, producer)
         count_internal(stage.name, grouped)
-        with in_partition(manual, events, partitions) as before:
+        with writing(changelog, events, partitions) as before:
             cache.flush(before)
-        await _write_views(views, batch)
+        await _write_views(views, batch)  # while the changelog records are on their way
+        await producer.delivered()
         for event in events:
             await manual.ack(event)
         metrics.RECORDS.labels(stage=stage.name).inc(len(events))

@@ -20,6 +20,7 @@ from streams import metrics
 from streams.batches import batches
 from streams.dlq import dead_letter
 from streams.messages import send_batches
+from streams.producer import ProducedTopic
 
 log = logging.getLogger("unifier.route")
 
@@ -38,7 +39,7 @@ async def decode(resolver: Resolver, data: bytes | None) -> list[Touchpoint]:
         return decode_touchpoints(data)
 
 
-def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any) -> Any:
+def register(app: Any, settings: Settings, source: Any, identity: ProducedTopic, dlq: Any) -> Any:
     """The route agent, consuming the input topic."""
     rules = identity_rules(settings)
     region = settings.default_phone_region
@@ -84,7 +85,8 @@ def register(app: Any, settings: Settings, source: Any, identity: Any, dlq: Any)
             for event in events:
                 for part, observed in (await route_record(event)).items():
                     groups.setdefault(part, []).extend(observed)
-            await send_batches(identity, groups, max_bytes)
+            if send_batches(identity, groups, max_bytes):
+                await identity.producer.delivered()
             for event in events:
                 await manual.ack(event)
             records.inc(len(events))

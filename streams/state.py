@@ -1,6 +1,10 @@
-"""State helpers of the stages: a table seen as ``str``, and write buffers that let a
-batch read its own writes and write each changed key back once.
+"""State helpers of the stages: tables written around Faust's per-key path, a table
+seen as ``str``, and write buffers that let a batch read its own writes and write each
+changed key back once.
 
+* ``ChangelogTable`` — a Faust table whose writes go to its store and, as changelog
+  records, through the worker's producer (``streams.producer``), to the partition
+  ``writing`` names.
 * ``StrTable`` — the identity table (bytes values) as a mapping of str.
 * ``Overlay`` — writes held back until ``flush``; only keys whose value changed are
   written (each write is a changelog record).
@@ -10,11 +14,86 @@ batch read its own writes and write each changed key back once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import orjson
+
 from profiles.graph.node import ProfileNode
+from profiles.routing import partition_for
 from schemas.wire import ledger_key, node_from, node_to
+from streams.producer import FastProducer
+
+
+class ChangelogTable(MutableMapping[str, bytes]):
+    """A Faust table read from its store and written to its store plus its changelog,
+    the record produced by the worker's ``FastProducer`` to ``partition`` (set by
+    ``writing`` for each key). Recovery is Faust's own: it reads the changelog, whose
+    records have the form Faust writes (the key as JSON, the value as it is). The
+    stage awaits ``FastProducer.delivered`` before it acknowledges its input."""
+
+    def __init__(self, table: Any, producer: FastProducer) -> None:
+        self._table = table
+        self._producer = producer
+        self._topic = table.changelog_topic.get_topic_name()
+        self.partition: int | None = None
+
+    def _send(self, key: str, value: bytes | None) -> None:
+        if self.partition is None:
+            raise RuntimeError(f"table key {key!r} written outside `writing`")
+        self._producer.produce(self._topic, value, orjson.dumps(key), self.partition)
+
+    def __getitem__(self, key: str) -> bytes:
+        return self._table.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._table.data.get(key, default)
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._table.data[key] = value
+        self._send(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        del self._table.data[key]
+        self._send(key, None)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        if key not in self._table.data:
+            return default
+        value = self._table.data[key]
+        del self[key]
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table.data)
+
+    def __len__(self) -> int:
+        return len(self._table.data)
+
+
+@contextmanager
+def writing(
+    table: ChangelogTable, events: Sequence[Any], partitions: int
+) -> Iterator[Callable[[str], None]]:
+    """Yields ``before(key)``, which points the table's writes at ``key``'s partition
+    (``profiles.routing.partition_for``, where its messages are sent) — one this batch
+    has records of, else the key is not this worker's to write."""
+    held = {event.message.partition for event in events}
+
+    def before(key: str) -> None:
+        part = partition_for(key, partitions)
+        if part not in held:
+            raise RuntimeError(
+                f"table key {key!r} belongs to partition {part}, and no record of this "
+                f"batch came from it (partitions {sorted(held)})"
+            )
+        table.partition = part
+
+    try:
+        yield before
+    finally:
+        table.partition = None
 
 
 class StrTable(MutableMapping[str, str]):
