@@ -102,7 +102,7 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> None:
     take = settings.stage_batch_records, settings.stage_batch_wait_s
     rules = identity_rules(settings)
     max_bytes = settings.max_record_bytes
-    route.register(app, settings, topics["route"], produced["identity"], topics["dlq"])
+    route.register(app, settings, topics["route"], produced, topics["dlq"], tables["identity"])
     identity.register(
         app, stages["identity"], topics, tables["identity"], rules, take, max_bytes, produced
     )

@@ -1,7 +1,13 @@
 """Stage 1, route: decode input records, check each event, and send it to the identity
 partition of its highest-priority identifier — one Kafka record per partition for all
 the input records taken at once, so the stages behind pay Faust's per-record cost
-once per batch."""
+once per batch.
+
+The shortcut: when the anchor is in this worker's copy of the identity table (the
+partition is, or was, this worker's), the route sends what the identity partition
+would — an ``Apply`` to the owner — straight to the profile partition
+(``profiles.graph.identity.known_anchor`` says why a copy of any age will do). Only
+new anchors take the identity hop, where they get their owner."""
 
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ from typing import Any
 
 from config.settings import Settings
 from profiles.configured import identity_rules, trait_alias_index
-from profiles.graph.messages import Observe
+from profiles.graph.identity import known_anchor
+from profiles.graph.messages import Apply, Observe
 from profiles.routing import observe, partition_for
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints, encode_touchpoint
@@ -39,8 +46,16 @@ async def decode(resolver: Resolver, data: bytes | None) -> list[Touchpoint]:
         return decode_touchpoints(data)
 
 
-def register(app: Any, settings: Settings, source: Any, identity: ProducedTopic, dlq: Any) -> Any:
+def register(
+    app: Any,
+    settings: Settings,
+    source: Any,
+    out: dict[str, ProducedTopic],
+    dlq: Any,
+    identity_table: Any,
+) -> Any:
     """The route agent, consuming the input topic."""
+    identity, profile = out["identity"], out["profile"]
     rules = identity_rules(settings)
     region = settings.default_phone_region
     aliases = trait_alias_index(settings)
@@ -48,8 +63,12 @@ def register(app: Any, settings: Settings, source: Any, identity: ProducedTopic,
     max_bytes = settings.max_record_bytes
     resolver = Resolver(settings)
 
-    async def route_record(event: Any) -> dict[int, list[Observe]]:
-        groups: dict[int, list[Observe]] = {}
+    def owner_of(first: Observe) -> Apply | None:
+        raw = identity_table.data.get(first.anchor)
+        return known_anchor(None if raw is None else raw.decode(), first, rules.max_claimants)
+
+    async def route_record(event: Any) -> dict[int, list[Any]]:
+        groups: dict[int, list[Any]] = {}
         try:
             touchpoints = await decode(resolver, event.value)
         except DecodeError as exc:
@@ -64,11 +83,18 @@ def register(app: Any, settings: Settings, source: Any, identity: ProducedTopic,
                     dlq, event, "route.validate", str(exc), encode_touchpoint(tp), log
                 )
                 continue
-            groups.setdefault(partition_for(first.anchor, partitions), []).append(first)
+            apply = owner_of(first)
+            if apply is None:
+                groups.setdefault(partition_for(first.anchor, partitions), []).append(first)
+            else:  # the profile partition's numbers follow the identity ones
+                groups.setdefault(partitions + partition_for(apply.profile, partitions), []).append(
+                    apply
+                )
         return groups
 
     records = metrics.RECORDS.labels(stage="route")
-    sent = metrics.MESSAGES_OUT.labels(stage="route", to="identity")
+    sent_identity = metrics.MESSAGES_OUT.labels(stage="route", to="identity")
+    sent_profile = metrics.MESSAGES_OUT.labels(stage="route", to="profile")
 
     @app.agent(source, name="route")
     async def route(stream: Any) -> None:
@@ -81,15 +107,20 @@ def register(app: Any, settings: Settings, source: Any, identity: ProducedTopic,
         async for events in batches(
             manual, settings.stage_batch_records, settings.stage_batch_wait_s
         ):
-            groups: dict[int, list[Observe]] = {}
+            groups: dict[int, list[Any]] = {}
             for event in events:
                 for part, observed in (await route_record(event)).items():
                     groups.setdefault(part, []).extend(observed)
-            if send_batches(identity, groups, max_bytes):
+            to_identity = {p: g for p, g in groups.items() if p < partitions}
+            to_profile = {p - partitions: g for p, g in groups.items() if p >= partitions}
+            if send_batches(identity, to_identity, max_bytes) + send_batches(
+                profile, to_profile, max_bytes
+            ):
                 await identity.producer.delivered()
             for event in events:
                 await manual.ack(event)
             records.inc(len(events))
-            sent.inc(sum(len(g) for g in groups.values()))
+            sent_identity.inc(sum(len(g) for g in to_identity.values()))
+            sent_profile.inc(sum(len(g) for g in to_profile.values()))
 
     return route

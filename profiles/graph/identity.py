@@ -45,6 +45,22 @@ def _is_shared(claimants: list[str], max_claimants: int | None) -> bool:
     return max_claimants is not None and 1 + len(claimants) >= max_claimants
 
 
+def known_anchor(value: str | None, msg: Observe, max_claimants: int | None) -> Apply | None:
+    """What the anchor's partition sends for an event whose anchor has an owner (its
+    table value is ``value``), or None when it has none (the partition must take it).
+
+    Reads only. That is what lets a worker skip the identity hop for an event whose
+    anchor it finds in its own copy of the table, however old the copy: an owner is
+    only ever replaced by the profile it merged into (its redirect forwards the event),
+    and claimants only grow — a value once read is one the partition held, so the
+    event is handled as if it had arrived then."""
+    if value is None:
+        return None
+    owner, *claimants = value.split(" ")
+    shared = len(msg.ids) > 1 and _is_shared(claimants, max_claimants)
+    return Apply(owner, msg.ids, msg.event, False, msg.refused, pass_over=shared)
+
+
 def handle_identity(
     table: MutableMapping[Key, str], msg: IdentityMsg, max_claimants: int | None = None
 ) -> list[Out]:
@@ -56,13 +72,11 @@ def handle_identity(
     claims merge again, a no-op), and an event anchored on it goes to its owner,
     which passes it on only if it does not have it yet."""
     if isinstance(msg, Observe):
-        owner, claimants = _entry(table, msg.anchor)
-        if owner is None:
-            owner = table[msg.anchor] = profile_for(msg.anchor)
-            return [("profile", owner, Apply(owner, msg.ids, msg.event, True, msg.refused))]
-        shared = len(msg.ids) > 1 and _is_shared(claimants, max_claimants)
-        apply = Apply(owner, msg.ids, msg.event, False, msg.refused, pass_over=shared)
-        return [("profile", owner, apply)]
+        apply = known_anchor(table.get(msg.anchor), msg, max_claimants)
+        if apply is None:
+            founder = table[msg.anchor] = profile_for(msg.anchor)
+            apply = Apply(founder, msg.ids, msg.event, True, msg.refused)
+        return [("profile", apply.profile, apply)]
     if isinstance(msg, Claim):
         owner, claimants = _entry(table, msg.ident)
         if owner is None:
