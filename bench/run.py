@@ -282,6 +282,7 @@ def end_to_end(
     from producers.kafka import TouchpointProducer
     from serve.view import RedisProfileView
 
+    others = {name: cpu_seconds(stack.procs[name].pid) for name in ("broker", "redis")}
     with timer() as load, TouchpointProducer(settings) as out:
         for tp in touchpoints:
             out.send(tp)
@@ -294,6 +295,8 @@ def end_to_end(
     took = time.perf_counter() - started
     cpu = sum(cpu_seconds(stack.procs[name].pid) for name in names)
     rss = sum(rss_bytes(stack.procs[name].pid) for name in names)
+    others = {f"{name}_cpu_us_per_event": (cpu_seconds(stack.procs[name].pid) - was)
+              / len(touchpoints) * 1e6 for name, was in others.items()}  # fmt: skip
     view = RedisProfileView.from_url(settings.redis_url)
     with contextlib.closing(view):
         profiles = list(view.scan())
@@ -310,6 +313,8 @@ def end_to_end(
         "events_per_s": len(touchpoints) / took,
         "events_per_s_after_ready": len(touchpoints) / max(took - ready, 1e-9),
         "worker_cpu_seconds": cpu,
+        "worker_cpu_us_per_event": cpu / len(touchpoints) * 1e6,
+        **others,
         "worker_cpu_share": cpu / took,
         "worker_rss_bytes": rss,
         "redis_used_memory_bytes": redis_used,
@@ -350,6 +355,7 @@ def markdown(report: Report) -> str:
         *_heading(report),
         *_raw_rows(report),
         *_end_to_end_rows(s),
+        *_steady_rows(s),
         *_load_rows(s),
         *_read_rows(s.get("read_api", {})),
         *_memory_rows(s.get("memory", {}), e2e),
@@ -426,6 +432,57 @@ def _end_to_end_rows(s: dict[str, dict[str, Any]]) -> list[str]:
             f"({run['seconds']:.1f} s, {run['worker_ready_seconds']:.1f} s of it until ready; "
             f"CPU {run['worker_cpu_share']:.0%} of one core) | {ratio:.3f} of the ceiling; "
             f"target 20,000: {20_000 / max(run['events_per_s'], 1e-9):,.0f}x short |"
+        )
+    return lines
+
+
+def _cpu_split(run: dict[str, Any]) -> str:
+    return (
+        f"CPU per event: worker {run['worker_cpu_us_per_event']:,.0f} µs, broker "
+        f"{run.get('broker_cpu_us_per_event', 0):,.0f} µs, Redis "
+        f"{run.get('redis_cpu_us_per_event', 0):,.0f} µs"
+    )
+
+
+def _steady_rows(s: dict[str, dict[str, Any]]) -> list[str]:
+    """Sections 7 to 9 (issue #16): steady state, the profile's age, a loyal customer."""
+    lines = []
+    e2e, steady = s.get("end_to_end", {}), s.get("steady", {})
+    if e2e.get("worker_cpu_us_per_event"):
+        lines.append(
+            f"| 2. the same run: {_cpu_split(e2e)} | cold and merge-heavy: new people | target "
+            f"≥ 8,000 events/s: {8_000 / max(e2e['events_per_s'], 1e-9):,.1f}x short |"
+        )
+    if steady:
+        lines.append(
+            f"| 7. steady state: {steady['events']:,} events of people the worker knows, "
+            f"pre-loaded → caught up | {steady['events_per_s']:,.0f} events/s; "
+            f"{_cpu_split(steady)}; worker CPU {steady['worker_cpu_share']:.0%} of one core | "
+            f"target ≥ 20,000 events/s: {20_000 / max(steady['events_per_s'], 1e-9):,.1f}x "
+            f"short; worker ≤ 50 µs/event: "
+            f"{steady['worker_cpu_us_per_event'] / 50:,.1f}x over |"
+        )
+    for row in s.get("profile_age", {}).get("rows", []):
+        lines.append(
+            f"| 8. one touch of a profile with {row['events']:,} events (profile stage, "
+            f"in-process) | {row['cpu_us_per_touch']:,.0f} µs CPU "
+            f"({row['ratio_to_smallest']:.2f}x the smallest); stored record "
+            f"{row['record_bytes']:,} bytes ({row['record_bytes_per_event']:.1f} per event) "
+            f"| target within 1.5x; ≤ 16 bytes/event + a bounded part |"
+        )
+    loyal = s.get("loyal")
+    if loyal:
+        under = (
+            "yes"
+            if loyal["largest_changelog_record_bytes"] < loyal["request_limit_bytes"]
+            else "NO"
+        )
+        lines.append(
+            f"| 9. one person, {loyal['events']:,} events end to end | event_count "
+            f"{loyal['event_count']} ({'exact' if loyal['exact'] else 'WRONG'}) in "
+            f"{loyal['seconds']:.1f} s; largest changelog record "
+            f"{loyal['largest_changelog_record_bytes']:,} bytes | under the "
+            f"{loyal['request_limit_bytes']:,}-byte request limit: {under} |"
         )
     return lines
 
@@ -609,6 +666,7 @@ def main() -> None:
     args = _arguments()
 
     from bench.scale import table_memory
+    from bench.steady import profile_age
     from unifier.demo import demo_settings
     from unifier.stack import running
 
@@ -623,6 +681,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="unifier-bench-") as tmp:
         settings = demo_settings(Path(tmp) / "one")
         report = _new_report(args, settings, touchpoints)
+        print("8. a touch against the profile's age (in this process)", flush=True)
+        report.add("profile_age", **profile_age())
         print("starting the embedded broker and Redis ...", flush=True)
         with running(settings) as stack:
             _one_worker(report, settings, stack, journeys, touchpoints, offered, args.load_seconds)
@@ -690,6 +750,7 @@ def _one_worker(
     """Sections 1 to 4 and 6, on one stack: raw limits, end to end, reads, offered loads."""
     from bench.load import offered_load
     from bench.reads import read_api
+    from bench.steady import loyal_customer, steady_state
 
     print("1. raw limits", flush=True)
     report.add("raw_decode", **consume_decode_ceiling(settings, touchpoints))
@@ -700,6 +761,10 @@ def _one_worker(
     e2e = end_to_end(settings, stack, touchpoints, journeys)
     emails = e2e.pop("emails")
     report.add("end_to_end", **e2e)
+    print("7. steady state (people the worker knows)", flush=True)
+    report.add("steady", **steady_state(settings, stack, touchpoints, len(touchpoints)))
+    print("9. a loyal customer: 20,000 events of one person", flush=True)
+    report.add("loyal", **loyal_customer(settings, stack))
     print("4. read API (lookups by email)", flush=True)
     report.add("read_api", **read_api(settings, emails, stack.dir / "api.log"))
     print("3. latency under an offered load", flush=True)
