@@ -181,6 +181,17 @@ def computed_signature(
     return {name: fn(summary) for name, fn in SIGNATURES.items()}
 
 
+def signature_parts(
+    totals: Totals, identifier_types: Iterable[str], rules: TraitRules
+) -> dict[str, Any]:
+    """Only the traits whose signature is not their value (``SIGNATURES``): with the
+    values a view shows for the rest, the signature of a profile just made."""
+    if not totals.count:
+        return {}
+    summary = Summary(totals, identifier_types, rules)
+    return {name: fn(summary) for name, fn in SIGNATURES.items() if fn is not COMPUTED_TRAITS[name]}
+
+
 def computed(
     events: Iterable[EventFacts], identifier_types: Iterable[str], rules: TraitRules
 ) -> dict[str, Any]:

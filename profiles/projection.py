@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from profiles.computed import computed_of, computed_signature
+from profiles.computed import computed_of, computed_signature, signature_parts
 from profiles.graph.messages import Merged, Out
 from profiles.graph.node import ProfileNode
 from profiles.graph.state import ProfileState, ident_type
@@ -110,6 +110,23 @@ def signature_of(node: ProfileNode, rules: TraitRules = DEFAULT_TRAIT_RULES) -> 
             "refused_links": len(s.refused),
         },
         "version": version_of(s),
+    }
+
+
+def signature_with_view(
+    node: ProfileNode, view: dict[str, Any], rules: TraitRules = DEFAULT_TRAIT_RULES
+) -> dict[str, Any]:
+    """``signature_of(node)``, from the view just made of it (``view_of``): its values,
+    but for the few traits whose signature is cheaper than their value."""
+    s = node.state
+    ids: dict[str, list[str]] = {}
+    for ident in s.held:
+        ids.setdefault(ident_type(ident), []).append(ident)
+    return {
+        "identifiers": frozenset(s.held),
+        "traits": view["traits"],
+        "computed": {**view["computed"], **signature_parts(s.totals, ids, rules)},
+        "version": view["version"],
     }
 
 

@@ -23,7 +23,14 @@ from typing import Any
 from profiles.graph.messages import Apply, Merged
 from profiles.graph.node import ProfileNode
 from profiles.graph.profile import handle_profile
-from profiles.projection import changed_fields, shown, signature_of, view_of, why_of
+from profiles.projection import (
+    changed_fields,
+    shown,
+    signature_of,
+    signature_with_view,
+    view_of,
+    why_of,
+)
 from profiles.rules import IdentityRules
 from profiles.traits import TraitRules
 from sinks.base import ChangeBatch, ProfileChange, Sink
@@ -63,7 +70,7 @@ def change_of(
         return ProfileChange(key, view, None, publish=before != WAS_REDIRECT)
     if before == WAS_REDIRECT:
         before = None
-    after = signature_of(node, rules)
+    after = signature_with_view(node, view, rules)
     changed = changed_fields(before, after)
     publish = before is None or bool(changed) or before["version"] != after["version"]
     return ProfileChange(key, view, why, publish, tuple(changed))

@@ -179,7 +179,7 @@ def test_a_profile_update_record_is_valid_avro_and_names_what_changed() -> None:
 def test_the_signature_names_exactly_the_fields_the_view_changes(a, more, shown_n) -> None:  # type: ignore[no-untyped-def]
     """The profile stage names changed fields from signatures taken as profiles are
     read (no second view); they must name exactly what the two views differ in."""
-    from profiles.projection import changed_fields, signature_of
+    from profiles.projection import changed_fields, signature_of, signature_with_view
     from profiles.traits import TraitRules
 
     rules = TraitRules(last_touchpoints=shown_n)
@@ -188,6 +188,9 @@ def test_the_signature_names_exactly_the_fields_the_view_changes(a, more, shown_
     by_views = changed_fields(view_of("p_1", before, rules), view_of("p_1", after, rules))
     by_signatures = changed_fields(signature_of(before, rules), signature_of(after, rules))
     assert by_signatures == by_views
+    # ... and the stage's way: the signature after, from the view it makes anyway
+    with_view = signature_with_view(after, view_of("p_1", after, rules), rules)
+    assert changed_fields(signature_of(before, rules), with_view) == by_views
     assert changed_fields(None, signature_of(after, rules)) == changed_fields(
         None, view_of("p_1", after, rules)
     )
