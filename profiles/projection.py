@@ -110,6 +110,7 @@ def signature_of(node: ProfileNode, rules: TraitRules = DEFAULT_TRAIT_RULES) -> 
             "refused_links": len(s.refused),
         },
         "version": version_of(s),
+        "links": dict(s.linked_by),  # not a view field: says if `why_of` changed
     }
 
 
@@ -127,7 +128,22 @@ def signature_with_view(
         "traits": view["traits"],
         "computed": {**view["computed"], **signature_parts(s.totals, ids, rules)},
         "version": view["version"],
+        "links": dict(s.linked_by),
     }
+
+
+def explanation_changed(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
+    """Whether ``why_of`` differs between two signatures: identifiers, how they joined,
+    merges or refusals."""
+    if before is None:
+        return True
+    b, a = before["computed"], after["computed"]
+    return (
+        before["identifiers"] != after["identifiers"]
+        or before["links"] != after["links"]
+        or b.get("merged_from") != a.get("merged_from")
+        or b.get("refused_links") != a.get("refused_links")
+    )
 
 
 def changed_fields(before: dict[str, Any] | None, after: dict[str, Any]) -> list[str]:

@@ -35,6 +35,10 @@ class ProfileChange:
     why: dict[str, Any] | None = None  # how its identifiers joined; None for a redirect
     publish: bool = False
     changed: tuple[str, ...] = ()  # the fields that changed (``profiles.projection``)
+    # Its identifiers or how they joined may differ from what a view store was last
+    # given: it rewrites its identifier index and explanation. False only when the
+    # stage knows they did not change (an event folded into a profile it had).
+    identity_changed: bool = True
 
     @property
     def removed(self) -> bool:

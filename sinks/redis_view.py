@@ -61,16 +61,20 @@ end
 """
 
 # KEYS[1] profile hash, KEYS[2..] the identifier keys of its identifiers (none for a
-# redirect); ARGV[1] version, ARGV[2] json, ARGV[3] why ('' = none: a redirect keeps no
-# explanation of the profile it was), ARGV[4] the profile id.
-# 1 = written, 0 = older, ignored (its identifier keys are still offered).
+# redirect, or when they did not change); ARGV[1] version, ARGV[2] json, ARGV[3] why
+# ('' = none: a redirect keeps no explanation of the profile it was; '=' = unchanged,
+# kept), ARGV[4] the profile id.
+# 1 = written, 0 = older, ignored (its identifier keys are still offered), 2 = '=' but
+# Redis has no such profile (it lost its data): nothing written, send it whole.
 _WRITE_IF_NEWER = (
     _INDEX
     + """
 index(2, ARGV[4])
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+if not cur and ARGV[3] == '=' then return 2 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
+if ARGV[3] == '=' then return 1 end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3])
 else redis.call('HDEL', KEYS[1], 'why') end
 return 1
@@ -89,18 +93,22 @@ def identifier_key(id_type: str, value: str) -> str:
     return f"{PREFIX}id:{id_type}:{value}"
 
 
-def write_args(view: Mapping[str, Any], why: Mapping[str, Any] | None) -> list[Any]:
+#: ``write_args``'s ``why`` for a profile whose explanation did not change.
+KEEP = object()
+
+
+def write_args(view: Mapping[str, Any], why: Any) -> list[Any]:
     """ARGV of the write-if-newer script for one profile view (or redirect). A redirect
     keeps no explanation, whatever ``why`` says: one batch can hold a merged-away
-    profile's last live view (with its explanation) and its redirect."""
+    profile's last live view (with its explanation) and its redirect. ``why`` is
+    ``KEEP`` when the explanation Redis holds is still right."""
     if "merged_into" in view:
         why = None
-    return [
-        view["version"],
-        orjson.dumps(view, option=ORJSON_OPTS),
-        orjson.dumps(why, option=ORJSON_OPTS) if why is not None else "",
-        view["profile_id"],
-    ]
+    if why is KEEP:
+        encoded: Any = "="
+    else:
+        encoded = orjson.dumps(why, option=ORJSON_OPTS) if why is not None else ""
+    return [view["version"], orjson.dumps(view, option=ORJSON_OPTS), encoded, view["profile_id"]]
 
 
 def identifier_keys(view: Mapping[str, Any]) -> list[str]:
@@ -163,26 +171,51 @@ class AsyncRedisWriter:
     def from_url(cls, url: str) -> AsyncRedisWriter:
         return cls(aredis.Redis.from_url(url, socket_timeout=10))
 
+    def _pipeline(self) -> Any:
+        pipe = self._r.pipeline(transaction=False)
+        # redis-py loads it at execute if Redis lost it
+        pipe.scripts.add(self._script)  # type: ignore[arg-type]  # an AsyncScript, as it wants
+        return pipe
+
     async def write(
-        self, profiles: Iterable[dict[str, Any]], whys: Mapping[str, dict[str, Any]] | None = None
+        self,
+        profiles: Iterable[dict[str, Any]],
+        whys: Mapping[str, Any] | None = None,
+        same_identity: frozenset[str] = frozenset(),
     ) -> int:
         """Write profiles (view form), their explanations (``whys`` by profile id) and
-        their identifier index; returns how many profile writes were applied (older
-        versions are skipped by the script)."""
-        pipe = self._r.pipeline(transaction=False)
-        queued = done = 0
+        their identifier index — but for the ids in ``same_identity``, whose index and
+        explanation Redis has already; returns how many profile writes were applied
+        (older versions are skipped by the script). Commands are queued on the
+        pipeline directly: through ``Script.__call__`` each cost an await."""
         whys = whys or {}
-        for view in profiles:
-            pid = view["profile_id"]
-            keys = [profile_key(pid), *identifier_keys(view)]
-            await self._script(keys=keys, args=write_args(view, whys.get(pid)), client=pipe)
-            queued += 1
-            if queued == PIPELINE_PROFILES:  # bounded: a huge batch is several round trips
-                done += applied(await pipe.execute())
-                queued = 0
-        if queued:
-            done += applied(await pipe.execute())
+        views = list(profiles)
+        done, lost = await self._write(views, whys, same_identity)
+        if lost:  # Redis lost them: written whole, index and explanation included
+            again, _ = await self._write(lost, whys, frozenset())
+            done += again
         return done
+
+    async def _write(
+        self, views: list[dict[str, Any]], whys: Mapping[str, Any], same: frozenset[str]
+    ) -> tuple[int, list[dict[str, Any]]]:
+        sha = self._script.sha
+        done, lost = 0, []
+        for start in range(0, len(views), PIPELINE_PROFILES):  # bounded round trips
+            part = views[start : start + PIPELINE_PROFILES]
+            pipe = self._pipeline()
+            for view in part:
+                pid = view["profile_id"]
+                if pid in same:
+                    keys, why = [profile_key(pid)], KEEP
+                else:
+                    keys, why = [profile_key(pid), *identifier_keys(view)], whys.get(pid)
+                args = write_args(view, why)
+                pipe.pipeline_execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            results = await pipe.execute()
+            done += applied(results)
+            lost += [view for view, r in zip(part, results, strict=True) if r == 2]
+        return done, lost
 
     async def close(self) -> None:
         await self._r.aclose()
@@ -200,6 +233,7 @@ class RedisViewSink:
         self._writer = writer
         self._views: list[dict[str, Any]] = []
         self._whys: dict[str, dict[str, Any]] = {}
+        self._same: set[str] = set()  # explanation and index unchanged
         self._max_delay = max_delay_s
 
     @classmethod
@@ -209,7 +243,9 @@ class RedisViewSink:
     async def write(self, batch: ChangeBatch) -> None:
         for change in batch.changes:
             self._views.append(change.view)
-            if change.why is not None:
+            if not change.identity_changed:
+                self._same.add(change.profile_id)
+            if change.why is not None:  # kept: sent if Redis turns out to have lost it
                 self._whys[change.profile_id] = change.why
         # The winner writes the loser's redirect too: the view agrees with profile-merges
         # (which the winner publishes) as soon as the merge is made, whatever happens to
@@ -219,13 +255,14 @@ class RedisViewSink:
     async def flush(self) -> Delivery:
         views, self._views = self._views, []
         whys, self._whys = self._whys, {}
+        same, self._same = frozenset(self._same), set()
         if not views:
             return Delivery(self.name)
         delay = 0.1
         started = time.perf_counter()
         while True:
             try:
-                written = await self._writer.write(views, whys)
+                written = await self._writer.write(views, whys, same)
                 return Delivery(
                     self.name, written, len(views) - written, time.perf_counter() - started
                 )

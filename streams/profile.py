@@ -25,6 +25,7 @@ from profiles.graph.node import ProfileNode
 from profiles.graph.profile import handle_profile
 from profiles.projection import (
     changed_fields,
+    explanation_changed,
     shown,
     signature_of,
     signature_with_view,
@@ -73,7 +74,8 @@ def change_of(
     after = signature_with_view(node, view, rules)
     changed = changed_fields(before, after)
     publish = before is None or bool(changed) or before["version"] != after["version"]
-    return ProfileChange(key, view, why, publish, tuple(changed))
+    identity = explanation_changed(before, after)
+    return ProfileChange(key, view, why, publish, tuple(changed), identity)
 
 
 def changes_of(cache: NodeCache, rules: TraitRules, outs: list[Any]) -> ChangeBatch:

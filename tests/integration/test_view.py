@@ -163,3 +163,47 @@ def test_a_large_batch_is_written_whole_in_bounded_pipelines(
         assert [plain.lookup("email", f"{n}@x.example") for n in range(7)] == views
     finally:
         client.close()
+
+
+def test_an_unchanged_identity_is_not_rewritten_unless_redis_lost_the_profile(
+    redis_url: str,
+) -> None:
+    """A touch that changed no identifier writes the profile only; the explanation and
+    the index stay as they were. A Redis that lost its data (restarted empty) gets the
+    profile back whole on that same touch: explanation and index included."""
+    from sinks.base import ChangeBatch, ProfileChange
+    from sinks.redis_view import RedisViewSink
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    ids = {"email": ["ana@x.example"]}
+    why = {"identifiers": [{"identifier": "email:ana@x.example", "event_id": "e1",
+                            "how": "first seen"}], "merges": [], "refused": []}  # fmt: skip
+
+    def touch(version: int, identity_changed: bool) -> ChangeBatch:
+        view = {"profile_id": "p_1", "identifiers": ids, "version": version}
+        return ChangeBatch([ProfileChange("p_1", view, why, True, (), identity_changed)], [])
+
+    async def write(*batches: ChangeBatch) -> None:
+        sink = RedisViewSink.from_url(redis_url)
+        try:
+            for batch in batches:
+                await sink.write(batch)
+                await sink.flush()
+        finally:
+            await sink.close()
+
+    try:
+        asyncio.run(write(touch(1, True)))
+        client.delete("unifier:id:email:ana@x.example")  # gone: shows nobody rewrote it
+        asyncio.run(write(touch(2, False)))
+        assert client.get("unifier:id:email:ana@x.example") is None
+        assert orjson.loads(client.hget("unifier:profile:p_1", "why") or b"") == why
+        assert int(client.hget("unifier:profile:p_1", "version") or 0) == 2
+        client.flushdb()  # Redis restarted empty
+        asyncio.run(write(touch(3, False)))
+        view = RedisProfileView(client)
+        assert view.lookup("email", "ana@x.example")["version"] == 3  # type: ignore[index]
+        assert orjson.loads(client.hget("unifier:profile:p_1", "why") or b"") == why
+    finally:
+        client.close()
