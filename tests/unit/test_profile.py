@@ -2,7 +2,8 @@
 
 from decimal import Decimal
 
-from hypothesis import given
+import pytest
+from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
 from profiles.facts import facts_of
@@ -250,3 +251,20 @@ def test_merge_is_commutative_associative_and_idempotent(abc) -> None:  # type: 
     assert merged(merged(a, b), c) == merged(a, merged(b, c))
     assert merged(a, a) == merged(a)
     assert merged(a, merged(a, b)) == merged(a, b)  # absorbing a part already in it
+
+
+def test_the_merge_laws_catch_a_merge_that_counts_shared_events_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The laws above are the spec of the state, so they must be able to fail: with the
+    overlap check gone (event hashes both sides hold are not looked for), a merge adds
+    shared events to the counts twice, and hypothesis finds a state that shows it."""
+    import profiles.graph.state
+
+    monkeypatch.setattr(profiles.graph.state, "_common", lambda a, b: set())
+    a, _, _ = find(
+        three_states(),
+        lambda abc: merged(abc[0], abc[0]) != merged(abc[0]),
+        settings=settings(max_examples=500, database=None, phases=[Phase.generate]),
+    )
+    assert view(merged(a, a))["computed"]["event_count"] == 2 * view(a)["computed"]["event_count"]
