@@ -39,6 +39,9 @@ class ProfileChange:
     # given: it rewrites its identifier index and explanation. False only when the
     # stage knows they did not change (an event folded into a profile it had).
     identity_changed: bool = True
+    # The version the stage read the profile at (when ``identity_changed`` is False): a
+    # store holding an older one missed writes and is given everything again.
+    read_version: int = 0
 
     @property
     def removed(self) -> bool:

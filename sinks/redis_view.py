@@ -63,16 +63,17 @@ end
 # KEYS[1] profile hash, KEYS[2..] the identifier keys of its identifiers (none for a
 # redirect, or when they did not change); ARGV[1] version, ARGV[2] json, ARGV[3] why
 # ('' = none: a redirect keeps no explanation of the profile it was; '=' = unchanged,
-# kept), ARGV[4] the profile id.
-# 1 = written, 0 = older, ignored (its identifier keys are still offered), 2 = '=' but
-# Redis has no such profile (it lost its data): nothing written, send it whole.
+# kept), ARGV[4] the profile id, ARGV[5] with '=': the version the writer read the
+# profile at (Redis should hold it). 1 = written, 0 = older, ignored (its identifier
+# keys are still offered), 2 = '=' but Redis holds no such profile or an older version
+# (it lost writes): nothing written, send it whole.
 _WRITE_IF_NEWER = (
     _INDEX
     + """
 index(2, ARGV[4])
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
-if not cur and ARGV[3] == '=' then return 2 end
+if ARGV[3] == '=' and (not cur or tonumber(cur) < tonumber(ARGV[5])) then return 2 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
 if ARGV[3] == '=' then return 1 end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3])
@@ -97,7 +98,7 @@ def identifier_key(id_type: str, value: str) -> str:
 KEEP = object()
 
 
-def write_args(view: Mapping[str, Any], why: Any) -> list[Any]:
+def write_args(view: Mapping[str, Any], why: Any, read_version: int = 0) -> list[Any]:
     """ARGV of the write-if-newer script for one profile view (or redirect). A redirect
     keeps no explanation, whatever ``why`` says: one batch can hold a merged-away
     profile's last live view (with its explanation) and its redirect. ``why`` is
@@ -108,7 +109,13 @@ def write_args(view: Mapping[str, Any], why: Any) -> list[Any]:
         encoded: Any = "="
     else:
         encoded = orjson.dumps(why, option=ORJSON_OPTS) if why is not None else ""
-    return [view["version"], orjson.dumps(view, option=ORJSON_OPTS), encoded, view["profile_id"]]
+    return [
+        view["version"],
+        orjson.dumps(view, option=ORJSON_OPTS),
+        encoded,
+        view["profile_id"],
+        read_version,
+    ]
 
 
 def identifier_keys(view: Mapping[str, Any]) -> list[str]:
@@ -181,7 +188,7 @@ class AsyncRedisWriter:
         self,
         profiles: Iterable[dict[str, Any]],
         whys: Mapping[str, Any] | None = None,
-        same_identity: frozenset[str] = frozenset(),
+        same_identity: Mapping[str, int] | None = None,
     ) -> int:
         """Write profiles (view form), their explanations (``whys`` by profile id) and
         their identifier index — but for the ids in ``same_identity``, whose index and
@@ -190,14 +197,14 @@ class AsyncRedisWriter:
         pipeline directly: through ``Script.__call__`` each cost an await."""
         whys = whys or {}
         views = list(profiles)
-        done, lost = await self._write(views, whys, same_identity)
+        done, lost = await self._write(views, whys, same_identity or {})
         if lost:  # Redis lost them: written whole, index and explanation included
-            again, _ = await self._write(lost, whys, frozenset())
+            again, _ = await self._write(lost, whys, {})
             done += again
         return done
 
     async def _write(
-        self, views: list[dict[str, Any]], whys: Mapping[str, Any], same: frozenset[str]
+        self, views: list[dict[str, Any]], whys: Mapping[str, Any], same: Mapping[str, int]
     ) -> tuple[int, list[dict[str, Any]]]:
         sha = self._script.sha
         done, lost = 0, []
@@ -207,10 +214,10 @@ class AsyncRedisWriter:
             for view in part:
                 pid = view["profile_id"]
                 if pid in same:
-                    keys, why = [profile_key(pid)], KEEP
+                    keys, args = [profile_key(pid)], write_args(view, KEEP, same[pid])
                 else:
-                    keys, why = [profile_key(pid), *identifier_keys(view)], whys.get(pid)
-                args = write_args(view, why)
+                    keys = [profile_key(pid), *identifier_keys(view)]
+                    args = write_args(view, whys.get(pid))
                 pipe.pipeline_execute_command("EVALSHA", sha, len(keys), *keys, *args)
             results = await pipe.execute()
             done += applied(results)
@@ -233,7 +240,7 @@ class RedisViewSink:
         self._writer = writer
         self._views: list[dict[str, Any]] = []
         self._whys: dict[str, dict[str, Any]] = {}
-        self._same: set[str] = set()  # explanation and index unchanged
+        self._same: dict[str, int] = {}  # explanation and index unchanged: read version
         self._max_delay = max_delay_s
 
     @classmethod
@@ -244,7 +251,7 @@ class RedisViewSink:
         for change in batch.changes:
             self._views.append(change.view)
             if not change.identity_changed:
-                self._same.add(change.profile_id)
+                self._same[change.profile_id] = change.read_version
             if change.why is not None:  # kept: sent if Redis turns out to have lost it
                 self._whys[change.profile_id] = change.why
         # The winner writes the loser's redirect too: the view agrees with profile-merges
@@ -255,7 +262,7 @@ class RedisViewSink:
     async def flush(self) -> Delivery:
         views, self._views = self._views, []
         whys, self._whys = self._whys, {}
-        same, self._same = frozenset(self._same), set()
+        same, self._same = self._same, {}
         if not views:
             return Delivery(self.name)
         delay = 0.1

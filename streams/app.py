@@ -7,6 +7,8 @@ No module-level app: the entry point builds Settings once and passes them here.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from typing import Any, cast
 
 import faust
@@ -86,7 +88,7 @@ def _declare(app: Any, topo: Topology) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _register_stages(app: Any, settings: Settings, topo: Topology) -> None:
     topics, tables = _declare(app, topo)
-    producer = FastProducer(settings)
+    producer = FastProducer(settings, on_fatal=_stop_worker)
     produced = {
         "identity": ProducedTopic(producer, topo.identity.name),
         "profile": ProducedTopic(producer, topo.profile_ops.name),
@@ -118,6 +120,14 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> None:
         max_bytes,
         produced,
     )
+
+
+def _stop_worker(reason: str) -> None:
+    """A record the broker refused for good: the worker stops (SIGTERM to itself, so it
+    shuts down as on any stop) and, restarted, recovers its tables from the changelogs
+    and re-reads what it had not acknowledged."""
+    log.critical("stopping the worker: %s", reason)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _done() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -34,11 +35,18 @@ WARN_AFTER_S = 10.0
 
 
 class DeliveryFailed(RuntimeError):
-    """Records the broker did not take; the stage must not acknowledge its input."""
+    """Records the broker did not take. Fatal for the worker: its tables' stores already
+    hold writes whose changelog records were lost, so no stage may acknowledge
+    anything more, and the worker must start again from its changelogs."""
 
 
 class FastProducer:
-    def __init__(self, settings: Settings, **overrides: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_fatal: Callable[[str], None] | None = None,
+        **overrides: Any,
+    ) -> None:
         config: dict[str, Any] = {
             "bootstrap.servers": settings.bootstrap_servers,
             # Ordered and without duplicates across librdkafka's own retries.
@@ -55,6 +63,8 @@ class FastProducer:
         config.update(overrides)
         self._producer = Producer(config)
         self._failed: list[str] = []
+        self.fatal: str | None = None  # set by the first failure, for good
+        self._on_fatal = on_fatal
         self.produced = 0  # records handed to librdkafka since start (a metric)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -84,11 +94,17 @@ class FastProducer:
         ):
             waited += WARN_AFTER_S
             log.warning("producer: records still unacknowledged after %.0f s", waited)
-        if self._failed:
-            failed, self._failed = self._failed, []
-            raise DeliveryFailed(
-                f"{len(failed)} records were not delivered, e.g. {'; '.join(failed[:3])}"
-            )
+        if self._failed and self.fatal is None:
+            failed = self._failed
+            self.fatal = f"{len(failed)} records were not delivered, e.g. {'; '.join(failed[:3])}"
+            log.critical("producer: %s; the worker stops (its tables restart from their "
+                         "changelogs)", self.fatal)  # fmt: skip
+            if self._on_fatal is not None:
+                self._on_fatal(self.fatal)
+        if self.fatal is not None:
+            # Every stage, not only the one whose records failed: the stages share this
+            # producer, and a store ahead of its changelog must not be acknowledged.
+            raise DeliveryFailed(self.fatal)
 
     def close(self, timeout_s: float = 10.0) -> None:
         left = self._producer.flush(timeout_s)

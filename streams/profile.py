@@ -75,7 +75,8 @@ def change_of(
     changed = changed_fields(before, after)
     publish = before is None or bool(changed) or before["version"] != after["version"]
     identity = explanation_changed(before, after)
-    return ProfileChange(key, view, why, publish, tuple(changed), identity)
+    read_version = before["version"] if before is not None else 0
+    return ProfileChange(key, view, why, publish, tuple(changed), identity, read_version)
 
 
 def changes_of(cache: NodeCache, rules: TraitRules, outs: list[Any]) -> ChangeBatch:

@@ -88,7 +88,7 @@ def register(
             return None
         return known_anchor(raw.decode(), first, rules.max_claimants)
 
-    async def route_record(event: Any, mine: frozenset[int]) -> dict[int, list[Any]]:
+    async def route_record(event: Any) -> dict[int, list[Any]]:
         groups: dict[int, list[Any]] = {}
         try:
             touchpoints = await decode(resolver, event.value)
@@ -96,6 +96,7 @@ def register(
             await dead_letter(dlq, event, "route.decode", str(exc), log=log, max_bytes=max_bytes)
             return groups
         metrics.MESSAGES_IN.labels(stage="route").inc(len(touchpoints))
+        mine = owned()  # after each await: a rebalance may have begun meanwhile
         for tp in touchpoints:
             try:
                 first = observe(tp, rules, region, aliases)
@@ -103,6 +104,7 @@ def register(
                 await dead_letter(
                     dlq, event, "route.validate", str(exc), encode_touchpoint(tp), log
                 )
+                mine = owned()
                 continue
             apply = owner_of(first, mine)
             if apply is None:
@@ -129,9 +131,8 @@ def register(
             manual, settings.stage_batch_records, settings.stage_batch_wait_s
         ):
             groups: dict[int, list[Any]] = {}
-            mine = owned()
             for event in events:
-                for part, observed in (await route_record(event, mine)).items():
+                for part, observed in (await route_record(event)).items():
                     groups.setdefault(part, []).extend(observed)
             to_identity = {p: g for p, g in groups.items() if p < partitions}
             to_profile = {p - partitions: g for p, g in groups.items() if p >= partitions}

@@ -210,7 +210,10 @@ class NodeCache(dict[str, ProfileNode]):
                 self._sealed.setdefault(key, 0)
                 return default
             node = self[key] = node_from(raw, self._loader(key))
-            self._sealed.setdefault(key, node.state.ledger.sealed)
+            # A record in the old form (one JSON object) is folded again as it is read:
+            # its chunks are sealed in memory, none is in the table yet.
+            stored = 0 if raw[:1] == b"{" else node.state.ledger.sealed
+            self._sealed.setdefault(key, stored)
             if self._on_read is not None:
                 self.read[key] = self._on_read(node)
         return self[key]

@@ -169,8 +169,9 @@ def test_an_unchanged_identity_is_not_rewritten_unless_redis_lost_the_profile(
     redis_url: str,
 ) -> None:
     """A touch that changed no identifier writes the profile only; the explanation and
-    the index stay as they were. A Redis that lost its data (restarted empty) gets the
-    profile back whole on that same touch: explanation and index included."""
+    the index stay as they were. A Redis that lost its data (restarted empty, or with
+    an older copy than the worker read the profile at) gets the profile back whole on
+    that same touch: explanation and index included."""
     from sinks.base import ChangeBatch, ProfileChange
     from sinks.redis_view import RedisViewSink
 
@@ -180,9 +181,10 @@ def test_an_unchanged_identity_is_not_rewritten_unless_redis_lost_the_profile(
     why = {"identifiers": [{"identifier": "email:ana@x.example", "event_id": "e1",
                             "how": "first seen"}], "merges": [], "refused": []}  # fmt: skip
 
-    def touch(version: int, identity_changed: bool) -> ChangeBatch:
+    def touch(version: int, identity_changed: bool, read: int = 0) -> ChangeBatch:
         view = {"profile_id": "p_1", "identifiers": ids, "version": version}
-        return ChangeBatch([ProfileChange("p_1", view, why, True, (), identity_changed)], [])
+        change = ProfileChange("p_1", view, why, True, (), identity_changed, read or version - 1)
+        return ChangeBatch([change], [])
 
     async def write(*batches: ChangeBatch) -> None:
         sink = RedisViewSink.from_url(redis_url)
@@ -205,5 +207,9 @@ def test_an_unchanged_identity_is_not_rewritten_unless_redis_lost_the_profile(
         view = RedisProfileView(client)
         assert view.lookup("email", "ana@x.example")["version"] == 3  # type: ignore[index]
         assert orjson.loads(client.hget("unifier:profile:p_1", "why") or b"") == why
+        # Redis came back with an older copy (it lost the last writes): whole again
+        client.delete("unifier:id:email:ana@x.example")
+        asyncio.run(write(touch(9, False, read=8)))
+        assert view.lookup("email", "ana@x.example")["version"] == 9  # type: ignore[index]
     finally:
         client.close()
