@@ -37,7 +37,7 @@ from profiles.graph.messages import Apply
 from profiles.graph.node import ProfileNode
 from profiles.graph.profile import handle_profile
 from profiles.graph.state import ProfileState
-from profiles.projection import changed_fields, signature_of, view_of, why_of
+from profiles.projection import changed_fields, signature_of, signature_with_view, view_of, why_of
 from profiles.routing import partition_for
 from profiles.touchpoint import Touchpoint
 from schemas.wire import node_from, node_to
@@ -111,38 +111,38 @@ def profile_age(
 ) -> dict[str, Any]:
     """Section 8: CPU per touch of the profile stage against the profile's history."""
     rules = identity_rules(Settings())
-    rows = []
-    for size in sizes:
-        state = ProfileState(held={"email:loyal@bench.example"})
-        for i in range(size):
-            state.fold(_event(i))
-        stored = node_to(ProfileNode(state=state))
-        chunks = state.ledger.chunks
-        fresh = itertools.count(size)
-        started = time.process_time()
-        for _ in range(touches):
-            node = node_from(stored, chunks.__getitem__)
-            before = signature_of(node)
-            table = {"p_loyal": node}
-            apply = Apply("p_loyal", ("email:loyal@bench.example",), _event(next(fresh)), False)
-            handle_profile(table, apply, rules)
-            changed_fields(before, signature_of(node))
-            view_of("p_loyal", node)
-            why_of(node)
-            node_to(node)
-        per_touch = (time.process_time() - started) / touches * 1e6
-        rows.append(
-            {
-                "events": size,
-                "cpu_us_per_touch": per_touch,
-                "record_bytes": len(stored),
-                "record_bytes_per_event": len(stored) / size,
-            }
-        )
+    _touch_cost(sizes[0], touches, rules)  # warms the caches up (times as text...)
+    rows = [_touch_cost(size, touches, rules) for size in sizes]
     base = rows[0]["cpu_us_per_touch"]
     for row in rows:
         row["ratio_to_smallest"] = row["cpu_us_per_touch"] / base
     return {"rows": rows}
+
+
+def _touch_cost(size: int, touches: int, rules: Any) -> dict[str, Any]:
+    state = ProfileState(held={"email:loyal@bench.example"})
+    for i in range(size):
+        state.fold(_event(i))
+    stored = node_to(ProfileNode(state=state))
+    chunks = state.ledger.chunks
+    fresh = itertools.count(size)
+    started = time.process_time()
+    for _ in range(touches):
+        node = node_from(stored, chunks.__getitem__)
+        before = signature_of(node)
+        table = {"p_loyal": node}
+        apply = Apply("p_loyal", ("email:loyal@bench.example",), _event(next(fresh)), False)
+        handle_profile(table, apply, rules)
+        view = view_of("p_loyal", node)
+        changed_fields(before, signature_with_view(node, view))
+        why_of(node)
+        node_to(node)
+    return {
+        "events": size,
+        "cpu_us_per_touch": (time.process_time() - started) / touches * 1e6,
+        "record_bytes": len(stored),
+        "record_bytes_per_event": len(stored) / size,
+    }
 
 
 def loyal_customer(settings: Settings, stack: Any, events: int = 20_000) -> dict[str, Any]:
