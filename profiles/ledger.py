@@ -79,9 +79,6 @@ class Ledger:
         self.chunks = {} if chunks is None else chunks
         self.load = load
 
-    def __len__(self) -> int:
-        return self.sealed * CHUNK + self.tail_n  # every sealed chunk holds CHUNK entries
-
     def append(self, entry: bytes) -> None:
         self.tail = self.tail + SEP + entry if self.tail_n else entry
         self.tail_n += 1

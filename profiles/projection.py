@@ -98,14 +98,12 @@ def signature_of(node: ProfileNode, rules: TraitRules = DEFAULT_TRAIT_RULES) -> 
     numbers, touchpoints stay lists). Taken when a profile is read, before a batch
     changes it, so the view is made once a touch."""
     s = node.state
-    ids: dict[str, list[str]] = {}
-    for ident in s.held:
-        ids.setdefault(ident_type(ident), []).append(ident)
+    types = {ident_type(ident) for ident in s.held}
     return {
         "identifiers": frozenset(s.held),
         "traits": pick_traits(s.totals.traits, rules),
         "computed": {
-            **computed_signature(s.totals, ids, rules),
+            **computed_signature(s.totals, types, rules),
             "merged_from": sorted(m[0] for m in s.merged),
             "refused_links": len(s.refused),
         },
@@ -120,13 +118,11 @@ def signature_with_view(
     """``signature_of(node)``, from the view just made of it (``view_of``): its values,
     but for the few traits whose signature is cheaper than their value."""
     s = node.state
-    ids: dict[str, list[str]] = {}
-    for ident in s.held:
-        ids.setdefault(ident_type(ident), []).append(ident)
+    types = view["identifiers"].keys()  # the types of identifiers it holds
     return {
         "identifiers": frozenset(s.held),
         "traits": view["traits"],
-        "computed": {**view["computed"], **signature_parts(s.totals, ids, rules)},
+        "computed": {**view["computed"], **signature_parts(s.totals, types, rules)},
         "version": view["version"],
         "links": dict(s.linked_by),
     }

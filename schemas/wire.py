@@ -261,10 +261,6 @@ def ledger_key(profile_id: str, n: int) -> str:
     return f"{profile_id}#{n}"
 
 
-def is_ledger_key(key: str) -> bool:
-    return "#" in key
-
-
 def _swapped(a: array[int]) -> array[int]:
     b = array("Q", a)
     b.byteswap()

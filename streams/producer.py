@@ -65,7 +65,6 @@ class FastProducer:
         self._failed: list[str] = []
         self.fatal: str | None = None  # set by the first failure, for good
         self._on_fatal = on_fatal
-        self.produced = 0  # records handed to librdkafka since start (a metric)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -79,7 +78,6 @@ class FastProducer:
         while True:
             try:
                 self._producer.produce(topic, value, key, partition)
-                self.produced += 1
                 return
             except BufferError:
                 self._producer.poll(0.05)

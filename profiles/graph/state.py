@@ -74,10 +74,6 @@ class ProfileState:
         self.linked_by: dict[Key, Link] = {} if linked_by is None else linked_by
         self.merged: set[tuple[str, Key, str]] = set() if merged is None else merged
 
-    @property
-    def event_count(self) -> int:
-        return len(self.seen)
-
     def has(self, event_id: str) -> bool:
         return _holds(self.seen, event_hash(event_id))
 
