@@ -38,6 +38,12 @@ from streams.producer import ProducedTopic
 
 log = logging.getLogger("unifier.route")
 
+#: Off: a kill test (SIGKILL mid-stream, restart) once ended with three profiles
+#: unmerged while it was on, and the cause is not found yet. The shortcut reads the
+#: identity table's store, which holds a batch's writes before their changelog records
+#: are delivered — a kill can leave the changelog with part of a batch.
+SHORTCUT = False
+
 
 async def decode(resolver: Resolver, data: bytes | None) -> list[Touchpoint]:
     """The touchpoints of an input record; a record written with a newer producer's
@@ -81,7 +87,7 @@ def register(
         )
 
     def owner_of(first: Observe, mine: frozenset[int]) -> Apply | None:
-        if partition_for(first.anchor, partitions) not in mine:
+        if not SHORTCUT or partition_for(first.anchor, partitions) not in mine:
             return None
         raw = identity_table.data.get(first.anchor)
         if raw is None or b" " in raw:  # unowned, or contested: the partition decides
