@@ -65,15 +65,17 @@ end
 # ('' = none: a redirect keeps no explanation of the profile it was; '=' = unchanged,
 # kept), ARGV[4] the profile id, ARGV[5] with '=': the version the writer read the
 # profile at (Redis should hold it). 1 = written, 0 = older, ignored (its identifier
-# keys are still offered), 2 = '=' but Redis holds no such profile or an older version
-# (it lost writes): nothing written, send it whole.
+# keys are still offered), 2 = '=' but Redis does not hold the version the writer read:
+# none or an older one (it lost writes), or a newer one (written before a crash from a
+# state the restarted worker's table never got: its explanation may be one the table
+# never had) — nothing written, send it whole.
 _WRITE_IF_NEWER = (
     _INDEX
     + """
 index(2, ARGV[4])
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
-if ARGV[3] == '=' and (not cur or tonumber(cur) < tonumber(ARGV[5])) then return 2 end
+if ARGV[3] == '=' and (not cur or tonumber(cur) ~= tonumber(ARGV[5])) then return 2 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
 if ARGV[3] == '=' then return 1 end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3])
