@@ -25,6 +25,7 @@ import gc
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -750,8 +751,15 @@ def _arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _stop_on_sigterm(signum: int, _frame: Any) -> None:
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: the stacks' context managers
+    # stop the broker, Redis, the workers and the API this run started.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     args = _arguments()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
     from bench.scale import table_memory
     from bench.steady import profile_age

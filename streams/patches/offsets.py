@@ -16,6 +16,12 @@ record handled twice changes nothing, see ``profiles.graph``):
   partition is re-read from the committed offset anyway.
 * An offset is committed only when every record from the committed offset up to it
   was acknowledged; a partition without a commit starts where the broker says.
+* Each input partition reaches its stage in log order, without a hole: a record past
+  the next one expected (the committed offset after each seek, then one more per
+  record handed over) is held back and the partition is sought back at once. Records
+  handled out of order break the identity protocol: a claim handled before the
+  re-read of the observation that founded its identifier's first profile leaves that
+  profile orphaned (one profile too many, for good).
 * A watchdog re-reads lost records: once a second, for each assigned input partition
   with records after its committed offset, when the record at the committed offset
   is nowhere in the worker (not acknowledged, processing or queued) for three checks
@@ -29,11 +35,13 @@ private methods of ``faust.transport.consumer.Consumer``. **Shown by**
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Container, Iterable
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Mapping
 from typing import Any
 
 from faust.transport.consumer import Consumer
+from faust.types import TP
 from mode.utils.futures import notify
 
 from streams.patches import require_patched_faust
@@ -69,6 +77,89 @@ def _ack(self: Any, message: Any) -> bool:
     return bool(_original["ack"](self, message))
 
 
+class Gate:
+    """The next offset each input partition may hand its stage: records arrive in log
+    order, each once, with no hole."""
+
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = set(topics)
+        self.next: dict[Any, int] = {}
+        self.seeking: dict[Any, int] = {}  # tp -> the offset a seek back is under way to
+
+    def reset(self, offsets: Mapping[Any, int | None]) -> None:
+        """Positions after a seek (``None``: unknown — the first record sets it)."""
+        for tp, offset in offsets.items():
+            if tp.topic not in self.topics:
+                continue
+            self.seeking.pop(tp, None)
+            if offset is None:
+                self.next.pop(tp, None)
+            else:
+                self.next[tp] = offset
+
+    def admit(self, tp: Any, offset: int) -> bool | None:
+        """True: hand it over. False: handed over already. None: records before it are
+        missing — hold it back, and re-read from ``next[tp]``."""
+        if tp.topic not in self.topics:
+            return True
+        expected = self.next.get(tp)
+        if expected is None or offset == expected:
+            self.next[tp] = offset + 1
+            return True
+        return False if offset < expected else None
+
+
+def gate_of(app: Any) -> Gate | None:
+    gate: Gate | None = getattr(app, "_unifier_gate", None)
+    return gate
+
+
+async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:  # noqa: ASYNC109
+    """Faust's ``getmany`` (its signature), through the gate."""
+    gate = gate_of(self.app)
+    async for tp, message in _original["getmany"](self, timeout):
+        if gate is None:
+            yield tp, message
+            continue
+        verdict = gate.admit(tp, message.offset)
+        if verdict:
+            yield tp, message
+        elif verdict is None and tp not in gate.seeking:
+            _seek_back(self.app, gate, tp, message.offset)
+
+
+def _seek_back(app: Any, gate: Gate, fetched: Any, arrived: int) -> None:
+    tp = TP(fetched.topic, fetched.partition)  # Faust's pause/resume want its own TP type
+    expected = gate.next[tp]
+    gate.seeking[tp] = expected
+    log.warning(
+        "%s[%d]: record %d arrived while %d was expected (records dropped around a "
+        "rebalance, faust-streaming/faust#596); re-reading from %d",
+        tp.topic,
+        tp.partition,
+        arrived,
+        expected,
+        expected,
+    )
+    watchdog: Watchdog | None = getattr(app, "_unifier_watchdog", None)
+    if watchdog is not None:
+        task = asyncio.ensure_future(_reread_now(watchdog, gate, tp, expected))
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+
+
+async def _reread_now(watchdog: Watchdog, gate: Gate, tp: Any, offset: int) -> None:
+    try:
+        await watchdog.reread({tp: offset}, quiet=True)
+    except Exception:  # the partition stays held back: the watchdog's checks retry it
+        log.exception("%s[%d]: seeking back to %d failed", tp.topic, tp.partition, offset)
+    finally:
+        gate.seeking.pop(tp, None)
+
+
+_pending: set[asyncio.Future[Any]] = set()
+
+
 def _new_offset(self: Any, tp: Any) -> int | None:
     # Replaces Faust's, which fills "gaps" (offsets its fetch loop jumped over, meant
     # for compacted topics) as if they were processed: records skipped while a
@@ -98,6 +189,7 @@ def committing(consumer: Any) -> dict[Any, int]:
 async def _perform_seek(self: Any) -> None:
     await _original["perform_seek"](self)
     committing(self).clear()  # commits of the previous assignment are over or void
+    gate = gate_of(self.app)
     # Faust records "no committed offset" and "committed offset 0" both as None, and
     # then commits from wherever the first acknowledged record happens to be. The
     # partition starts at the broker's earliest offset then (auto_offset_reset).
@@ -112,10 +204,12 @@ async def _perform_seek(self: Any) -> None:
             start = earliest.get(tp)
             if start is not None and self._committed_offset.get(tp) is None:
                 self._committed_offset[tp] = start
+    if gate is not None:
+        gate.reset({tp: self._committed_offset.get(tp) for tp in self.assignment()})
 
 
 def patch_consumer() -> None:
-    """Replace three methods of Faust's consumer (once per process)."""
+    """Replace four methods of Faust's consumer (once per process)."""
     if _original:
         return
     require_patched_faust("streams/patches/offsets.py")
@@ -123,6 +217,7 @@ def patch_consumer() -> None:
         ("ack", _ack),
         ("_new_offset", _new_offset),
         ("perform_seek", _perform_seek),
+        ("getmany", _getmany),
     ):
         _original[name] = getattr(Consumer, name)
         setattr(Consumer, name, replacement)
@@ -191,8 +286,10 @@ class Watchdog:
         if due:
             await self.reread(due)
 
-    async def reread(self, offsets: dict[Any, int]) -> None:
+    async def reread(self, offsets: dict[Any, int], quiet: bool = False) -> None:
+        """Seek these partitions back (``quiet``: the gate has said why already)."""
         consumer = self.app.consumer
+        gate = gate_of(self.app)
         earliest = await consumer.earliest_offsets(*offsets)
         for tp in list(offsets):
             start = earliest.get(tp)
@@ -209,10 +306,8 @@ class Watchdog:
                     start,
                 )
                 consumer._committed_offset[tp] = start
-                del offsets[tp]
-        if not offsets:
-            return
-        for tp, offset in sorted(offsets.items()):
+                offsets[tp] = start
+        for tp, offset in sorted(offsets.items()) if not quiet else ():
             log.warning(
                 "re-reading %s[%d] from offset %d: records after the committed offset "
                 "were dropped around a rebalance (faust-streaming/faust#596)",
@@ -227,6 +322,8 @@ class Watchdog:
             await consumer.seek_wait(offsets)
             for tp, offset in offsets.items():
                 consumer._read_offset[tp] = offset
+            if gate is not None:
+                gate.reset(offsets)
         finally:
             consumer.resume_partitions(offsets)
         self.seeks += len(offsets)
@@ -235,7 +332,10 @@ class Watchdog:
 def install(app: Any, topics: Iterable[str]) -> Watchdog:
     """Patch Faust's consumer and run the watchdog on `app` for these input topics."""
     patch_consumer()
+    topics = list(topics)
     watchdog = Watchdog(app, topics)
+    app._unifier_gate = Gate(topics)
+    app._unifier_watchdog = watchdog
 
     @app.timer(interval=CHECK_INTERVAL_S, on_leader=False)
     async def _offset_watchdog() -> None:

@@ -165,11 +165,13 @@ def test_a_head_being_processed_or_queued_is_left_alone() -> None:
         assert consumer.calls == []
 
 
-def test_records_deleted_by_retention_move_the_start_instead_of_a_seek() -> None:
+def test_records_deleted_by_retention_move_the_start_to_the_earliest_left() -> None:
     consumer = FakeConsumer(committed=10, read=60, high=80)
     consumer.earliest = 50
     run_checks(watchdog(consumer), 3)
-    assert consumer.calls == []
+    # Not a wait for 10..49, which are gone: read again from the first record left
+    # (the gate held back whatever came after the hole).
+    assert consumer.calls == [("pause", {TP0}), ("seek", {TP0: 50}), ("resume", {TP0})]
     assert consumer._committed_offset[TP0] == 50
 
 
@@ -186,3 +188,59 @@ def test_table_writes_wait_for_flush() -> None:
     assert table == {"a": "1", "b": "2"}  # nothing reaches the table (its changelog) yet
     writes.flush()
     assert table == {"a": "9", "c": "3"}
+
+
+def test_the_gate_hands_over_each_record_once_in_log_order() -> None:
+    gate = offsets.Gate([TP0.topic])
+    gate.reset({TP0: 5})
+    assert [gate.admit(TP0, o) for o in (5, 6, 6, 7)] == [True, True, False, True]
+    # 8 never came (dropped around a rebalance): 9 is held back, not handed over.
+    assert gate.admit(TP0, 9) is None
+    assert gate.next[TP0] == 8
+    gate.reset({TP0: 8})  # the seek back
+    assert [gate.admit(TP0, o) for o in (8, 9)] == [True, True]
+
+
+def test_the_gate_leaves_other_topics_alone_and_learns_an_unknown_start() -> None:
+    gate = offsets.Gate([TP0.topic])
+    changelog = TP("unifier-profiles-changelog", 0)
+    assert [gate.admit(changelog, o) for o in (3, 1, 9)] == [True, True, True]
+    gate.reset({TP0: None})
+    assert [gate.admit(TP0, o) for o in (40, 42)] == [True, None]
+
+
+@given(st.integers(0, 50), st.lists(st.integers(0, 80), max_size=60))
+def test_whatever_arrives_the_gate_admits_a_run_from_the_start(
+    start: int, arrivals: list[int]
+) -> None:
+    """The law the identity protocol needs of its inputs: handed over in log order,
+    each record once, no hole — whatever the fetcher delivers (drops, repeats, jumps)."""
+    gate = offsets.Gate([TP0.topic])
+    gate.reset({TP0: start})
+    admitted = [o for o in arrivals if gate.admit(TP0, o)]
+    assert admitted == list(range(start, start + len(admitted)))
+
+
+def test_a_record_past_a_hole_seeks_the_partition_back_at_once() -> None:
+    """The fetch loop names partitions with aiokafka's type; Faust's pause and resume
+    refuse anything but its own (an AssertionError that stopped the worker once)."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+
+    consumer = FakeConsumer(committed=5, read=9, high=20)
+    dog = watchdog(consumer)
+    gate = offsets.Gate([TP0.topic])
+    gate.reset({TP0: 5})
+    dog.app._unifier_watchdog = dog
+    fetched = TopicPartition(TP0.topic, TP0.partition)
+
+    async def arrive() -> None:
+        assert gate.admit(fetched, 9) is None
+        offsets._seek_back(dog.app, gate, fetched, 9)
+        await asyncio.gather(*offsets._pending)
+
+    asyncio.run(arrive())
+    assert consumer.calls == [("pause", {TP0}), ("seek", {TP0: 5}), ("resume", {TP0})]
+    assert {type(tp) for _, tps in consumer.calls for tp in tps} == {TP}
+    assert gate.seeking == {} and gate.next[TP0] == 5
