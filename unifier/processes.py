@@ -25,7 +25,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def ensure_port_free(host: str, port: int, what: str, setting: str) -> None:
+    """Refuse a port something listens on. Connections of a process stopped a moment
+    ago (TIME_WAIT, for about a minute) do not count: the servers we start bind with
+    SO_REUSEADDR too, and so does this check."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
