@@ -4,7 +4,7 @@
     GET /v1/profiles?type=email&value=...  the profile holding an identifier (normalized first)
     GET /v1/profiles/{id}/why              how its identifiers were linked, its merges, refusals
     GET /health                            the process answers
-    GET /ready                             ... and Redis answers
+    GET /ready                             ... Redis answers and the view is complete
     GET /openapi.json                      the OpenAPI document of all this
 
 API keys (``UNIFIER_API_KEYS``, key -> scopes) go in ``Authorization: Bearer KEY``;
@@ -122,10 +122,14 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    view = request.app[VIEW]
     try:
-        await request.app[VIEW].ping()
+        await view.ping()
+        incomplete = await view.completeness(request.app[SETTINGS].internal_partitions)
     except OSError:
         return _error(503, "the profile store (Redis) does not answer")
+    if incomplete is not None:  # lookups would miss profiles that exist
+        return _error(503, incomplete)
     return _json({"status": "ready"})
 
 
@@ -285,7 +289,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/ready": {
             "get": {
-                "summary": "The process and Redis answer",
+                "summary": "Redis answers and the view is complete (503 with why otherwise)",
                 "responses": {**_ok({"type": "object"}, "Ready"), **_errors(503)},
             }
         },

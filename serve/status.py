@@ -7,7 +7,9 @@ still answers when they are down):
 * lag per stage (records, and seconds since the oldest record not yet processed),
   from the broker (``serve.lag``);
 * throughput, dead letters, merges and refused links, from the workers' ``/metrics``
-  (their counters' rates between two samples).
+  (their counters' rates between two samples);
+* whether the Redis view is complete, or being written again after Redis lost its
+  data (``streams.heal``).
 
 It keeps the last ``window`` seconds. ``--serve`` publishes them: ``/`` is a page of
 small live charts (plain HTML and a little JS, no build step), ``/api/status`` the
@@ -28,11 +30,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import redis
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
 from serve.lag import LagProbe, PartitionLag, stages
+from sinks.redis_view import view_state_sync
 
 #: Worker counters the page charts as rates: name -> (metric, label filter).
 RATES: dict[str, tuple[str, dict[str, str]]] = {
@@ -52,6 +56,7 @@ class Sample:
     workers_up: int
     workers_expected: int
     partitions: list[PartitionLag] = field(default_factory=list)
+    view: str | None = None  # None: complete; else why not (streams.heal)
 
 
 def expand(url: str) -> list[str]:
@@ -148,7 +153,17 @@ class StatusSampler:
         for stage, seconds in lag_s.items():
             self._lag_s.labels(stage).set(seconds if seconds is not None else float("nan"))
         self._up.set(up)
-        return Sample(time.time(), lag, lag_s, counters, up, len(targets), rows)
+        return Sample(time.time(), lag, lag_s, counters, up, len(targets), rows, self._view())
+
+    def _view(self) -> str | None:
+        """Whether the Redis view is complete (Redis away: said so, not raised)."""
+        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+        try:
+            return view_state_sync(client, self.settings.internal_partitions)
+        except (redis.RedisError, OSError):
+            return "Redis does not answer"
+        finally:
+            client.close()
 
     def run(self) -> None:
         with LagProbe(self.settings) as probe:
@@ -198,6 +213,7 @@ class StatusSampler:
             "updated_at": latest.at if latest else None,
             "workers_up": latest.workers_up if latest else 0,
             "workers_expected": latest.workers_expected if latest else len(self.worker_urls),
+            "view": (latest.view or "complete") if latest else None,
             "stages": [
                 {
                     "stage": stage,

@@ -12,7 +12,7 @@ import orjson
 import redis
 import redis.asyncio as aredis
 
-from sinks.redis_view import PREFIX, identifier_key, profile_key
+from sinks.redis_view import PREFIX, identifier_key, profile_key, view_state
 
 
 class RedisProfileView:
@@ -127,6 +127,11 @@ class AsyncRedisView:
 
     async def ping(self) -> bool:
         return bool(await self._r.ping())
+
+    async def completeness(self, partitions: int) -> str | None:
+        """None when the workers have every profile partition in the view; else why
+        not (Redis lost its data and they are writing it again)."""
+        return await view_state(self._r, partitions)
 
     async def why(self, profile_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         found = await self._follow(profile_id)

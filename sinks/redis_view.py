@@ -96,6 +96,52 @@ def identifier_key(id_type: str, value: str) -> str:
     return f"{PREFIX}id:{id_type}:{value}"
 
 
+# The view's completeness (``streams.heal``): a marker per profile partition, set by
+# the worker that owns it once all its profiles are in Redis — gone when Redis loses
+# its data.
+def marker_key(partition: int) -> str:
+    return f"{PREFIX}view:complete:{partition}"
+
+
+def token_key(partition: int) -> str:
+    return f"{PREFIX}view:token:{partition}"
+
+
+#: While a worker rebuilds the view: {"done", "total"} profiles (expires if it stops).
+PROGRESS_KEY = f"{PREFIX}view:rebuilding"
+
+
+def missing_partitions(markers: list[Any], partitions: list[int]) -> list[int]:
+    return [p for p, m in zip(partitions, markers, strict=True) if m is None]
+
+
+def describe_view(markers: list[Any], progress: Any, partitions: int) -> str | None:
+    """None when every partition's view is complete; else what a reader should be told
+    (``/ready``, the status page): from the markers and the rebuild's progress key."""
+    missing = missing_partitions(markers, list(range(partitions)))
+    if not missing:
+        return None
+    if progress is not None:
+        done = orjson.loads(progress)
+        return f"view rebuilding ({done['done']:,} of {done['total']:,} profiles)"
+    return f"view incomplete: {len(missing)} of {partitions} partitions not written yet"
+
+
+def _state_keys(partitions: int) -> list[str]:
+    return [*(marker_key(p) for p in range(partitions)), PROGRESS_KEY]
+
+
+async def view_state(client: aredis.Redis, partitions: int) -> str | None:
+    """``describe_view`` of a Redis server, in one round trip."""
+    *markers, progress = await client.mget(_state_keys(partitions))
+    return describe_view(markers, progress, partitions)
+
+
+def view_state_sync(client: redis.Redis, partitions: int) -> str | None:
+    *markers, progress = client.mget(_state_keys(partitions))
+    return describe_view(markers, progress, partitions)
+
+
 #: ``write_args``'s ``why`` for a profile whose explanation did not change.
 KEEP = object()
 
@@ -175,6 +221,10 @@ class AsyncRedisWriter:
     def __init__(self, client: aredis.Redis) -> None:
         self._r = client
         self._script = client.register_script(_WRITE_IF_NEWER)
+
+    @property
+    def client(self) -> aredis.Redis:
+        return self._r
 
     @classmethod
     def from_url(cls, url: str) -> AsyncRedisWriter:

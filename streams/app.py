@@ -17,7 +17,7 @@ from config.settings import Settings
 from profiles.configured import check, identity_rules, trait_rules
 from sinks.kafka import ProfileTopicsSink
 from sinks.redis_view import RedisViewSink
-from streams import identity, metrics, ops, profile, route
+from streams import heal, identity, metrics, ops, profile, route
 from streams.patches import fetch, flush, offsets, recovery
 from streams.producer import FastProducer, ProducedTopic
 from streams.topology import Topology, topology
@@ -119,6 +119,15 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> None:
         take,
         max_bytes,
         produced,
+    )
+    stage = stages["profile"]
+    heal.install(
+        app,
+        tables["profiles"],
+        trait_rules(settings),
+        stage.partitions,
+        stage.consumes,
+        settings.redis_url,
     )
 
 

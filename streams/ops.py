@@ -4,8 +4,9 @@
   worker owns, refreshed every few seconds;
 * ``/health`` — the process answers;
 * ``/ready`` — 200 only when its partitions are assigned and their tables recovered
-  (no rebalance under way) and both the broker and Redis answer; otherwise 503 with
-  the reasons. A load balancer or an orchestrator can wait on it after a restart.
+  (no rebalance under way), both the broker and Redis answer, and the Redis view is
+  complete (not being written again after Redis lost its data, ``streams.heal``);
+  otherwise 503 with the reasons. A load balancer or an orchestrator can wait on it after a restart.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prometheus_client import Gauge
 
 from config import httpmetrics
 from config.settings import Settings
+from sinks.redis_view import view_state
 
 log = logging.getLogger("unifier.ops")
 
@@ -79,6 +81,9 @@ def install(app: Any, settings: Settings, inputs: list[str]) -> None:
         client = aredis.Redis.from_url(settings.redis_url, socket_timeout=2)
         try:
             await client.ping()
+            incomplete = await view_state(client, settings.internal_partitions)
+            if incomplete is not None:  # Redis lost its data: streams.heal writes it again
+                reasons.append(incomplete)
         except (aredis.RedisError, OSError):
             reasons.append("Redis does not answer")
         finally:

@@ -32,6 +32,7 @@ from serve.feed import ProfileFeed
 from sinks.redis_view import PREFIX, RedisWriter, profile_key
 
 BATCH = 500
+BOOKKEEPING = f"{PREFIX}view:".encode()
 
 
 @dataclass
@@ -45,10 +46,14 @@ class RebuildResult:
 
 
 def clear(client: redis.Redis) -> int:
-    """Delete every key of the view (``unifier:*``); returns how many."""
+    """Delete every key of the view (``unifier:*``) but the workers' bookkeeping of its
+    completeness (``unifier:view:*``, ``streams.heal``: the rebuild that follows makes
+    it true again); returns how many."""
     deleted = 0
     batch: list[Any] = []
     for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
+        if key.startswith(BOOKKEEPING):
+            continue
         batch.append(key)
         if len(batch) >= 1000:
             deleted += int(client.unlink(*batch))

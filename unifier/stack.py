@@ -146,6 +146,10 @@ class EmbeddedStack:
         host, port = self.settings.redis_address
         self._require_loopback(host, "UNIFIER_REDIS_URL")
         ensure_port_free(host, port, "the embedded Redis", "UNIFIER_REDIS_URL")
+        # Append-only persistence in the state dir (fsync once a second): a clean
+        # restart keeps the view; a crash loses at most the last second of writes.
+        data = self.dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
         proc, popen = spawn(
             "redis",
             [
@@ -154,10 +158,14 @@ class EmbeddedStack:
                 str(port),
                 "--bind",
                 host,
+                "--dir",
+                str(data),
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "everysec",
                 "--protected-mode",
                 "no",
             ],

@@ -121,6 +121,7 @@ def test_the_status_page_shows_what_the_stack_did(cli: Cli, tmp_path: Path, chro
         assert shown.text["state"] == "caught up"
         assert shown.attrs["state"]["class"] == "ok"
         assert shown.text["workers"] == "1/1"
+        assert shown.text["view"] == "complete"  # streams.heal's markers, all partitions
         for stage in ("route", "identity", "profile"):
             assert shown.text[f"lag-{stage}"] == "0"
             assert shown.text[f"lagsec-{stage}"] == "· 0.0 s"

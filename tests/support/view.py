@@ -51,11 +51,14 @@ def dump_as_read(url: str) -> dict[str, Any]:
 
 
 def dump(url: str) -> dict[str, Any]:
-    """Every key of the view with its value (hashes as dicts): for exact comparisons."""
+    """Every key of the view with its value (hashes as dicts): for exact comparisons.
+    Not the workers' bookkeeping of its completeness (``unifier:view:*``)."""
     client = redis.Redis.from_url(url)
     try:
         out: dict[str, Any] = {}
         for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
+            if key.startswith(f"{PREFIX}view:".encode()):
+                continue
             kind = client.type(key)
             out[key.decode()] = (
                 {k.decode(): v for k, v in client.hgetall(key).items()}  # type: ignore[union-attr]

@@ -88,6 +88,7 @@ def known_metrics() -> set[str]:
     import prometheus_client
 
     import config.httpmetrics  # noqa: F401
+    import streams.heal
     import streams.metrics
     import streams.ops  # noqa: F401
     from producers.collector import EVENTS  # noqa: F401

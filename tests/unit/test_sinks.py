@@ -71,3 +71,17 @@ def test_an_empty_batch_sends_nothing() -> None:
     sent, delivery = run(ChangeBatch())
     assert sent == []
     assert delivery.written == 0
+
+
+def test_the_view_is_complete_only_with_every_partitions_marker() -> None:
+    from sinks.redis_view import describe_view
+
+    assert describe_view([b"{}", b"{}", b"{}"], None, 3) is None
+    assert describe_view([b"{}", None, None], None, 3) == (
+        "view incomplete: 2 of 3 partitions not written yet"
+    )
+    progress = b'{"done": 1500, "total": 20000}'
+    assert describe_view([None, None, b"{}"], progress, 3) == (
+        "view rebuilding (1,500 of 20,000 profiles)"
+    )
+    assert describe_view([b"{}"] * 3, progress, 3) is None  # a stale progress key
