@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         description="Embedded stack state (pids, logs) and worker data",
     )
 
+    archive_dir: Path | None = Field(
+        None,
+        description="Where the event archive is written (Avro files and a manifest); "
+        "default: STATE_DIR/archive",
+    )
+
     # --- topics -----------------------------------------------------------
     app_id: str = Field("profile-unifier", description="Faust app id = consumer group id")
     topic_touchpoints: str = "touchpoints"
@@ -277,6 +283,10 @@ class Settings(BaseSettings):
     def api_key_scopes(self) -> dict[str, list[str]]:
         """API key (revealed) -> scopes: what the read API checks requests against."""
         return {reveal(k): list(v) for k, v in self.api_keys.items()}
+
+    @property
+    def archive_path(self) -> Path:
+        return self.archive_dir if self.archive_dir is not None else self.state_dir / "archive"
 
     def env(self) -> dict[str, str]:
         """These settings as UNIFIER_* environment variables (for child processes),

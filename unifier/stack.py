@@ -92,13 +92,17 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _worker_ready(log: Path, offset: int) -> bool:
+def _logged(log: Path, offset: int, text: bytes) -> bool:
     try:
         with open(log, "rb") as fh:
             fh.seek(offset)
-            return b"unifier worker ready" in fh.read()
+            return text in fh.read()
     except OSError:
         return False
+
+
+def _worker_ready(log: Path, offset: int) -> bool:
+    return _logged(log, offset, b"unifier worker ready")
 
 
 class EmbeddedStack:
@@ -192,6 +196,22 @@ class EmbeddedStack:
             wait_until(lambda: _worker_ready(log, offset), 90, f"the {name}", proc, popen)
         return proc
 
+    def start_archiver(self, name: str = "archiver") -> Proc:
+        """The event archiver (``producers.archive``) into ``settings.archive_path``;
+        waits until it has its partitions."""
+        log = self.dir / f"{name}.log"
+        offset = log.stat().st_size if log.exists() else 0
+        proc, popen = spawn(
+            name,
+            [sys.executable, "-m", "unifier", "archive", "run"],
+            log,
+            env={**os.environ, **self.settings.env()},
+            marker="unifier\x00archive",
+        )
+        self._track(proc, popen)
+        wait_until(lambda: _logged(log, offset, b"archiving "), 30, f"the {name}", proc, popen)
+        return proc
+
     def start_collector(self, name: str = "collector") -> Proc:
         """The HTTP collector on ``collector_host:collector_port``; waits until /health answers."""
         host, port = self.settings.collector_host, self.settings.collector_port
@@ -226,8 +246,11 @@ class EmbeddedStack:
     def stop_all(self) -> list[str]:
         """Workers first (a worker whose broker is gone can hang), then broker, then Redis."""
         stopped = []
-        # Collectors and workers first: both flush to the broker when they stop.
-        order = sorted(self.procs, key=lambda n: (n in ("broker", "redis"), n == "redis"))
+        # Collectors and workers first: both flush to the broker when they stop; then
+        # the archiver, which reads the topic to its end before it stops.
+        order = sorted(
+            self.procs, key=lambda n: (n in ("broker", "redis"), n == "redis", n == "archiver")
+        )
         for name in order:
             was_alive = is_running(self.procs[name], self._popens.get(name))
             self.stop_one(name, grace=10.0 if name.startswith("worker") else 5.0)

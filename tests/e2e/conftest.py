@@ -11,11 +11,17 @@ import pytest
 
 from unifier.processes import free_port
 
-STACK_PROGRAMS = (b"tansu", b"valkey-server", b"unifier\x00worker", b"unifier\x00collector")
+STACK_PROGRAMS = (
+    b"tansu",
+    b"valkey-server",
+    b"unifier\x00worker",
+    b"unifier\x00collector",
+    b"unifier\x00archive",
+)
 
 
 def stack_pids(tag: Path, ports: Iterable[int | str] = ()) -> set[int]:
-    """PIDs of broker, Redis, worker and collector processes started under `tag` (a
+    """PIDs of broker, Redis, worker, collector and archiver processes started under `tag` (a
     test's tmp dir, in their command line or environment) or listening on one of
     `ports` (Redis rewrites its command line and environment to ``valkey-server
     HOST:PORT``), so runs in parallel on one machine do not see each other's."""

@@ -25,11 +25,10 @@ def test_the_documented_session(cli: Cli, tmp_path: Path) -> None:
     up = cli("stack", "up")
     assert up.returncode == 0, up.stderr
     assert "stack up: broker 127.0.0.1:" in up.stderr
-    assert (
-        len(stack_pids(cli.cwd, ports_of(cli)) - before) == 3
-    )  # broker, Redis, worker: found as ours
+    # broker, Redis, the archiver and a worker: found as ours
+    assert len(stack_pids(cli.cwd, ports_of(cli)) - before) == 4
     state = json.loads((tmp_path / "state" / "stack" / "stack.json").read_text())
-    assert set(state) == {"broker", "redis", "worker"}
+    assert set(state) == {"broker", "redis", "archiver", "worker"}
 
     again = cli("topics", "create")
     assert again.returncode == 0
@@ -106,7 +105,7 @@ def test_the_documented_session(cli: Cli, tmp_path: Path) -> None:
 
     down = cli("stack", "down")
     assert down.returncode == 0
-    assert "stopped worker, broker, redis" in down.stderr
+    assert "stopped worker, archiver, broker, redis" in down.stderr
     assert stack_pids(cli.cwd, ports_of(cli)) - before == set(), "stack down left processes behind"
     assert cli("stack", "status").returncode == 1
 
@@ -161,3 +160,40 @@ def test_demo_prints_profiles_and_leaves_nothing_behind(cli: Cli) -> None:
     up = re.search(r"broker 127\.0\.0\.1:(\d+), redis redis://127\.0\.0\.1:(\d+)", result.stderr)
     assert up is not None, result.stderr
     assert stack_pids(cli.cwd, up.groups()) == set()
+
+
+def test_stack_down_and_up_brings_the_customer_base_back(cli: Cli, tmp_path: Path) -> None:
+    """The embedded broker keeps its log in memory; the archive brings it back: after
+    `stack down` and `stack up`, the log holds the customer base again (a view rebuilt
+    from the output topics alone equals the export from before), new events join the
+    old profiles, and replaying the archive once more changes nothing."""
+    cli.env["UNIFIER_IDENTITY_LIMITS"] = "{}"
+    events = generate(people=60, seed=8)
+    first, later = events[:-40], events[-40:]
+    path, more = tmp_path / "first.jsonl", tmp_path / "later.jsonl"
+    write_jsonl(path, first)
+    write_jsonl(more, later)
+    assert cli("stack", "up").returncode == 0
+    assert cli("ingest", str(path)).returncode == 0
+    assert cli("lag", "--wait", "--timeout", "120").returncode == 0
+    before = sorted(cli("profiles", "export").stdout.splitlines())
+
+    assert cli("stack", "down").returncode == 0
+    verified = cli("archive", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"{len(first):,} touchpoints: all as the manifest says" in verified.stderr
+
+    up = cli("stack", "up")
+    assert up.returncode == 0, up.stderr
+    assert f"restored {len(first):,} touchpoints" in up.stderr
+    assert cli("lag", "--wait", "--timeout", "120").returncode == 0
+    rebuilt = cli("view", "rebuild", "--clear")  # from profile-updates: the log's truth
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert sorted(cli("profiles", "export").stdout.splitlines()) == before
+
+    assert cli("ingest", str(more)).returncode == 0
+    assert cli("replay", "--from-archive", str(tmp_path / "state" / "archive")).returncode == 0
+    assert cli("lag", "--wait", "--timeout", "120").returncode == 0
+    profiles = [orjson.loads(line) for line in cli("profiles", "export").stdout.splitlines()]
+    assert comparable(profiles) == reference_views(events, Settings(identity_limits={}))
+    assert sum(p["computed"]["event_count"] for p in profiles) == len(events)

@@ -53,7 +53,8 @@ def test_collector_importers_and_dead_letters(cli: Cli, tmp_path: Path) -> None:
     up = cli("stack", "up")
     assert up.returncode == 0, up.stderr
     assert f"collector http://127.0.0.1:{port}" in up.stderr
-    assert len(stack_pids(cli.cwd, ports_of(cli)) - before) == 4  # broker, Redis, worker, collector
+    # broker, Redis, the archiver, a worker and the collector
+    assert len(stack_pids(cli.cwd, ports_of(cli)) - before) == 5
 
     # A website: a Segment identify call over HTTP.
     identify = {

@@ -6,7 +6,7 @@ service that could not be reached.
 
 This module holds the root command, the settings callback and the command tree; the
 commands live in one module per group (``stack``, ``ingest``, ``ops``, ``dlq``,
-``profiles``), what they share in ``common``.
+``profiles``, ``archive``), what they share in ``common``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from config.settings import Settings
 from profiles.configured import check
-from unifier.cli import dlq, ingest, ops, profiles, stack
+from unifier.cli import archive, dlq, ingest, ops, profiles, stack
 from unifier.cli.common import err, fail, out, settings_of
 
 __all__ = ["app", "err", "fail", "main", "out", "settings_of"]
@@ -54,6 +54,7 @@ for command in (
     ingest.ingest,
     ingest.generate,
     ops.lag,
+    archive.replay,
     stack.demo,
 ):
     app.command()(command)
@@ -63,6 +64,7 @@ app.add_typer(profiles.profiles_app, name="profiles")
 app.add_typer(ingest.import_app, name="import")
 app.add_typer(ops.view_app, name="view")
 app.add_typer(dlq.dlq_app, name="dlq")
+app.add_typer(archive.archive_app, name="archive")
 
 
 def main() -> None:

@@ -30,6 +30,13 @@ def stack_up(
         bool | None,
         typer.Option(help="Also start the HTTP collector [default: if write keys are set]"),
     ] = None,
+    archive: Annotated[
+        bool,
+        typer.Option(
+            help="Archive every touchpoint (STATE_DIR/archive), and restore the customer "
+            "base from it when the broker comes back empty"
+        ),
+    ] = True,
 ) -> None:
     """Start the embedded broker and Redis (and a worker and collector), create topics, return."""
     from unifier.stack import EmbeddedStack
@@ -42,7 +49,7 @@ def stack_up(
         raise fail(f"the stack is already up ({', '.join(running)}); `unifier stack down` first")
     stack.procs = {}
     try:
-        collector = _start(stack, settings, worker, collector)
+        collector = _start(stack, settings, worker, collector, archive)
     except (StackError, RuntimeError) as exc:
         stack.stop_all()
         stack.save()
@@ -51,13 +58,17 @@ def stack_up(
     err.print(
         f"stack up: broker {settings.bootstrap_servers}, redis {settings.redis_url}"
         f"{', 1 worker' if worker else ''}"
-        f"{f', collector {collector_url}' if collector else ''}; logs in {stack.dir}"
+        f"{f', collector {collector_url}' if collector else ''}"
+        f"{f', archive {settings.archive_path}' if archive else ''}; logs in {stack.dir}"
     )
 
 
-def _start(stack: EmbeddedStack, settings: Settings, worker: bool, collector: bool | None) -> bool:
-    """Broker, Redis, topics, then the worker and collector asked for, saving the state
-    after each; whether the collector was started."""
+def _start(
+    stack: EmbeddedStack, settings: Settings, worker: bool, collector: bool | None, archive: bool
+) -> bool:
+    """Broker, Redis, topics (and the archive replayed into an empty broker), then the
+    worker, archiver and collector asked for, saving the state after each; whether the
+    collector was started."""
     from unifier.topics import ensure_topics
 
     with err.status("starting the broker"):
@@ -67,6 +78,11 @@ def _start(stack: EmbeddedStack, settings: Settings, worker: bool, collector: bo
         stack.start_redis()
     stack.save()
     ensure_topics(settings)
+    if archive:
+        _restore(settings)
+        with err.status("starting the archiver"):
+            stack.start_archiver()
+        stack.save()
     if worker:
         with err.status("starting a worker (joins its consumer group)"):
             stack.start_worker()
@@ -80,6 +96,27 @@ def _start(stack: EmbeddedStack, settings: Settings, worker: bool, collector: bo
             stack.start_collector()
         stack.save()
     return collector
+
+
+def _restore(settings: Settings) -> None:
+    """The broker keeps its log in memory: came back empty, it gets the archive again."""
+    import sys
+
+    from unifier.restore import restore_from_archive
+
+    result = restore_from_archive(settings, progress=sys.stderr.isatty())
+    if result is None:
+        return
+    if result.failed:
+        raise StackError(
+            f"restoring from the archive: {result.failed:,} touchpoints were NOT delivered; "
+            "see the broker's log, then `unifier replay --from-archive` again"
+        )
+    err.print(
+        f"restored {result.delivered:,} touchpoints ({result.records:,} records) from the "
+        f"archive in {settings.archive_path}: the worker rebuilds the customer base from them",
+        highlight=False,
+    )
 
 
 @stack_app.command("down")
