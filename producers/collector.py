@@ -262,8 +262,16 @@ def _count_of(raw: bytes) -> int:
     return 1
 
 
+#: What a 503 asks a sender to wait (``Retry-After``): the broker away, or too many
+#: events waiting for it. The SDK and Segment's libraries retry on their own.
+RETRY_AFTER_S = 5
+
+
 def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"success": False, "error": message, **extra}, status=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return web.json_response(
+        {"success": False, "error": message, **extra}, status=status, headers=headers
+    )
 
 
 class _Refused(Exception):
@@ -415,7 +423,11 @@ class _Collector:
     async def ready(self, _request: web.Request) -> web.Response:
         problem = await self.sender.ready()
         if problem:
-            return web.json_response({"status": "unavailable", "reason": problem}, status=503)
+            return web.json_response(
+                {"status": "unavailable", "reason": problem},
+                status=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         return web.json_response({"status": "ready"})
 
     async def lifecycle(self, _app: web.Application) -> Any:

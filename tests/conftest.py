@@ -73,3 +73,25 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[EmbeddedStack]:
         yield stack
     finally:
         stack.stop_all()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--faults",
+        action="store_true",
+        help="run every fault-injection scenario (tests/faults/); by default only those "
+        "marked `ci` run",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fault scenarios outside the bounded CI subset are deselected unless --faults."""
+    if config.getoption("--faults"):
+        return
+    kept, dropped = [], []
+    for item in items:
+        outside = item.get_closest_marker("faults") and not item.get_closest_marker("ci")
+        (dropped if outside else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

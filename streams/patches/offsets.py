@@ -18,7 +18,9 @@ record handled twice changes nothing, see ``profiles.graph``):
   was acknowledged; a partition without a commit starts where the broker says.
 * Each input partition reaches its stage in log order, without a hole: a record past
   the next one expected (the committed offset after each seek, then one more per
-  record handed over) is held back and the partition is sought back at once. Records
+  record handed over) is held back with every later one, and the watchdog's next
+  check (within a second) seeks the partition back to the hole. (Seeking at once,
+  from the fetch loop, once left a restarted worker stalled for good.) Records
   handled out of order break the identity protocol: a claim handled before the
   re-read of the observation that founded its identifier's first profile leaves that
   profile orphaned (one profile too many, for good).
@@ -35,7 +37,6 @@ private methods of ``faust.transport.consumer.Consumer``. **Shown by**
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Container, Iterable, Mapping
 from typing import Any
@@ -79,34 +80,55 @@ def _ack(self: Any, message: Any) -> bool:
 
 class Gate:
     """The next offset each input partition may hand its stage: records arrive in log
-    order, each once, with no hole."""
+    order, each once, with no hole. A partition with a hole is *held* (every later
+    record held back) until the watchdog's next check seeks it back."""
 
     def __init__(self, topics: Iterable[str]) -> None:
         self.topics = set(topics)
         self.next: dict[Any, int] = {}
-        self.seeking: dict[Any, int] = {}  # tp -> the offset a seek back is under way to
+        self.held: dict[Any, int] = {}  # tp -> where to read again from
 
     def reset(self, offsets: Mapping[Any, int | None]) -> None:
         """Positions after a seek (``None``: unknown — the first record sets it)."""
         for tp, offset in offsets.items():
             if tp.topic not in self.topics:
                 continue
-            self.seeking.pop(tp, None)
+            key = TP(tp.topic, tp.partition)
+            self.held.pop(key, None)
             if offset is None:
-                self.next.pop(tp, None)
+                self.next.pop(key, None)
             else:
-                self.next[tp] = offset
+                self.next[key] = offset
 
     def admit(self, tp: Any, offset: int) -> bool | None:
         """True: hand it over. False: handed over already. None: records before it are
-        missing — hold it back, and re-read from ``next[tp]``."""
+        missing — hold it back (``held``: re-read from ``next[tp]``)."""
         if tp.topic not in self.topics:
             return True
-        expected = self.next.get(tp)
+        key = TP(tp.topic, tp.partition)  # aiokafka's type from the fetch, Faust's elsewhere
+        expected = self.next.get(key)
         if expected is None or offset == expected:
-            self.next[tp] = offset + 1
+            self.next[key] = offset + 1
             return True
-        return False if offset < expected else None
+        if offset < expected:
+            return False
+        if key not in self.held:
+            self.held[key] = expected
+            log.warning(
+                "%s[%d]: record %d arrived while %d was expected (records dropped around "
+                "a rebalance, faust-streaming/faust#596); holding the partition back to "
+                "re-read it from %d",
+                tp.topic,
+                tp.partition,
+                offset,
+                expected,
+                expected,
+            )
+        return None
+
+    def take_held(self) -> dict[Any, int]:
+        """The held partitions and where to re-read them from (the watchdog seeks)."""
+        return dict(self.held)
 
 
 def gate_of(app: Any) -> Gate | None:
@@ -118,46 +140,8 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
     """Faust's ``getmany`` (its signature), through the gate."""
     gate = gate_of(self.app)
     async for tp, message in _original["getmany"](self, timeout):
-        if gate is None:
+        if gate is None or gate.admit(tp, message.offset):
             yield tp, message
-            continue
-        verdict = gate.admit(tp, message.offset)
-        if verdict:
-            yield tp, message
-        elif verdict is None and tp not in gate.seeking:
-            _seek_back(self.app, gate, tp, message.offset)
-
-
-def _seek_back(app: Any, gate: Gate, fetched: Any, arrived: int) -> None:
-    tp = TP(fetched.topic, fetched.partition)  # Faust's pause/resume want its own TP type
-    expected = gate.next[tp]
-    gate.seeking[tp] = expected
-    log.warning(
-        "%s[%d]: record %d arrived while %d was expected (records dropped around a "
-        "rebalance, faust-streaming/faust#596); re-reading from %d",
-        tp.topic,
-        tp.partition,
-        arrived,
-        expected,
-        expected,
-    )
-    watchdog: Watchdog | None = getattr(app, "_unifier_watchdog", None)
-    if watchdog is not None:
-        task = asyncio.ensure_future(_reread_now(watchdog, gate, tp, expected))
-        _pending.add(task)
-        task.add_done_callback(_pending.discard)
-
-
-async def _reread_now(watchdog: Watchdog, gate: Gate, tp: Any, offset: int) -> None:
-    try:
-        await watchdog.reread({tp: offset}, quiet=True)
-    except Exception:  # the partition stays held back: the watchdog's checks retry it
-        log.exception("%s[%d]: seeking back to %d failed", tp.topic, tp.partition, offset)
-    finally:
-        gate.seeking.pop(tp, None)
-
-
-_pending: set[asyncio.Future[Any]] = set()
 
 
 def _new_offset(self: Any, tp: Any) -> int | None:
@@ -283,6 +267,11 @@ class Watchdog:
             else:
                 suspects[tp] = (offset, checks)
         self.suspects = suspects
+        gate = gate_of(app)
+        held = gate.take_held() if gate is not None else {}
+        if held:  # a hole the gate found: no need to wait three checks
+            await self.reread(held, quiet=True)
+        due = {tp: o for tp, o in due.items() if tp not in held}
         if due:
             await self.reread(due)
 
@@ -335,7 +324,6 @@ def install(app: Any, topics: Iterable[str]) -> Watchdog:
     topics = list(topics)
     watchdog = Watchdog(app, topics)
     app._unifier_gate = Gate(topics)
-    app._unifier_watchdog = watchdog
 
     @app.timer(interval=CHECK_INTERVAL_S, on_leader=False)
     async def _offset_watchdog() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -260,3 +262,8 @@ def test_without_a_broker_the_collector_says_so(tmp_path: Path) -> None:
         assert status == 503
         assert answer["success"] is False
         assert "the broker did not take the events" in answer["error"]
+        # A sender is told when to try again.
+        request = urllib.request.Request(f"{url}/ready")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.headers["Retry-After"] == "5"

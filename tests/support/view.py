@@ -74,8 +74,11 @@ class VersionWatch:
     """Samples every profile's version in Redis until stopped, and remembers any that
     went backwards — what a reader following a profile would notice."""
 
-    def __init__(self, url: str) -> None:
-        self._client = redis.Redis.from_url(url)
+    def __init__(self, url: str, tolerate_errors: bool = False) -> None:
+        """``tolerate_errors``: Redis may go away meanwhile (fault tests); a sample that
+        fails is skipped, not raised."""
+        self._client = redis.Redis.from_url(url, socket_timeout=2)
+        self._tolerate = tolerate_errors
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.highest: dict[str, int] = {}
@@ -95,19 +98,27 @@ class VersionWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            keys = list(self._client.scan_iter(match=f"{PREFIX}profile:*", count=1000))
-            pipe = self._client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hget(key, "version")
-            for key, raw in zip(keys, pipe.execute(), strict=True):
-                if raw is None:
-                    continue
-                name, version = key.decode(), int(raw)
-                seen = self.highest.get(name, -1)
-                if version < seen:
-                    self.backwards.append((name, seen, version))
-                self.highest[name] = max(seen, version)
-            self.samples += 1
+            try:
+                self._sample()
+            except (redis.RedisError, OSError):
+                if not self._tolerate:
+                    raise
+                self._stop.wait(0.2)
+
+    def _sample(self) -> None:
+        keys = list(self._client.scan_iter(match=f"{PREFIX}profile:*", count=1000))
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, "version")
+        for key, raw in zip(keys, pipe.execute(), strict=True):
+            if raw is None:
+                continue
+            name, version = key.decode(), int(raw)
+            seen = self.highest.get(name, -1)
+            if version < seen:
+                self.backwards.append((name, seen, version))
+            self.highest[name] = max(seen, version)
+        self.samples += 1
 
 
 class ViewModel:

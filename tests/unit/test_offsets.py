@@ -221,26 +221,24 @@ def test_whatever_arrives_the_gate_admits_a_run_from_the_start(
     assert admitted == list(range(start, start + len(admitted)))
 
 
-def test_a_record_past_a_hole_seeks_the_partition_back_at_once() -> None:
+def test_a_held_partition_is_sought_back_by_the_watchdogs_next_check() -> None:
     """The fetch loop names partitions with aiokafka's type; Faust's pause and resume
-    refuse anything but its own (an AssertionError that stopped the worker once)."""
-    import asyncio
-
+    refuse anything but its own (an AssertionError that stopped the worker once). The
+    seek runs from the watchdog's timer, once for all held partitions: seeks started
+    from the fetch loop once left a restarted worker stalled."""
     from aiokafka import TopicPartition
 
     consumer = FakeConsumer(committed=5, read=9, high=20)
     dog = watchdog(consumer)
     gate = offsets.Gate([TP0.topic])
     gate.reset({TP0: 5})
-    dog.app._unifier_watchdog = dog
+    dog.app._unifier_gate = gate
     fetched = TopicPartition(TP0.topic, TP0.partition)
-
-    async def arrive() -> None:
-        assert gate.admit(fetched, 9) is None
-        offsets._seek_back(dog.app, gate, fetched, 9)
-        await asyncio.gather(*offsets._pending)
-
-    asyncio.run(arrive())
+    assert gate.admit(fetched, 9) is None
+    assert gate.admit(fetched, 10) is None  # held back too, not a second seek
+    assert consumer.calls == []
+    run_checks(dog, 1)
     assert consumer.calls == [("pause", {TP0}), ("seek", {TP0: 5}), ("resume", {TP0})]
     assert {type(tp) for _, tps in consumer.calls for tp in tps} == {TP}
-    assert gate.seeking == {} and gate.next[TP0] == 5
+    assert gate.held == {} and gate.next[TP0] == 5
+    assert gate.admit(fetched, 5) is True

@@ -1,0 +1,194 @@
+"""Fault injection: each scenario breaks something while events stream in, then checks
+what a user would: every accepted event counted exactly once in the view, the
+stitching exact, no profile version ever went backwards for a reader, the view equal
+to a rebuild from the log, and every stage caught up.
+
+Each test runs its own broker and Redis (``stack``), so it can kill, pause or empty
+them without touching other tests. ``@pytest.mark.faults``: the scenarios marked
+``ci`` too run in the default test run (bounded); ``./dev test --faults`` runs all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from config.settings import Settings
+from producers.synthetic import generate
+from tests.integration.test_pipeline import caught_up, exported
+from tests.support.data import comparable, reference_views, write_jsonl
+from tests.support.kafka import consume_all
+from tests.support.view import VersionWatch, dump_as_read
+from unifier.ingest import ingest_file
+from unifier.processes import free_port
+from unifier.rebuild import rebuild
+from unifier.stack import EmbeddedStack
+from unifier.topics import ensure_topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[EmbeddedStack]:
+    """A broker and a Redis of this test's own (limits off: exact clusters)."""
+    settings = Settings(
+        bootstrap_servers=f"127.0.0.1:{free_port()}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        state_dir=tmp_path / "state",
+        identity_limits={},
+        identity_max_claimants=0,
+        touchpoint_partitions=3,
+        internal_partitions=4,
+        worker_metrics_port=free_port(),
+    )
+    with EmbeddedStack(settings, tmp_path / "stack") as embedded:
+        embedded.start_broker()
+        embedded.start_redis()
+        ensure_topics(settings)
+        yield embedded
+
+
+class Stream:
+    """Events ingested in the background, one per Kafka record (so they keep coming
+    while the fault happens)."""
+
+    def __init__(self, settings: Settings, tmp_path: Path, people: int, seed: int) -> None:
+        self.events = generate(people=people, seed=seed)
+        self.path = tmp_path / "events.jsonl"
+        write_jsonl(self.path, self.events)
+        self.settings = settings.model_copy(update={"producer_batch_events": 1})
+        self.result: Any = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.result = ingest_file(self.path, self.settings, progress=False)
+
+    def __enter__(self) -> Stream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join(300)
+        assert not self._thread.is_alive(), "ingest did not finish"
+        assert self.result.delivered == len(self.events), self.result.summary()
+
+
+def first_views(settings: Settings) -> None:
+    """Until the worker has written something (bounded, not timed)."""
+    for _ in range(600):
+        if exported(settings):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the worker wrote nothing")
+
+
+def assert_exact(settings: Settings, events: list[dict[str, Any]], watch: VersionWatch) -> None:
+    """The check every scenario ends with."""
+    caught_up(settings)
+    got = exported(settings)
+    assert comparable(got.values()) == reference_views(events, settings)
+    assert sum(p["computed"]["event_count"] for p in got.values()) == len(events)
+    assert watch.samples > 10 and not watch.backwards, watch.backwards[:3]
+    before = dump_as_read(settings.redis_url)
+    rebuild(settings, clear_first=True, progress=False)
+    after = dump_as_read(settings.redis_url)
+    assert {k: (before.get(k), v) for k, v in after.items() if v != before.get(k)} == {}
+    assert after.keys() == before.keys()
+
+
+def restart_redis_empty(stack: EmbeddedStack) -> None:
+    stack.kill_one("redis")
+    shutil.rmtree(stack.dir / "redis", ignore_errors=True)  # its append-only file too
+    stack.start_redis()
+
+
+@pytest.mark.ci
+def test_redis_killed_and_back_empty_mid_stream(stack: EmbeddedStack, tmp_path: Path) -> None:
+    """Redis lost everything while events flowed: the worker waits for it (no crash
+    loop, nothing dropped), then writes the view again by itself."""
+    settings = stack.settings
+    stack.start_worker()
+    with VersionWatch(settings.redis_url, tolerate_errors=True) as watch:
+        with Stream(settings, tmp_path, people=80, seed=21) as stream:
+            first_views(settings)
+            restart_redis_empty(stack)
+        assert_exact(settings, stream.events, watch)
+    assert "the Redis view lacks profile partitions" in (stack.dir / "worker.log").read_text()
+
+
+def test_redis_paused_for_ten_seconds(stack: EmbeddedStack, tmp_path: Path) -> None:
+    """Redis slow rather than gone (SIGSTOP for 10 s): the profile stage waits, the
+    others carry on, nothing is lost."""
+    settings = stack.settings
+    stack.start_worker()
+    with VersionWatch(settings.redis_url, tolerate_errors=True) as watch:
+        with Stream(settings, tmp_path, people=80, seed=22) as stream:
+            first_views(settings)
+            pid = stack.procs["redis"].pid
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                time.sleep(10)  # the scenario's length, not an assertion
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        assert_exact(settings, stream.events, watch)
+
+
+@pytest.mark.ci
+def test_worker_killed_three_times(stack: EmbeddedStack, tmp_path: Path) -> None:
+    settings = stack.settings
+    stack.start_worker()
+    with VersionWatch(settings.redis_url) as watch:
+        with Stream(settings, tmp_path, people=120, seed=23) as stream:
+            first_views(settings)
+            for _ in range(3):
+                stack.kill_one("worker")
+                stack.start_worker()
+        assert_exact(settings, stream.events, watch)
+
+
+def test_the_touchpoints_topic_replayed_from_offset_zero(
+    stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    """Every record sent again (an operator re-imports, a mirror replays the topic):
+    nothing is counted twice."""
+    settings = stack.settings
+    stack.start_worker()
+    with VersionWatch(settings.redis_url) as watch:
+        with Stream(settings, tmp_path, people=60, seed=24) as stream:
+            pass
+        caught_up(settings)
+        again = ingest_file(stream.path, settings, progress=False)
+        assert again.delivered == len(stream.events)
+        assert_exact(settings, stream.events, watch)
+
+
+@pytest.mark.ci
+def test_a_poison_record_in_every_stage(stack: EmbeddedStack, tmp_path: Path) -> None:
+    """Garbage on the input topic and on both internal topics: each goes to the
+    dead-letter topic with its reason, and the stages keep serving."""
+    settings = stack.settings
+    stack.start_worker()
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    with VersionWatch(settings.redis_url) as watch:
+        with Stream(settings, tmp_path, people=60, seed=25) as stream:
+            first_views(settings)
+            for topic in (
+                settings.topic_touchpoints,
+                settings.topic_identity,
+                settings.topic_profile_ops,
+            ):
+                for partition in range(3):
+                    producer.produce(topic, b"\x00poison", partition=partition)
+            assert producer.flush(30) == 0
+        assert_exact(settings, stream.events, watch)
+    dead = consume_all(settings, settings.topic_dlq, partitions=1)
+    assert len(dead) == 9
