@@ -187,9 +187,12 @@ class ArchiveWriter:
         offset is below the partition's next one means the log started again: a new
         epoch."""
         by_partition: dict[int, list[Archived]] = {}
+        expect: dict[int, int] = {}
         for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
-            expected = self.next_offset(rec.partition)
+            expected = expect.get(rec.partition, self.next_offset(rec.partition))
             if rec.offset < expected:
+                self._write_all(by_partition)  # what came before belongs to the old epoch
+                by_partition, expect = {}, {}
                 self._restart(rec)
                 expected = 0
             if rec.offset > expected:
@@ -203,10 +206,16 @@ class ArchiveWriter:
                     rec.offset - 1,
                 )
             by_partition.setdefault(rec.partition, []).append(rec)
-            self.manifest.next_offsets[rec.partition] = rec.offset + 1
+            expect[rec.partition] = rec.offset + 1
+        self._write_all(by_partition)
+        self.manifest.save(self.dir)
+
+    def _write_all(self, by_partition: dict[int, list[Archived]]) -> None:
+        """Write each partition's records; its resume point moves only once they are on
+        disk (a write that fails leaves it where it was: the records come again)."""
         for partition, recs in by_partition.items():
             self._write(partition, recs)
-        self.manifest.save(self.dir)
+            self.manifest.next_offsets[partition] = recs[-1].offset + 1
 
     def _restart(self, rec: Archived) -> None:
         log.warning(
@@ -228,7 +237,9 @@ class ArchiveWriter:
             self.manifest.parts.append(part)
         rows = [_row(r) for r in recs]
         path = self.dir / part.file
-        with open(path, "a+b") as fh:
+        # A new file starts empty: one the manifest never named (the process died
+        # between its first append and the manifest) holds nothing the archive has.
+        with open(path, "a+b" if part.records else "w+b") as fh:
             fastavro.writer(fh, SCHEMA, rows, codec="deflate")
             fh.flush()
             os.fsync(fh.fileno())

@@ -4,18 +4,19 @@ event archive.
 The embedded broker keeps its log in memory: after ``stack down`` (or a crash) it comes
 back with empty topics. When the archive (``producers.archive``) holds records and the
 touchpoints topic is empty, ``stack up`` replays the archive into it before the worker
-starts; the worker rebuilds its tables and the output topics from it (the Redis view,
-kept by its append-only file, already holds the same versions and refuses nothing
-newer). The archive then opens a new epoch at the topic's end, so the replayed
-records are not archived twice.
+starts; the worker rebuilds its tables, the output topics and the Redis view from it
+(the view is emptied first: it came from the log this replaces). The archive then
+opens a new epoch at the topic's end, so the replayed records are not archived twice.
 """
 
 from __future__ import annotations
 
+import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from config.settings import Settings
 from producers.archive import MANIFEST, Manifest, Replayed, replay
+from sinks.redis_view import PREFIX
 from streams.patches.recovery import true_ends
 
 
@@ -35,6 +36,18 @@ def topic_ends(settings: Settings) -> dict[int, int]:
     return {p: end for (_t, p), end in true_ends(settings.bootstrap_servers, reported).items()}
 
 
+def clear_view(settings: Settings) -> int:
+    """Every key of the view, its completeness markers included."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{PREFIX}*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.unlink(*keys[start : start + 1000])
+        return len(keys)
+    finally:
+        client.close()
+
+
 def archived_records(settings: Settings) -> int:
     directory = settings.archive_path
     if not (directory / MANIFEST).exists():
@@ -48,6 +61,11 @@ def restore_from_archive(settings: Settings, progress: bool = False) -> Replayed
     if not archived_records(settings) or any(topic_ends(settings).values()):
         return None
     directory = settings.archive_path
+    # The view (kept by Redis's append-only file) came from the log this replay
+    # replaces: with identity limits, which profile keeps a shared identifier depends
+    # on arrival order, and the archive may be shorter than what the view saw. Emptied,
+    # it is written again from the replay; readers see "view incomplete" until then.
+    clear_view(settings)
     result = replay(settings, directory, progress=progress)
     manifest = Manifest.load(directory, settings.topic_touchpoints)
     manifest.new_epoch(topic_ends(settings))

@@ -253,7 +253,9 @@ class EmbeddedStack:
         )
         for name in order:
             was_alive = is_running(self.procs[name], self._popens.get(name))
-            self.stop_one(name, grace=10.0 if name.startswith("worker") else 5.0)
+            # The archiver reads the topic to its end first: the broker's log goes next.
+            grace = {"archiver": 30.0}.get(name, 10.0 if name.startswith("worker") else 5.0)
+            self.stop_one(name, grace=grace)
             if was_alive:
                 stopped.append(name)
         return stopped

@@ -109,6 +109,7 @@ class Gate:
         expected = self.next.get(key)
         if expected is None or offset == expected:
             self.next[key] = offset + 1
+            self.held.pop(key, None)  # a record fetched before the seek no longer counts
             return True
         if offset < expected:
             return False
@@ -126,9 +127,17 @@ class Gate:
             )
         return None
 
-    def take_held(self) -> dict[Any, int]:
-        """The held partitions and where to re-read them from (the watchdog seeks)."""
+    def take_held(self, assigned: Iterable[Any]) -> dict[Any, int]:
+        """The held partitions still assigned, and where to re-read them from (the
+        watchdog seeks); held partitions no longer assigned are forgotten."""
+        self.forget_all_but(assigned)
         return dict(self.held)
+
+    def forget_all_but(self, assigned: Iterable[Any]) -> None:
+        keep = {TP(tp.topic, tp.partition) for tp in assigned}
+        for table in (self.held, self.next):
+            for key in [k for k in table if k not in keep]:
+                del table[key]
 
 
 def gate_of(app: Any) -> Gate | None:
@@ -189,7 +198,9 @@ async def _perform_seek(self: Any) -> None:
             if start is not None and self._committed_offset.get(tp) is None:
                 self._committed_offset[tp] = start
     if gate is not None:
-        gate.reset({tp: self._committed_offset.get(tp) for tp in self.assignment()})
+        assigned = self.assignment()
+        gate.forget_all_but(assigned)  # a partition revoked while held is not ours to seek
+        gate.reset({tp: self._committed_offset.get(tp) for tp in assigned})
 
 
 def patch_consumer() -> None:
@@ -268,7 +279,7 @@ class Watchdog:
                 suspects[tp] = (offset, checks)
         self.suspects = suspects
         gate = gate_of(app)
-        held = gate.take_held() if gate is not None else {}
+        held = gate.take_held(app.consumer.assignment()) if gate is not None else {}
         if held:  # a hole the gate found: no need to wait three checks
             await self.reread(held, quiet=True)
         due = {tp: o for tp, o in due.items() if tp not in held}

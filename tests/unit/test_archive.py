@@ -107,3 +107,21 @@ def test_an_undecodable_record_is_kept_as_it_came(tmp_path: Path) -> None:
 def test_a_directory_without_a_manifest_is_said_to_hold_no_archive(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match=f"holds no archive \\({MANIFEST} is missing\\)"):
         verify(tmp_path)
+
+
+def test_a_file_the_manifest_never_named_is_started_again(tmp_path: Path) -> None:
+    """Killed between a new file's first append and the manifest: the restarted archiver
+    writes the same records to the same file name — from its start, not after them."""
+    ArchiveWriter(tmp_path, "touchpoints").append(kafka_records(0, 0, 2))
+    orphan = tmp_path / "touchpoints-e0-p1-000000000000.avro"
+    writer = ArchiveWriter(tmp_path, "touchpoints")
+    writer._write(1, kafka_records(1, 0, 3, per=1))  # on disk; the manifest never saved
+    writer = ArchiveWriter(tmp_path, "touchpoints")  # restarted from the manifest
+    assert orphan.exists() and writer.next_offset(1) == 0
+    writer.append(kafka_records(1, 0, 3))
+    writer.close_all()
+    rows = list(records(tmp_path))
+    assert [(r["partition"], r["offset"]) for r in rows] == [
+        (0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]  # fmt: skip
+    assert [len(r["touchpoints"]) for r in rows[2:]] == [3, 3, 3]  # the records sent after
+    assert verify(tmp_path).problems == []

@@ -242,3 +242,18 @@ def test_a_held_partition_is_sought_back_by_the_watchdogs_next_check() -> None:
     assert {type(tp) for _, tps in consumer.calls for tp in tps} == {TP}
     assert gate.held == {} and gate.next[TP0] == 5
     assert gate.admit(fetched, 5) is True
+
+
+def test_a_held_partition_that_moved_to_another_worker_is_forgotten() -> None:
+    """Seeking a partition this worker no longer owns fails, and failing every second
+    would stop the watchdog's re-reads of the ones it does own."""
+    moved = TP(TP0.topic, 7)
+    gate = offsets.Gate([TP0.topic])
+    gate.reset({TP0: 5, moved: 3})
+    assert gate.admit(moved, 6) is None and gate.admit(TP0, 9) is None
+    assert gate.take_held([TP0]) == {TP0: 5}
+    assert moved not in gate.next
+    # The record it waited for comes (the seek happened): the partition is free again.
+    gate.reset({TP0: 5})
+    assert gate.admit(TP0, 9) is None  # fetched before the seek: held once more ...
+    assert gate.admit(TP0, 5) is True and gate.held == {}  # ... until 5 arrives

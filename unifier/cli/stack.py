@@ -104,7 +104,13 @@ def _restore(settings: Settings) -> None:
 
     from unifier.restore import restore_from_archive
 
-    result = restore_from_archive(settings, progress=sys.stderr.isatty())
+    try:
+        result = restore_from_archive(settings, progress=sys.stderr.isatty())
+    except Exception as exc:  # the archive or the broker: say which, stop what started
+        raise StackError(
+            f"restoring from the archive in {settings.archive_path} failed: "
+            f"{type(exc).__name__}: {exc}; `unifier archive verify` checks it"
+        ) from None
     if result is None:
         return
     if result.failed:
