@@ -35,6 +35,7 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--rate", type=int, default=400, help="events per second offered")
+    parser.add_argument("--people", type=int, default=2000, help="the population (fixed)")
     parser.add_argument(
         "--kill-every", type=float, default=5.0, help="minutes between worker kills"
     )
@@ -43,16 +44,15 @@ def _arguments() -> argparse.Namespace:
 
 
 class Load:
-    """Synthetic people's events at a steady rate, through the SDK's producer."""
+    """A fixed population's events at a steady rate, through the SDK's producer: the
+    same people over and over (each round's events with new ids), so the customer base
+    stops growing and what still grows is history (the broker's log, 8 bytes an event
+    of a profile's state) — or a leak."""
 
-    def __init__(self, settings: Any, rate: int, seconds: float) -> None:
+    def __init__(self, settings: Any, rate: int, people: int) -> None:
         from producers.synthetic import generate
-        from profiles.configured import identifier_priorities
-        from profiles.touchpoint import parse_json
 
-        people = max(int(rate * seconds / 10), 100)  # about 10 events a person
-        self.events = generate(people=people, seed=99)
-        self.touchpoints = [parse_json(e, identifier_priorities(settings)) for e in self.events]
+        self.base = generate(people=people, seed=99)
         self.settings = settings
         self.rate = rate
         self.sent = 0
@@ -60,16 +60,27 @@ class Load:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
+    def _events(self) -> Any:
+        from profiles.configured import identifier_priorities
+        from profiles.touchpoint import parse_json
+
+        priorities = identifier_priorities(self.settings)
+        round_ = 0
+        while True:
+            for base in self.base:
+                event = {**base, "event_id": f"{base['event_id']}~{round_}"} if round_ else base
+                yield parse_json(event, priorities)
+            round_ += 1
+
     def _run(self) -> None:
         from producers.kafka import TouchpointProducer
 
         began = time.monotonic()
         with TouchpointProducer(self.settings) as producer:
-            for tp in self.touchpoints:
+            for tp in self._events():
                 if self.stop.is_set():
                     break
-                due = began + self.sent / self.rate
-                delay = due - time.monotonic()
+                delay = began + self.sent / self.rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
                 producer.send(tp)
@@ -111,11 +122,11 @@ def main() -> None:
         )
         with running(settings, worker=True) as stack:
             stack.start_archiver()
-            load = Load(settings, args.rate, seconds)
+            load = Load(settings, args.rate, args.people)
             print(
-                f"soak: {args.minutes:g} min at {args.rate} events/s offered "
-                f"({len(load.events):,} events), the worker killed every "
-                f"{args.kill_every:g} min",
+                f"soak: {args.minutes:g} min at {args.rate} events/s offered, "
+                f"{args.people:,} people ({len(load.base):,} events a round), the worker "
+                f"killed every {args.kill_every:g} min",
                 flush=True,
             )
             load.thread.start()
@@ -124,7 +135,7 @@ def main() -> None:
             kills = 0
             while load.thread.is_alive() and time.monotonic() - began < seconds:
                 time.sleep(min(60.0, max(seconds - (time.monotonic() - began), 0.1)))
-                now = time.monotonic()
+                now, accepted = time.monotonic(), load.sent
                 if now >= next_kill and now - began < seconds - 30:
                     stack.kill_one("worker")
                     stack.start_worker()
@@ -133,7 +144,7 @@ def main() -> None:
                 profiles, applied = _applied(settings)
                 row = {
                     "minute": round((now - began) / 60, 1),
-                    "accepted": load.sent,
+                    "accepted": accepted,
                     "applied": applied,
                     "profiles": profiles,
                     "lag": _lag(settings),
@@ -149,23 +160,22 @@ def main() -> None:
             load.thread.join(120)
             with_lag_zero = _wait_caught_up(settings)
             profiles, applied = _applied(settings)
-            sent = load.touchpoints[: load.sent]
             from serve.view import RedisProfileView
 
             view = RedisProfileView.from_url(settings.redis_url)
             try:
-                exact = comparable(list(view.scan())) == reference_views(
-                    load.events[: load.sent], settings
-                )
+                clusters = set(comparable(list(view.scan())))
             finally:
                 view.close()
+            exact = clusters == set(reference_views(load.base, settings))
     verdict = {
         "minutes": args.minutes,
         "rate": args.rate,
-        "accepted": len(sent),
+        "people": args.people,
+        "accepted": load.sent,
         "failed": load.failed,
         "applied": applied,
-        "counted_once": applied == len(sent),
+        "counted_once": applied == load.sent,
         "stitching_exact": exact,
         "caught_up": with_lag_zero,
         "kills": kills,
@@ -206,12 +216,13 @@ def _write(out: Path, rows: list[dict[str, Any]], verdict: dict[str, Any]) -> No
     lines = [
         f"# Soak: {verdict['minutes']:g} minutes at {verdict['rate']} events/s offered",
         "",
-        f"`./dev soak --minutes {verdict['minutes']:g} --rate {verdict['rate']}`; the "
+        f"`./dev soak --minutes {verdict['minutes']:g} --rate {verdict['rate']} --people "
+        f"{verdict['people']}`: the same {verdict['people']:,} people over and over; the "
         f"worker killed with SIGKILL {verdict['kills']} times.",
         "",
         f"- accepted {verdict['accepted']:,} events, applied {verdict['applied']:,}: "
         f"{'each counted once' if verdict['counted_once'] else 'NOT each counted once'}",
-        f"- stitching against the synthetic truth: "
+        f"- stitching against the synthetic truth (the clusters): "
         f"{'exact' if verdict['stitching_exact'] else 'NOT exact'}",
         f"- every stage caught up after the load: {'yes' if verdict['caught_up'] else 'NO'}",
         "- RSS, last third of the run over the middle third: "
