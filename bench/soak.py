@@ -133,12 +133,17 @@ def main() -> None:
             began = time.monotonic()
             next_kill = began + args.kill_every * 60
             kills = 0
+            recoveries: list[float] = []
             while load.thread.is_alive() and time.monotonic() - began < seconds:
                 time.sleep(min(60.0, max(seconds - (time.monotonic() - began), 0.1)))
                 now, accepted = time.monotonic(), load.sent
                 if now >= next_kill and now - began < seconds - 30:
                     stack.kill_one("worker")
-                    stack.start_worker()
+                    restarted = time.monotonic()
+                    # Recovery reads the tables' changelogs: on the embedded broker (no
+                    # compaction) that grows with history, so allow it and measure it.
+                    stack.start_worker(ready_timeout=1800)
+                    recoveries.append(round(time.monotonic() - restarted, 1))
                     kills += 1
                     next_kill = now + args.kill_every * 60
                 profiles, applied = _applied(settings)
@@ -149,6 +154,7 @@ def main() -> None:
                     "profiles": profiles,
                     "lag": _lag(settings),
                     "kills": kills,
+                    "recovery_s": recoveries[-1] if recoveries else None,
                     "rss_mib": {
                         name: round(rss_bytes(proc.pid) / 2**20, 1)
                         for name, proc in stack.procs.items()
@@ -179,6 +185,7 @@ def main() -> None:
         "stitching_exact": exact,
         "caught_up": with_lag_zero,
         "kills": kills,
+        "restart_to_ready_s": recoveries,
         "rss_growth": _growth(rows),
     }
     print(json.dumps(verdict), flush=True)
@@ -225,6 +232,8 @@ def _write(out: Path, rows: list[dict[str, Any]], verdict: dict[str, Any]) -> No
         f"- stitching against the synthetic truth (the clusters): "
         f"{'exact' if verdict['stitching_exact'] else 'NOT exact'}",
         f"- every stage caught up after the load: {'yes' if verdict['caught_up'] else 'NO'}",
+        f"- a killed worker's restart until ready (tables recovered), each kill: "
+        f"{', '.join(f'{s:g} s' for s in verdict['restart_to_ready_s']) or '-'}",
         "- RSS, last third of the run over the middle third: "
         + ", ".join(f"{n} {g:.2f}x" for n, g in verdict["rss_growth"].items()),
         "",

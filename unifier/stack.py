@@ -180,7 +180,9 @@ class EmbeddedStack:
         wait_until(lambda: _redis_answers(self.settings), 20, "the embedded Redis", proc, popen)
         return proc
 
-    def start_worker(self, name: str = "worker", wait: bool = True) -> Proc:
+    def start_worker(
+        self, name: str = "worker", wait: bool = True, ready_timeout: float = 90.0
+    ) -> Proc:
         log = self.dir / f"{name}.log"
         offset = log.stat().st_size if log.exists() else 0
         env = {**os.environ, **self.settings.env()}
@@ -193,7 +195,9 @@ class EmbeddedStack:
         )
         self._track(proc, popen)
         if wait:
-            wait_until(lambda: _worker_ready(log, offset), 90, f"the {name}", proc, popen)
+            wait_until(
+                lambda: _worker_ready(log, offset), ready_timeout, f"the {name}", proc, popen
+            )
         return proc
 
     def start_archiver(self, name: str = "archiver") -> Proc:
