@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from confluent_kafka import Producer
 
 from config.settings import Settings
 from producers.synthetic import generate
+from sinks.redis_view import marker_key
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views, write_jsonl
 from tests.support.http import get_text, metric
@@ -106,6 +108,20 @@ def assert_exact(settings: Settings, events: list[dict[str, Any]], watch: Versio
     assert after.keys() == before.keys()
 
 
+def marked(settings: Settings) -> None:
+    """Until every partition's completeness marker is in Redis (bounded, not timed)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        keys = [marker_key(p) for p in range(settings.internal_partitions)]
+        for _ in range(600):
+            if all(client.mget(keys)):
+                return
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise AssertionError("the worker never marked the view complete")
+
+
 def restart_redis_empty(stack: EmbeddedStack) -> None:
     stack.kill_one("redis")
     shutil.rmtree(stack.dir / "redis", ignore_errors=True)  # its append-only file too
@@ -121,6 +137,9 @@ def test_redis_killed_and_back_empty_mid_stream(stack: EmbeddedStack, tmp_path: 
     with VersionWatch(settings.redis_url, tolerate_errors=True) as watch:
         with Stream(settings, tmp_path, people=80, seed=21) as stream:
             first_views(settings)
+            # The worker's first check has marked the (then empty) view complete: what
+            # follows is a loss it must notice, not its start.
+            marked(settings)
             restart_redis_empty(stack)
         assert_exact(settings, stream.events, watch)
     # Rebuilt by the worker after the loss, not only at its start (an empty Redis then):
