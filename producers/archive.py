@@ -385,12 +385,9 @@ def records(directory: Path, since_ms: int | None = None) -> Iterator[dict[str, 
     partition, offset), up to what the manifest names in each file."""
     manifest = read_parts(directory)
     for part in sorted(manifest.parts, key=lambda p: (p.epoch, p.partition, p.first_offset)):
-        with open(directory / part.file, "rb") as fh:
-            for n, row in enumerate(_rows(fh)):
-                if n >= part.records:
-                    break
-                if since_ms is None or row["timestamp_ms"] >= since_ms:
-                    yield row
+        for row in _read_rows(directory / part.file, part.records):
+            if since_ms is None or row["timestamp_ms"] >= since_ms:
+                yield row
 
 
 @dataclass
@@ -418,7 +415,7 @@ def verify(directory: Path) -> Verified:
         if size < part.bytes or (part.sha256 is not None and size != part.bytes):
             result.problems.append(f"{part.file}: {size} bytes, the manifest says {part.bytes}")
         try:
-            rows = _read_rows(path, part.records)
+            rows = list(_read_rows(path, part.records))
         except Exception as exc:  # a damaged file: say which and why
             result.problems.append(f"{part.file}: unreadable ({type(exc).__name__}: {exc})")
             continue
@@ -440,14 +437,14 @@ def verify(directory: Path) -> Verified:
     return result
 
 
-def _read_rows(path: Path, limit: int) -> list[dict[str, Any]]:
+def _read_rows(path: Path, limit: int) -> Iterator[dict[str, Any]]:
+    """The first ``limit`` records of a file (what the manifest names; anything after
+    is an append the manifest never recorded)."""
     with open(path, "rb") as fh:
-        out = []
         for n, row in enumerate(_rows(fh)):
             if n >= limit:
-                break
-            out.append(row)
-        return out
+                return
+            yield row
 
 
 def _only_gaps(offsets: list[int], part: Part, manifest: Manifest) -> bool:

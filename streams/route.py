@@ -38,12 +38,10 @@ from streams.producer import ProducedTopic
 
 log = logging.getLogger("unifier.route")
 
-#: The shortcut on. It was off for a while: a kill test (SIGKILL mid-stream, restart)
-#: ended with anonymous profiles never merged. The cause was not the shortcut but
-#: records handled out of log order after the restart (faust-streaming/faust#596): a
-#: claim handled before the re-read of the observation that founded its identifier's
-#: profile. The shortcut made that likelier (its events skip the identity backlog and
-#: claim early); ``streams.patches.offsets.Gate`` now hands each partition over in order.
+#: Safe only because each input partition reaches its stage in log order
+#: (``streams.patches.offsets.Gate``): the shortcut's events skip the identity backlog
+#: and claim early, and a claim handled before the re-read of the observation that
+#: founded its identifier's profile would leave that profile unmerged for good.
 SHORTCUT = True
 
 

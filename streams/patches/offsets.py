@@ -19,8 +19,9 @@ record handled twice changes nothing, see ``profiles.graph``):
 * Each input partition reaches its stage in log order, without a hole: a record past
   the next one expected (the committed offset after each seek, then one more per
   record handed over) is held back with every later one, and the watchdog's next
-  check (within a second) seeks the partition back to the hole. (Seeking at once,
-  from the fetch loop, once left a restarted worker stalled for good.) Records
+  check (within a second) seeks the partition back to the hole: seeks run from the
+  watchdog's timer, one call for all partitions, never from inside the fetch loop
+  (a seek started there can leave the worker fetching nothing). Records
   handled out of order break the identity protocol: a claim handled before the
   re-read of the observation that founded its identifier's first profile leaves that
   profile orphaned (one profile too many, for good).
