@@ -38,7 +38,9 @@ private methods of ``faust.transport.consumer.Consumer``. **Shown by**
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Container, Iterable, Mapping
 from typing import Any
 
@@ -52,6 +54,10 @@ log = logging.getLogger("unifier.offsets")
 
 CHECKS_BEFORE_SEEK = 3
 CHECK_INTERVAL_S = 1.0
+#: A partition with records to process whose committed offset has not moved for this
+#: long is reported (with everything the worker knows about it), every as long again.
+STANDSTILL_S = 30.0
+SEEK_TIMEOUT_S = 30.0
 
 _original: dict[str, Callable[..., Any]] = {}
 
@@ -227,6 +233,48 @@ class Watchdog:
         self.topics = set(topics)
         self.suspects: dict[Any, tuple[int, int]] = {}  # tp -> (committed, checks)
         self.seeks = 0
+        self.still: dict[Any, tuple[int, float, float]] = {}  # tp -> (committed, since, told)
+
+    def standstill(self, now: float) -> list[str]:
+        """Input partitions with records waiting whose committed offset has not moved
+        for ``STANDSTILL_S``, each described once per ``STANDSTILL_S`` (for the log)."""
+        app = self.app
+        consumer = app.consumer
+        gate = gate_of(app)
+        reports = []
+        still = {}
+        assigned = [tp for tp in consumer.assignment() if tp.topic in self.topics]
+        for tp in assigned:
+            committed = consumer._committed_offset.get(tp)
+            high = consumer.highwater(tp)
+            if committed is None or high is None or high <= committed:
+                continue
+            seen, since, told = self.still.get(tp, (committed, now, now))
+            if seen != committed:
+                since = told = now
+            still[tp] = (committed, since, told)
+            if now - since >= STANDSTILL_S and now - told >= STANDSTILL_S - 1e-6:
+                still[tp] = (committed, since, now)
+                key = TP(tp.topic, tp.partition)
+                acked = consumer._acked_index.get(tp, ())
+                in_flight = sorted(o for t, o in self._in_flight() if t == tp)
+                reports.append(
+                    f"{tp.topic}[{tp.partition}]: committed offset {committed} unchanged "
+                    f"for {now - since:.0f} s with {high - committed} records waiting; "
+                    f"read to {consumer._read_offset.get(tp)}, high watermark {high}, "
+                    f"next for the gate {gate.next.get(key) if gate else None}, held from "
+                    f"{gate.held.get(key) if gate else None}, paused "
+                    f"{tp in consumer._paused_partitions}, buffered "
+                    f"{tp in consumer._buffered_partitions}, acknowledged "
+                    f"{len(acked)} (lowest {min(acked) if acked else None}), in flight "
+                    f"{in_flight[:3]}{'…' if len(in_flight) > 3 else ''} ({len(in_flight)}), "
+                    f"commit under way {committing(consumer).get(tp)} "
+                    f"(running: {consumer._commit_fut is not None}), rebalancing "
+                    f"{app.rebalancing}, flow active {consumer.flow_active}, "
+                    f"re-reads so far {self.seeks}"
+                )
+        self.still = still
+        return reports
 
     def _in_flight(self) -> set[tuple[Any, int]]:
         """(tp, offset) of every record being processed or waiting in a stream queue."""
@@ -320,7 +368,7 @@ class Watchdog:
         # from the old position and move the read offset past the re-read ones.
         consumer.pause_partitions(offsets)
         try:
-            await consumer.seek_wait(offsets)
+            await asyncio.wait_for(consumer.seek_wait(offsets), SEEK_TIMEOUT_S)
             for tp, offset in offsets.items():
                 consumer._read_offset[tp] = offset
             if gate is not None:
@@ -343,5 +391,14 @@ def install(app: Any, topics: Iterable[str]) -> Watchdog:
             await watchdog.check()
         except Exception:  # the watchdog must never take the worker down
             log.exception("offset watchdog check failed")
+
+    @app.timer(interval=CHECK_INTERVAL_S, on_leader=False)
+    async def _offset_standstill() -> None:
+        # Its own timer: a check stuck on the broker must not silence the report.
+        try:
+            for report in watchdog.standstill(time.monotonic()):
+                log.warning("%s", report)
+        except Exception:
+            log.exception("offset standstill report failed")
 
     return watchdog

@@ -14,7 +14,7 @@ from profiles.configured import identifier_priorities
 from profiles.profile import profile_id_for
 from profiles.touchpoint import Touchpoint, parse_json
 from schemas.codec import encode_touchpoint
-from serve.lag import LagProbe
+from serve.lag import LagProbe, PartitionLag
 from serve.view import RedisProfileView
 from streams.patches.recovery import true_ends
 from streams.topology import topology
@@ -32,8 +32,11 @@ pytestmark = pytest.mark.integration
 
 
 def caught_up(settings: Settings) -> None:
+    last: list[PartitionLag] = []
     with LagProbe(settings) as probe:
-        assert probe.wait(timeout=120), "the worker did not catch up"
+        done = probe.wait(timeout=120, on_check=lambda rows: last.__setitem__(slice(None), rows))
+    behind = [f"{r.topic}[{r.partition}] {r.committed}/{r.end}" for r in last if r.lag]
+    assert done, f"the worker did not catch up: {', '.join(behind) or 'lag unknown'}"
 
 
 def exported(settings: Settings) -> dict[str, dict]:  # type: ignore[type-arg]

@@ -257,3 +257,25 @@ def test_a_held_partition_that_moved_to_another_worker_is_forgotten() -> None:
     gate.reset({TP0: 5})
     assert gate.admit(TP0, 9) is None  # fetched before the seek: held once more ...
     assert gate.admit(TP0, 5) is True and gate.held == {}  # ... until 5 arrives
+
+
+def test_a_partition_standing_still_is_described_once_per_interval_until_it_moves() -> None:
+    consumer = FakeConsumer(committed=3, read=5, high=9)
+    consumer._paused_partitions = {TP0}  # type: ignore[attr-defined]
+    consumer._buffered_partitions = set()  # type: ignore[attr-defined]
+    consumer._commit_fut = None  # type: ignore[attr-defined]
+    consumer._acked_index[TP0] = {4, 5}
+    dog = watchdog(consumer)
+    still = offsets.STANDSTILL_S
+    assert dog.standstill(0.0) == []
+    assert dog.standstill(still - 1) == []
+    (report,) = dog.standstill(still)
+    assert "committed offset 3 unchanged for 30 s with 6 records waiting" in report
+    assert "paused True" in report and "acknowledged 2 (lowest 4)" in report
+    assert dog.standstill(still + 1) == []  # told already
+    assert len(dog.standstill(2 * still)) == 1
+    consumer._committed_offset[TP0] = 4  # it moved: the clock starts again
+    assert dog.standstill(2 * still + 1) == []
+    assert dog.standstill(3 * still) == []
+    consumer.high = 4  # caught up: nothing to say
+    assert dog.standstill(10 * still) == []
