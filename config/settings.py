@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         "broker, so keep it small there; raise it on busy production brokers.",
     )
     commit_interval_s: float = Field(1.0, gt=0, description="Faust offset commit interval")
+    snapshot_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="How often a worker writes snapshots of its tables to "
+        "STATE_DIR/worker-data/snapshots, so a restart reads their changelogs from "
+        "the latest one, not from the start (0: never)",
+    )
     faust_producer_max_batch_size: int = Field(
         16384,
         ge=1,
@@ -283,6 +290,12 @@ class Settings(BaseSettings):
     def api_key_scopes(self) -> dict[str, list[str]]:
         """API key (revealed) -> scopes: what the read API checks requests against."""
         return {reveal(k): list(v) for k, v in self.api_keys.items()}
+
+    @property
+    def archive_group(self) -> str:
+        """The archiver's consumer group: it resumes from its manifest, and commits only
+        so that its lag shows in `unifier lag` and on the status page."""
+        return f"{self.app_id}-archive"
 
     @property
     def archive_path(self) -> Path:

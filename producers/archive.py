@@ -309,7 +309,7 @@ def run_archiver(
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": f"{settings.app_id}-archive",
+            "group.id": settings.archive_group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 6000,

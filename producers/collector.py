@@ -36,6 +36,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter
 
 from config import httpmetrics
+from config.kafkalog import client_logger
 from config.settings import Settings
 from producers.segment import to_touchpoint_json
 from profiles.configured import identifier_priorities, identity_rules
@@ -57,6 +58,21 @@ class Unavailable(RuntimeError):
     """The broker did not take the events; the sender should retry."""
 
 
+#: Delivery errors after which the client is replaced: its producer id is no good on
+#: this broker any more (a broker that lost its state — the embedded one restarted —
+#: fences every record of an idempotent producer it no longer knows, for good).
+_RENEW_ON = frozenset(
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError._FENCED,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+    }
+)
+
+
 class AsyncSender:
     """Sends touchpoints of many requests in shared batch records; resolves each
     request's future when the broker acknowledged its record."""
@@ -66,16 +82,17 @@ class AsyncSender:
         self._linger = settings.collector_linger_ms / 1000
         self._max_events = settings.producer_batch_events
         self._max_pending = settings.collector_max_pending_events
-        self._producer = Producer(
-            {
-                "bootstrap.servers": settings.bootstrap_servers,
-                "enable.idempotence": True,
-                "linger.ms": 2,
-                "compression.type": "lz4",
-                "message.max.bytes": 8 * 1024 * 1024,
-                "delivery.timeout.ms": int(settings.collector_delivery_timeout_s * 1000),
-            }
-        )
+        self._config: dict[str, Any] = {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "compression.type": "lz4",
+            "message.max.bytes": 8 * 1024 * 1024,
+            "delivery.timeout.ms": int(settings.collector_delivery_timeout_s * 1000),
+            "logger": client_logger(),  # a broker away: a line per 30 s, not per 50 ms
+        }
+        self._producer = self._new_producer()
+        self.renewed = 0
         self._pending: list[tuple[list[Touchpoint], asyncio.Future[None]]] = []
         self._pending_events = 0
         self._in_flight_events = 0
@@ -116,6 +133,35 @@ class AsyncSender:
     def _poll(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(0.05)
+
+    def _new_producer(self) -> Producer:
+        made: list[Producer] = []
+
+        def on_error(err: KafkaError) -> None:
+            # A fatal error leaves the client unusable for good: an idempotent producer
+            # whose broker lost its state (the embedded broker restarted: its log is in
+            # memory) is fenced on every record from then on. A new client starts afresh.
+            if err.fatal():
+                self._loop.call_soon_threadsafe(self._renew, made[0], err)
+
+        made.append(Producer({**self._config, "error_cb": on_error}))
+        return made[0]
+
+    def _renew(self, old: Producer, err: KafkaError) -> None:
+        if old is not self._producer:
+            return  # replaced already (several errors, one renewal)
+        log.warning("the Kafka client failed for good (%s); starting a new one", err.str())
+        self._producer = self._new_producer()
+        self.renewed += 1
+        RENEWED.inc()
+
+        def fail_what_it_held() -> None:
+            # Its queued and in-flight records fail (their requests get a 503, the
+            # senders retry through the new client).
+            old.purge(in_queue=True, in_flight=True)
+            old.flush(5)
+
+        self._loop.run_in_executor(None, fail_what_it_held)
 
     async def send(self, events: list[Touchpoint]) -> None:
         if self._pending_events + self._in_flight_events + len(events) > self._max_pending:
@@ -198,15 +244,19 @@ class AsyncSender:
                         Unavailable(f"the broker did not take the events: {failure[0]}")
                     )
 
+        producer = self._producer
+
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             loop.call_soon_threadsafe(resolve, None if err is None else str(err))
+            if err is not None and (err.fatal() or err.code() in _RENEW_ON):
+                loop.call_soon_threadsafe(self._renew, producer, err)
 
         self._in_flight_events += count
         try:
             for _part, value in parts:
                 while True:
                     try:
-                        self._producer.produce(
+                        producer.produce(
                             self.settings.topic_touchpoints, value=value, on_delivery=on_delivery
                         )
                         break
@@ -241,6 +291,12 @@ class AsyncSender:
         self._stop.set()
         self._poller.join(timeout=5)
 
+
+RENEWED = Counter(
+    "unifier_collector_client_renewals",
+    "Times the collector replaced its Kafka client after a fatal error (e.g. a broker "
+    "that lost its state fenced it)",
+)
 
 EVENTS = Counter(
     "unifier_collector_events",

@@ -59,6 +59,10 @@ def stages(settings: Settings) -> list[tuple[str, str, int]]:
     return [(s.name, s.consumes, s.partitions) for s in topology(settings).stages]
 
 
+#: The stage name of the archiver's rows (``unifier archive run``).
+ARCHIVE = "archive"
+
+
 class LagProbe:
     """Keeps one probe consumer fetching, so cached high watermarks stay fresh."""
 
@@ -72,6 +76,8 @@ class LagProbe:
         }
         # Reads the worker group's commits; never subscribes, so it never joins the group.
         self._offsets = Consumer({**common, "group.id": self.group})
+        # And the archiver's (a row "archive" once an archiver has committed).
+        self._archive = Consumer({**common, "group.id": settings.archive_group})
         # Fetches to learn high watermarks; assigned manually, never commits.
         self._fetcher = Consumer(
             {
@@ -109,6 +115,7 @@ class LagProbe:
         self._peeker.close()
         self._fetcher.close()
         self._offsets.close()
+        self._archive.close()
 
     def _oldest_times(
         self, starts: dict[tuple[str, int], int], timeout: float = 2.0
@@ -141,6 +148,15 @@ class LagProbe:
         for tp in self._offsets.committed(self._tps, timeout=10):
             out[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
         return out
+
+    def _archived(self) -> dict[int, int | None]:
+        """Touchpoints partition -> the archiver's next offset; empty when no archiver
+        ever committed (none runs with this group)."""
+        topic = self.settings.topic_touchpoints
+        tps = [TopicPartition(topic, p) for p in range(self.settings.touchpoint_partitions)]
+        got = {tp.partition: tp.offset if tp.offset >= 0 else None
+               for tp in self._archive.committed(tps, timeout=10)}  # fmt: skip
+        return got if any(o is not None for o in got.values()) else {}
 
     def _pump(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -195,6 +211,16 @@ class LagProbe:
                 seconds = 0.0 if lag == 0 else None if stamp is None else max(now - stamp, 0.0)
                 owner = owners.get((topic, p))
                 rows.append(PartitionLag(stage, self.group, topic, p, c, end, lag, seconds, owner))
+        topic = self.settings.topic_touchpoints
+        for p, c in sorted(self._archived().items()):
+            end = ends.get((topic, p), 0)
+            lag = max(end - (c or 0), 0)
+            # How old its oldest unarchived record is: not read (the archive is no
+            # stage of the pipeline); the record count is what an alert needs.
+            seconds = 0.0 if lag == 0 else None
+            rows.append(
+                PartitionLag(ARCHIVE, self.settings.archive_group, topic, p, c, end, lag, seconds)
+            )
         return rows
 
     def wait(
@@ -215,7 +241,8 @@ class LagProbe:
             rows = self.measure(timeout=max(deadline - time.monotonic(), 1.0))
             if on_check:
                 on_check(rows)
-            streak = streak + 1 if all(r.lag == 0 for r in rows) else 0
+            # The pipeline's stages: an archiver stopped (or behind) holds no one up.
+            streak = streak + 1 if all(r.lag == 0 for r in rows if r.stage != ARCHIVE) else 0
             if streak >= 2:
                 return True
             self._pump(interval)

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
-from serve.lag import LagProbe, PartitionLag, stages
+from serve.lag import ARCHIVE, LagProbe, PartitionLag, stages
 from sinks.redis_view import view_state_sync
 
 #: Worker counters the page charts as rates: name -> (metric, label filter).
@@ -195,6 +195,8 @@ class StatusSampler:
             error = self.error
         series: dict[str, list[Any]] = {"t": [], **{f"{n}_per_s": [] for n in RATES}}
         names = [stage for stage, _topic, _n in stages(self.settings)]
+        if samples and ARCHIVE in samples[-1].lag:  # an archiver runs (or ran)
+            names.append(ARCHIVE)
         lag_series: dict[str, list[int]] = {stage: [] for stage in names}
         for before, after in itertools.pairwise(samples):
             dt = max(after.at - before.at, 1e-6)

@@ -20,6 +20,7 @@ from sinks.redis_view import RedisViewSink
 from streams import heal, identity, metrics, ops, profile, route
 from streams.patches import fetch, flush, offsets, recovery
 from streams.producer import FastProducer, ProducedTopic
+from streams.snapshots import Snapshots
 from streams.topology import Topology, topology
 
 log = logging.getLogger("unifier.worker")
@@ -86,7 +87,7 @@ def _declare(app: Any, topo: Topology) -> tuple[dict[str, Any], dict[str, Any]]:
     return topics, tables
 
 
-def _register_stages(app: Any, settings: Settings, topo: Topology) -> None:
+def _register_stages(app: Any, settings: Settings, topo: Topology) -> dict[str, Any]:
     topics, tables = _declare(app, topo)
     producer = FastProducer(settings, on_fatal=_stop_worker)
     produced = {
@@ -129,6 +130,24 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> None:
         stage.consumes,
         settings.redis_url,
     )
+    return tables
+
+
+def _snapshots(app: Any, settings: Settings, tables: dict[str, Any]) -> Snapshots | None:
+    """Table snapshots every ``snapshot_interval_s`` (None when 0)."""
+    if not settings.snapshot_interval_s:
+        return None
+    directory = settings.state_dir / "worker-data" / "snapshots"
+    snapshots = Snapshots(tables.values(), directory, settings.bootstrap_servers)
+
+    @app.timer(interval=settings.snapshot_interval_s, on_leader=False)
+    async def _snapshot_tables() -> None:
+        try:
+            await snapshots.take(app)
+        except Exception:  # a snapshot missed costs a longer recovery, nothing else
+            log.exception("table snapshot failed")
+
+    return snapshots
 
 
 def _stop_worker(reason: str) -> None:
@@ -189,12 +208,14 @@ def create_app(settings: Settings) -> Any:
     async def count_rebalance(sender: Any, assigned: Any, **kwargs: Any) -> None:
         metrics.REBALANCES.inc()
 
-    _register_stages(app, settings, topo)
+    tables = _register_stages(app, settings, topo)
+    snapshots = _snapshots(app, settings, tables)
     inputs = topo.stage_inputs()
     offsets.install(app, inputs)
     flush.install()  # a commit waits for every table write to be sent
     fetch.install(settings.consumer_fetch_max_wait_ms)  # Faust hard-codes 1500 ms
-    recovery.install(settings.bootstrap_servers)  # changelogs read to their true end
+    # Changelogs read from the latest snapshot to their true end.
+    recovery.install(settings.bootstrap_servers, snapshots.restore if snapshots else None)
     ops.install(app, settings, inputs)
 
     async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:

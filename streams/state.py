@@ -37,11 +37,18 @@ class ChangelogTable(MutableMapping[str, bytes]):
         self._table = table
         self._producer = producer
         self._topic = table.changelog_topic.get_topic_name()
+        # The memory store's key -> changelog partition: what a rebalance drops and a
+        # snapshot copies (``streams.snapshots``); Faust fills it only in recovery.
+        self._partitions: dict[str, int] = table.data._key_partition
         self.partition: int | None = None
 
     def _send(self, key: str, value: bytes | None) -> None:
         if self.partition is None:
             raise RuntimeError(f"table key {key!r} written outside `writing`")
+        if value is None:
+            self._partitions.pop(key, None)
+        else:
+            self._partitions[key] = self.partition
         self._producer.produce(self._topic, value, orjson.dumps(key), self.partition)
 
     def __getitem__(self, key: str) -> bytes:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -37,6 +37,9 @@ from streams.patches import require_patched_faust
 log = logging.getLogger("unifier.recovery")
 
 _ORIGINAL = Recovery._build_highwaters
+
+#: (changelog partitions, Faust's start offsets for them) -> None, updating the offsets.
+Restore = Callable[[Any, Any], Awaitable[None]]
 
 
 def true_ends(
@@ -91,9 +94,23 @@ def true_ends(
     return ends
 
 
-def install(bootstrap_servers: str) -> None:
-    """Patch Faust's recovery (once per process) to use ``true_ends``."""
+_ORIGINAL_OFFSETS = Recovery._build_offsets
+
+
+def install(bootstrap_servers: str, restore: Restore | None = None) -> None:
+    """Patch Faust's recovery (once per process) to use ``true_ends``; ``restore``
+    (``streams.snapshots.Snapshots.restore``) loads table snapshots and moves the
+    active partitions' start offsets up to them."""
     require_patched_faust("streams/patches/recovery.py")
+
+    async def _build_offsets(
+        self: Any, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        await _ORIGINAL_OFFSETS(self, consumer, tps, destination, title)
+        if restore is not None and title == "active" and tps:
+            await restore(tps, destination)
+
+    Recovery._build_offsets = _build_offsets  # type: ignore[method-assign]
 
     async def _build_highwaters(
         self: Any, consumer: Any, tps: Any, destination: Any, title: str

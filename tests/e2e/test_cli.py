@@ -4,6 +4,7 @@ import json
 import re
 import signal
 import socket
+import time
 from pathlib import Path
 
 import orjson
@@ -177,6 +178,15 @@ def test_stack_down_and_up_brings_the_customer_base_back(cli: Cli, tmp_path: Pat
     assert cli("ingest", str(path)).returncode == 0
     assert cli("lag", "--wait", "--timeout", "120").returncode == 0
     before = sorted(cli("profiles", "export").stdout.splitlines())
+    # The archiver's lag is in `unifier lag` (stage "archive"), and falls to 0.
+    for _ in range(100):  # bounded, not timed
+        rows = [orjson.loads(line) for line in cli("lag", "--json").stdout.splitlines()]
+        archive = [r for r in rows if r["stage"] == "archive"]
+        if archive and not any(r["lag"] for r in archive):
+            break
+        time.sleep(0.2)
+    assert len(archive) == 3 and {r["group"] for r in archive} == {"profile-unifier-archive"}
+    assert sum(r["end"] for r in archive) > 0 and not any(r["lag"] for r in archive)
 
     assert cli("stack", "down").returncode == 0
     verified = cli("archive", "verify")

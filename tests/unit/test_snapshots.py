@@ -1,0 +1,65 @@
+"""Table snapshot files: what is written is read back whole, and a damaged or torn
+file is refused rather than loaded (``streams.snapshots``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.snapshots import Header, SnapshotError, Tail, read_snapshot, write_snapshot
+
+TAIL = Tail(offset=41, key=b'"p-1"', crc=123, timestamp=1_700_000_000_000)
+
+
+def header(keys: int) -> Header:
+    return Header("app-profiles-changelog", 3, TAIL, keys, 1.5)
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=0, max_size=20), st.binary(min_size=0, max_size=64), max_size=30
+    )
+)
+def test_a_snapshot_reads_back_as_written(
+    tmp_path_factory: pytest.TempPathFactory, items: dict[str, bytes]
+) -> None:
+    path = tmp_path_factory.mktemp("snap") / "3.snap"
+    write_snapshot(path, header(len(items)), items.items())
+    got_header, got = read_snapshot(path)
+    assert got == items
+    assert got_header.tail == TAIL and got_header.partition == 3 and got_header.keys == len(items)
+
+
+def test_a_tombstone_tail_and_an_empty_partition_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "0.snap"
+    tail = Tail(offset=0, key=None, crc=0, timestamp=5)
+    write_snapshot(path, Header("t", 0, tail, 0, 0.0), [])
+    assert read_snapshot(path) == (Header("t", 0, tail, 0, 0.0), {})
+
+
+def test_a_torn_or_damaged_snapshot_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "3.snap"
+    write_snapshot(path, header(2), [("a", b"1"), ("b", b"22")])
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-7])  # torn: the end is missing
+    with pytest.raises(SnapshotError, match="checksum"):
+        read_snapshot(path)
+    damaged = bytearray(whole)
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(SnapshotError, match="checksum"):
+        read_snapshot(path)
+    path.write_bytes(b"something else entirely")
+    with pytest.raises(SnapshotError, match="not a table snapshot"):
+        read_snapshot(path)
+
+
+def test_writing_replaces_the_previous_snapshot_whole(tmp_path: Path) -> None:
+    path = tmp_path / "3.snap"
+    write_snapshot(path, header(2), [("a", b"1"), ("b", b"2")])
+    write_snapshot(path, header(1), [("c", b"3")])
+    assert read_snapshot(path)[1] == {"c": b"3"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3.snap"]  # no temporary left
