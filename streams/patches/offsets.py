@@ -12,10 +12,15 @@ record fetched in the previous consumer generation that it finds after a rebalan
 **What holds with this patch** (each safe because every stage is idempotent: a
 record handled twice changes nothing, see ``profiles.graph``):
 
-* A record fetched before the latest rebalance is forgotten when acknowledged: its
-  partition is re-read from the committed offset anyway.
+* A record fetched before the latest rebalance, or acknowledged while the flow is
+  stopped (a rebalance or a shutdown under way, when Faust's streams acknowledge the
+  records they skip), is forgotten: its partition is re-read from the committed
+  offset anyway.
 * An offset is committed only when every record from the committed offset up to it
-  was acknowledged; a partition without a commit starts where the broker says.
+  was acknowledged; a partition without a commit starts where the broker says. The
+  acknowledged offsets are forgotten only once a commit covering them has landed (one
+  cancelled or discarded around a rebalance left a hole at the committed offset, and
+  the partition was never committed again).
 * Each input partition reaches its stage in log order, without a hole: a record past
   the next one expected (the committed offset after each seek, then one more per
   record handed over) is held back with every later one, and the watchdog's next
@@ -28,7 +33,11 @@ record handled twice changes nothing, see ``profiles.graph``):
 * A watchdog re-reads lost records: once a second, for each assigned input partition
   with records after its committed offset, when the record at the committed offset
   is nowhere in the worker (not acknowledged, processing or queued) for three checks
-  in a row, the partition is sought back to the committed offset.
+  in a row, the partition is sought back to the committed offset — also when nothing
+  was handed over since the last seek (records fetched early in a rebalance are
+  cleared from the stream queues when the flow resumes).
+* A partition whose committed offset stands still for 30 s while records wait is
+  described in the log (what the worker knows of it), every 30 s.
 
 **Pinned to** faust-streaming 0.15.3 (``streams.patches.PATCHED_FOR``): it replaces
 private methods of ``faust.transport.consumer.Consumer``. **Shown by**
@@ -75,9 +84,13 @@ def committed_run(committed: int | None, acked: Container[int]) -> int | None:
 
 
 def _ack(self: Any, message: Any) -> bool:
-    if message.generation_id != self.app.consumer_generation_id and not message.acked:
-        # Fetched before the latest rebalance. Faust's streams acknowledge such records
-        # when they skip them; counting that would commit records nobody processed.
+    stale = message.generation_id != self.app.consumer_generation_id
+    if (stale or not self.app.flow_control.is_active()) and not message.acked:
+        # Fetched before the latest rebalance, or met while the flow is stopped (a
+        # rebalance or a shutdown under way): Faust's streams acknowledge the records
+        # they skip then (faust/streams.py, "Skipping message"); counting that would
+        # commit records nobody processed. A record really handled in that window is
+        # read again after the rebalance or restart: handling is idempotent.
         message.acked = True
         self._unacked_messages.discard(message)
         notify(self._waiting_for_ack)
@@ -165,17 +178,33 @@ def _new_offset(self: Any, tp: Any) -> int | None:
     # for compacted topics) as if they were processed: records skipped while a
     # partition was paused were committed that way. Our input topics are never
     # compacted and carry no transaction markers, so every offset is a record.
-    index = self._acked_index[tp]
-    end = committed_run(self._committed_offset[tp], index)
+    end = committed_run(self._committed_offset[tp], self._acked_index[tp])
     if end is None:
         return None
-    self._acked[tp] = [offset for offset in self._acked[tp] if offset >= end]
-    self._acked_index[tp] = {offset for offset in index if offset >= end}
     self._gap.pop(tp, None)
-    # Until the commit returns (it first flushes the producer: seconds under load),
-    # these records are neither acknowledged nor committed: the watchdog must know.
+    # The acknowledged offsets stay until the commit has landed (``_commit_offsets``):
+    # dropped here, a commit that never lands (cancelled, failed, or discarded for a
+    # partition reassigned meanwhile) left a hole at the committed offset, and the
+    # partition was never committed again. Until it returns (it first flushes the
+    # producer: seconds under load), the watchdog knows a commit is under way.
     committing(self)[tp] = end
     return end
+
+
+async def _commit_offsets(
+    self: Any, offsets: Mapping[Any, int], start_new_transaction: bool = True
+) -> Any:
+    try:
+        return await _original["_commit_offsets"](self, offsets, start_new_transaction)
+    finally:
+        pending = committing(self)
+        for tp, end in offsets.items():
+            if pending.get(tp) == end:
+                del pending[tp]
+            committed = self._committed_offset.get(tp)
+            if committed is not None:  # forget what the committed offset now covers
+                self._acked[tp] = [o for o in self._acked[tp] if o >= committed]
+                self._acked_index[tp] = {o for o in self._acked_index[tp] if o >= committed}
 
 
 def committing(consumer: Any) -> dict[Any, int]:
@@ -211,7 +240,7 @@ async def _perform_seek(self: Any) -> None:
 
 
 def patch_consumer() -> None:
-    """Replace four methods of Faust's consumer (once per process)."""
+    """Replace five methods of Faust's consumer (once per process)."""
     if _original:
         return
     require_patched_faust("streams/patches/offsets.py")
@@ -220,6 +249,7 @@ def patch_consumer() -> None:
         ("_new_offset", _new_offset),
         ("perform_seek", _perform_seek),
         ("getmany", _getmany),
+        ("_commit_offsets", _commit_offsets),
     ):
         _original[name] = getattr(Consumer, name)
         setattr(Consumer, name, replacement)
@@ -300,9 +330,15 @@ class Watchdog:
             if committed is None or high is None or high <= committed:
                 continue
             read = consumer._read_offset.get(tp)
-            if read is None or read < committed:
+            if read is not None and read < committed:
                 continue  # the fetcher has not reached it yet
-            if committing(consumer).get(tp, committed) > committed:
+            # (None: nothing handed over since the last seek. Records fetched early in
+            # a rebalance are cleared from the stream queues when the flow resumes; if
+            # that was all the input, nothing else would ever bring them back.)
+            if (
+                consumer._commit_fut is not None
+                and committing(consumer).get(tp, committed) > committed
+            ):
                 continue  # a commit past it is under way
             if committed not in consumer._acked_index.get(tp, ()):
                 candidates[tp] = committed
@@ -339,7 +375,7 @@ class Watchdog:
         """Seek these partitions back (``quiet``: the gate has said why already)."""
         consumer = self.app.consumer
         gate = gate_of(self.app)
-        earliest = await consumer.earliest_offsets(*offsets)
+        earliest = await asyncio.wait_for(consumer.earliest_offsets(*offsets), SEEK_TIMEOUT_S)
         for tp in list(offsets):
             start = earliest.get(tp)
             if start is not None and start > offsets[tp]:

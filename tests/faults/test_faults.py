@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from config.settings import Settings
 from producers.synthetic import generate
@@ -184,14 +184,36 @@ def test_worker_killed_three_times(stack: EmbeddedStack, tmp_path: Path) -> None
 def test_the_touchpoints_topic_replayed_from_offset_zero(
     stack: EmbeddedStack, tmp_path: Path
 ) -> None:
-    """Every record sent again (an operator re-imports, a mirror replays the topic):
-    nothing is counted twice."""
+    """The worker group's offsets on the touchpoints topic set back to 0 (an operator
+    resets them, a restore rewinds), and every record sent again (a re-import, a
+    mirror): the worker reads it all twice over, nothing is counted twice."""
     settings = stack.settings
     stack.start_worker()
     with VersionWatch(settings.redis_url) as watch:
         with Stream(settings, tmp_path, people=60, seed=24) as stream:
             pass
         caught_up(settings)
+        stack.stop_one("worker")
+        # As `kafka-consumer-groups --reset-offsets --to-earliest` does: a member of
+        # the (now empty) group commits offset 0 (the embedded broker refuses commits
+        # from outside the group).
+        topic = settings.topic_touchpoints
+        parts = range(settings.touchpoint_partitions)
+        rewind = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                           "group.id": settings.app_id, "enable.auto.commit": False,
+                           "session.timeout.ms": 6000})  # fmt: skip
+        try:
+            rewind.subscribe([topic])
+            for _ in range(300):  # bounded, not timed
+                rewind.poll(0.1)
+                if len(rewind.assignment()) == len(parts):
+                    break
+            rewind.commit(offsets=[TopicPartition(topic, p, 0) for p in parts], asynchronous=False)
+            committed = rewind.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+            assert [tp.offset for tp in committed] == [0] * len(parts)
+        finally:
+            rewind.close()
+        stack.start_worker()
         again = ingest_file(stream.path, settings, progress=False)
         assert again.delivered == len(stream.events)
         assert_exact(settings, stream.events, watch)

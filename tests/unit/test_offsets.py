@@ -3,6 +3,7 @@ acknowledged, and a consecutive run from the committed offset is always committe
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
@@ -59,6 +60,17 @@ def test_records_the_fetch_loop_skipped_are_not_taken_as_processed() -> None:
     assert new_offset(10, [10, 11, 14, 15], gaps=[(12, 14)]) == 12
     state = consumer_state(10, [10, 11, 14, 15], gaps=[(12, 14)])
     assert offsets._new_offset(state, TP0) == 12
+
+    async def landed(self: Any, offs: Any, start_new_transaction: bool = True) -> bool:
+        self._committed_offset.update(offs)
+        return True
+
+    original = offsets._original["_commit_offsets"]
+    offsets._original["_commit_offsets"] = landed
+    try:
+        asyncio.run(offsets._commit_offsets(state, {TP0: 12}))
+    finally:
+        offsets._original["_commit_offsets"] = original
     assert offsets._new_offset(state, TP0) is None  # nothing more until 12 is acked
     assert state._acked[TP0] == [14, 15]
 
@@ -90,6 +102,7 @@ class FakeConsumer:
         self._unacked_messages: list[Any] = []
         self.high = high
         self.flow_active = True
+        self._commit_fut: Any = None
         self.earliest = 0
         self.calls: list[tuple[str, Any]] = []
 
@@ -158,6 +171,7 @@ def test_a_head_being_processed_or_queued_is_left_alone() -> None:
     not_fetched = FakeConsumer(committed=165, read=164, high=180)
     committing = FakeConsumer(committed=165, read=175, high=180)
     committing._unifier_committing = {TP0: 170}  # type: ignore[attr-defined]
+    committing._commit_fut = object()  # the commit is running
     for consumer, queue in [(busy, []), (queued, [SimpleNamespace(message=message(165))]),
                             (done, []), (caught_up, []), (not_fetched, []),
                             (committing, [])]:  # fmt: skip
@@ -263,7 +277,6 @@ def test_a_partition_standing_still_is_described_once_per_interval_until_it_move
     consumer = FakeConsumer(committed=3, read=5, high=9)
     consumer._paused_partitions = {TP0}  # type: ignore[attr-defined]
     consumer._buffered_partitions = set()  # type: ignore[attr-defined]
-    consumer._commit_fut = None  # type: ignore[attr-defined]
     consumer._acked_index[TP0] = {4, 5}
     dog = watchdog(consumer)
     still = offsets.STANDSTILL_S
@@ -279,3 +292,76 @@ def test_a_partition_standing_still_is_described_once_per_interval_until_it_move
     assert dog.standstill(3 * still) == []
     consumer.high = 4  # caught up: nothing to say
     assert dog.standstill(10 * still) == []
+
+
+def test_a_commit_that_never_lands_leaves_the_acknowledged_records_for_the_next() -> None:
+    """The acknowledged offsets are forgotten only once a commit covers them: one that
+    was cancelled (or discarded) must not leave a hole at the committed offset."""
+    import asyncio
+    import contextlib
+
+    state = consumer_state(committed=10, acked=[10, 11, 12], gaps=[])
+    assert offsets._new_offset(state, TP0) == 13
+    state._unifier_committing = offsets.committing(state)
+
+    async def cancelled(self: Any, offs: Any, start_new_transaction: bool = True) -> bool:
+        raise asyncio.CancelledError
+
+    async def landed(self: Any, offs: Any, start_new_transaction: bool = True) -> bool:
+        self._committed_offset.update(offs)
+        return True
+
+    original = offsets._original["_commit_offsets"]
+    try:
+        offsets._original["_commit_offsets"] = cancelled
+        with contextlib.suppress(asyncio.CancelledError):
+            asyncio.run(offsets._commit_offsets(state, {TP0: 13}))
+        assert offsets.committing(state) == {}
+        assert state._acked_index[TP0] == {10, 11, 12}
+        assert offsets._new_offset(state, TP0) == 13  # the next commit still can
+        offsets._original["_commit_offsets"] = landed
+        asyncio.run(offsets._commit_offsets(state, {TP0: 13}))
+        assert state._committed_offset[TP0] == 13
+        assert state._acked_index[TP0] == set() and state._acked[TP0] == []
+    finally:
+        offsets._original["_commit_offsets"] = original
+
+
+def test_a_head_never_handed_over_since_the_seek_is_re_read() -> None:
+    """Records fetched early in a rebalance and cleared from the stream queues: the
+    read offset is unknown, and the watchdog re-reads the partition all the same."""
+    consumer = FakeConsumer(committed=7, read=0, high=12)
+    consumer._read_offset[TP0] = None
+    run_checks(watchdog(consumer), offsets.CHECKS_BEFORE_SEEK)
+    assert ("seek", {TP0: 7}) in consumer.calls
+
+
+def test_records_skipped_while_the_flow_is_stopped_are_not_counted_as_processed() -> None:
+    """Faust's streams acknowledge the records they skip while a rebalance or a
+    shutdown has stopped the flow: a commit must not cover them."""
+    offsets.patch_consumer()
+    active = {"on": True}
+    state = consumer_state(committed=10, acked=[], gaps=[])
+    state.app = SimpleNamespace(
+        consumer_generation_id=3,
+        flow_control=SimpleNamespace(is_active=lambda: active["on"]),
+        topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+    )
+    state._unacked_messages = set()
+    state._waiting_for_ack = None
+    state._n_acked = 0
+
+    class Msg(SimpleNamespace):
+        __hash__ = object.__hash__  # as Faust's messages: by identity
+
+    def msg(offset: int, generation: int = 3) -> Any:
+        return Msg(tp=TP0, topic=TP0.topic, offset=offset, acked=False, generation_id=generation)
+
+    assert offsets._ack(state, msg(10)) is True
+    active["on"] = False
+    skipped = msg(11)
+    assert offsets._ack(state, skipped) is False and skipped.acked
+    active["on"] = True
+    assert offsets._ack(state, msg(12, generation=2)) is False  # an older generation
+    assert state._acked_index[TP0] == {10}
+    assert offsets._new_offset(state, TP0) == 11
