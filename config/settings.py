@@ -213,6 +213,14 @@ class Settings(BaseSettings):
     collector_delivery_timeout_s: float = Field(
         30.0, gt=0, description="A request not acknowledged by the broker by then gets a 503"
     )
+    collector_journal_keep_s: float = Field(
+        300.0,
+        ge=0,
+        description="How long the collector keeps each record it sends in its journal "
+        "(STATE_DIR/collector-journal, written before the send), which `stack up` "
+        "replays after the archive: what the embedded broker acknowledged and lost in a "
+        "crash before the archiver copied it. 0: no journal (Kafka keeps what it acks)",
+    )
 
     api_host: str = Field("127.0.0.1", description="Address the read API binds")
     api_port: int = Field(8090, ge=0, le=65535, description="Port of the read API")
@@ -290,6 +298,10 @@ class Settings(BaseSettings):
     def api_key_scopes(self) -> dict[str, list[str]]:
         """API key (revealed) -> scopes: what the read API checks requests against."""
         return {reveal(k): list(v) for k, v in self.api_keys.items()}
+
+    @property
+    def collector_journal_dir(self) -> Path:
+        return self.state_dir / "collector-journal"
 
     @property
     def archive_group(self) -> str:

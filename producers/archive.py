@@ -467,6 +467,7 @@ class Replayed:
     delivered: int = 0
     failed: int = 0
     next_offsets: dict[int, int] = field(default_factory=dict)  # of the topic, after
+    journal: int = 0  # records replayed from the collector's journal after the archive
 
 
 def replay(

@@ -38,6 +38,7 @@ from prometheus_client import Counter
 from config import httpmetrics
 from config.kafkalog import client_logger
 from config.settings import Settings
+from producers.journal import Journal
 from producers.segment import to_touchpoint_json
 from profiles.configured import identifier_priorities, identity_rules
 from profiles.routing import validate_event
@@ -93,6 +94,8 @@ class AsyncSender:
         }
         self._producer = self._new_producer()
         self.renewed = 0
+        keep = settings.collector_journal_keep_s
+        self._journal = Journal(settings.collector_journal_dir, keep_s=keep) if keep else None
         self._pending: list[tuple[list[Touchpoint], asyncio.Future[None]]] = []
         self._pending_events = 0
         self._in_flight_events = 0
@@ -132,7 +135,18 @@ class AsyncSender:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            producer = self._producer
+            try:
+                producer.poll(0.05)
+            except KafkaException as exc:
+                # librdkafka raises a fatal error from poll too: the thread must live on
+                # (it serves every delivery report), and the client be replaced.
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.fatal():
+                    self._loop.call_soon_threadsafe(self._renew, producer, err)
+                else:
+                    log.warning("the Kafka client's poll failed: %s", exc)
+                self._stop.wait(0.05)
 
     def _new_producer(self) -> Producer:
         made: list[Producer] = []
@@ -222,6 +236,20 @@ class AsyncSender:
                     f.set_exception(Unavailable(f"could not encode events: {exc}"))
             return
         loop = self._loop
+        if self._journal is not None:
+            # On disk before the broker sees it: what the broker acknowledges and then
+            # loses in a crash (the embedded one keeps its log in memory) is replayed
+            # from here by `stack up`.
+            try:
+                await loop.run_in_executor(
+                    None, self._journal.append, [value for _part, value in parts]
+                )
+            except OSError as exc:
+                log.error("cannot write the collector's journal: %s", exc)
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(Unavailable(f"cannot write the journal: {exc}"))
+                return
         count = len(events)
         outstanding = [len(parts)]
         failure: list[str] = []
@@ -288,6 +316,8 @@ class AsyncSender:
         if self._task is not None:
             await self._task
         await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 30)
+        if self._journal is not None:
+            self._journal.close()
         self._stop.set()
         self._poller.join(timeout=5)
 

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from config.settings import Settings
 from producers.archive import MANIFEST, Manifest, Replayed, replay
+from producers.journal import read_journal, replay_journal
 from sinks.redis_view import PREFIX
 from streams.patches.recovery import true_ends
 
@@ -55,10 +56,17 @@ def archived_records(settings: Settings) -> int:
     return sum(p.records for p in Manifest.load(directory, settings.topic_touchpoints).parts)
 
 
+def journal_records(settings: Settings) -> int:
+    directory = settings.collector_journal_dir
+    return sum(1 for _ in read_journal(directory)) if directory.exists() else 0
+
+
 def restore_from_archive(settings: Settings, progress: bool = False) -> Replayed | None:
-    """Replay the archive when the touchpoints topic is empty and the archive is not;
-    None when there was nothing to do."""
-    if not archived_records(settings) or any(topic_ends(settings).values()):
+    """Replay the archive, then the collector's journal, when the touchpoints topic is
+    empty and they are not; None when there was nothing to do. Records in both (most
+    of the journal) are applied once: the stages are idempotent by event id."""
+    has_journal = bool(journal_records(settings))
+    if not (archived_records(settings) or has_journal) or any(topic_ends(settings).values()):
         return None
     directory = settings.archive_path
     # The view (kept by Redis's append-only file) came from the log this replay
@@ -66,8 +74,17 @@ def restore_from_archive(settings: Settings, progress: bool = False) -> Replayed
     # on arrival order, and the archive may be shorter than what the view saw. Emptied,
     # it is written again from the replay; readers see "view incomplete" until then.
     clear_view(settings)
-    result = replay(settings, directory, progress=progress)
+    result = (
+        replay(settings, directory, progress=progress)
+        if (directory / MANIFEST).exists()
+        else Replayed()
+    )
+    if has_journal:
+        result.journal = replay_journal(
+            settings.bootstrap_servers, settings.topic_touchpoints, settings.collector_journal_dir
+        )
     manifest = Manifest.load(directory, settings.topic_touchpoints)
     manifest.new_epoch(topic_ends(settings))
+    directory.mkdir(parents=True, exist_ok=True)
     manifest.save(directory)
     return result

@@ -25,7 +25,6 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from config.settings import Settings
 from producers.synthetic import generate
-from serve.lag import ARCHIVE, LagProbe
 from sinks.redis_view import marker_key
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views, write_jsonl
@@ -245,7 +244,7 @@ def test_a_poison_record_in_every_stage(stack: EmbeddedStack, tmp_path: Path) ->
 class Website:
     """A website sending through the collector at a steady pace, a few events per
     request; a refused request (503) is sent again after its Retry-After, as the SDK
-    does. ``hold`` stops it between requests; every request that got a 2xx is kept."""
+    does; every request that got a 2xx is kept."""
 
     def __init__(self, url: str, events: list[dict[str, Any]], per_request: int = 4) -> None:
         # (Bounded by the test's timeout: it sends until every event got a 2xx.)
@@ -253,22 +252,22 @@ class Website:
         self.chunks = [events[i : i + per_request] for i in range(0, len(events), per_request)]
         self.accepted: list[dict[str, Any]] = []
         self.refused = 0  # answers 503, each with a Retry-After
+        self.unanswered = 0  # requests that got no answer in 10 s
         self.other: list[tuple[int, Any]] = []  # anything else: a defect
-        self.hold = threading.Event()
-        self.idle = threading.Event()  # set while held
         self.stopped = threading.Event()  # the test is over: give up
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         for chunk in self.chunks:
             while True:
-                while self.hold.is_set():
-                    self.idle.set()
-                    time.sleep(0.05)
-                self.idle.clear()
                 if self.stopped.is_set():
                     return
-                status, answer = post(self.url, chunk, COLLECTOR_KEY)
+                try:
+                    status, answer = post(self.url, chunk, COLLECTOR_KEY, timeout=10)
+                except OSError:  # no answer (timed out, refused): sent again, as an SDK does
+                    self.unanswered += 1
+                    time.sleep(1.0)
+                    continue
                 if 200 <= status < 300:
                     self.accepted += chunk
                     time.sleep(0.02)
@@ -295,24 +294,16 @@ class Website:
 COLLECTOR_KEY = "wk_faults_web"
 
 
-def archived_all(settings: Settings) -> bool:
-    with LagProbe(settings) as probe:
-        rows = [r for r in probe.measure() if r.stage == ARCHIVE]
-    return bool(rows) and not any(r.lag for r in rows)
-
-
 def test_the_broker_killed_and_back_20_s_later_under_collector_load(
     stack: EmbeddedStack, tmp_path: Path
 ) -> None:
     """The embedded broker dies (SIGKILL: its in-memory log with it) while a website
     sends through the collector, and is back 20 s later. Meanwhile the collector
     answers 503 with Retry-After and the website sends again; back, the stack restores
-    the archived log (what `stack up` does) and the worker rebuilds everything. Every
-    event that got a 2xx is counted exactly once; none got a 2xx and was lost.
-
-    The website holds for the instant of the crash until the archiver has every
-    accepted event: an event accepted in the archiver's last second before a crash is
-    lost on the embedded broker (README, "What survives what")."""
+    the archive and then the collector's journal (what `stack up` does: the journal
+    holds what the broker acknowledged in the archiver's last second), and the worker
+    rebuilds everything. Every event that got a 2xx is counted exactly once; none got
+    a 2xx and was lost."""
     settings = stack.settings.model_copy(
         update={
             "collector_port": free_port(),
@@ -329,29 +320,23 @@ def test_the_broker_killed_and_back_20_s_later_under_collector_load(
     with Website(url, events) as website:
         with VersionWatch(settings.redis_url, tolerate_errors=True) as until_the_crash:
             first_views(settings)
-            website.hold.set()
-            assert website.idle.wait(60)
-            for _ in range(300):  # bounded, not timed
-                if archived_all(settings):
-                    break
-                time.sleep(0.1)
-            assert archived_all(settings), "the archiver never caught up"
+            stack.kill_one("broker")  # mid-stream: requests are on their way
             before = len(website.accepted)
-            stack.kill_one("broker")
         assert until_the_crash.samples > 10 and not until_the_crash.backwards
         stack.kill_one("worker")  # a worker whose broker died can hang on SIGTERM
         stack.kill_one("archiver")
-        website.hold.clear()
         time.sleep(20)  # the outage: the scenario's length, not an assertion
-        assert len(website.accepted) == before, "a 2xx while the broker was down"
+        # Nothing is acknowledged while the broker is away (one request may have been
+        # acknowledged at the kill).
+        assert len(website.accepted) <= before + 4, "a 2xx while the broker was down"
         assert website.refused > 0
         stack.start_broker()
         ensure_topics(settings)
-        # What `stack up` does: the archived log back into the new broker. The view is
-        # emptied and written again from the new log, whose profile versions start
-        # again (README, "What survives what"): versions are watched from here on.
+        # What `stack up` does: the archive, then the journal, into the new broker. The
+        # view is emptied and written again from the new log, whose profile versions
+        # start again (README, "What survives what"): watched from here on.
         restored = restore_from_archive(settings)
-        assert restored is not None and restored.touchpoints == before and not restored.failed
+        assert restored is not None and not restored.failed and restored.journal > 0
         with VersionWatch(settings.redis_url, tolerate_errors=True) as after_the_restore:
             stack.start_archiver()
             stack.start_worker()

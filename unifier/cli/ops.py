@@ -130,12 +130,17 @@ def _serve_status(settings: Settings, sampler: StatusSampler, host: str, port: i
 
 # --- lag ---------------------------------------------------------------------------
 def _lag_table(rows: list[Any], caught_up: bool = True) -> Table:
-    total = sum(r.lag for r in rows)
-    oldest = max((r.lag_seconds or 0.0 for r in rows), default=0.0)
+    from serve.lag import ARCHIVE
+
+    stages = [r for r in rows if r.stage != ARCHIVE]  # the archiver is no pipeline stage
+    total = sum(r.lag for r in stages)
+    oldest = max((r.lag_seconds or 0.0 for r in stages), default=0.0)
+    archive = sum(r.lag for r in rows if r.stage == ARCHIVE)
     table = Table(
         "stage", "topic", "partition", "committed", "end", "lag", "lag (s)", "owner",
         caption=f"total lag: {total} records, oldest {oldest:.1f}s"
-        + ("" if caught_up else " - not caught up"),
+        + ("" if caught_up else " - not caught up")
+        + (f"; archiver {archive} records behind" if archive else ""),
     )  # fmt: skip
     for row in rows:
         table.add_row(

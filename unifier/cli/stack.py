@@ -118,9 +118,16 @@ def _restore(settings: Settings) -> None:
             f"restoring from the archive: {result.failed:,} touchpoints were NOT delivered; "
             "see the broker's log, then `unifier replay --from-archive` again"
         )
+    journal = (
+        f", then {result.journal:,} records from the collector's journal (what the broker "
+        "had acknowledged and not yet archived; those archived too count once)"
+        if result.journal
+        else ""
+    )
     err.print(
         f"restored {result.delivered:,} touchpoints ({result.records:,} records) from the "
-        f"archive in {settings.archive_path}: the worker rebuilds the customer base from them",
+        f"archive in {settings.archive_path}{journal}: the worker rebuilds the customer "
+        "base from them",
         highlight=False,
     )
 
