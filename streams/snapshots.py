@@ -31,13 +31,13 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from config.kafkalog import client_logger
 
@@ -153,6 +153,31 @@ def _consumer(bootstrap_servers: str) -> Consumer:
     )
 
 
+def _read(
+    consumer: Consumer, todo: set[tuple[str, int]], timeout_s: float, what: str
+) -> Iterator[tuple[tuple[str, int], Message | None]]:
+    """(partition, record) for the assigned partitions still in ``todo``, and
+    (partition, None) at a partition's end (which leaves ``todo``)."""
+    deadline = time.monotonic() + timeout_s
+    while todo:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"could not read {what} of {sorted(todo)} in {timeout_s} s")
+        msg = consumer.poll(0.2)
+        if msg is None:
+            continue
+        key = (str(msg.topic()), int(msg.partition() or 0))
+        if key not in todo:
+            continue
+        err = msg.error()
+        if err is None:
+            yield key, msg
+        elif err.code() == KafkaError._PARTITION_EOF:
+            todo.discard(key)
+            yield key, None
+        else:
+            raise RuntimeError(f"{key}: {err.str()}")
+
+
 def tails(
     bootstrap_servers: str, tps: Iterable[tuple[str, int]], timeout_s: float = 30.0
 ) -> dict[tuple[str, int], Tail | None]:
@@ -172,23 +197,11 @@ def tails(
             )
             if high > 0:
                 start.append(TopicPartition(topic, partition, high - 1))
-        todo = {(tp.topic, tp.partition) for tp in start}
         consumer.assign(start)
-        deadline = time.monotonic() + timeout_s
-        while todo:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read the end of {sorted(todo)} in {timeout_s} s")
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            key = (str(msg.topic()), int(msg.partition() or 0))
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"{key}: {err.str()}")
-                todo.discard(key)
-                continue
-            found[key] = tail_of(msg)
+        todo = {(tp.topic, tp.partition) for tp in start}
+        for key, msg in _read(consumer, todo, timeout_s, "the end"):
+            if msg is not None:
+                found[key] = tail_of(msg)
     finally:
         consumer.close()
     return found
@@ -206,25 +219,11 @@ def record_at(
     try:
         consumer.assign([TopicPartition(t, p, o) for (t, p), o in tps.items()])
         todo = set(tps)
-        deadline = time.monotonic() + timeout_s
-        while todo:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {sorted(todo)} in {timeout_s} s")
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            key = (str(msg.topic()), int(msg.partition() or 0))
-            if key not in todo:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"{key}: {err.str()}")
-                todo.discard(key)  # the log ends before the offset
-                continue
-            if msg.offset() == tps[key]:
-                found[key] = tail_of(msg)
-            todo.discard(key)  # a later record: the one sought is gone
+        for key, msg in _read(consumer, todo, timeout_s, "the records"):
+            if msg is not None:
+                if msg.offset() == tps[key]:
+                    found[key] = tail_of(msg)
+                todo.discard(key)  # the first record read is the one, or it is gone
     finally:
         consumer.close()
     return found
