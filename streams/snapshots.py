@@ -328,6 +328,7 @@ class Snapshots:
             {tp: header.tail.offset for tp, (header, _) in found.items()},
         )
         by_tp = {(tp.topic, tp.partition): tp for tp in tps}
+        held: dict[str, dict[int, list[Any]]] = {}  # topic -> partition -> keys in memory
         for key, (header, items) in found.items():
             topic, partition = key
             if at.get(key) != header.tail:
@@ -339,7 +340,9 @@ class Snapshots:
                 )  # fmt: skip
                 continue
             store = self._store(self.tables[topic])
-            for k in self._keys_by_partition(store, [partition])[partition]:
+            if topic not in held:  # one pass over the table's keys, not one per partition
+                held[topic] = self._keys_by_partition(store, [p for t, p in found if t == topic])
+            for k in held[topic][partition]:
                 store.data.pop(k, None)
                 store._key_partition.pop(k, None)
             store.data.update(items)

@@ -56,17 +56,18 @@ def archived_records(settings: Settings) -> int:
     return sum(p.records for p in Manifest.load(directory, settings.topic_touchpoints).parts)
 
 
-def journal_records(settings: Settings) -> int:
+def has_journal(settings: Settings) -> bool:
+    """Whether the collector's journal holds a record (the first one read tells)."""
     directory = settings.collector_journal_dir
-    return sum(1 for _ in read_journal(directory)) if directory.exists() else 0
+    return directory.exists() and next(read_journal(directory), None) is not None
 
 
 def restore_from_archive(settings: Settings, progress: bool = False) -> Replayed | None:
     """Replay the archive, then the collector's journal, when the touchpoints topic is
     empty and they are not; None when there was nothing to do. Records in both (most
     of the journal) are applied once: the stages are idempotent by event id."""
-    has_journal = bool(journal_records(settings))
-    if not (archived_records(settings) or has_journal) or any(topic_ends(settings).values()):
+    journal = has_journal(settings)
+    if not (archived_records(settings) or journal) or any(topic_ends(settings).values()):
         return None
     directory = settings.archive_path
     # The view (kept by Redis's append-only file) came from the log this replay
@@ -79,7 +80,7 @@ def restore_from_archive(settings: Settings, progress: bool = False) -> Replayed
         if (directory / MANIFEST).exists()
         else Replayed()
     )
-    if has_journal:
+    if journal:
         result.journal = replay_journal(
             settings.bootstrap_servers, settings.topic_touchpoints, settings.collector_journal_dir
         )

@@ -143,8 +143,8 @@ def test_redis_killed_and_back_empty_mid_stream(stack: EmbeddedStack, tmp_path: 
             marked(settings)
             restart_redis_empty(stack)
         # As a reader waits for /ready: the view is whole again once the worker has
-        # marked every partition of the new, empty Redis (asserting before that raced
-        # the worker's next check, about a second after Redis answered).
+        # marked every partition of the new, empty Redis (its next check, seconds after
+        # Redis answers).
         marked(settings)
         assert_exact(settings, stream.events, watch)
     # Rebuilt by the worker after the loss, not only at its start (an empty Redis then):
