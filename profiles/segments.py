@@ -1,0 +1,724 @@
+"""Segments: audiences defined in CEL over the exported profile and ``now``.
+
+A definition is a CEL expression (``where``) that sees ``profile`` — the profile as
+``unifier profiles export`` prints it, plus ``profile.segments`` — and ``now``, a
+timestamp. This module compiles definitions, refuses the bad ones with the position
+and the reason, says which fields each one reads, and keeps a profile's membership:
+which segments it is in, since when, and when a time window next changes an answer.
+
+Two CEL packages, each for what it does best (both pinned in pyproject.toml):
+
+* Google's runtime (``cel_expr_python``, C++) parses, type-checks and evaluates.
+* cel-python's parser (``celpy``) gives the syntax tree with source positions, from
+  which we read the fields an expression reads and its comparisons with ``now``.
+
+**Type checking.** Traits are open-ended (whatever sources send), so the profile is a
+map of dynamic values at run time. To check types before a definition is applied,
+each ``profile.<part>.<name>`` in the text is replaced by a variable of the same
+length declared with that field's type, and the result is checked: positions in the
+checker's messages are positions in the definition.
+
+**Time windows.** ``now`` may appear only as ``now``, ``now - duration(...)`` or
+``now + duration(...)`` on one side of ``<``, ``<=``, ``>`` or ``>=``. The other side
+is a timestamp of the profile: evaluated, it gives the instant the comparison's answer
+changes. Each profile keeps the next such instant of each segment (``Entry.due``), and
+the stream re-evaluates just the profiles whose instant has passed — never a scan.
+
+**Missing fields.** A profile without a field a definition reads (no
+``traits.country``, no ``first_seen`` yet) is not in the segment; that is not an error
+(as a NULL in SQL's WHERE). Any other evaluation error (a malformed timestamp, a
+division by zero) leaves the membership as it was and is reported (``EvalError``); the
+stream dead-letters it.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cel_expr_python import cel
+from celpy import celparser
+from lark import Tree
+
+from profiles.profile import iso
+from profiles.standardize import DEFAULT_INDEX, trait_name
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+_T = cel.Type
+_STRING_MAP = _T.Map(_T.STRING, _T.STRING)
+_COUNT_MAP = _T.Map(_T.STRING, _T.INT)
+
+#: The type of each part of the exported profile (``unifier profiles export``).
+TOP_TYPES: dict[str, Any] = {
+    "profile_id": _T.STRING,
+    "identifiers": _T.Map(_T.STRING, _T.List(_T.STRING)),
+    "traits": _T.Map(_T.STRING, _T.DYN),
+    "computed": _T.Map(_T.STRING, _T.DYN),
+    "segments": _T.List(_T.STRING),
+    "version": _T.INT,
+}
+#: The type of each computed trait. A trait registered without one here is ``dyn``
+#: (``tests/unit/test_segments.py`` asks every registered trait to have one).
+COMPUTED_TYPES: dict[str, Any] = {
+    "event_count": _T.INT,
+    "first_seen": _T.STRING,
+    "last_seen": _T.STRING,
+    "last_channel": _T.STRING,
+    "events_by_type": _COUNT_MAP,
+    "events_by_source": _COUNT_MAP,
+    "orders": _T.INT,
+    "lifetime_value": _STRING_MAP,
+    "average_order_value": _STRING_MAP,
+    "top_categories": _T.List(_T.STRING),
+    "last_touchpoints": _T.List(_T.Map(_T.STRING, _T.STRING)),
+    "lifecycle_stage": _T.STRING,
+    "consent": _T.Map(_T.STRING, _T.Map(_T.STRING, _T.DYN)),
+    "merged_from": _T.List(_T.STRING),
+    "refused_links": _T.INT,
+}
+#: Traits whose values standardization makes strings (``profiles.standardize``).
+STRING_TRAITS = frozenset(DEFAULT_INDEX.values()) | {"name", "middle_name", "email", "phone"}
+
+_DYN_ENV = cel.NewEnv(variables={"profile": _T.Map(_T.STRING, _T.DYN), "now": _T.TIMESTAMP})
+_CONST_ENV = cel.NewEnv()
+_PARSER = celparser.CELParser()
+_WHERE = re.compile(r"<input>:(\d+):(\d+): (.*)")
+_COMPARISONS = {
+    "relation_lt": "<",
+    "relation_le": "<=",
+    "relation_gt": ">",
+    "relation_ge": ">=",
+    "relation_eq": "==",
+    "relation_ne": "!=",
+    "relation_in": "in",
+}
+_ORDERING = {"relation_lt", "relation_le", "relation_gt", "relation_ge"}
+_WRAPPERS = {
+    "expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication",
+    "unary", "member", "primary", "paren_expr",
+}  # fmt: skip
+#: Evaluation errors that mean "the profile has no such field (yet)".
+_MISSING = ("Key not found in map", "null_type", "No such key")
+
+
+class SegmentError(ValueError):
+    """A definition refused: which segment, where in its expression, and why."""
+
+    def __init__(self, segment: str, reason: str, line: int = 0, column: int = 0) -> None:
+        self.segment, self.reason, self.line, self.column = segment, reason, line, column
+        where = f" at {line}:{column}" if line else ""
+        super().__init__(f"segment {segment!r}{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A segment as written (``segments.toml``) and versioned by ``segments apply``."""
+
+    name: str
+    where: str
+    description: str = ""
+    version: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "where": self.where,
+            "description": self.description,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Definition:
+        return cls(
+            str(d["name"]), str(d["where"]), str(d.get("description", "")), int(d["version"])
+        )
+
+
+@dataclass(frozen=True)
+class Clock:
+    """One comparison with ``now``: the answer changes when ``now + shift`` crosses
+    the value of ``other`` (a timestamp of the profile)."""
+
+    text: str
+    other: Any  # compiled
+    shift_ms: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison in a definition, for ``segments check``: its text, compiled."""
+
+    text: str
+    program: Any
+
+
+@dataclass(frozen=True)
+class Segment:
+    definition: Definition
+    program: Any
+    reads: frozenset[str]  # "traits.country", "computed", "identifiers", "segments"...
+    clocks: tuple[Clock, ...]
+    comparisons: tuple[Comparison, ...]
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def version(self) -> int:
+        return self.definition.version
+
+    @property
+    def reads_segments(self) -> bool:
+        return "segments" in self.reads
+
+    def affected_by(self, changed: Iterable[str]) -> bool:
+        """Whether a change of these view fields (``profiles.projection.changed_fields``
+        names: ``identifiers``, ``traits.X``, ``computed.X``, ``segments``,
+        ``version``) can change this segment's answer."""
+        for name in changed:
+            if name in self.reads:
+                return True
+            top = name.split(".", 1)[0]
+            if top in self.reads or (top == "identifiers" and "identifiers" in self.reads):
+                return True
+        return False
+
+
+# -- compiling ---------------------------------------------------------------------
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _checked(name: str, env: Any, text: str) -> Any:
+    """``env.compile(text)``, or a SegmentError with the checker's first complaint."""
+    try:
+        return env.compile(text)
+    except RuntimeError as exc:
+        message = str(exc)
+        m = _WHERE.search(message)
+        if m is None:
+            raise SegmentError(name, message.splitlines()[0]) from None
+        reason = m.group(3).strip()
+        if reason.startswith("ERROR: "):
+            reason = reason[len("ERROR: ") :]
+        raise SegmentError(name, reason, int(m.group(1)), int(m.group(2))) from None
+
+
+def _unwrap(node: Any) -> Any:
+    while (
+        isinstance(node, Tree)
+        and node.data in _WRAPPERS
+        and len(node.children) == 1
+        and isinstance(node.children[0], Tree)
+    ):
+        node = node.children[0]
+    return node
+
+
+def _ident(node: Any) -> str | None:
+    node = _unwrap(node)
+    if isinstance(node, Tree) and node.data == "ident":
+        return str(node.children[0])
+    return None
+
+
+def _idents(node: Any, name: str) -> list[Tree]:
+    return [t for t in node.iter_subtrees() if t.data == "ident" and str(t.children[0]) == name]
+
+
+def _span(node: Tree) -> tuple[int, int]:
+    return node.meta.start_pos, node.meta.end_pos
+
+
+@dataclass
+class _Chain:
+    """``profile.a.b...``: the names, and where the text of each prefix ends."""
+
+    names: list[str]
+    ends: list[int]
+    start: int
+
+
+def _chain(node: Tree) -> _Chain | None:
+    """The ``profile.x.y`` select chain ``node`` (a ``member_dot``) is, if it is one."""
+    names: list[str] = []
+    ends: list[int] = []
+    cur: Any = node
+    while isinstance(cur, Tree) and cur.data in ("member_dot", "member"):
+        if cur.data == "member_dot":
+            names.append(str(cur.children[1]))
+            ends.append(cur.meta.end_pos)
+            cur = cur.children[0]
+        elif len(cur.children) == 1:
+            cur = cur.children[0]
+        else:
+            return None
+    cur = _unwrap(cur)
+    if not (isinstance(cur, Tree) and cur.data == "ident" and str(cur.children[0]) == "profile"):
+        return None
+    names.reverse()
+    ends.reverse()
+    return _Chain(names, ends, cur.meta.start_pos)
+
+
+@dataclass
+class _Analysis:
+    reads: set[str] = field(default_factory=set)
+    # (start, end, type) of the text each variable of the typed check replaces
+    replaced: list[tuple[int, int, Any]] = field(default_factory=list)
+    chains: set[int] = field(default_factory=set)  # ids of `profile` idents in chains
+
+
+def _field_type(name: str, chain: _Chain, text: str) -> tuple[int, Any, str]:
+    """How much of a chain one typed variable replaces (its end), the type, and the
+    field it reads."""
+    top = chain.names[0]
+    where = _position(text, chain.ends[0] - len(top))
+    if top not in TOP_TYPES:
+        raise SegmentError(
+            name, f"profile has no field {top!r} (it has: {', '.join(TOP_TYPES)})", *where
+        )
+    if len(chain.names) == 1 or top not in ("traits", "computed", "identifiers"):
+        return chain.ends[0], TOP_TYPES[top], top
+    sub = chain.names[1]
+    where = _position(text, chain.ends[1] - len(sub))
+    if top == "computed":
+        if sub not in COMPUTED_TYPES:
+            raise SegmentError(
+                name,
+                f"profile.computed has no field {sub!r} "
+                f"(it has: {', '.join(sorted(COMPUTED_TYPES))})",
+                *where,
+            )
+        return chain.ends[1], COMPUTED_TYPES[sub], f"computed.{sub}"
+    if top == "traits":
+        canonical = trait_name(sub)
+        if canonical != sub:
+            raise SegmentError(
+                name, f"traits.{sub} is stored as traits.{canonical} (standardized)", *where
+            )
+        kind = _T.STRING if sub in STRING_TRAITS else _T.DYN
+        return chain.ends[1], kind, f"traits.{sub}"
+    return chain.ends[1], _T.List(_T.STRING), "identifiers"
+
+
+def _analyse(name: str, tree: Tree, text: str) -> _Analysis:
+    out = _Analysis()
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, Tree):
+            continue
+        if node.data == "ident_arg" and str(node.children[0]) == "has":
+            args = node.children[1]
+            arg = _unwrap(args.children[0]) if isinstance(args, Tree) and args.children else None
+            chain = _chain(arg) if isinstance(arg, Tree) and arg.data == "member_dot" else None
+            if chain is not None:
+                # has() needs a select: the check sees a bool of the same length.
+                _, _, read = _field_type(name, chain, text)
+                out.reads.add(read)
+                out.replaced.append((*_span(node), _T.BOOL))
+                continue
+        if node.data == "member_dot":
+            chain = _chain(node)
+            if chain is not None:
+                end, kind, read = _field_type(name, chain, text)
+                out.reads.add(read)
+                out.replaced.append((chain.start, end, kind))
+                continue
+        if node.data == "ident" and str(node.children[0]) == "profile":
+            raise SegmentError(
+                name,
+                "use a field of profile (such as profile.traits.country), not profile itself",
+                *_position(text, node.meta.start_pos),
+            )
+        stack.extend(node.children)
+    return out
+
+
+def _typed_text(text: str, replaced: list[tuple[int, int, Any]]) -> tuple[str, dict[str, Any]]:
+    """The definition with each replaced span turned into a variable of its length."""
+    variables: dict[str, Any] = {"now": _T.TIMESTAMP}
+    out = text
+    for i, (start, end, kind) in enumerate(sorted(replaced, reverse=True)):
+        var = f"_{i}".ljust(end - start, "_")
+        variables[var] = kind
+        out = out[:start] + var + out[end:]
+    return out, variables
+
+
+def _shift(name: str, side: Any, text: str) -> int | None:
+    """The shift of a ``now``-side (``now`` → 0, ``now - duration("1h")`` → -3600000),
+    or None if the side is not of that form."""
+    node = _unwrap(side)
+    if _ident(node) == "now":
+        return 0
+    if not (isinstance(node, Tree) and node.data == "addition" and len(node.children) == 2):
+        return None
+    op, rhs = node.children
+    if not (isinstance(op, Tree) and op.data in ("addition_add", "addition_sub")):
+        return None
+    if _ident(op.children[0]) != "now" or _idents(rhs, "now") or _idents(rhs, "profile"):
+        return None
+    start, end = _span(rhs)
+    program = _checked(name, _CONST_ENV, text[start:end])
+    value = program.eval().value()
+    if not isinstance(value, timedelta):
+        return None
+    ms = round(value / timedelta(milliseconds=1))
+    return ms if op.data == "addition_add" else -ms
+
+
+def _clocks(name: str, tree: Tree, text: str) -> tuple[list[Clock], list[Comparison]]:
+    clocks: list[Clock] = []
+    comparisons: list[Comparison] = []
+    used: set[int] = set()
+    for node in tree.iter_subtrees_topdown():
+        if node.data != "relation" or len(node.children) != 2:
+            continue
+        op, right = node.children
+        if not (isinstance(op, Tree) and op.data in _COMPARISONS):
+            continue
+        left = op.children[0]
+        start, end = node.meta.start_pos, node.meta.end_pos
+        comparisons.append(Comparison(text[start:end], _checked(name, _DYN_ENV, text[start:end])))
+        if op.data not in _ORDERING:
+            continue
+        for now_side, other in ((left, right), (right, left)):
+            if not _idents(now_side, "now") or _idents(other, "now"):
+                continue
+            shift = _shift(name, now_side, text)
+            if shift is None:
+                continue
+            o_start, o_end = _span(other)
+            program = _checked(name, _DYN_ENV, text[o_start:o_end])
+            clocks.append(Clock(text[o_start:o_end], program, shift))
+            used.update(id(t) for t in _idents(now_side, "now"))
+    for ident in _idents(tree, "now"):
+        if id(ident) not in used:
+            raise SegmentError(
+                name,
+                "now can only be compared (<, <=, >, >=) with a timestamp of the profile, "
+                'as now, now - duration("...") or now + duration("...")',
+                *_position(text, ident.meta.start_pos),
+            )
+    return clocks, comparisons
+
+
+def compile_segment(definition: Definition) -> Segment:
+    """The compiled segment, or a SegmentError naming the segment, the position (line
+    and column of the expression) and the reason."""
+    name, text = definition.name, definition.where
+    if not NAME.match(name):
+        raise SegmentError(name, "a segment name is lower-case letters, digits and _ (≤ 64)")
+    if not text.strip():
+        raise SegmentError(name, "`where` is empty")
+    program = _checked(name, _DYN_ENV, text)  # syntax, and names other than profile/now
+    try:
+        tree = _PARSER.parse(text)
+    except Exception as exc:  # celpy refuses what Google's parser took: say so
+        raise SegmentError(name, f"not supported here: {str(exc).splitlines()[0]}") from None
+    analysis = _analyse(name, tree, text)
+    typed, variables = _typed_text(text, analysis.replaced)
+    checked = _checked(name, cel.NewEnv(variables=variables), typed)
+    returns = checked.return_type()
+    if returns != _T.BOOL:
+        raise SegmentError(
+            name, f"the expression gives {returns.name().lower()}, not a bool (true/false)", 1, 1
+        )
+    clocks, comparisons = _clocks(name, tree, text)
+    return Segment(
+        definition, program, frozenset(analysis.reads), tuple(clocks), tuple(comparisons)
+    )
+
+
+def load_definitions(path: Path) -> list[Definition]:
+    """``[segments.NAME] where = "..." description = "..."`` from a TOML file, unversioned
+    (``version`` 0: ``segments apply`` numbers them)."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    unknown = sorted(set(doc) - {"segments"})
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown table(s) {', '.join(unknown)} (expected [segments.NAME])"
+        )
+    out = []
+    for name, body in (doc.get("segments") or {}).items():
+        if not isinstance(body, dict):
+            raise ValueError(f"{path}: segments.{name} is not a table")
+        extra = sorted(set(body) - {"where", "description"})
+        if extra:
+            raise ValueError(f"{path}: segments.{name}: unknown key(s) {', '.join(extra)}")
+        if not isinstance(body.get("where"), str):
+            raise ValueError(f"{path}: segments.{name}: `where` (a CEL expression) is missing")
+        out.append(Definition(name, body["where"], str(body.get("description", "")), 0))
+    return out
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The segments in force, in evaluation order: segments that read
+    ``profile.segments`` come after the others and see their membership (not each
+    other's)."""
+
+    segments: tuple[Segment, ...] = ()
+
+    @classmethod
+    def of(cls, definitions: Iterable[Definition]) -> Catalog:
+        compiled = [compile_segment(d) for d in sorted(definitions, key=lambda d: d.name)]
+        return cls(tuple(sorted(compiled, key=lambda s: (s.reads_segments, s.name))))
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def get(self, name: str) -> Segment | None:
+        for s in self.segments:
+            if s.name == name:
+                return s
+        return None
+
+    @property
+    def versions(self) -> dict[str, int]:
+        return {s.name: s.version for s in self.segments}
+
+
+# -- evaluating --------------------------------------------------------------------
+
+
+def to_time(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _ms(t: datetime) -> int:
+    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    member: bool | None  # None: an error other than a missing field (keep as it was)
+    error: str | None = None
+
+
+def _outcome(value: Any) -> Outcome:
+    kind = value.type()
+    if kind == _T.BOOL:
+        return Outcome(bool(value.value()))
+    message = str(value.value()) if kind == _T.ERROR else f"gave {kind.name().lower()}"
+    if any(m in message for m in _MISSING):
+        return Outcome(False)
+    return Outcome(None, message)
+
+
+def evaluate(segment: Segment, activation: Any) -> Outcome:
+    return _outcome(segment.program.eval(activation))
+
+
+def due_of(segment: Segment, activation: Any, now_ms: int) -> int:
+    """The first instant after ``now_ms`` at which one of the segment's comparisons
+    with ``now`` can change its answer (0: none ahead)."""
+    due = 0
+    for clock in segment.clocks:
+        value = clock.other.eval(activation)
+        if value.type() != _T.TIMESTAMP:
+            continue  # a missing or malformed field: no window to wait for
+        at = _ms(value.value()) - clock.shift_ms + 1  # just past the boundary
+        if at > now_ms and (due == 0 or at < due):
+            due = at
+    return due
+
+
+def document(view: Mapping[str, Any], reads: Iterable[str] | None = None) -> dict[str, Any]:
+    """What ``profile`` is for the expressions: the view's parts they read (all of it
+    when ``reads`` is None): smaller documents cost less to hand to CEL."""
+    if reads is None:
+        return {k: view[k] for k in TOP_TYPES if k in view}
+    reads = set(reads)
+    whole = {r for r in reads if "." not in r}
+    doc: dict[str, Any] = {top: view[top] for top in whole if top in view}
+    for read in reads - whole:
+        top, _, sub = read.partition(".")
+        if top in whole or top not in view:
+            continue
+        part = doc.setdefault(top, {})
+        if sub in view[top]:
+            part[sub] = view[top][sub]
+    return doc
+
+
+def activation(doc: Mapping[str, Any], now_ms: int) -> Any:
+    return _DYN_ENV.Activation({"profile": doc, "now": to_time(now_ms)})
+
+
+# -- membership --------------------------------------------------------------------
+
+#: A profile's membership of one segment: [member (0/1), definition version,
+#: transitions so far, since (ms: last transition), due (ms; 0: no window ahead)].
+Entry = list[int]
+MEMBER, VERSION, SEQ, SINCE, DUE = range(5)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A profile entered or left a segment (one ``segment-membership`` record)."""
+
+    profile_id: str
+    segment: str
+    entered: bool
+    at_ms: int
+    definition_version: int
+    profile_version: int
+    seq: int  # the n-th transition of this profile in this segment: names a duplicate
+
+
+@dataclass(frozen=True, slots=True)
+class EvalError:
+    profile_id: str
+    segment: str
+    definition_version: int
+    reason: str
+
+
+def members_of(entries: Mapping[str, Entry]) -> list[str]:
+    return sorted(name for name, e in entries.items() if e[MEMBER])
+
+
+def next_due(entries: Mapping[str, Entry]) -> int:
+    dues = [e[DUE] for e in entries.values() if e[DUE]]
+    return min(dues) if dues else 0
+
+
+def _move(
+    profile_id: str, entries: dict[str, Entry], name: str, version: int, member: bool,
+    now_ms: int, profile_version: int,
+) -> Transition | None:  # fmt: skip
+    entry = entries.get(name)
+    if entry is None:
+        entry = entries[name] = [0, version, 0, 0, 0]
+    entry[VERSION] = version
+    if bool(entry[MEMBER]) == member:
+        return None
+    entry[MEMBER] = int(member)
+    entry[SEQ] += 1
+    entry[SINCE] = now_ms
+    return Transition(profile_id, name, member, now_ms, version, profile_version, entry[SEQ])
+
+
+def reconcile(
+    profile_id: str,
+    view: Mapping[str, Any],
+    entries: dict[str, Entry],
+    catalog: Catalog,
+    now_ms: int,
+    changed: Iterable[str] | None = None,
+) -> tuple[list[Transition], list[EvalError]]:
+    """Bring one live profile's membership (``entries``, changed in place) up to date
+    with its view, the catalog and the clock; the transitions this makes.
+
+    A segment is evaluated when it is new or changed (its version), when a field it
+    reads changed (``changed``; None: evaluate all), or when its window's instant
+    (``DUE``) has passed. Segments no longer in the catalog are left (an exit)."""
+    transitions: list[Transition] = []
+    errors: list[EvalError] = []
+    version = int(view.get("version", 0))
+    for name in [n for n in entries if catalog.get(n) is None]:
+        t = _move(profile_id, entries, name, entries[name][VERSION], False, now_ms, version)
+        if t is not None:
+            transitions.append(t)
+        del entries[name]
+    changed_set = None if changed is None else set(changed)
+
+    def due(seg: Segment) -> bool:
+        entry = entries.get(seg.name)
+        return (
+            changed_set is None
+            or entry is None
+            or entry[VERSION] != seg.version
+            or bool(entry[DUE] and entry[DUE] <= now_ms)
+            or seg.affected_by(changed_set)
+        )
+
+    first = [s for s in catalog.segments if not s.reads_segments and due(s)]
+    later = [s for s in catalog.segments if s.reads_segments]
+    if not first and not any(due(s) for s in later):
+        return transitions, errors
+    doc = document(view, set().union(*(s.reads for s in (*first, *later))))
+    if first:
+        act = activation(doc, now_ms)
+        for seg in first:
+            _evaluate_into(profile_id, seg, act, entries, now_ms, version, transitions, errors)
+    moved = bool(transitions)  # a first-order membership changed: later ones may too
+    second = [s for s in later if moved or due(s)]
+    if second:
+        doc["segments"] = [n for n in members_of(entries) if not _reads_segments(catalog, n)]
+        act = activation(doc, now_ms)
+        for seg in second:
+            _evaluate_into(profile_id, seg, act, entries, now_ms, version, transitions, errors)
+    return transitions, errors
+
+
+def _reads_segments(catalog: Catalog, name: str) -> bool:
+    seg = catalog.get(name)
+    return seg is not None and seg.reads_segments
+
+
+def _evaluate_into(
+    profile_id: str, seg: Segment, act: Any, entries: dict[str, Entry], now_ms: int,
+    version: int, transitions: list[Transition], errors: list[EvalError],
+) -> None:  # fmt: skip
+    outcome = evaluate(seg, act)
+    if outcome.member is None:
+        errors.append(EvalError(profile_id, seg.name, seg.version, outcome.error or ""))
+        entry = entries.setdefault(seg.name, [0, seg.version, 0, 0, 0])
+        entry[VERSION] = seg.version
+        entry[DUE] = 0
+        return
+    t = _move(profile_id, entries, seg.name, seg.version, outcome.member, now_ms, version)
+    if t is not None:
+        transitions.append(t)
+    entries[seg.name][DUE] = due_of(seg, act, now_ms) if seg.clocks else 0
+
+
+def retire(
+    profile_id: str, entries: dict[str, Entry], now_ms: int, profile_version: int
+) -> list[Transition]:
+    """A profile merged away (or erased) leaves every segment it was in."""
+    out = []
+    for name in list(entries):
+        t = _move(profile_id, entries, name, entries[name][VERSION], False, now_ms, profile_version)
+        if t is not None:
+            out.append(t)
+    entries.clear()
+    return out
+
+
+def explain(segment: Segment, view: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+    """``segments check``: the answer for one profile, and the value of each comparison
+    (``true``/``false``, or why it has none)."""
+    act = activation(document(view), now_ms)
+    outcome = evaluate(segment, act)
+    parts = []
+    for c in segment.comparisons:
+        value = c.program.eval(act)
+        kind = value.type()
+        shown = value.value() if kind != _T.ERROR else f"error: {value.value()}"
+        parts.append({"comparison": c.text, "value": shown})
+    due = due_of(segment, act, now_ms) if segment.clocks else 0
+    return {
+        "segment": segment.name,
+        "member": bool(outcome.member),
+        "error": outcome.error,
+        "comparisons": parts,
+        "changes_at": iso(due) if due else None,
+    }
