@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     )
     topic_profile_updates: str = "profile-updates"
     topic_profile_merges: str = "profile-merges"
+    topic_segments: str = Field(
+        "unifier.segments",
+        description="Segment definitions (compacted, key: segment name), written by "
+        "`unifier segments apply`; every worker evaluates the set it holds",
+    )
+    topic_segment_membership: str = Field(
+        "segment-membership",
+        description="Output: one SegmentMembership record per profile entering or leaving "
+        "a segment",
+    )
     topic_schemas: str = Field(
         "unifier.schemas",
         description="Writer schemas announced by producers (key: fingerprint), so workers "

@@ -14,6 +14,7 @@ from profiles.computed import computed_of, computed_signature, signature_parts
 from profiles.graph.messages import Merged, Out
 from profiles.graph.node import ProfileNode
 from profiles.graph.state import ProfileState, ident_type
+from profiles.segments import members_of
 from profiles.traits import DEFAULT_TRAIT_RULES, TraitRules, pick_traits
 
 #: A redirect's version: final, above any live version, so it always replaces the view.
@@ -67,7 +68,8 @@ def view_of(
             "merged_from": sorted(m[0] for m in s.merged),
             "refused_links": len(s.refused),
         },
-        "version": version_of(s),
+        "segments": members_of(node.segments),
+        "version": version_of(s) + node.segment_moves,
     }
 
 
@@ -107,7 +109,8 @@ def signature_of(node: ProfileNode, rules: TraitRules = DEFAULT_TRAIT_RULES) -> 
             "merged_from": sorted(m[0] for m in s.merged),
             "refused_links": len(s.refused),
         },
-        "version": version_of(s),
+        "segments": members_of(node.segments),
+        "version": version_of(s) + node.segment_moves,
         "links": dict(s.linked_by),  # not a view field: says if `why_of` changed
     }
 
@@ -123,6 +126,7 @@ def signature_with_view(
         "identifiers": frozenset(s.held),
         "traits": view["traits"],
         "computed": {**view["computed"], **signature_parts(s.totals, types, rules)},
+        "segments": view.get("segments", []),
         "version": view["version"],
         "links": dict(s.linked_by),
     }
@@ -150,6 +154,8 @@ def changed_fields(before: dict[str, Any] | None, after: dict[str, Any]) -> list
     out = []
     if old.get("identifiers") != after.get("identifiers"):
         out.append("identifiers")
+    if (old.get("segments") or []) != (after.get("segments") or []):
+        out.append("segments")
     for part in ("traits", "computed"):
         a, b = old.get(part) or {}, after.get(part) or {}
         out += [f"{part}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

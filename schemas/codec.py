@@ -47,8 +47,15 @@ TOUCHPOINT = "unifier.v1.Touchpoint"
 BATCH = "unifier.v1.TouchpointBatch"
 PROFILE_UPDATE = "unifier.v1.ProfileUpdate"
 PROFILE_MERGE = "unifier.v1.ProfileMerge"
+SEGMENT_MEMBERSHIP = "unifier.v1.SegmentMembership"
 #: Files of the current schemas, in dependency order.
-SCHEMA_FILES = ("touchpoint", "touchpoint_batch", "profile_update", "profile_merge")
+SCHEMA_FILES = (
+    "touchpoint",
+    "touchpoint_batch",
+    "profile_update",
+    "profile_merge",
+    "segment_membership",
+)
 #: Record names a producer may put on the input topic.
 INPUT_NAMES = (TOUCHPOINT, BATCH)
 
@@ -99,24 +106,24 @@ def _inline(node: Any, files: Mapping[str, Any], seen: set[str]) -> Any:
     return node
 
 
-def load_raw_schemas(touchpoint_file: Path | None = None) -> dict[str, Any]:
-    """The shipped schemas as JSON, each standing alone, by full name; ``touchpoint_file``
-    swaps in another Touchpoint version (the batch schema then embeds that one)."""
+def load_raw_schemas(older: Path | None = None) -> dict[str, Any]:
+    """The shipped schemas as JSON, each standing alone, by full name; ``older`` (a file
+    of ``history/``, named ``<schema file>.<version>.avsc``) swaps in an older version of
+    one (an older Touchpoint: the batch schema then embeds that one)."""
     files: dict[str, Any] = {}
     for name in SCHEMA_FILES:
         path = SCHEMA_DIR / f"{name}.avsc"
-        if name == "touchpoint" and touchpoint_file is not None:
-            path = touchpoint_file
+        if older is not None and older.name.split(".", 1)[0] == name:
+            path = older
         raw = json.loads(path.read_text())
         files[f"{raw['namespace']}.{raw['name']}"] = raw
     return {full_name: _inline(raw, files, {full_name}) for full_name, raw in files.items()}
 
 
-def load_schema_files(touchpoint_file: Path | None = None) -> dict[str, Any]:
+def load_schema_files(older: Path | None = None) -> dict[str, Any]:
     """``load_raw_schemas``, parsed."""
     return {
-        name: parse_schema(raw, named_schemas={})
-        for name, raw in load_raw_schemas(touchpoint_file).items()
+        name: parse_schema(raw, named_schemas={}) for name, raw in load_raw_schemas(older).items()
     }
 
 
@@ -156,9 +163,9 @@ class Codec:
         self._lock = threading.Lock()
         for name, schema in self.readers.items():
             self._by_fp[fingerprint_of(schema)] = _Writer(schema, name, True)
-        for old in sorted((SCHEMA_DIR / "history").glob("touchpoint.*.avsc")):
+        for old in sorted((SCHEMA_DIR / "history").glob("*.avsc")):
             for schema in load_schema_files(old).values():
-                if schema["name"] in INPUT_NAMES:
+                if schema["name"] in self.readers:  # what older writers sent, still read
                     self._remember_fp(schema)
         self.headers = {name: single_object_header(s) for name, s in self.readers.items()}
 

@@ -19,7 +19,15 @@ from typing import Any
 import orjson
 
 from profiles.graph.messages import Merged
-from schemas.codec import CODEC, ORJSON_OPTS, PROFILE_MERGE, PROFILE_UPDATE, DecodeError
+from profiles.segments import Transition
+from schemas.codec import (
+    CODEC,
+    ORJSON_OPTS,
+    PROFILE_MERGE,
+    PROFILE_UPDATE,
+    SEGMENT_MEMBERSHIP,
+    DecodeError,
+)
 
 
 def update_record(
@@ -42,6 +50,7 @@ def update_record(
         "computed_json": orjson.dumps(computed, option=ORJSON_OPTS).decode(),
         "changed_fields": changed,
         "why_json": orjson.dumps(why, option=ORJSON_OPTS).decode(),
+        "segments": view.get("segments", []),
     }
 
 
@@ -56,6 +65,36 @@ def encode_update(
 ) -> bytes:
     """The ``profile-updates`` value of a live profile (a tombstone is ``None``)."""
     return CODEC.encode(PROFILE_UPDATE, update_record(view, why, changed, now_ms))
+
+
+def membership_record(t: Transition) -> bytes:
+    """The ``segment-membership`` value of one transition."""
+    return CODEC.encode(
+        SEGMENT_MEMBERSHIP,
+        {
+            "profile_id": t.profile_id,
+            "segment": t.segment,
+            "event": "entered" if t.entered else "exited",
+            "at": t.at_ms,
+            "definition_version": t.definition_version,
+            "profile_version": t.profile_version,
+            "seq": t.seq,
+        },
+    )
+
+
+def membership_from(value: bytes) -> Transition:
+    """A ``segment-membership`` record, read back (``DecodeError`` if it is not one)."""
+    _, r = CODEC.read(value, (SEGMENT_MEMBERSHIP,))
+    return Transition(
+        r["profile_id"],
+        r["segment"],
+        r["event"] == "entered",
+        _millis(r["at"]),
+        r["definition_version"],
+        r["profile_version"],
+        r["seq"],
+    )
 
 
 def merge_record(merge: Merged) -> bytes:
@@ -86,6 +125,7 @@ class ProfileUpdate:
     computed: Mapping[str, Any]
     changed_fields: tuple[str, ...]
     why: Mapping[str, Any]
+    segments: tuple[str, ...] = ()
 
     def view(self) -> dict[str, Any]:
         """The documented read form, as the API and Redis serve it."""
@@ -94,6 +134,7 @@ class ProfileUpdate:
             "identifiers": dict(self.identifiers),
             "traits": dict(self.traits),
             "computed": dict(self.computed),
+            "segments": list(self.segments),
             "version": self.version,
         }
 
@@ -137,6 +178,7 @@ def update_from(key: bytes | None, value: bytes | None) -> ProfileUpdate | Profi
             orjson.loads(r["computed_json"]),
             tuple(r["changed_fields"]),
             orjson.loads(r["why_json"]),
+            tuple(r["segments"]),
         )
     except (DecodeError, orjson.JSONDecodeError, KeyError) as exc:
         raise FeedError(f"profile-updates record for {key.decode()!r}: {exc}") from None

@@ -20,6 +20,7 @@ from profiles.graph.messages import (
     Apply,
     Claim,
     Denied,
+    Evaluate,
     Granted,
     Merge,
     Observe,
@@ -132,6 +133,8 @@ def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911 - one branch per mess
                 "r": m.rule, "cl": m.claim}  # fmt: skip
     if isinstance(m, Repoint):
         return {"k": "rpt", "i": m.ident, "o": m.old, "n": m.new}
+    if isinstance(m, Evaluate):
+        return {"k": "evl", "p": m.profile}
     raise TypeError(f"not a graph message: {m!r}")
 
 
@@ -178,6 +181,7 @@ _READERS: dict[str, Any] = {
     "rel": lambda d: Release(d["p"], d["i"], d["cl"]),
     "den": lambda d: Denied(d["p"], d["i"], d["e"], d["o"], d["r"], d["cl"]),
     "rpt": lambda d: Repoint(d["i"], d["o"], d["n"]),
+    "evl": lambda d: Evaluate(d["p"]),
 }
 
 
@@ -222,6 +226,8 @@ def node_to(node: ProfileNode) -> bytes:
             "ot": node.offered_to,
             "of": node.offering,
             "hb": [message_to(m) for m in node.held_back],
+            "sg": node.segments,
+            "sm": node.segment_moves,
         }
     )
     seen = s.seen if sys.byteorder == "little" else _swapped(s.seen)  # joined without a copy
@@ -252,6 +258,8 @@ def node_from(data: bytes, load: Callable[[int], bytes] | None = None) -> Profil
         offered_to=d["ot"],
         offering=d["of"],
         held_back=held_back,
+        segments=d.get("sg") or {},  # absent: stored before segments
+        segment_moves=d.get("sm", 0),
     )
 
 

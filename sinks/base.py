@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from profiles.graph.messages import Merged
+from profiles.segments import EvalError, Transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +56,12 @@ class ChangeBatch:
 
     changes: list[ProfileChange] = field(default_factory=list)
     merges: list[Merged] = field(default_factory=list)  # profiles merged into another
+    # Profiles that entered or left a segment, and evaluations that failed.
+    memberships: list[Transition] = field(default_factory=list)
+    segment_errors: list[EvalError] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.changes or self.merges)
+        return bool(self.changes or self.merges or self.memberships)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""The output topics as a sink: ``profile-updates`` and ``profile-merges``.
+"""The output topics as a sink: ``profile-updates``, ``profile-merges`` and
+``segment-membership`` (and the dead letters of segment evaluations that failed).
 
 ``ProfileTopicsSink`` sends, for every batch, one ``ProfileMerge`` per merge and, per
 profile whose stored form changed, its full ``ProfileUpdate`` (or a tombstone when it
@@ -15,11 +16,31 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from schemas.records import encode_update, merge_record
+import orjson
+
+from profiles.segments import EvalError
+from schemas.records import encode_update, membership_record, merge_record
 from sinks.base import ChangeBatch, Delivery
 
-#: (topic, key, value or None for a tombstone) -> a future that completes on delivery.
-Send = Callable[[str, bytes, bytes | None], Awaitable[Awaitable[Any]]]
+#: (topic, key, value or None for a tombstone[, headers]) -> a future that completes
+#: on delivery.
+Send = Callable[..., Awaitable[Awaitable[Any]]]
+
+
+def _zero() -> dict[str, int]:
+    return {"merges": 0, "updates": 0, "memberships": 0, "dead_letters": 0}
+
+
+def segment_error_headers(e: EvalError) -> list[tuple[str, bytes]]:
+    """A failed evaluation's dead letter says why (reasons name no identifier value)."""
+    return [
+        (
+            "x-dlq-reason",
+            f"segment {e.segment} v{e.definition_version}: {e.reason}".encode()[:1000],
+        ),
+        ("x-dlq-stage", b"segments"),
+        ("x-dlq-time-ms", str(int(time.time() * 1000)).encode()),
+    ]
 
 
 class ProfileTopicsSink:
@@ -31,13 +52,17 @@ class ProfileTopicsSink:
         updates_topic: str,
         merges_topic: str,
         clock: Callable[[], float] = time.time,
+        membership_topic: str | None = None,
+        dlq_topic: str | None = None,
     ) -> None:
         self._send = send
         self.updates_topic = updates_topic
         self.merges_topic = merges_topic
+        self.membership_topic = membership_topic
+        self.dlq_topic = dlq_topic
         self._clock = clock
         self._pending: list[Awaitable[Any]] = []
-        self._counts = {"merges": 0, "updates": 0}
+        self._counts = _zero()
 
     async def write(self, batch: ChangeBatch) -> None:
         now_ms = int(self._clock() * 1000)
@@ -52,14 +77,36 @@ class ProfileTopicsSink:
                 assert change.why is not None
                 value = encode_update(change.view, change.why, list(change.changed), now_ms)
             await self._queue(self.updates_topic, change.profile_id, value, "updates")
+        if self.membership_topic is not None:
+            for t in batch.memberships:
+                record = membership_record(t)
+                await self._queue(self.membership_topic, t.profile_id, record, "memberships")
+        if self.dlq_topic is not None:
+            for e in batch.segment_errors:
+                value = orjson.dumps(
+                    {"profile_id": e.profile_id, "segment": e.segment,
+                     "definition_version": e.definition_version, "reason": e.reason}
+                )  # fmt: skip
+                headers = segment_error_headers(e)
+                await self._queue(self.dlq_topic, e.profile_id, value, "dead_letters", headers)
 
-    async def _queue(self, topic: str, key: str, value: bytes | None, kind: str) -> None:
-        self._pending.append(await self._send(topic, key.encode(), value))
+    async def _queue(
+        self,
+        topic: str,
+        key: str,
+        value: bytes | None,
+        kind: str,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        if headers is None:
+            self._pending.append(await self._send(topic, key.encode(), value))
+        else:
+            self._pending.append(await self._send(topic, key.encode(), value, headers))
         self._counts[kind] += 1
 
     async def flush(self) -> Delivery:
         pending, self._pending = self._pending, []
-        counts, self._counts = self._counts, {"merges": 0, "updates": 0}
+        counts, self._counts = self._counts, _zero()
         started = time.perf_counter()
         if pending:
             await asyncio.gather(*pending)

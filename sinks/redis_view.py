@@ -60,6 +60,26 @@ local function index(first, pid)
 end
 """
 
+# A profile's segments are in its hash ('segs', names joined by newlines) and it is a
+# member of the set of each (segment_key): written with the view, so the sets always
+# agree with the views (an older view refused leaves them too). The set keys are not
+# among KEYS: one Redis server holds them all (a cluster needs hash tags, issue #22).
+_SEGMENTS = """
+local function names(s)
+  local t = {}
+  for n in string.gmatch(s, "[^\\n]+") do t[n] = true end
+  return t
+end
+local function move_segments(pid, new, prefix)
+  local old = names(redis.call('HGET', KEYS[1], 'segs') or '')
+  local now = names(new)
+  for n in pairs(old) do if not now[n] then redis.call('SREM', prefix .. n, pid) end end
+  for n in pairs(now) do if not old[n] then redis.call('SADD', prefix .. n, pid) end end
+  if new == '' then redis.call('HDEL', KEYS[1], 'segs')
+  else redis.call('HSET', KEYS[1], 'segs', new) end
+end
+"""
+
 # KEYS[1] profile hash, KEYS[2..] the identifier keys of its identifiers (none for a
 # redirect, or when they did not change); ARGV[1] version, ARGV[2] json, ARGV[3] why
 # ('' = none: a redirect keeps no explanation of the profile it was; '=' = unchanged,
@@ -68,14 +88,17 @@ end
 # keys are still offered), 2 = '=' but Redis does not hold the version the writer read:
 # none or an older one (it lost writes), or a newer one (written before a crash from a
 # state the restarted worker's table never got: its explanation may be one the table
-# never had) — nothing written, send it whole.
+# never had) — nothing written, send it whole. ARGV[6] its segments (newline-joined),
+# ARGV[7] the prefix of segment keys.
 _WRITE_IF_NEWER = (
     _INDEX
+    + _SEGMENTS
     + """
 index(2, ARGV[4])
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
 if ARGV[3] == '=' and (not cur or tonumber(cur) ~= tonumber(ARGV[5])) then return 2 end
+move_segments(ARGV[4], ARGV[6], ARGV[7])
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
 if ARGV[3] == '=' then return 1 end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3])
@@ -94,6 +117,14 @@ def profile_key(profile_id: str) -> str:
 
 def identifier_key(id_type: str, value: str) -> str:
     return f"{PREFIX}id:{id_type}:{value}"
+
+
+#: ``segment_key(name)``: the set of the ids of a segment's members.
+SEGMENT_PREFIX = f"{PREFIX}segment:"
+
+
+def segment_key(name: str) -> str:
+    return f"{SEGMENT_PREFIX}{name}"
 
 
 # The view's completeness (``streams.heal``): a marker per profile partition, set by
@@ -163,6 +194,8 @@ def write_args(view: Mapping[str, Any], why: Any, read_version: int = 0) -> list
         encoded,
         view["profile_id"],
         read_version,
+        "\n".join(view.get("segments", ())),
+        SEGMENT_PREFIX,
     ]
 
 

@@ -18,8 +18,10 @@ from profiles.configured import check, identity_rules, trait_rules
 from sinks.kafka import ProfileTopicsSink
 from sinks.redis_view import RedisViewSink
 from streams import heal, identity, metrics, ops, profile, route
+from streams.messages import send_batches
 from streams.patches import fetch, flush, offsets, recovery
-from streams.producer import FastProducer, ProducedTopic
+from streams.producer import DeliveryFailed, FastProducer, ProducedTopic
+from streams.segments import TICK_S, Definitions, Scheduler
 from streams.snapshots import Snapshots
 from streams.topology import Topology, topology
 
@@ -95,6 +97,8 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> dict[str, 
         "profile": ProducedTopic(producer, topo.profile_ops.name),
         "updates": ProducedTopic(producer, topo.profile_updates.name),
         "merges": ProducedTopic(producer, topo.profile_merges.name),
+        "membership": ProducedTopic(producer, topo.segment_membership.name),
+        "dlq": ProducedTopic(producer, topo.dlq.name),
     }
 
     @app.on_before_shutdown.connect
@@ -110,9 +114,10 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> dict[str, 
         app, stages["identity"], topics, tables["identity"], rules, take, max_bytes, produced
     )
 
+    stage = stages["profile"]
     profile.register(
         app,
-        stages["profile"],
+        stage,
         topics,
         tables["profiles"],
         (rules, trait_rules(settings)),
@@ -120,8 +125,8 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> dict[str, 
         take,
         max_bytes,
         produced,
+        _segments(app, settings, topo, tables["profiles"], produced),
     )
-    stage = stages["profile"]
     heal.install(
         app,
         tables["profiles"],
@@ -131,6 +136,50 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> dict[str, 
         settings.redis_url,
     )
     return tables
+
+
+def _segments(
+    app: Any, settings: Settings, topo: Topology, table: Any, produced: dict[str, ProducedTopic]
+) -> profile.SegmentRuntime:
+    """The definitions follower and the scheduler of windows and backfills
+    (``streams.segments``), on the worker's loop."""
+    definitions = Definitions(settings.bootstrap_servers, topo.segments.name)
+    stage = next(s for s in topo.stages if s.name == "profile")
+    producer = produced["profile"].producer
+    max_bytes = settings.max_record_bytes
+
+    def owned() -> list[int]:
+        if app.rebalancing or app.in_recovery:
+            return []
+        return [
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == stage.consumes
+        ]
+
+    async def send(groups: dict[int, list[Any]]) -> None:
+        send_batches(produced["profile"], groups, max_bytes)
+        await producer.delivered()
+
+    scheduler = Scheduler(table, stage.partitions, definitions, owned, send)
+
+    @app.on_before_shutdown.connect
+    async def stop_definitions(app: Any, **kwargs: Any) -> None:
+        definitions.stop()
+
+    @app.timer(interval=TICK_S)
+    async def segment_windows() -> None:
+        definitions.start()  # once: it follows the topic from then on
+        if not definitions.ready.is_set():
+            return
+        try:
+            sent = await scheduler.tick()
+            if sent:
+                metrics.SEGMENT_EVALUATIONS_SENT.labels(why="window").inc(sent)
+        except DeliveryFailed:
+            raise
+        except Exception:  # the next tick tries again; the worker keeps serving
+            log.exception("segment scheduler tick failed")
+
+    return profile.SegmentRuntime(definitions, scheduler)
 
 
 def _snapshots(app: Any, settings: Settings, tables: dict[str, Any]) -> Snapshots | None:
@@ -183,17 +232,27 @@ def profile_sinks(
     by_name = {
         topo.profile_updates.name: produced["updates"],
         topo.profile_merges.name: produced["merges"],
+        topo.segment_membership.name: produced["membership"],
+        topo.dlq.name: produced["dlq"],
     }
 
-    async def send(topic: str, key: bytes, value: bytes | None) -> Any:
+    async def send(
+        topic: str, key: bytes, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> Any:
         # Queued on the worker's producer; the stage awaits the delivery of the whole
         # batch (``FastProducer.delivered``) before the sink's flush.
-        by_name[topic].send(value, key=key)
+        by_name[topic].send(value, key=key, headers=headers)
         return _DONE
 
     return profile.Sinks(
         published=[
-            lambda: ProfileTopicsSink(send, topo.profile_updates.name, topo.profile_merges.name)
+            lambda: ProfileTopicsSink(
+                send,
+                topo.profile_updates.name,
+                topo.profile_merges.name,
+                membership_topic=topo.segment_membership.name,
+                dlq_topic=topo.dlq.name,
+            )
         ],
         views=[lambda: RedisViewSink.from_url(settings.redis_url)],
     )

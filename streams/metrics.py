@@ -71,3 +71,20 @@ REBALANCES = Counter(
 def count_refusals(rules: Tally[str]) -> None:
     for rule, n in rules.items():
         REFUSED.labels(rule=rule).inc(n)
+
+
+SEGMENT_MOVES = Counter(
+    "unifier_segment_transitions",
+    "Profiles that entered or left a segment (segment-membership records sent)",
+    ["segment", "move"],
+)
+SEGMENT_ERRORS = Counter(
+    "unifier_segment_errors",
+    "Segment evaluations that failed for a profile (each dead-lettered with the reason)",
+    ["segment"],
+)
+SEGMENT_EVALUATIONS_SENT = Counter(
+    "unifier_segment_reevaluations",
+    "Profiles sent for another look at their segments, by why (window, backfill)",
+    ["why"],
+)

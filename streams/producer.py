@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -71,13 +71,21 @@ class FastProducer:
             self._failed.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
     def produce(
-        self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int = -1,
+        headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
         """Queue one record (``value`` None: a tombstone); waits only while librdkafka's
         queue is full."""
         while True:
             try:
-                self._producer.produce(topic, value, key, partition)
+                if headers:
+                    self._producer.produce(topic, value, key, partition, headers=list(headers))
+                else:
+                    self._producer.produce(topic, value, key, partition)
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -118,5 +126,11 @@ class ProducedTopic:
         self.producer = producer
         self.name = name
 
-    def send(self, value: bytes | None, partition: int = -1, key: bytes | None = None) -> None:
-        self.producer.produce(self.name, value, key, partition)
+    def send(
+        self,
+        value: bytes | None,
+        partition: int = -1,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.producer.produce(self.name, value, key, partition, headers)

@@ -33,12 +33,14 @@ from profiles.projection import (
     why_of,
 )
 from profiles.rules import IdentityRules
+from profiles.segments import Catalog
 from profiles.traits import TraitRules
 from sinks.base import ChangeBatch, ProfileChange, Sink
 from streams import metrics
 from streams.batches import batches
 from streams.messages import count_internal, group, messages_in, send_internal
 from streams.producer import FastProducer, ProducedTopic
+from streams.segments import Definitions, PassResult, Scheduler, segment_pass
 from streams.state import ChangelogTable, NodeCache, writing
 from streams.topology import Stage
 
@@ -79,15 +81,26 @@ def change_of(
     return ProfileChange(key, view, why, publish, tuple(changed), identity, read_version)
 
 
-def changes_of(cache: NodeCache, rules: TraitRules, outs: list[Any]) -> ChangeBatch:
-    """The batch the sinks get: every profile the view shows among those touched, and
-    the merges made."""
+def changes_of(
+    cache: NodeCache,
+    rules: TraitRules,
+    outs: list[Any],
+    catalog: Catalog | None = None,
+    now_ms: int = 0,
+) -> tuple[ChangeBatch, dict[str, int]]:
+    """The batch the sinks get: every profile the view shows among those touched, the
+    merges made, and (with a catalog) the segments they entered or left; and the next
+    instant at which each profile's segments can change (``streams.segments``)."""
+    touched = shown(cache)
+    views = {key: view_of(key, node, rules) for key, node in touched}
+    result = PassResult()
+    if catalog is not None:
+        result = segment_pass(touched, views, cache.read, rules, catalog, now_ms)
     cache.encode()
-    changes = [
-        change_of(key, node, cache, view_of(key, node, rules), rules) for key, node in shown(cache)
-    ]
+    changes = [change_of(key, node, cache, views[key], rules) for key, node in touched]
     merges = [m for kind, _key, m in outs if kind == "merges" and isinstance(m, Merged)]
-    return ChangeBatch(changes, merges)
+    batch = ChangeBatch(changes, merges, result.transitions, result.errors)
+    return batch, result.dues
 
 
 def observe_delivery(batch: ChangeBatch, messages: list[Any], cache: NodeCache) -> None:
@@ -99,6 +112,15 @@ def observe_delivery(batch: ChangeBatch, messages: list[Any], cache: NodeCache) 
     for msg in messages:
         if isinstance(msg, Apply) and not msg.pass_over:
             metrics.EVENT_TO_VIEW.observe(max(now_ms - msg.event.time_ms, 0) / 1000)
+
+
+def observe_segments(batch: ChangeBatch) -> None:
+    for t in batch.memberships:
+        metrics.SEGMENT_MOVES.labels(
+            segment=t.segment, move="entered" if t.entered else "exited"
+        ).inc()
+    for e in batch.segment_errors:
+        metrics.SEGMENT_ERRORS.labels(segment=e.segment).inc()
 
 
 @dataclass(frozen=True)
@@ -119,6 +141,15 @@ class Sinks:
 
     published: list[Callable[[], Sink]] = field(default_factory=list)
     views: list[Callable[[], Sink]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SegmentRuntime:
+    """What the profile stage needs for segments: the definitions in force, and the
+    scheduler it tells when each touched profile's segments can next change."""
+
+    definitions: Definitions
+    scheduler: Scheduler
 
 
 async def _publish(
@@ -159,6 +190,7 @@ def register(
     take: tuple[int, float],
     max_bytes: int,
     produced: dict[str, ProducedTopic],
+    segments: SegmentRuntime | None = None,
 ) -> Any:
     """The profile agent, consuming ``topics[stage.name]``."""
     identity_rules, trait_rules = rules
@@ -175,7 +207,8 @@ def register(
         outs = []
         for msg in messages:
             outs += handle_profile(cache, msg, identity_rules)
-        batch = changes_of(cache, trait_rules, outs)
+        catalog = segments.definitions.catalog if segments is not None else None
+        batch, dues = changes_of(cache, trait_rules, outs, catalog, int(time.time() * 1000))
         grouped = group(outs, partitions)
         send_internal(grouped, produced["identity"], produced["profile"], max_bytes)
         await _publish(stage.name, published, batch, producer)
@@ -183,6 +216,9 @@ def register(
         with writing(changelog, events, partitions) as before:
             cache.flush(before)
         await _write_views(views, batch)  # while the changelog records are on their way
+        if segments is not None:
+            segments.scheduler.note(dues)
+            observe_segments(batch)
         await producer.delivered()
         for event in events:
             await manual.ack(event)
@@ -193,6 +229,9 @@ def register(
     async def profile(stream: Any) -> None:
         published = [make() for make in sinks.published]
         views = [make() for make in sinks.views]
+        if segments is not None:  # membership decided with no definitions would be wrong
+            segments.definitions.start()
+            await segments.definitions.wait_ready()
         try:
             manual = stream.noack()
             async for events in batches(manual, *take):

@@ -68,6 +68,8 @@ class Topology:
     profile_updates: TopicSpec
     profile_merges: TopicSpec
     schemas: TopicSpec
+    segments: TopicSpec
+    segment_membership: TopicSpec
     tables: dict[str, TableSpec]
     stages: tuple[Stage, ...]
 
@@ -86,7 +88,9 @@ class Topology:
             *changelogs,
             self.profile_updates,
             self.profile_merges,
+            self.segment_membership,
             self.schemas,
+            self.segments,
         ]
 
     def stage_inputs(self) -> list[str]:
@@ -120,6 +124,15 @@ def topology(settings: Settings) -> Topology:
         s.topic_profile_merges, internal, {}, "output: one record per merge of two profiles"
     )
     schemas = TopicSpec(s.topic_schemas, 1, dict(_COMPACT), "writer schemas announced by producers")
+    segments = TopicSpec(
+        s.topic_segments, 1, dict(_COMPACT), "segment definitions (unifier segments apply)"
+    )
+    membership = TopicSpec(
+        s.topic_segment_membership,
+        internal,
+        {},
+        "output: one record per profile entering or leaving a segment",
+    )
     tables = {
         "identity": TableSpec(
             "identity",
@@ -138,7 +151,19 @@ def topology(settings: Settings) -> Topology:
             ops.name,
             internal,
             "profiles",
-            (identity.name, ops.name, updates.name, merges.name),
+            (identity.name, ops.name, updates.name, merges.name, membership.name),
         ),
     )
-    return Topology(touchpoints, dlq, identity, ops, updates, merges, schemas, tables, stages)
+    return Topology(
+        touchpoints,
+        dlq,
+        identity,
+        ops,
+        updates,
+        merges,
+        schemas,
+        segments,
+        membership,
+        tables,
+        stages,
+    )

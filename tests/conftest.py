@@ -49,6 +49,8 @@ def settings(
         topic_profile_updates=f"t{tag}.profile-updates",
         topic_profile_merges=f"t{tag}.profile-merges",
         topic_schemas=f"t{tag}.schemas",
+        topic_segments=f"t{tag}.segments",
+        topic_segment_membership=f"t{tag}.segment-membership",
         **(
             {"identity_limits": {}, "identity_max_claimants": 0}
             if request.node.get_closest_marker("no_identity_limits")

@@ -113,7 +113,12 @@ class Merged:  # -> the profile-merges output
     event_id: str
 
 
-ProfileMsg = Apply | Granted | Merge | Offer | Answer | Release | Denied
+@dataclass(frozen=True, slots=True)
+class Evaluate:  # -> profile[profile]: look at its segments again (a window passed, or
+    profile: str  # the definitions changed); changes nothing else, follows no redirect
+
+
+ProfileMsg = Apply | Granted | Merge | Offer | Answer | Release | Denied | Evaluate
 IdentityMsg = Observe | Claim | Repoint
 # (stage, key, message): stage "identity" or "profile" (a message for that partition),
 # "merges" (a Merged for the output topic) or "refused" (key = the rule, for metrics)

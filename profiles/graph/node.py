@@ -19,6 +19,10 @@ class ProfileNode:
     offered_to: str | None = None  # waiting for this winner's answer
     offering: str | None = None  # the claim whose merge it offered itself for
     held_back: list[ProfileMsg] = field(default_factory=list)
+    # Segment membership (``profiles.segments.Entry`` by segment name), and how many
+    # times it changed: part of the profile's version.
+    segments: dict[str, list[int]] = field(default_factory=dict)
+    segment_moves: int = 0
 
     def reserved(self) -> set[Key]:
         return {ident for ident, _ in self.pending}

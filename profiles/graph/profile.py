@@ -12,6 +12,7 @@ from profiles.graph.messages import (
     Apply,
     Claim,
     Denied,
+    Evaluate,
     Granted,
     Merge,
     Merged,
@@ -40,6 +41,9 @@ def _over_limit(ids: Iterable[Key], rules: IdentityRules) -> str | None:
 def handle_profile(
     table: dict[str, ProfileNode], msg: ProfileMsg, rules: IdentityRules
 ) -> list[Out]:
+    if isinstance(msg, Evaluate):
+        table.get(msg.profile)  # read, so the batch's segment pass sees it
+        return []
     key = _target(msg)
     node = table.get(key)
     if node is None:
@@ -100,7 +104,7 @@ def _merge(node: ProfileNode, key: str, msg: Merge) -> list[Out]:
 
 
 def _target(msg: ProfileMsg) -> str:
-    if isinstance(msg, Apply | Granted | Release | Denied):
+    if isinstance(msg, Apply | Granted | Release | Denied | Evaluate):
         return msg.profile
     if isinstance(msg, Merge | Answer):
         return msg.loser

@@ -97,6 +97,7 @@ def test_view_has_the_documented_form() -> None:
             "merged_from": [],
             "refused_links": 0,
         },
+        "segments": [],
         "version": 3,  # two events and one identifier
     }
 

@@ -6,8 +6,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+
 from profiles.graph.messages import Merged
-from schemas.records import ProfileMerge, ProfileRemoved, ProfileUpdate, merge_from, update_from
+from profiles.segments import EvalError, Transition
+from schemas.records import (
+    ProfileMerge,
+    ProfileRemoved,
+    ProfileUpdate,
+    membership_from,
+    merge_from,
+    update_from,
+)
 from sinks.base import ChangeBatch, ProfileChange
 from sinks.kafka import ProfileTopicsSink
 
@@ -17,21 +27,34 @@ VIEW = {
     "traits": {"first_name": "Ana"},
     "computed": {"event_count": 1, "first_seen": "2026-11-22T10:00:00Z",
                  "last_seen": "2026-11-22T10:00:00Z"},
+    "segments": ["big_spenders"],
     "version": 3,
 }  # fmt: skip
+
+
+sent_headers: list[dict[str, bytes]] = []
 
 
 def run(batch: ChangeBatch) -> tuple[list[tuple[str, bytes, bytes | None]], Any]:
     sent: list[tuple[str, bytes, bytes | None]] = []
 
-    async def send(topic: str, key: bytes, value: bytes | None) -> Any:
+    async def send(topic: str, key: bytes, value: bytes | None, headers: Any = None) -> Any:
         sent.append((topic, key, value))
+        if headers is not None:
+            sent_headers.append(dict(headers))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
     async def go() -> Any:
-        sink = ProfileTopicsSink(send, "profile-updates", "profile-merges", clock=lambda: 1.0)
+        sink = ProfileTopicsSink(
+            send,
+            "profile-updates",
+            "profile-merges",
+            clock=lambda: 1.0,
+            membership_topic="segment-membership",
+            dlq_topic="touchpoints.dlq",
+        )
         await sink.write(batch)
         return await sink.flush()
 
@@ -47,13 +70,24 @@ def test_a_changed_profile_a_tombstone_and_a_merge_reach_the_topics() -> None:
             ProfileChange("p_c", {**VIEW, "profile_id": "p_c"}, {}, False),  # unchanged
         ],
         [Merged("p_b", "p_a", "email:ana@x.com", "e-1")],
+        [Transition("p_a", "big_spenders", True, 5000, 7, 3, 1),
+         Transition("p_b", "big_spenders", False, 5000, 7, 10, 2)],
+        [EvalError("p_a", "broken", 2, "INVALID_ARGUMENT: divide by zero")],
     )  # fmt: skip
+    sent_headers.clear()
     sent, delivery = run(batch)
     assert [(t, k) for t, k, _ in sent] == [
         ("profile-merges", b"p_b"),
         ("profile-updates", b"p_a"),
         ("profile-updates", b"p_b"),
+        ("segment-membership", b"p_a"),
+        ("segment-membership", b"p_b"),
+        ("touchpoints.dlq", b"p_a"),
     ]
+    assert [membership_from(v) for _, _, v in sent[3:5] if v] == batch.memberships
+    assert orjson.loads(sent[5][2] or b"")["segment"] == "broken"
+    assert sent_headers[0]["x-dlq-reason"] == b"segment broken v2: INVALID_ARGUMENT: divide by zero"
+    assert sent_headers[0]["x-dlq-stage"] == b"segments"
     merge = merge_from(sent[0][2])
     assert isinstance(merge, ProfileMerge)
     assert (merge.loser, merge.winner, merge.identifier_type) == ("p_b", "p_a", "email")
@@ -63,8 +97,8 @@ def test_a_changed_profile_a_tombstone_and_a_merge_reach_the_topics() -> None:
     assert update.changed_fields == ("traits.first_name",)
     assert update.updated_at_ms == 1000
     assert update_from(sent[2][1], sent[2][2]) == ProfileRemoved("p_b")
-    assert delivery.counts == {"merges": 1, "updates": 2}
-    assert delivery.written == 3
+    assert delivery.counts == {"merges": 1, "updates": 2, "memberships": 2, "dead_letters": 1}
+    assert delivery.written == 6
 
 
 def test_an_empty_batch_sends_nothing() -> None:

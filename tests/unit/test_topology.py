@@ -38,5 +38,6 @@ def test_topic_creation_and_lag_read_the_topology() -> None:
     assert compacted == {
         settings.topic_profile_updates,
         settings.topic_schemas,
+        settings.topic_segments,
         *(t.changelog for t in topo.tables.values()),
     }

@@ -1,0 +1,357 @@
+"""Segments in the worker: the definitions in force, the pass that keeps each touched
+profile's membership, and the scheduler that has profiles looked at again when a
+window passes or the definitions change.
+
+* ``Definitions`` follows the compacted definitions topic (``unifier segments apply``
+  writes it) from its start, in a thread: every worker holds the same set, and a
+  restarted one reads it again before its profile stage handles a record — a stage
+  that ran with no definitions would take every profile out of every segment.
+* ``segment_pass`` runs in the profile stage on every batch, for the profiles the
+  batch touched (``profiles.segments.reconcile``): only the segments whose fields
+  changed, whose definition changed, or whose window's instant has passed.
+* ``Scheduler`` keeps, per profile partition this worker owns, a heap of the next
+  instants at which a profile's answer can change (``Entry.due``); when one passes it
+  sends that profile an ``Evaluate`` message through the ``profile-ops`` topic, so the
+  change is made by the stage like any other (same table write, same outputs). When a
+  partition is assigned, or the definitions change, it reads the partition's profiles
+  once: their instants go on the heap, and those evaluated against other definitions
+  get an ``Evaluate`` (the backfill), a chunk at a time while events keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from profiles.graph.messages import Evaluate
+from profiles.graph.node import ProfileNode
+from profiles.projection import changed_fields, signature_with_view, version_of
+from profiles.routing import partition_for
+from profiles.segments import (
+    VERSION,
+    Catalog,
+    Definition,
+    EvalError,
+    Segment,
+    SegmentError,
+    Transition,
+    compile_segment,
+    members_of,
+    next_due,
+    reconcile,
+    retire,
+)
+from profiles.traits import TraitRules
+from schemas.wire import node_from
+
+log = logging.getLogger("unifier.segments")
+
+#: Profiles read per step of a scan (the loop is yielded between steps).
+SCAN_CHUNK = 500
+#: How often the scheduler looks at its heaps.
+TICK_S = 0.25
+
+
+def definition_value(d: Definition) -> bytes:
+    return orjson.dumps(d.to_json())
+
+
+def catalog_of(records: dict[str, bytes]) -> tuple[Catalog, list[str]]:
+    """The catalog of the definitions topic's latest records (by segment name); a record
+    this worker cannot compile (written by a newer version?) is left out, with why."""
+    compiled: list[Segment] = []
+    problems = []
+    for name, value in sorted(records.items()):
+        try:
+            compiled.append(compile_segment(Definition.from_json(orjson.loads(value))))
+        except (SegmentError, ValueError, KeyError, TypeError) as exc:
+            problems.append(f"segment {name!r} left out: {exc}")
+    return Catalog(tuple(sorted(compiled, key=lambda s: (s.reads_segments, s.name)))), problems
+
+
+class Definitions:
+    """The definitions topic, followed in a thread. ``catalog`` is what is in force;
+    ``generation`` grows when it changes; ``ready`` is set once the topic was read to
+    the end it had when the follower started."""
+
+    def __init__(self, bootstrap: str, topic: str, poll_s: float = 0.2) -> None:
+        self.topic = topic
+        self.catalog = Catalog()
+        self.generation = 0
+        self.ready = threading.Event()
+        self._records: dict[str, bytes] = {}
+        self._bootstrap = bootstrap
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="segments", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow()
+            except Exception:  # the broker away: start again (the set in force stays)
+                log.exception("reading %s failed; trying again", self.topic)
+                self._stop.wait(2.0)
+
+    def _follow(self) -> None:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self._bootstrap,
+                "group.id": "unifier.segments-reader",  # never joins: partitions assigned
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 100,
+                "enable.partition.eof": True,
+            }
+        )
+        try:
+            consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
+            records: dict[str, bytes] = {}
+            next_offset = 0
+            dirty = False
+            while not self._stop.is_set():
+                msg = consumer.poll(self._poll_s)
+                err = msg.error() if msg is not None else None
+                if msg is not None and err is None:
+                    next_offset = (msg.offset() or 0) + 1
+                    key = (msg.key() or b"").decode()
+                    value = msg.value()
+                    if value is None:
+                        records.pop(key, None)
+                    else:
+                        records[key] = value
+                    dirty = True
+                    continue
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("reading %s: %s", self.topic, err)
+                    continue
+                # High watermark of the latest fetch (ListOffsets can be wrong here).
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, 0), cached=True
+                )
+                if high < 0 or next_offset < high:
+                    continue
+                if dirty or not self.ready.is_set():
+                    self._install(records)
+                    dirty = False
+        finally:
+            consumer.close()
+
+    def _install(self, records: dict[str, bytes]) -> None:
+        if records != self._records or not self.ready.is_set():
+            catalog, problems = catalog_of(records)
+            for problem in problems:
+                log.error("%s", problem)
+            changed = catalog.versions != self.catalog.versions
+            self._records = dict(records)
+            self.catalog = catalog
+            if changed:
+                self.generation += 1
+                log.info(
+                    "segments in force: %s",
+                    ", ".join(f"{n} v{v}" for n, v in catalog.versions.items()) or "none",
+                )
+        self.ready.set()
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready.is_set():
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the segment definitions ({self.topic}) were not read within {timeout_s:.0f}s"
+                )
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class PassResult:
+    transitions: list[Transition] = field(default_factory=list)
+    errors: list[EvalError] = field(default_factory=list)
+    dues: dict[str, int] = field(default_factory=dict)  # profile -> next instant
+
+
+def segment_pass(
+    shown: list[tuple[str, ProfileNode]],
+    views: dict[str, dict[str, Any]],
+    before: dict[str, Any],
+    rules: TraitRules,
+    catalog: Catalog,
+    now_ms: int,
+) -> PassResult:
+    """Bring the membership of the profiles a batch touched up to date; each live
+    view gets its ``segments`` and version. ``before`` holds the signature of each
+    profile as read (``streams.profile.as_read``; "redirect" or absent when new)."""
+    out = PassResult()
+    for key, node in shown:
+        if node.redirect is not None:
+            if node.segments:  # merged away: it leaves its segments
+                version = version_of(node.state) + node.segment_moves
+                moved = retire(key, node.segments, now_ms, version)
+                node.segment_moves += len(moved)
+                out.transitions += moved
+            continue
+        view = views[key]
+        was = before.get(key)
+        changed: list[str] | None = None
+        if isinstance(was, dict):
+            after = signature_with_view(node, view, rules)
+            changed = _changed(was, after)
+        moved, errors = reconcile(key, view, node.segments, catalog, now_ms, changed)
+        if moved:
+            node.segment_moves += len(moved)
+            version = version_of(node.state) + node.segment_moves
+            view["version"] = version
+            view["segments"] = members_of(node.segments)
+            out.transitions += [replace(t, profile_version=version) for t in moved]
+        out.errors += errors
+        due = next_due(node.segments)
+        if due:
+            out.dues[key] = due
+    return out
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    names = changed_fields(before, after)
+    if before.get("version") != after.get("version"):
+        names.append("version")
+    return names
+
+
+def stale(node: ProfileNode, catalog: Catalog) -> bool:
+    """Whether a profile was last evaluated against other definitions than these."""
+    if node.redirect is not None:
+        return bool(node.segments)
+    if not node.state.held:
+        return False
+    entries = node.segments
+    if set(entries) != {s.name for s in catalog.segments}:
+        return True
+    return any(entries[s.name][VERSION] != s.version for s in catalog.segments)
+
+
+class Scheduler:
+    """The instants at which profiles' answers can change, per owned partition; sends
+    ``Evaluate`` messages when they pass and for profiles the definitions left stale."""
+
+    def __init__(
+        self,
+        table: Any,
+        partitions: int,
+        definitions: Definitions,
+        owned: Callable[[], Iterable[int]],
+        send: Callable[[dict[int, list[Any]]], Any],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.partitions = partitions
+        self.definitions = definitions
+        self.owned = owned
+        self.send = send
+        self.clock = clock
+        self.heaps: dict[int, list[tuple[int, str]]] = {}
+        self.scanned: dict[int, int] = {}  # partition -> definitions generation scanned
+        self.backfill: tuple[int, int] | None = None  # (done, total) profiles while scanning
+        self.backfilled = 0  # profiles sent for evaluation by scans
+
+    def note(self, dues: dict[str, int]) -> None:
+        """Instants a batch of the profile stage left (profiles it touched)."""
+        for key, due in dues.items():
+            heap = self.heaps.get(partition_for(key, self.partitions))
+            if heap is not None:
+                heapq.heappush(heap, (due, key))
+
+    async def tick(self) -> int:
+        """Drop partitions no longer owned, scan new ones (or all, when the definitions
+        changed), and send the profiles whose instant has passed; how many were sent."""
+        owned = set(self.owned())
+        for p in list(self.heaps):
+            if p not in owned:
+                del self.heaps[p]
+                self.scanned.pop(p, None)
+        generation = self.definitions.generation
+        todo = sorted(p for p in owned if self.scanned.get(p) != generation)
+        if todo:
+            await self.scan(todo, generation)
+        now_ms = int(self.clock() * 1000)
+        groups: dict[int, list[Any]] = {}
+        for p, heap in self.heaps.items():
+            seen: set[str] = set()
+            while heap and heap[0][0] <= now_ms:
+                _, key = heapq.heappop(heap)
+                if key not in seen:
+                    seen.add(key)
+                    groups.setdefault(p, []).append(Evaluate(key))
+        if groups:
+            await self.send(groups)
+        return sum(len(g) for g in groups.values())
+
+    def _keys(self, partition: int) -> list[str]:
+        data = self.table.data
+        return [
+            k for k in list(data) if "#" not in k and partition_for(k, self.partitions) == partition
+        ]
+
+    async def scan(self, partitions: list[int], generation: int) -> None:
+        catalog = self.definitions.catalog
+        keys = {p: self._keys(p) for p in partitions}
+        total = sum(len(k) for k in keys.values())
+        done = 0
+        started = time.monotonic()
+        sent = 0
+        self.backfill = (0, total)
+        try:
+            for p in partitions:
+                heap: list[tuple[int, str]] = []
+                self.heaps[p] = []  # what batches note meanwhile is kept
+                part = keys[p]
+                for start in range(0, len(part), SCAN_CHUNK):
+                    evaluate: list[Any] = []
+                    for key in part[start : start + SCAN_CHUNK]:
+                        raw = self.table.data.get(key)
+                        if raw is None:
+                            continue
+                        node = node_from(bytes(raw))
+                        if stale(node, catalog):
+                            evaluate.append(Evaluate(key))
+                        due = next_due(node.segments)
+                        if due:
+                            heap.append((due, key))
+                    if evaluate:
+                        await self.send({p: evaluate})
+                        sent += len(evaluate)
+                    done += min(SCAN_CHUNK, len(part) - start)
+                    self.backfill = (done, total)
+                    await asyncio.sleep(0)  # the stages run between chunks
+                heap += self.heaps.get(p, [])
+                heapq.heapify(heap)
+                self.heaps[p] = heap
+                self.scanned[p] = generation
+        finally:
+            self.backfill = None
+        self.backfilled += sent
+        if sent or total > 10_000:
+            log.info(
+                "segments: read %d profiles of partitions %s in %.1f s; %d sent for evaluation",
+                total,
+                partitions,
+                time.monotonic() - started,
+                sent,
+            )
