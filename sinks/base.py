@@ -59,6 +59,8 @@ class ChangeBatch:
     # Profiles that entered or left a segment, and evaluations that failed.
     memberships: list[Transition] = field(default_factory=list)
     segment_errors: list[EvalError] = field(default_factory=list)
+    # Partition of the stage's input -> the last offset of the batch's records in it.
+    source_offsets: dict[int, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.changes or self.merges or self.memberships)

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from profiles.routing import partition_for
 from profiles.segments import EvalError
 from schemas.records import encode_update, membership_record, merge_record
 from sinks.base import ChangeBatch, Delivery
@@ -25,6 +26,10 @@ from sinks.base import ChangeBatch, Delivery
 #: (topic, key, value or None for a tombstone[, headers]) -> a future that completes
 #: on delivery.
 Send = Callable[..., Awaitable[Awaitable[Any]]]
+
+
+#: Header of a membership record: the input offset it was made from.
+SOURCE_OFFSET = "x-source-offset"
 
 
 def _zero() -> dict[str, int]:
@@ -54,12 +59,14 @@ class ProfileTopicsSink:
         clock: Callable[[], float] = time.time,
         membership_topic: str | None = None,
         dlq_topic: str | None = None,
+        partitions: int = 1,
     ) -> None:
         self._send = send
         self.updates_topic = updates_topic
         self.merges_topic = merges_topic
         self.membership_topic = membership_topic
         self.dlq_topic = dlq_topic
+        self.partitions = partitions
         self._clock = clock
         self._pending: list[Awaitable[Any]] = []
         self._counts = _zero()
@@ -80,7 +87,12 @@ class ProfileTopicsSink:
         if self.membership_topic is not None:
             for t in batch.memberships:
                 record = membership_record(t)
-                await self._queue(self.membership_topic, t.profile_id, record, "memberships")
+                # The input offset it came from (``streams.segments.Published``).
+                source = batch.source_offsets.get(partition_for(t.profile_id, self.partitions), -1)
+                headers = [(SOURCE_OFFSET, str(source).encode())]
+                await self._queue(
+                    self.membership_topic, t.profile_id, record, "memberships", headers
+                )
         if self.dlq_topic is not None:
             for e in batch.segment_errors:
                 value = orjson.dumps(

@@ -21,7 +21,7 @@ from streams import heal, identity, metrics, ops, profile, route
 from streams.messages import send_batches
 from streams.patches import fetch, flush, offsets, recovery
 from streams.producer import DeliveryFailed, FastProducer, ProducedTopic
-from streams.segments import TICK_S, Definitions, Scheduler
+from streams.segments import TICK_S, Definitions, Published, Scheduler
 from streams.snapshots import Snapshots
 from streams.topology import Topology, topology
 
@@ -179,7 +179,10 @@ def _segments(
         except Exception:  # the next tick tries again; the worker keeps serving
             log.exception("segment scheduler tick failed")
 
-    return profile.SegmentRuntime(definitions, scheduler)
+    published = Published(
+        settings.bootstrap_servers, topo.segment_membership.name, stage.partitions
+    )
+    return profile.SegmentRuntime(definitions, scheduler, published)
 
 
 def _snapshots(app: Any, settings: Settings, tables: dict[str, Any]) -> Snapshots | None:
@@ -252,6 +255,7 @@ def profile_sinks(
                 topo.profile_merges.name,
                 membership_topic=topo.segment_membership.name,
                 dlq_topic=topo.dlq.name,
+                partitions=topo.segment_membership.partitions,
             )
         ],
         views=[lambda: RedisViewSink.from_url(settings.redis_url)],

@@ -40,7 +40,14 @@ from streams import metrics
 from streams.batches import batches
 from streams.messages import count_internal, group, messages_in, send_internal
 from streams.producer import FastProducer, ProducedTopic
-from streams.segments import Definitions, PassResult, Scheduler, segment_pass
+from streams.segments import (
+    Definitions,
+    PassResult,
+    Published,
+    Scheduler,
+    batch_offsets,
+    segment_pass,
+)
 from streams.state import ChangelogTable, NodeCache, writing
 from streams.topology import Stage
 
@@ -87,6 +94,7 @@ def changes_of(
     outs: list[Any],
     catalog: Catalog | None = None,
     now_ms: int = 0,
+    published: Published | None = None,
 ) -> tuple[ChangeBatch, dict[str, int]]:
     """The batch the sinks get: every profile the view shows among those touched, the
     merges made, and (with a catalog) the segments they entered or left; and the next
@@ -95,7 +103,7 @@ def changes_of(
     views = {key: view_of(key, node, rules) for key, node in touched}
     result = PassResult()
     if catalog is not None:
-        result = segment_pass(touched, views, cache.read, rules, catalog, now_ms)
+        result = segment_pass(touched, views, cache.read, rules, catalog, now_ms, published)
     cache.encode()
     changes = [change_of(key, node, cache, views[key], rules) for key, node in touched]
     merges = [m for kind, _key, m in outs if kind == "merges" and isinstance(m, Merged)]
@@ -150,6 +158,7 @@ class SegmentRuntime:
 
     definitions: Definitions
     scheduler: Scheduler
+    published: Published
 
 
 async def _publish(
@@ -202,13 +211,19 @@ def register(
     async def handle(
         manual: Any, events: list[Any], published: list[Sink], views: list[Sink]
     ) -> None:
+        offsets = batch_offsets(events)
+        if segments is not None:
+            await segments.published.before(offsets)
         messages = await messages_in(events, stage.name, topics["dlq"], log)
         cache = NodeCache(changelog, read)
         outs = []
         for msg in messages:
             outs += handle_profile(cache, msg, identity_rules)
         catalog = segments.definitions.catalog if segments is not None else None
-        batch, dues = changes_of(cache, trait_rules, outs, catalog, int(time.time() * 1000))
+        published_before = segments.published if segments is not None else None
+        now_ms = int(time.time() * 1000)
+        batch, dues = changes_of(cache, trait_rules, outs, catalog, now_ms, published_before)
+        batch.source_offsets.update((p, last) for p, (_first, last) in offsets.items())
         grouped = group(outs, partitions)
         send_internal(grouped, produced["identity"], produced["profile"], max_bytes)
         await _publish(stage.name, published, batch, producer)
@@ -222,6 +237,8 @@ def register(
         await producer.delivered()
         for event in events:
             await manual.ack(event)
+        if segments is not None:
+            segments.published.after(offsets)
         metrics.RECORDS.labels(stage=stage.name).inc(len(events))
         observe_delivery(batch, messages, cache)
 

@@ -37,6 +37,9 @@ from profiles.graph.node import ProfileNode
 from profiles.projection import changed_fields, signature_with_view, version_of
 from profiles.routing import partition_for
 from profiles.segments import (
+    MEMBER,
+    SEQ,
+    SINCE,
     VERSION,
     Catalog,
     Definition,
@@ -52,6 +55,7 @@ from profiles.segments import (
 )
 from profiles.traits import TraitRules
 from schemas.wire import node_from
+from sinks.kafka import SOURCE_OFFSET
 
 log = logging.getLogger("unifier.segments")
 
@@ -195,12 +199,15 @@ def segment_pass(
     rules: TraitRules,
     catalog: Catalog,
     now_ms: int,
+    published: Published | None = None,
 ) -> PassResult:
     """Bring the membership of the profiles a batch touched up to date; each live
     view gets its ``segments`` and version. ``before`` holds the signature of each
     profile as read (``streams.profile.as_read``; "redirect" or absent when new)."""
     out = PassResult()
     for key, node in shown:
+        if published is not None:
+            published.adopt(key, node)
         if node.redirect is not None:
             if node.segments:  # merged away: it leaves its segments
                 version = version_of(node.state) + node.segment_moves
@@ -215,12 +222,11 @@ def segment_pass(
             after = signature_with_view(node, view, rules)
             changed = _changed(was, after)
         moved, errors = reconcile(key, view, node.segments, catalog, now_ms, changed)
-        if moved:
-            node.segment_moves += len(moved)
-            version = version_of(node.state) + node.segment_moves
-            view["version"] = version
-            view["segments"] = members_of(node.segments)
-            out.transitions += [replace(t, profile_version=version) for t in moved]
+        node.segment_moves += len(moved)
+        version = version_of(node.state) + node.segment_moves
+        view["version"] = version
+        view["segments"] = members_of(node.segments)
+        out.transitions += [replace(t, profile_version=version) for t in moved]
         out.errors += errors
         due = next_due(node.segments)
         if due:
@@ -355,3 +361,138 @@ class Scheduler:
                 time.monotonic() - started,
                 sent,
             )
+
+
+#: Records read back per step when looking for what an earlier run published.
+READ_BACK = 2000
+
+
+Sent = dict[tuple[str, str], Transition]  # (profile, segment) -> the last one sent
+
+
+class Published:
+    """Transitions already on the membership topic that the table does not know of.
+
+    Membership records are sent before the batch's table write (``streams.profile``):
+    a worker stopped between the two handles the batch's records again after its
+    restart (or another worker does, after a rebalance), from a table without those
+    transitions. Each record says which input offset it came from (``SOURCE_OFFSET``):
+    when a partition's records arrive from an offset at or before one already handled
+    here — or for the first time — the topic's tail is read back to the records made
+    from that offset on, and the profiles they name take them as their membership
+    (``adopt``) before the batch is evaluated: what was sent is a fact, and what the
+    batch derives from there is new (no transition is sent twice, none is missed)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.partitions = partitions
+        self.last: dict[int, int] = {}  # partition -> last input offset handled
+        self.sent: dict[int, tuple[int, Sent]] = {}
+
+    async def before(self, offsets: dict[int, tuple[int, int]]) -> None:
+        """``offsets``: partition -> (first, last) input offset of the batch."""
+        loop = asyncio.get_running_loop()
+        for p, (first, _last) in offsets.items():
+            handled = self.last.get(p)
+            if handled is None or first <= handled:
+                found = await loop.run_in_executor(None, self.read_back, p, first)
+                if found[1]:
+                    log.info(
+                        "segments: %d membership records of partition %d were sent before "
+                        "(input from offset %d handled again); not sent twice",
+                        len(found[1]), p, first,
+                    )  # fmt: skip
+                self.sent[p] = found
+
+    def adopt(self, profile_id: str, node: ProfileNode) -> None:
+        """Give a profile the transitions sent for it that its stored membership lacks."""
+        if not self.sent:
+            return
+        sent = self.sent.get(partition_for(profile_id, self.partitions))
+        if sent is None:
+            return
+        for (pid, segment), t in sent[1].items():
+            if pid != profile_id:
+                continue
+            entry = node.segments.setdefault(segment, [0, t.definition_version, 0, 0, 0])
+            if t.seq > entry[SEQ]:
+                node.segment_moves += t.seq - entry[SEQ]
+                entry[MEMBER], entry[SEQ], entry[SINCE] = int(t.entered), t.seq, t.at_ms
+                entry[VERSION] = t.definition_version
+
+    def after(self, offsets: dict[int, tuple[int, int]]) -> None:
+        for p, (_first, last) in offsets.items():
+            self.last[p] = max(self.last.get(p, -1), last)
+            sent = self.sent.get(p)
+            if sent is not None and last >= sent[0]:
+                del self.sent[p]  # past every record read back
+
+    def read_back(self, partition: int, first: int) -> tuple[int, Sent]:
+        """(the highest source offset, the transitions) of the records on the topic's
+        partition made from input offset ``first`` on."""
+        from schemas.records import membership_from  # the codec: only when reading back
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": "unifier.segments-read-back",  # never joins
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=10
+            )
+            window = READ_BACK
+            while True:
+                start = max(low, high - window)
+                found, earliest = self._read(consumer, partition, start, first, membership_from)
+                if start <= low or earliest is None or earliest < first:
+                    return found
+                window *= 4
+        finally:
+            consumer.close()
+
+    def _read(
+        self, consumer: Any, partition: int, start: int, first: int, decode: Any
+    ) -> tuple[tuple[int, Sent], int | None]:
+        consumer.assign([TopicPartition(self.topic, partition, start)])
+        keys: Sent = {}
+        top = -1
+        earliest: int | None = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    break
+                continue
+            headers = dict(msg.headers() or [])
+            raw = headers.get(SOURCE_OFFSET)
+            source = int(raw) if raw else -1
+            if earliest is None:
+                earliest = source
+            value = msg.value()
+            if source >= first and value:
+                t = decode(value)
+                keys[(t.profile_id, t.segment)] = t  # in order: the last one stays
+                top = max(top, source)
+        else:
+            raise RuntimeError(f"{self.topic}[{partition}] not read back within 30 s")
+        return (top, keys), earliest
+
+
+def batch_offsets(events: Iterable[Any]) -> dict[int, tuple[int, int]]:
+    """Partition -> (first, last) offset of a batch's records."""
+    out: dict[int, tuple[int, int]] = {}
+    for event in events:
+        p, o = event.message.partition, event.message.offset
+        first, last = out.get(p, (o, o))
+        out[p] = (min(first, o), max(last, o))
+    return out

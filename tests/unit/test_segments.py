@@ -16,6 +16,7 @@ from profiles.segments import (
     Catalog,
     Definition,
     SegmentError,
+    Transition,
     activation,
     compile_segment,
     document,
@@ -261,3 +262,27 @@ def test_membership_kept_on_change_and_on_time_equals_evaluating_the_final_profi
     assert set(members_of(entries)) == members  # the transitions replayed give the same set
     assert all(e[DUE] == 0 or e[DUE] > now for e in entries.values())
     assert {n for n, e in entries.items() if e[MEMBER]} == members
+
+
+def test_a_transition_already_sent_is_adopted_not_sent_again() -> None:
+    """A worker stopped after sending a batch's membership records but before its table
+    write handles the batch again: the records it reads back become the profile's
+    membership, and only what follows from there is sent."""
+    from profiles.graph.node import ProfileNode
+    from profiles.routing import partition_for
+    from streams.segments import Published
+
+    cat = Catalog.of([US_RECENT])
+    node = ProfileNode()
+    sent = Transition("p1", "us_recent_signups", True, T0, 1, 5, 1)
+    published = Published("unused:9092", "membership", 4)
+    published.sent[partition_for("p1", 4)] = (10, {("p1", "us_recent_signups"): sent})
+    published.adopt("p1", node)
+    assert members_of(node.segments) == ["us_recent_signups"]
+    assert node.segment_moves == 1
+    again, _ = reconcile("p1", view(T0, T0), node.segments, cat, T0)
+    assert again == []  # the enter is not sent twice
+    later, _ = reconcile("p1", view(T0, T0), node.segments, cat, T0 + 4320 * HOUR + 1, [])
+    assert [(t.entered, t.seq) for t in later] == [(False, 2)]  # numbering goes on
+    published.after({partition_for("p1", 4): (0, 10)})
+    assert published.sent == {}

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from profiles.graph.messages import Merged
+from profiles.routing import partition_for
 from profiles.segments import EvalError, Transition
 from schemas.records import (
     ProfileMerge,
@@ -54,6 +55,7 @@ def run(batch: ChangeBatch) -> tuple[list[tuple[str, bytes, bytes | None]], Any]
             clock=lambda: 1.0,
             membership_topic="segment-membership",
             dlq_topic="touchpoints.dlq",
+            partitions=4,
         )
         await sink.write(batch)
         return await sink.flush()
@@ -73,6 +75,7 @@ def test_a_changed_profile_a_tombstone_and_a_merge_reach_the_topics() -> None:
         [Transition("p_a", "big_spenders", True, 5000, 7, 3, 1),
          Transition("p_b", "big_spenders", False, 5000, 7, 10, 2)],
         [EvalError("p_a", "broken", 2, "INVALID_ARGUMENT: divide by zero")],
+        {partition_for("p_a", 4): 41},
     )  # fmt: skip
     sent_headers.clear()
     sent, delivery = run(batch)
@@ -86,8 +89,9 @@ def test_a_changed_profile_a_tombstone_and_a_merge_reach_the_topics() -> None:
     ]
     assert [membership_from(v) for _, _, v in sent[3:5] if v] == batch.memberships
     assert orjson.loads(sent[5][2] or b"")["segment"] == "broken"
-    assert sent_headers[0]["x-dlq-reason"] == b"segment broken v2: INVALID_ARGUMENT: divide by zero"
-    assert sent_headers[0]["x-dlq-stage"] == b"segments"
+    assert [h["x-source-offset"] for h in sent_headers[:2]] == [b"41", b"-1"]
+    assert sent_headers[2]["x-dlq-reason"] == b"segment broken v2: INVALID_ARGUMENT: divide by zero"
+    assert sent_headers[2]["x-dlq-stage"] == b"segments"
     merge = merge_from(sent[0][2])
     assert isinstance(merge, ProfileMerge)
     assert (merge.loser, merge.winner, merge.identifier_type) == ("p_b", "p_a", "email")
