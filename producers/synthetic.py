@@ -172,9 +172,11 @@ def make_people(count: int, rng: random.Random) -> list[Person]:
 class _Journey:
     """One person's events, emitted in the order they happened, and what each links."""
 
-    def __init__(self, person: Person, rng: random.Random, start: datetime) -> None:
+    def __init__(
+        self, person: Person, rng: random.Random, start: datetime, spread_days: int = 20
+    ) -> None:
         self.p, self.rng = person, rng
-        self.t = start + timedelta(minutes=rng.randint(0, 60 * 24 * 20))
+        self.t = start + timedelta(minutes=rng.randint(0, 60 * 24 * spread_days))
         self.events: list[dict[str, Any]] = []
         # Per event: the canonical identifiers it carries (junk values left out).
         self.links: list[list[str]] = []
@@ -364,10 +366,11 @@ class _Journey:
 
 
 def journey(
-    person: Person, rng: random.Random, start: datetime, truth: Truth
+    person: Person, rng: random.Random, start: datetime, truth: Truth, spread_days: int = 20
 ) -> list[dict[str, Any]]:
-    """One person's events across the channels; their linkable identifiers go to ``truth``."""
-    j = _Journey(person, rng, start)
+    """One person's events across the channels; their linkable identifiers go to ``truth``.
+    The first starts within ``spread_days`` of ``start``."""
+    j = _Journey(person, rng, start, spread_days)
     j.browse()
     j.sign_in()
     j.junk_form(truth)
@@ -402,12 +405,20 @@ def _components(links: list[list[str]]) -> list[set[str]]:
     return sorted(groups.values(), key=sorted)
 
 
-def generate_journeys(people: int = 100, seed: int = 7, shuffle: bool = True) -> Journeys:
+def generate_journeys(
+    people: int = 100,
+    seed: int = 7,
+    shuffle: bool = True,
+    start: datetime | None = None,
+    spread_days: int = 20,
+) -> Journeys:
+    """People's journeys, each starting within ``spread_days`` of ``start`` (by default
+    2026-11-01: the same events on every run)."""
     rng = random.Random(seed)
-    start = datetime(2026, 11, 1, tzinfo=UTC)
+    start = start or datetime(2026, 11, 1, tzinfo=UTC)
     truth = Truth()
     persons = make_people(people, rng)
-    events = [e for p in persons for e in journey(p, rng, start, truth)]
+    events = [e for p in persons for e in journey(p, rng, start, truth, spread_days)]
     for a, b in zip(persons[::24], persons[1::24], strict=False):
         truth.shared.update(f"anonymous_id:{d}" for d in set(a.devices) & set(b.devices))
     if shuffle:

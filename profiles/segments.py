@@ -182,13 +182,14 @@ class Segment:
         """Whether a change of these view fields (``profiles.projection.changed_fields``
         names: ``identifiers``, ``traits.X``, ``computed.X``, ``segments``,
         ``version``) can change this segment's answer."""
-        for name in changed:
-            if name in self.reads:
-                return True
-            top = name.split(".", 1)[0]
-            if top in self.reads or (top == "identifiers" and "identifiers" in self.reads):
-                return True
-        return False
+        return not self.reads.isdisjoint(changed_keys(changed))
+
+
+def changed_keys(changed: Iterable[str]) -> frozenset[str]:
+    """Changed view fields and the parts they are in (``traits.country`` changes
+    ``traits``): a segment that reads any of them is affected."""
+    names = set(changed)
+    return frozenset(names | {n.split(".", 1)[0] for n in names})
 
 
 # -- compiling ---------------------------------------------------------------------
@@ -474,6 +475,10 @@ class Catalog:
     other's)."""
 
     segments: tuple[Segment, ...] = ()
+    by_name: dict[str, Segment] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.by_name.update((s.name, s) for s in self.segments)
 
     @classmethod
     def of(cls, definitions: Iterable[Definition]) -> Catalog:
@@ -484,10 +489,7 @@ class Catalog:
         return len(self.segments)
 
     def get(self, name: str) -> Segment | None:
-        for s in self.segments:
-            if s.name == name:
-                return s
-        return None
+        return self.by_name.get(name)
 
     @property
     def versions(self) -> dict[str, int]:
@@ -511,10 +513,14 @@ class Outcome:
     error: str | None = None
 
 
+_IN, _OUT = Outcome(True), Outcome(False)
+
+
 def _outcome(value: Any) -> Outcome:
+    answer = value.value()
+    if answer is True or answer is False:  # the common case, without asking the type
+        return _IN if answer else _OUT
     kind = value.type()
-    if kind == _T.BOOL:
-        return Outcome(bool(value.value()))
     message = str(value.value()) if kind == _T.ERROR else f"gave {kind.name().lower()}"
     if any(m in message for m in _MISSING):
         return Outcome(False)
@@ -637,16 +643,16 @@ def reconcile(
         if t is not None:
             transitions.append(t)
         del entries[name]
-    changed_set = None if changed is None else set(changed)
+    keys = None if changed is None else changed_keys(changed)
 
     def due(seg: Segment) -> bool:
         entry = entries.get(seg.name)
         return (
-            changed_set is None
+            keys is None
             or entry is None
             or entry[VERSION] != seg.version
             or bool(entry[DUE] and entry[DUE] <= now_ms)
-            or seg.affected_by(changed_set)
+            or not seg.reads.isdisjoint(keys)
         )
 
     first = [s for s in catalog.segments if not s.reads_segments and due(s)]

@@ -3,6 +3,8 @@
     GET /v1/profiles/{id}                  a profile (a merged-away id answers with the survivor)
     GET /v1/profiles?type=email&value=...  the profile holding an identifier (normalized first)
     GET /v1/profiles/{id}/why              how its identifiers were linked, its merges, refusals
+    GET /v1/segments                       the segments in force, with their member counts
+    GET /v1/segments/{name}/members        a page of a segment's member ids (?cursor=&limit=)
     GET /health                            the process answers
     GET /ready                             ... Redis answers and the view is complete
     GET /openapi.json                      the OpenAPI document of all this
@@ -117,6 +119,32 @@ async def find_profile(request: web.Request) -> web.Response:
     return _stored(found)
 
 
+async def list_segments(request: web.Request) -> web.Response:
+    found = await request.app[VIEW].segments()
+    return _json({"segments": list(found.values())})
+
+
+#: Members per page of ``/v1/segments/{name}/members``, by default and at most.
+MEMBERS_PAGE = 500
+MEMBERS_MAX = 5000
+
+
+async def segment_members(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    cursor_text = request.query.get("cursor", "0")
+    limit_text = request.query.get("limit", str(MEMBERS_PAGE))
+    if not cursor_text.isdigit() or not limit_text.isdigit():
+        return _error(400, "cursor and limit are whole numbers (cursor: from next_cursor)")
+    limit = int(limit_text)
+    if not 1 <= limit <= MEMBERS_MAX:
+        return _error(400, f"limit is between 1 and {MEMBERS_MAX}")
+    view = request.app[VIEW]
+    if not await view.has_segment(name):
+        return _error(404, f"no segment {name}")
+    ids, after = await view.members(name, int(cursor_text), limit)
+    return _json({"segment": name, "members": ids, "next_cursor": str(after) if after else None})
+
+
 async def health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
@@ -151,6 +179,8 @@ def create_api(settings: Settings) -> web.Application:
     app.router.add_get("/v1/profiles", find_profile)
     app.router.add_get("/v1/profiles/{profile_id}", get_profile)
     app.router.add_get("/v1/profiles/{profile_id}/why", why_profile)
+    app.router.add_get("/v1/segments", list_segments)
+    app.router.add_get("/v1/segments/{name}/members", segment_members)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/openapi.json", openapi)
@@ -181,7 +211,19 @@ _PROFILE = {
         },
         "traits": {"type": "object"},
         "computed": {"type": "object"},
+        "segments": {"type": "array", "items": {"type": "string"}},
         "version": {"type": "integer"},
+    },
+}
+_SEGMENT = {
+    "type": "object",
+    "required": ["name", "where", "description", "version", "members"],
+    "properties": {
+        "name": {"type": "string"},
+        "where": {"type": "string", "description": "The CEL expression"},
+        "description": {"type": "string"},
+        "version": {"type": "integer"},
+        "members": {"type": "integer"},
     },
 }
 
@@ -267,6 +309,63 @@ OPENAPI: dict[str, Any] = {
                         "The explanation",
                     ),
                     **_errors(401, 403, 404, 503),
+                },
+            }
+        },
+        "/v1/segments": {
+            "get": {
+                "summary": "The segments in force, with their number of members",
+                "security": _SECURED,
+                "responses": {
+                    **_ok(
+                        {
+                            "type": "object",
+                            "required": ["segments"],
+                            "properties": {
+                                "segments": {"type": "array", "items": _SEGMENT},
+                            },
+                        },
+                        "The segments",
+                    ),
+                    **_errors(401, 403, 503),
+                },
+            }
+        },
+        "/v1/segments/{name}/members": {
+            "get": {
+                "summary": "A page of a segment's member profile ids; follow next_cursor "
+                "until it is null (pages may be shorter than limit, or empty)",
+                "security": _SECURED,
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "next_cursor of the page before (none: the first page)",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MEMBERS_MAX},
+                    },
+                ],
+                "responses": {
+                    **_ok(
+                        {
+                            "type": "object",
+                            "required": ["segment", "members", "next_cursor"],
+                            "properties": {
+                                "segment": {"type": "string"},
+                                "members": {"type": "array", "items": {"type": "string"}},
+                                "next_cursor": {"type": "string", "nullable": True},
+                            },
+                        },
+                        "A page of members",
+                    ),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             }
         },

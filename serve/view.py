@@ -12,7 +12,18 @@ import orjson
 import redis
 import redis.asyncio as aredis
 
-from sinks.redis_view import PREFIX, identifier_key, profile_key, view_state
+from sinks.redis_view import (
+    DEFINITIONS_KEY,
+    PREFIX,
+    identifier_key,
+    profile_key,
+    segment_key,
+    view_state,
+)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisProfileView:
@@ -132,6 +143,28 @@ class AsyncRedisView:
         """None when the workers have every profile partition in the view; else why
         not (Redis lost its data and they are writing it again)."""
         return await view_state(self._r, partitions)
+
+    async def segments(self) -> dict[str, dict[str, Any]]:
+        """The segment definitions in force (as the workers last wrote them), by name,
+        each with its number of members."""
+        raw = await self._r.hgetall(DEFINITIONS_KEY)
+        names = sorted(_text(k) for k in raw)
+        pipe = self._r.pipeline(transaction=False)
+        for name in names:
+            pipe.scard(segment_key(name))
+        counts = await pipe.execute()
+        return {
+            name: {**orjson.loads(raw[name.encode()]), "members": int(n)}
+            for name, n in zip(names, counts, strict=True)
+        }
+
+    async def has_segment(self, name: str) -> bool:
+        return bool(await self._r.hexists(DEFINITIONS_KEY, name))
+
+    async def members(self, name: str, cursor: int, count: int) -> tuple[list[str], int]:
+        """A page of a segment's member ids and the cursor of the next (0: the last)."""
+        next_cursor, ids = await self._r.sscan(segment_key(name), cursor=cursor, count=count)
+        return sorted(_text(i) for i in ids), int(next_cursor)
 
     async def why(self, profile_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         found = await self._follow(profile_id)

@@ -121,10 +121,22 @@ def identifier_key(id_type: str, value: str) -> str:
 
 #: ``segment_key(name)``: the set of the ids of a segment's members.
 SEGMENT_PREFIX = f"{PREFIX}segment:"
+#: The definitions in force (segment name -> its JSON), as the workers hold them: what
+#: the read API lists (``GET /v1/segments``).
+DEFINITIONS_KEY = f"{PREFIX}segments"
 
 
 def segment_key(name: str) -> str:
     return f"{SEGMENT_PREFIX}{name}"
+
+
+async def write_definitions(client: aredis.Redis, definitions: Mapping[str, bytes]) -> None:
+    """Replace the definitions readers see with these (one transaction)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(DEFINITIONS_KEY)
+    if definitions:
+        pipe.hset(DEFINITIONS_KEY, mapping=dict(definitions))  # type: ignore[arg-type]
+    await pipe.execute()
 
 
 # The view's completeness (``streams.heal``): a marker per profile partition, set by

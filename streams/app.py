@@ -12,16 +12,17 @@ import signal
 from typing import Any, cast
 
 import faust
+import redis.asyncio as aredis
 
 from config.settings import Settings
 from profiles.configured import check, identity_rules, trait_rules
 from sinks.kafka import ProfileTopicsSink
-from sinks.redis_view import RedisViewSink
+from sinks.redis_view import RedisViewSink, write_definitions
 from streams import heal, identity, metrics, ops, profile, route
 from streams.messages import send_batches
 from streams.patches import fetch, flush, offsets, recovery
 from streams.producer import DeliveryFailed, FastProducer, ProducedTopic
-from streams.segments import TICK_S, Definitions, Published, Scheduler
+from streams.segments import TICK_S, Definitions, Mirror, Published, Scheduler
 from streams.snapshots import Snapshots
 from streams.topology import Topology, topology
 
@@ -160,10 +161,20 @@ def _segments(
         await producer.delivered()
 
     scheduler = Scheduler(table, stage.partitions, definitions, owned, send)
+    client: list[aredis.Redis] = []
+
+    async def mirror_write(records: dict[str, bytes]) -> None:
+        if not client:
+            client.append(aredis.Redis.from_url(settings.redis_url, socket_timeout=10))
+        await write_definitions(client[0], records)
+
+    mirror = Mirror(definitions, mirror_write)
 
     @app.on_before_shutdown.connect
     async def stop_definitions(app: Any, **kwargs: Any) -> None:
         definitions.stop()
+        for c in client:
+            await c.aclose()
 
     @app.timer(interval=TICK_S)
     async def segment_windows() -> None:
@@ -178,6 +189,10 @@ def _segments(
             raise
         except Exception:  # the next tick tries again; the worker keeps serving
             log.exception("segment scheduler tick failed")
+        try:
+            await mirror.sync()
+        except (aredis.RedisError, OSError) as exc:  # Redis away: the next tick retries
+            log.debug("segment definitions not mirrored to Redis: %s", exc)
 
     published = Published(
         settings.bootstrap_servers, topo.segment_membership.name, stage.partitions

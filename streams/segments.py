@@ -175,6 +175,11 @@ class Definitions:
                 )
         self.ready.set()
 
+    @property
+    def records(self) -> dict[str, bytes]:
+        """The definitions in force as they are on the topic (segment name -> JSON)."""
+        return dict(self._records)
+
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not self.ready.is_set():
@@ -183,6 +188,28 @@ class Definitions:
                     f"the segment definitions ({self.topic}) were not read within {timeout_s:.0f}s"
                 )
             await asyncio.sleep(0.05)
+
+
+#: The definitions readers see in Redis are written again at least this often (a
+#: Redis that lost its data has them back).
+MIRROR_EVERY_S = 30.0
+
+
+class Mirror:
+    """Keeps the definitions in force in Redis for the read API (``GET /v1/segments``)."""
+
+    def __init__(self, definitions: Definitions, write: Callable[[dict[str, bytes]], Any]):
+        self.definitions = definitions
+        self.write = write
+        self.generation = -1
+        self.at = 0.0
+
+    async def sync(self) -> None:
+        generation = self.definitions.generation
+        if generation == self.generation and time.monotonic() - self.at < MIRROR_EVERY_S:
+            return
+        await self.write(self.definitions.records)
+        self.generation, self.at = generation, time.monotonic()
 
 
 @dataclass
@@ -397,12 +424,11 @@ class Published:
             handled = self.last.get(p)
             if handled is None or first <= handled:
                 found = await loop.run_in_executor(None, self.read_back, p, first)
-                if found[1]:
-                    log.info(
-                        "segments: %d membership records of partition %d were sent before "
-                        "(input from offset %d handled again); not sent twice",
-                        len(found[1]), p, first,
-                    )  # fmt: skip
+                log.info(
+                    "segments: partition %d from input offset %d (last handled here: %s): "
+                    "%d membership records sent before, up to input offset %d",
+                    p, first, handled, len(found[1]), found[0],
+                )  # fmt: skip
                 self.sent[p] = found
 
     def adopt(self, profile_id: str, node: ProfileNode) -> None:

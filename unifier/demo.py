@@ -12,6 +12,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,38 @@ def demo_settings(state_dir: Path) -> Settings:
 
 
 DEMO_KEY = "wk_demo"
+
+#: The README's two examples ("Segments"), applied before the demo's traffic.
+DEMO_SEGMENTS = {
+    "us_recent_signups": 'profile.traits.country == "US" && '
+    'timestamp(profile.computed.first_seen) > now - duration("4320h")',
+    "high_value_lapsed": "profile.computed.orders >= 2 && "
+    'timestamp(profile.computed.last_seen) < now - duration("1440h")',
+}
+#: The demo's customers start their journeys over the last 200 days, so that some
+#: signed up recently and some have lapsed.
+HISTORY_DAYS = 200
+
+
+def _apply_segments(settings: Settings) -> None:
+    from profiles.segments import Definition
+    from unifier.segments import plan, publish
+
+    wanted = [Definition(name, where) for name, where in DEMO_SEGMENTS.items()]
+    publish(settings, plan(wanted, {}))
+
+
+def _segment_sizes(settings: Settings) -> str:
+    import redis
+
+    from unifier.segments import sizes
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        counts = sizes(client, list(DEMO_SEGMENTS))
+    finally:
+        client.close()
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
 
 
 def _post(url: str, events: list[dict[str, Any]]) -> None:
@@ -112,6 +145,7 @@ def run_demo(people: int, show: int, console: Console, status: Console) -> None:
         settings = demo_settings(Path(tmp))
         with running(settings) as stack:
             spinner.update("starting a worker (it joins its consumer group) and the collector")
+            _apply_segments(settings)
             stack.start_worker()
             stack.start_collector()
             status.print(
@@ -120,8 +154,14 @@ def run_demo(people: int, show: int, console: Console, status: Console) -> None:
                 f"collector http://{settings.collector_host}:{settings.collector_port}"
             )
             spinner.update("sending touchpoints and waiting for the worker to catch up")
-            journeys = generate_journeys(people, seed=7)
+            journeys = generate_journeys(
+                people,
+                seed=7,
+                start=datetime.now(UTC) - timedelta(days=HISTORY_DAYS),
+                spread_days=HISTORY_DAYS - 20,
+            )
             _send_and_wait(settings, stack, journeys.events, people, status)
+            segments = _segment_sizes(settings)
             view = RedisProfileView.from_url(settings.redis_url)
             with contextlib.closing(view):
                 profiles = sorted(view.scan(), key=_score, reverse=True)
@@ -137,6 +177,7 @@ def run_demo(people: int, show: int, console: Console, status: Console) -> None:
             f"{refused} links refused by the identity rules); against the generator's truth: "
             f"precision {result.precision:.3f}, recall {result.recall:.3f}"
         )
+        status.print(f'[green]✓[/] segments (README "Segments"), members: {segments}')
         console.print(_summary(profiles[:show]))
         if profiles:
             console.print("the first one, as `unifier profiles get --id` prints it:")

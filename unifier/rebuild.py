@@ -29,7 +29,7 @@ from config.settings import Settings
 from profiles.projection import redirect_view
 from schemas.records import ProfileMerge, ProfileRemoved, ProfileUpdate
 from serve.feed import ProfileFeed
-from sinks.redis_view import PREFIX, RedisWriter, profile_key
+from sinks.redis_view import DEFINITIONS_KEY, PREFIX, RedisWriter, profile_key
 
 BATCH = 500
 BOOKKEEPING = f"{PREFIX}view:".encode()
@@ -48,11 +48,12 @@ class RebuildResult:
 def clear(client: redis.Redis) -> int:
     """Delete every key of the view (``unifier:*``) but the workers' bookkeeping of its
     completeness (``unifier:view:*``, ``streams.heal``: the rebuild that follows makes
-    it true again); returns how many."""
+    it true again) and the segment definitions they keep there (not part of the log's
+    view: a rebuild would not bring them back); returns how many."""
     deleted = 0
     batch: list[Any] = []
     for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
-        if key.startswith(BOOKKEEPING):
+        if key.startswith(BOOKKEEPING) or key == DEFINITIONS_KEY.encode():
             continue
         batch.append(key)
         if len(batch) >= 1000:

@@ -30,6 +30,7 @@ from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views, write_jsonl
 from tests.support.http import get_text, metric, post
 from tests.support.kafka import consume_all
+from tests.support.segments import STEADY, apply, assert_membership_agrees
 from tests.support.view import VersionWatch, dump_as_read
 from unifier.ingest import ingest_file
 from unifier.processes import free_port
@@ -58,6 +59,7 @@ def stack(tmp_path: Path) -> Iterator[EmbeddedStack]:
         embedded.start_broker()
         embedded.start_redis()
         ensure_topics(settings)
+        apply(settings, STEADY)  # segments move as events arrive and profiles merge
         yield embedded
 
 
@@ -102,6 +104,7 @@ def assert_exact(settings: Settings, events: list[dict[str, Any]], watch: Versio
     assert comparable(got.values()) == reference_views(events, settings)
     assert sum(p["computed"]["event_count"] for p in got.values()) == len(events)
     assert watch.samples > 10 and not watch.backwards, watch.backwards[:3]
+    assert_membership_agrees(settings, got)  # one record per transition, none missing
     before = dump_as_read(settings.redis_url)
     rebuild(settings, clear_first=True, progress=False)
     after = dump_as_read(settings.redis_url)

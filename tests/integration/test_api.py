@@ -153,3 +153,55 @@ def test_no_request_breaks_the_api_or_its_document(topics: Settings, api: str) -
             )
 
         check()
+
+
+def test_segments_and_their_members_page_by_page(topics: Settings, api: str) -> None:
+    """The sets follow the views written (the write-if-newer script moves a profile
+    between them), and the API lists definitions and pages through members."""
+    from profiles.segments import Definition
+    from sinks.redis_view import RedisWriter
+    from streams.segments import definition_value
+
+    client = redis.Redis.from_url(topics.redis_url)
+    writer = RedisWriter(client)
+
+    def view(pid: str, version: int, segments: list[str]) -> dict[str, Any]:
+        return {"profile_id": pid, "identifiers": {}, "traits": {}, "computed": {},
+                "segments": segments, "version": version}  # fmt: skip
+
+    try:
+        buyers = Definition("buyers", "profile.computed.orders >= 1", "bought once", 7)
+        asyncio.run(_write_definitions(topics.redis_url, {"buyers": definition_value(buyers)}))
+        writer.write([view(f"p_{i:04d}", 1, ["buyers"]) for i in range(1200)])
+        writer.write([view("p_0000", 2, []), view("p_0001", 0, [])])  # out; an older write
+        status, body = get_json(f"{api}/v1/segments", KEY)
+        assert status == 200
+        assert body == {"segments": [{**buyers.to_json(), "members": 1199}]}
+        seen: list[str] = []
+        cursor: str | None = "0"
+        while cursor is not None:
+            status, page = get_json(
+                f"{api}/v1/segments/buyers/members?cursor={cursor}&limit=300", KEY
+            )
+            assert status == 200 and page["segment"] == "buyers"
+            seen += page["members"]
+            cursor = page["next_cursor"]
+        assert sorted(set(seen)) == [f"p_{i:04d}" for i in range(1, 1200)]
+        assert get_json(f"{api}/v1/segments/nobody/members", KEY) == (
+            404, {"error": "no segment nobody"})  # fmt: skip
+        assert get_json(f"{api}/v1/segments/buyers/members?limit=0", KEY)[0] == 400
+        assert get_json(f"{api}/v1/segments", NO_SCOPE)[0] == 403
+    finally:
+        client.close()
+
+
+async def _write_definitions(url: str, records: dict[str, bytes]) -> None:
+    import redis.asyncio as aredis
+
+    from sinks.redis_view import write_definitions
+
+    client = aredis.Redis.from_url(url)
+    try:
+        await write_definitions(client, records)
+    finally:
+        await client.aclose()

@@ -58,11 +58,12 @@ Comparable = dict[tuple[str, ...], dict[str, Any]]
 
 def comparable(views: Iterable[dict[str, Any]]) -> Comparable:
     """Profiles keyed by their identifiers, without what depends on arrival order and
-    batching (profile ids, versions, which ids were merged away)."""
+    batching (profile ids, versions, which ids were merged away), and without segments
+    (which depend on the definitions in force: ``tests.support.segments`` checks them)."""
     out: Comparable = {}
     for view in views:
         ids = tuple(sorted(f"{t}:{v}" for t, vs in view["identifiers"].items() for v in vs))
-        body = {k: v for k, v in view.items() if k not in ("profile_id", "version")}
+        body = {k: v for k, v in view.items() if k not in ("profile_id", "version", "segments")}
         body["computed"] = {
             k: v for k, v in view["computed"].items() if k not in ("merged_from", "refused_links")
         }

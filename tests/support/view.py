@@ -60,11 +60,13 @@ def dump(url: str) -> dict[str, Any]:
             if key.startswith(f"{PREFIX}view:".encode()):
                 continue
             kind = client.type(key)
-            out[key.decode()] = (
-                {k.decode(): v for k, v in client.hgetall(key).items()}  # type: ignore[union-attr]
-                if kind == b"hash"
-                else client.get(key)
-            )
+            if kind == b"hash":
+                value: Any = {k.decode(): v for k, v in client.hgetall(key).items()}  # type: ignore[union-attr]
+            elif kind == b"set":  # a segment's members
+                value = sorted(client.smembers(key))  # type: ignore[arg-type]
+            else:
+                value = client.get(key)
+            out[key.decode()] = value
         return out
     finally:
         client.close()
