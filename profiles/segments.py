@@ -33,6 +33,7 @@ stream dead-letters it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -43,8 +44,9 @@ from typing import Any
 
 from cel_expr_python import cel
 from celpy import celparser
-from lark import Tree
+from lark import Token, Tree
 
+from profiles.celfast import Fallback, Fn, Missing, Ts, compile_fast, env_at
 from profiles.profile import iso
 from profiles.standardize import DEFAULT_INDEX, trait_name
 
@@ -148,6 +150,7 @@ class Clock:
     text: str
     other: Any  # compiled
     shift_ms: int
+    fast: Fn | None = None  # profiles.celfast: the same, as a closure
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,7 @@ class Segment:
     reads: frozenset[str]  # "traits.country", "computed", "identifiers", "segments"...
     clocks: tuple[Clock, ...]
     comparisons: tuple[Comparison, ...]
+    fast: Fn | None = None  # profiles.celfast: the same, as a closure (None: not compiled)
 
     @property
     def name(self) -> str:
@@ -237,8 +241,57 @@ def _idents(node: Any, name: str) -> list[Tree]:
     return [t for t in node.iter_subtrees() if t.data == "ident" and str(t.children[0]) == name]
 
 
-def _span(node: Tree) -> tuple[int, int]:
-    return node.meta.start_pos, node.meta.end_pos
+_SYMBOLS = {**_COMPARISONS, "addition_add": "+", "addition_sub": "-", "multiplication_mul": "*",
+            "multiplication_div": "/", "multiplication_mod": "%"}  # fmt: skip
+
+
+def _args(node: Any) -> str:
+    return ", ".join(_unparse(c) for c in node.children) if isinstance(node, Tree) else ""
+
+
+def unparse_error(what: str) -> SegmentError:
+    return SegmentError("?", f"not supported here: {what}")
+
+
+def _unparse(node: Any) -> str:  # noqa: PLR0911, PLR0912 - one branch per rule
+    """The text of a subtree (the parser's positions are not reliable inside one)."""
+    if isinstance(node, Token):
+        return str(node)
+    kind, kids = node.data, node.children
+    if len(kids) == 1 and kind in _WRAPPERS - {"paren_expr"}:
+        return _unparse(kids[0])
+    if kind == "expr":
+        return f"{_unparse(kids[0])} ? {_unparse(kids[1])} : {_unparse(kids[2])}"
+    if kind in ("conditionalor", "conditionaland"):
+        op = "||" if kind == "conditionalor" else "&&"
+        return f"{_unparse(kids[0])} {op} {_unparse(kids[1])}"
+    if kind in ("relation", "addition", "multiplication"):
+        op, right = kids
+        return f"{_unparse(op.children[0])} {_SYMBOLS[op.data]} {_unparse(right)}"
+    if kind == "unary":
+        return ("!" if kids[0].data == "unary_not" else "-") + _unparse(kids[1])
+    if kind == "paren_expr":
+        return f"({_unparse(kids[0])})"
+    if kind == "member_dot":
+        return f"{_unparse(kids[0])}.{kids[1]}"
+    if kind == "member_dot_arg":
+        args = _args(kids[2]) if len(kids) > 2 else ""
+        return f"{_unparse(kids[0])}.{kids[1]}({args})"
+    if kind == "member_index":
+        return f"{_unparse(kids[0])}[{_unparse(kids[1])}]"
+    if kind in ("ident", "literal"):
+        return str(kids[0])
+    if kind == "ident_arg":
+        return f"{kids[0]}({_args(kids[1]) if len(kids) > 1 else ''})"
+    if kind == "list_lit":
+        return f"[{_args(kids[0]) if kids else ''}]"
+    if kind == "map_lit":
+        items = kids[0].children if kids and kids[0] is not None else []
+        pairs = [f"{_unparse(items[i])}: {_unparse(items[i + 1])}" for i in range(0, len(items), 2)]
+        return "{" + ", ".join(pairs) + "}"
+    if kind == "dot_ident":
+        return f".{kids[0]}"
+    raise unparse_error(kind)
 
 
 @dataclass
@@ -328,7 +381,9 @@ def _analyse(name: str, tree: Tree, text: str) -> _Analysis:
                 # has() needs a select: the check sees a bool of the same length.
                 _, _, read = _field_type(name, chain, text)
                 out.reads.add(read)
-                out.replaced.append((*_span(node), _T.BOOL))
+                opened = text.rfind("has", 0, chain.start)
+                close = text.index(")", chain.ends[-1])
+                out.replaced.append((opened, close + 1, _T.BOOL))
                 continue
         if node.data == "member_dot":
             chain = _chain(node)
@@ -371,8 +426,7 @@ def _shift(name: str, side: Any, text: str) -> int | None:
         return None
     if _ident(op.children[0]) != "now" or _idents(rhs, "now") or _idents(rhs, "profile"):
         return None
-    start, end = _span(rhs)
-    program = _checked(name, _CONST_ENV, text[start:end])
+    program = _checked(name, _CONST_ENV, _unparse(rhs))
     value = program.eval().value()
     if not isinstance(value, timedelta):
         return None
@@ -391,8 +445,10 @@ def _clocks(name: str, tree: Tree, text: str) -> tuple[list[Clock], list[Compari
         if not (isinstance(op, Tree) and op.data in _COMPARISONS):
             continue
         left = op.children[0]
-        start, end = node.meta.start_pos, node.meta.end_pos
-        comparisons.append(Comparison(text[start:end], _checked(name, _DYN_ENV, text[start:end])))
+        shown = _unparse(node)
+        # one inside a macro, over its variable, has no value of its own to show
+        with contextlib.suppress(SegmentError):
+            comparisons.append(Comparison(shown, _checked(name, _DYN_ENV, shown)))
         if op.data not in _ORDERING:
             continue
         for now_side, other in ((left, right), (right, left)):
@@ -401,9 +457,9 @@ def _clocks(name: str, tree: Tree, text: str) -> tuple[list[Clock], list[Compari
             shift = _shift(name, now_side, text)
             if shift is None:
                 continue
-            o_start, o_end = _span(other)
-            program = _checked(name, _DYN_ENV, text[o_start:o_end])
-            clocks.append(Clock(text[o_start:o_end], program, shift))
+            shown = _unparse(other)
+            program = _checked(name, _DYN_ENV, shown)
+            clocks.append(Clock(shown, program, shift, compile_fast(other, text)))
             used.update(id(t) for t in _idents(now_side, "now"))
     for ident in _idents(tree, "now"):
         if id(ident) not in used:
@@ -439,7 +495,12 @@ def compile_segment(definition: Definition) -> Segment:
         )
     clocks, comparisons = _clocks(name, tree, text)
     return Segment(
-        definition, program, frozenset(analysis.reads), tuple(clocks), tuple(comparisons)
+        definition,
+        program,
+        frozenset(analysis.reads),
+        tuple(clocks),
+        tuple(comparisons),
+        compile_fast(tree, text),
     )
 
 
@@ -476,9 +537,42 @@ class Catalog:
 
     segments: tuple[Segment, ...] = ()
     by_name: dict[str, Segment] = field(default_factory=dict, compare=False)
+    # what a field change makes due: read key -> names of the segments reading it
+    readers: dict[str, frozenset[str]] = field(default_factory=dict, compare=False)
+    later: tuple[Segment, ...] = field(default=(), compare=False)  # read profile.segments
+    reads: frozenset[str] = field(default=frozenset(), compare=False)  # of them all
+    versions_items: tuple[tuple[str, int], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         self.by_name.update((s.name, s) for s in self.segments)
+        readers: dict[str, set[str]] = {}
+        for s in self.segments:
+            for r in s.reads:
+                readers.setdefault(r, set()).add(s.name)
+        self.readers.update((k, frozenset(v)) for k, v in readers.items())
+        object.__setattr__(self, "later", tuple(s for s in self.segments if s.reads_segments))
+        object.__setattr__(self, "reads", frozenset().union(*(s.reads for s in self.segments)))
+        items = tuple((s.name, s.version) for s in self.segments)
+        object.__setattr__(self, "versions_items", items)
+
+    def due(
+        self, entries: Mapping[str, Entry], now_ms: int, changed: Iterable[str] | None
+    ) -> set[str]:
+        """The segments to evaluate for a profile: all (``changed`` None), those new or
+        changed since it was evaluated, those whose window's instant has passed, and
+        those reading a field that changed."""
+        if changed is None:
+            return set(self.by_name)
+        names: set[str] = set()
+        for key in changed_keys(changed):
+            found = self.readers.get(key)
+            if found:
+                names |= found
+        for name, version in self.versions_items:
+            entry = entries.get(name)
+            if entry is None or entry[1] != version or 0 < entry[4] <= now_ms:  # VERSION, DUE
+                names.add(name)
+        return names
 
     @classmethod
     def of(cls, definitions: Iterable[Definition]) -> Catalog:
@@ -499,8 +593,11 @@ class Catalog:
 # -- evaluating --------------------------------------------------------------------
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_time(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
+    return _EPOCH + timedelta(milliseconds=ms)  # exact (a float division is not)
 
 
 def _ms(t: datetime) -> int:
@@ -527,19 +624,70 @@ def _outcome(value: Any) -> Outcome:
     return Outcome(None, message)
 
 
-def evaluate(segment: Segment, activation: Any) -> Outcome:
-    return _outcome(segment.program.eval(activation))
+class Context:
+    """One profile's document at one instant, as both evaluators take it: the
+    closures read ``doc`` and ``env``; Google's runtime an activation, made only if
+    one of them falls back to it."""
+
+    __slots__ = ("_act", "doc", "env", "now_ms", "reads")
+
+    def __init__(
+        self, doc: Mapping[str, Any], now_ms: int, reads: Iterable[str] | None = None
+    ) -> None:
+        self.doc, self.now_ms, self.reads = doc, now_ms, reads
+        self.env = env_at(now_ms)
+        self._act: Any = None
+
+    @property
+    def act(self) -> Any:
+        """Google's activation: of the parts of the document read (``reads``), as
+        converting the whole profile costs more."""
+        if self._act is None:
+            self._act = activation(document(self.doc, self.reads), self.now_ms)
+        return self._act
 
 
-def due_of(segment: Segment, activation: Any, now_ms: int) -> int:
+def evaluate(segment: Segment, ctx: Context) -> Outcome:
+    if segment.fast is not None:
+        try:
+            answer = segment.fast(ctx.doc, ctx.env)
+        except Missing:
+            return _OUT
+        except Fallback:
+            pass  # CEL's own answer, below
+        else:
+            if answer is True or answer is False:
+                return _IN if answer else _OUT
+    return _outcome(segment.program.eval(ctx.act))
+
+
+def _clock_ms(clock: Clock, ctx: Context) -> int | None:
+    """The value of a clock's timestamp (ms), or None when the profile has none."""
+    if clock.fast is not None:
+        try:
+            value = clock.fast(ctx.doc, ctx.env)
+        except Missing:
+            return None
+        except Fallback:
+            pass
+        else:
+            if type(value) is Ts:
+                return int(value) // 1000
+    found = clock.other.eval(ctx.act)
+    if found.type() != _T.TIMESTAMP:
+        return None  # a missing or malformed field: no window to wait for
+    return _ms(found.value())
+
+
+def due_of(segment: Segment, ctx: Context, now_ms: int) -> int:
     """The first instant after ``now_ms`` at which one of the segment's comparisons
     with ``now`` can change its answer (0: none ahead)."""
     due = 0
     for clock in segment.clocks:
-        value = clock.other.eval(activation)
-        if value.type() != _T.TIMESTAMP:
-            continue  # a missing or malformed field: no window to wait for
-        at = _ms(value.value()) - clock.shift_ms + 1  # just past the boundary
+        x_ms = _clock_ms(clock, ctx)
+        if x_ms is None:
+            continue
+        at = x_ms - clock.shift_ms + 1  # just past the boundary
         if at > now_ms and (due == 0 or at < due):
             due = at
     return due
@@ -638,39 +786,27 @@ def reconcile(
     transitions: list[Transition] = []
     errors: list[EvalError] = []
     version = int(view.get("version", 0))
-    for name in [n for n in entries if catalog.get(n) is None]:
+    by_name = catalog.by_name
+    for name in [n for n in entries if n not in by_name]:
         t = _move(profile_id, entries, name, entries[name][VERSION], False, now_ms, version)
         if t is not None:
             transitions.append(t)
         del entries[name]
-    keys = None if changed is None else changed_keys(changed)
-
-    def due(seg: Segment) -> bool:
-        entry = entries.get(seg.name)
-        return (
-            keys is None
-            or entry is None
-            or entry[VERSION] != seg.version
-            or bool(entry[DUE] and entry[DUE] <= now_ms)
-            or not seg.reads.isdisjoint(keys)
-        )
-
-    first = [s for s in catalog.segments if not s.reads_segments and due(s)]
-    later = [s for s in catalog.segments if s.reads_segments]
-    if not first and not any(due(s) for s in later):
+    names = catalog.due(entries, now_ms, changed)
+    if not names:
         return transitions, errors
-    doc = document(view, set().union(*(s.reads for s in (*first, *later))))
-    if first:
-        act = activation(doc, now_ms)
+    first = [s for s in catalog.segments if s.name in names and not s.reads_segments]
+    if first:  # the closures read the view as it is; Google's runtime a copy of it
+        ctx = Context(view, now_ms, catalog.reads)
         for seg in first:
-            _evaluate_into(profile_id, seg, act, entries, now_ms, version, transitions, errors)
+            _evaluate_into(profile_id, seg, ctx, entries, now_ms, version, transitions, errors)
     moved = bool(transitions)  # a first-order membership changed: later ones may too
-    second = [s for s in later if moved or due(s)]
+    second = [s for s in catalog.later if moved or s.name in names]
     if second:
-        doc["segments"] = [n for n in members_of(entries) if not _reads_segments(catalog, n)]
-        act = activation(doc, now_ms)
+        seen = [n for n in members_of(entries) if not _reads_segments(catalog, n)]
+        ctx = Context({**view, "segments": seen}, now_ms, catalog.reads)
         for seg in second:
-            _evaluate_into(profile_id, seg, act, entries, now_ms, version, transitions, errors)
+            _evaluate_into(profile_id, seg, ctx, entries, now_ms, version, transitions, errors)
     return transitions, errors
 
 
@@ -680,10 +816,10 @@ def _reads_segments(catalog: Catalog, name: str) -> bool:
 
 
 def _evaluate_into(
-    profile_id: str, seg: Segment, act: Any, entries: dict[str, Entry], now_ms: int,
+    profile_id: str, seg: Segment, ctx: Context, entries: dict[str, Entry], now_ms: int,
     version: int, transitions: list[Transition], errors: list[EvalError],
 ) -> None:  # fmt: skip
-    outcome = evaluate(seg, act)
+    outcome = evaluate(seg, ctx)
     if outcome.member is None:
         errors.append(EvalError(profile_id, seg.name, seg.version, outcome.error or ""))
         entry = entries.setdefault(seg.name, [0, seg.version, 0, 0, 0])
@@ -693,7 +829,7 @@ def _evaluate_into(
     t = _move(profile_id, entries, seg.name, seg.version, outcome.member, now_ms, version)
     if t is not None:
         transitions.append(t)
-    entries[seg.name][DUE] = due_of(seg, act, now_ms) if seg.clocks else 0
+    entries[seg.name][DUE] = due_of(seg, ctx, now_ms) if seg.clocks else 0
 
 
 def retire(
@@ -712,15 +848,16 @@ def retire(
 def explain(segment: Segment, view: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
     """``segments check``: the answer for one profile, and the value of each comparison
     (``true``/``false``, or why it has none)."""
-    act = activation(document(view), now_ms)
-    outcome = evaluate(segment, act)
+    ctx = Context(document(view), now_ms)
+    act = ctx.act
+    outcome = evaluate(segment, ctx)
     parts = []
     for c in segment.comparisons:
         value = c.program.eval(act)
         kind = value.type()
         shown = value.value() if kind != _T.ERROR else f"error: {value.value()}"
         parts.append({"comparison": c.text, "value": shown})
-    due = due_of(segment, act, now_ms) if segment.clocks else 0
+    due = due_of(segment, ctx, now_ms) if segment.clocks else 0
     return {
         "segment": segment.name,
         "member": bool(outcome.member),

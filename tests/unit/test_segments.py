@@ -14,10 +14,10 @@ from profiles.segments import (
     DUE,
     MEMBER,
     Catalog,
+    Context,
     Definition,
     SegmentError,
     Transition,
-    activation,
     compile_segment,
     document,
     evaluate,
@@ -112,11 +112,11 @@ def test_a_bad_name_is_refused() -> None:
 def test_missing_fields_are_out_not_errors_and_other_errors_are_reported() -> None:
     seg = compile_segment(US_RECENT)
     no_country = document(view(T0, T0, country=None))
-    assert evaluate(seg, activation(no_country, T0)).member is False
+    assert evaluate(seg, Context(no_country, T0)).member is False
     never_seen = document(view(None, None))
-    assert evaluate(seg, activation(never_seen, T0)).member is False
+    assert evaluate(seg, Context(never_seen, T0)).member is False
     broken = document({**view(T0, T0), "computed": {"first_seen": "yesterday"}})
-    outcome = evaluate(seg, activation(broken, T0))
+    outcome = evaluate(seg, Context(broken, T0))
     assert outcome.member is None
     assert outcome.error is not None and "Timestamp" in outcome.error
 
