@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Trait -> survivorship strategy, e.g. {"address": "source_priority"} (JSON)',
     )
+    attribution_lookback_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        description="Attribution: how far before an order a campaign touch counts",
+    )
     trait_default_strategy: str = Field(
         "latest", description="Strategy of traits not in UNIFIER_TRAIT_STRATEGIES"
     )

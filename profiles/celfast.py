@@ -66,7 +66,10 @@ def timestamp_of(text: str) -> Ts:
     """An RFC 3339 timestamp (as CEL's ``timestamp()`` reads it) in µs."""
     if not _RFC3339.match(text):
         raise Fallback  # more digits, or not a timestamp: CEL says which
-    t = datetime.fromisoformat(text)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:  # month 13, hour 99: CEL's own error
+        raise Fallback from None
     return Ts((t - _EPOCH) // timedelta(microseconds=1))
 
 

@@ -15,6 +15,7 @@ events, merges and re-deliveries cannot change what comes out.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
@@ -150,6 +151,69 @@ def _last_touchpoints(h: Summary) -> list[dict[str, Any]]:
 @computed_trait("lifecycle_stage")
 def _lifecycle_stage(h: Summary) -> str:
     return lifecycle(h.identifier_types, h.orders)
+
+
+#: Milliseconds in a day (attribution's lookback is in days).
+DAY_MS = 24 * 3600 * 1000
+_SHARE = Decimal("0.0001")
+
+
+def _credit(
+    out: dict[str, dict[str, Decimal]], campaign: str, currency: str, amount: Decimal
+) -> None:
+    by_currency = out.setdefault(campaign, {})
+    by_currency[currency] = by_currency.get(currency, Decimal(0)) + amount
+
+
+def _shown(credit: dict[str, dict[str, Decimal]]) -> dict[str, dict[str, str]]:
+    return {c: {cur: money(v.quantize(_SHARE)) for cur, v in sorted(by.items())}
+            for c, by in sorted(credit.items())}  # fmt: skip
+
+
+@computed_trait(
+    "attribution",
+    lambda h: (h.rules.attribution_lookback_days, tuple(map(tuple, h.totals.orders)),
+               tuple(map(tuple, h.totals.marketing))),
+)  # fmt: skip
+def _attribution(h: Summary) -> dict[str, Any]:
+    """Which campaigns each order came from. A marketing touch is an event that names a
+    campaign (``context.campaign``); an order's touches are those of its profile in the
+    lookback window before it (its own event included, if it names one). First touch
+    credits the whole order to the earliest of them, last touch to the latest, linear
+    an equal share to each. Over the latest ``ORDERS_KEPT`` orders and
+    ``MARKETING_KEPT`` touches (``profiles.totals``)."""
+    lookback = h.rules.attribution_lookback_days * DAY_MS
+    touches = sorted(h.totals.marketing)  # oldest first
+    times = [m[0] for m in touches]
+    first: dict[str, dict[str, Decimal]] = {}
+    last: dict[str, dict[str, Decimal]] = {}
+    linear: dict[str, dict[str, Decimal]] = {}
+    orders = []
+    for t, eid, currency, total in h.totals.orders:  # latest first
+        window = touches[bisect_left(times, t - lookback) : bisect_right(times, t)]
+        amount = Decimal(total)
+        row: dict[str, Any] = {"event_id": eid, "at": iso(t), "currency": currency,
+                               "total": money(amount), "first_touch": None,
+                               "last_touch": None}  # fmt: skip
+        if window:
+            (_, _, c0, ch0), (_, _, c1, ch1) = window[0][:4], window[-1][:4]
+            row["first_touch"] = {"campaign": c0, "channel": ch0}
+            row["last_touch"] = {"campaign": c1, "channel": ch1}
+            _credit(first, c0, currency, amount)
+            _credit(last, c1, currency, amount)
+            share = amount / len(window)
+            for m in window:
+                _credit(linear, m[2], currency, share)
+        orders.append(row)
+    return {
+        "lookback_days": h.rules.attribution_lookback_days,
+        "orders": orders,
+        "revenue": {
+            "first_touch": _shown(first),
+            "last_touch": _shown(last),
+            "linear": _shown(linear),
+        },
+    }
 
 
 @computed_trait("consent", lambda h: {p: (c[0], c[2], c[3]) for p, c in h.totals.consent.items()})

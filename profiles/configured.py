@@ -50,6 +50,7 @@ def trait_rules(settings: Settings) -> TraitRules:
         strategies=dict(settings.trait_strategies),
         default=settings.trait_default_strategy,
         source_priorities=dict(DEFAULT_SOURCE_PRIORITIES if priorities is None else priorities),
+        attribution_lookback_days=settings.attribution_lookback_days,
     )
 
 

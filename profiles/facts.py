@@ -31,6 +31,7 @@ class EventFacts:
     traits: tuple[tuple[str, Any], ...] = ()
     purchase: Purchase | None = None  # an order or a POS sale
     consent: tuple[tuple[str, bool], ...] = ()  # purpose -> granted
+    campaign: tuple[str, str] | None = None  # (campaign, channel) of a marketing touch
 
 
 def purchase_of(tp: Touchpoint) -> Purchase | None:
@@ -43,6 +44,18 @@ def purchase_of(tp: Touchpoint) -> Purchase | None:
     return Purchase(sale["currency"], Decimal(sale["total"]), categories)
 
 
+def campaign_of(tp: Touchpoint) -> tuple[str, str] | None:
+    """The campaign an event came from, and its channel: ``context.campaign``'s name
+    (``name``, or ``utm_campaign``) and medium (``medium``, ``utm_medium``, else
+    ``source``, else the event's source). None when the event names no campaign."""
+    c = tp.context.get("campaign") or {}
+    name = c.get("name") or c.get("utm_campaign") or c.get("campaign")
+    if not name:
+        return None
+    channel = c.get("medium") or c.get("utm_medium") or c.get("source") or tp.source
+    return str(name), str(channel)
+
+
 def facts_of(tp: Touchpoint, aliases: Mapping[str, str] = DEFAULT_INDEX) -> EventFacts:
     """What a profile keeps of an event, traits standardized (profiles.standardize)."""
     return EventFacts(
@@ -53,4 +66,5 @@ def facts_of(tp: Touchpoint, aliases: Mapping[str, str] = DEFAULT_INDEX) -> Even
         tuple(standardize(tp.traits, aliases).items()),
         purchase_of(tp),
         tuple(sorted(tp.consent.items())),
+        campaign_of(tp),
     )

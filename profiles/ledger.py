@@ -33,10 +33,12 @@ def event_hash(event_id: str) -> int:
 def facts_to(e: EventFacts) -> list[Any]:
     """An event's facts as a JSON-able list (the ledger entry and the wire form)."""
     raw: list[Any] = [e.event_id, e.type, e.source, e.time_ms, [list(t) for t in e.traits]]
-    if e.purchase is not None or e.consent:
+    if e.purchase is not None or e.consent or e.campaign is not None:
         p = e.purchase
         raw.append([p.currency, str(p.total), list(p.categories)] if p is not None else None)
         raw.append([list(c) for c in e.consent])
+    if e.campaign is not None:
+        raw.append(list(e.campaign))
     return raw
 
 
@@ -45,9 +47,11 @@ def facts_from(raw: list[Any]) -> EventFacts:
     if len(raw) > 5 and raw[5] is not None:
         purchase = Purchase(raw[5][0], Decimal(raw[5][1]), tuple(raw[5][2]))
     consent = tuple((c[0], bool(c[1])) for c in raw[6]) if len(raw) > 6 else ()
+    campaign = (raw[7][0], raw[7][1]) if len(raw) > 7 else None
     return EventFacts(
-        raw[0], raw[1], raw[2], raw[3], tuple((n, v) for n, v in raw[4]), purchase, consent
-    )
+        raw[0], raw[1], raw[2], raw[3], tuple((n, v) for n, v in raw[4]), purchase, consent,
+        campaign,
+    )  # fmt: skip
 
 
 def entry_of(e: EventFacts) -> bytes:

@@ -83,6 +83,7 @@ COMPUTED_TYPES: dict[str, Any] = {
     "consent": _T.Map(_T.STRING, _T.Map(_T.STRING, _T.DYN)),
     "merged_from": _T.List(_T.STRING),
     "refused_links": _T.INT,
+    "attribution": _T.Map(_T.STRING, _T.DYN),
 }
 #: Traits whose values standardization makes strings (``profiles.standardize``).
 STRING_TRAITS = frozenset(DEFAULT_INDEX.values()) | {"name", "middle_name", "email", "phone"}

@@ -28,6 +28,11 @@ from profiles.facts import EventFacts
 
 #: Touchpoints each profile keeps for ``last_touchpoints`` (the rules show up to this).
 TOUCHPOINTS_KEPT = 20
+#: What attribution reads (``profiles.computed``): the latest orders, and the latest
+#: marketing touches (events that name a campaign), each kept as a join (the top of
+#: the union by time): bounded, whatever the profile's age.
+ORDERS_KEPT = 20
+MARKETING_KEPT = 50
 
 Scalar = str | int | float | bool | None
 #: [event time ms, source, event id, value]: one event's say about a trait. Lists,
@@ -101,6 +106,16 @@ class TraitCandidates:
         return f"TraitCandidates{self.to_wire()!r}"
 
 
+def _top(kept: list[list[Any]], new: list[list[Any]], limit: int) -> None:
+    """Join: the latest ``limit`` of the union (by time, then event id), latest first."""
+    fresh = [x for x in new if x not in kept]
+    if not fresh:
+        return
+    kept.extend(fresh)
+    kept.sort(reverse=True)
+    del kept[limit:]
+
+
 def _add(counts: dict[str, int], key: str, n: int) -> None:
     value = counts.get(key, 0) + n
     if value:
@@ -120,7 +135,9 @@ class Totals:
         "count",
         "first",
         "last",
+        "marketing",
         "money",
+        "orders",
         "touchpoints",
         "traits",
     )
@@ -138,6 +155,10 @@ class Totals:
         self.touchpoints: list[list[Any]] = []
         self.consent: dict[str, list[Any]] = {}  # purpose -> [time, event id, granted, source]
         self.traits: dict[str, TraitCandidates] = {}
+        # [time, event id, currency, total], latest first, at most ORDERS_KEPT
+        self.orders: list[list[Any]] = []
+        # [time, event id, campaign, channel], latest first, at most MARKETING_KEPT
+        self.marketing: list[list[Any]] = []
 
     # -- joins ---------------------------------------------------------------------
     def _join(self, e: EventFacts) -> None:
@@ -148,6 +169,10 @@ class Totals:
         if last is None or t > last[0] or (t == last[0] and eid > last[1]):
             self.last = [t, eid, e.source]
         self._touch([[t, eid, e.type, e.source]])
+        if e.purchase is not None:
+            _top(self.orders, [[t, eid, e.purchase.currency, str(e.purchase.total)]], ORDERS_KEPT)
+        if e.campaign is not None:
+            _top(self.marketing, [[t, eid, *e.campaign]], MARKETING_KEPT)
         for purpose, granted in e.consent:
             cur = self.consent.get(purpose)
             if cur is None or [t, eid] > cur[:2]:
@@ -224,6 +249,8 @@ class Totals:
         if other.last is not None and (self.last is None or other.last[:2] > self.last[:2]):
             self.last = list(other.last)
         self._touch([list(tp) for tp in other.touchpoints])
+        _top(self.orders, [list(o) for o in other.orders], ORDERS_KEPT)
+        _top(self.marketing, [list(m) for m in other.marketing], MARKETING_KEPT)
         for purpose, c in other.consent.items():
             cur_c = self.consent.get(purpose)
             if cur_c is None or c[:2] > cur_c[:2]:
@@ -250,6 +277,8 @@ class Totals:
             "tp": self.touchpoints,
             "co": self.consent,
             "tr": {k: v.to_wire() for k, v in self.traits.items()},
+            "od": self.orders,
+            "mk": self.marketing,
         }
 
     @classmethod
@@ -266,6 +295,8 @@ class Totals:
         t.touchpoints = d["tp"]
         t.consent = d["co"]
         t.traits = {k: TraitCandidates.from_wire(v) for k, v in d["tr"].items()}
+        t.orders = d.get("od", [])  # absent: stored before attribution
+        t.marketing = d.get("mk", [])
         return t
 
     def __eq__(self, other: object) -> bool:

@@ -42,6 +42,7 @@ class TraitRules:
     source_priorities: Mapping[str, int] = field(default_factory=dict)  # higher wins
     last_touchpoints: int = 10
     top_categories: int = 5
+    attribution_lookback_days: int = 30  # profiles.computed: attribution's window
 
     def strategy(self, trait: str) -> Strategy:
         return STRATEGIES[self.strategies.get(trait, self.default)]

@@ -87,6 +87,28 @@ def test_view_has_the_documented_form() -> None:
                 },
             ],
             "lifecycle_stage": "repeat",
+            "attribution": {
+                "lookback_days": 30,
+                "orders": [
+                    {
+                        "event_id": "e2",
+                        "at": "2026-11-22T10:01:00.000Z",
+                        "currency": "EUR",
+                        "total": "10",
+                        "first_touch": None,
+                        "last_touch": None,
+                    },
+                    {
+                        "event_id": "e1",
+                        "at": "2026-11-22T10:00:00.000Z",
+                        "currency": "EUR",
+                        "total": "30.5",
+                        "first_touch": None,
+                        "last_touch": None,
+                    },
+                ],
+                "revenue": {"first_touch": {}, "last_touch": {}, "linear": {}},
+            },
             "consent": {
                 "email_marketing": {
                     "granted": True,
