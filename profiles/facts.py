@@ -46,14 +46,18 @@ def purchase_of(tp: Touchpoint) -> Purchase | None:
 
 def campaign_of(tp: Touchpoint) -> tuple[str, str] | None:
     """The campaign an event came from, and its channel: ``context.campaign``'s name
-    (``name``, or ``utm_campaign``) and medium (``medium``, ``utm_medium``, else
-    ``source``, else the event's source). None when the event names no campaign."""
+    (``name`` or ``utm_campaign``, else its ``source``) and medium (``medium`` or
+    ``utm_medium``, else ``source``, else the event's source); or an email's
+    ``properties.campaign`` (channel: the event's source). None when it names none."""
     c = tp.context.get("campaign") or {}
-    name = c.get("name") or c.get("utm_campaign") or c.get("campaign")
-    if not name:
-        return None
-    channel = c.get("medium") or c.get("utm_medium") or c.get("source") or tp.source
-    return str(name), str(channel)
+    name = c.get("name") or c.get("utm_campaign") or c.get("source") or c.get("utm_source")
+    if name:
+        channel = c.get("medium") or c.get("utm_medium") or c.get("source") or tp.source
+        return str(name), str(channel)
+    named = tp.properties.get("campaign")
+    if isinstance(named, str) and named:
+        return named, tp.source
+    return None
 
 
 def facts_of(tp: Touchpoint, aliases: Mapping[str, str] = DEFAULT_INDEX) -> EventFacts:
