@@ -9,7 +9,8 @@ still answers when they are down):
 * throughput, dead letters, merges and refused links, from the workers' ``/metrics``
   (their counters' rates between two samples);
 * whether the Redis view is complete, or being written again after Redis lost its
-  data (``streams.heal``).
+  data (``streams.heal``), and how many profiles each segment holds; the workers'
+  segment enters and exits per second.
 
 It keeps the last ``window`` seconds. ``--serve`` publishes them: ``/`` is a page of
 small live charts (plain HTML and a little JS, no build step), ``/api/status`` the
@@ -36,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
 from serve.lag import ARCHIVE, LagProbe, PartitionLag, stages
-from sinks.redis_view import view_state_sync
+from sinks.redis_view import DEFINITIONS_KEY, segment_key, view_state_sync
 
 #: Worker counters the page charts as rates: name -> (metric, label filter).
 RATES: dict[str, tuple[str, dict[str, str]]] = {
@@ -44,6 +45,7 @@ RATES: dict[str, tuple[str, dict[str, str]]] = {
     "dead_letters": ("unifier_dlq_records", {}),
     "merges": ("unifier_identity_merges", {}),
     "refused": ("unifier_identity_refused_links", {}),
+    "segment_moves": ("unifier_segment_transitions", {}),
 }
 
 
@@ -57,6 +59,7 @@ class Sample:
     workers_expected: int
     partitions: list[PartitionLag] = field(default_factory=list)
     view: str | None = None  # None: complete; else why not (streams.heal)
+    segments: dict[str, int] = field(default_factory=dict)  # segment -> members
 
 
 def expand(url: str) -> list[str]:
@@ -127,6 +130,12 @@ class StatusSampler:
         self._up = Gauge(
             "unifier_workers_up", "Workers whose /metrics answered", registry=self.registry
         )
+        self._members = Gauge(
+            "unifier_segment_members",
+            "Profiles in each segment (from the Redis view)",
+            ["segment"],
+            registry=self.registry,
+        )
 
     def sample(self, probe: LagProbe) -> Sample:
         rows = probe.measure()
@@ -153,15 +162,28 @@ class StatusSampler:
         for stage, seconds in lag_s.items():
             self._lag_s.labels(stage).set(seconds if seconds is not None else float("nan"))
         self._up.set(up)
-        return Sample(time.time(), lag, lag_s, counters, up, len(targets), rows, self._view())
+        view, segments = self._view()
+        self._members.clear()
+        for name, members in segments.items():
+            self._members.labels(name).set(members)
+        sample = Sample(time.time(), lag, lag_s, counters, up, len(targets), rows, view)
+        sample.segments = segments
+        return sample
 
-    def _view(self) -> str | None:
-        """Whether the Redis view is complete (Redis away: said so, not raised)."""
+    def _view(self) -> tuple[str | None, dict[str, int]]:
+        """Whether the Redis view is complete (Redis away: said so, not raised), and
+        the size of each segment in force."""
         client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
         try:
-            return view_state_sync(client, self.settings.internal_partitions)
+            state = view_state_sync(client, self.settings.internal_partitions)
+            keys = client.hkeys(DEFINITIONS_KEY)
+            names = sorted(k.decode() if isinstance(k, bytes) else k for k in keys)
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.scard(segment_key(name))
+            return state, dict(zip(names, (int(n) for n in pipe.execute()), strict=True))
         except (redis.RedisError, OSError):
-            return "Redis does not answer"
+            return "Redis does not answer", {}
         finally:
             client.close()
 
@@ -225,6 +247,10 @@ class StatusSampler:
                 for stage in names
             ],
             "totals": dict(latest.counters) if latest else {},
+            "segments": [
+                {"segment": name, "members": n}
+                for name, n in (latest.segments.items() if latest else ())
+            ],
             "series": {**series, "lag": lag_series},
         }
 

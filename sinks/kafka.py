@@ -23,8 +23,8 @@ from profiles.segments import EvalError
 from schemas.records import encode_update, membership_record, merge_record
 from sinks.base import ChangeBatch, Delivery
 
-#: (topic, key, value or None for a tombstone[, headers]) -> a future that completes
-#: on delivery.
+#: (topic, key, value or None for a tombstone[, headers[, partition]]) -> a future that
+#: completes on delivery (partition -1: the producer's partitioner picks by key).
 Send = Callable[..., Awaitable[Awaitable[Any]]]
 
 
@@ -87,11 +87,14 @@ class ProfileTopicsSink:
         if self.membership_topic is not None:
             for t in batch.memberships:
                 record = membership_record(t)
-                # The input offset it came from (``streams.segments.Published``).
-                source = batch.source_offsets.get(partition_for(t.profile_id, self.partitions), -1)
-                headers = [(SOURCE_OFFSET, str(source).encode())]
+                # On the partition of the profile's own (``profiles.routing``, not the
+                # producer's hash of the key), with the input offset it came from: what
+                # a worker handling that partition again reads back
+                # (``streams.segments.Published``).
+                p = partition_for(t.profile_id, self.partitions)
+                headers = [(SOURCE_OFFSET, str(batch.source_offsets.get(p, -1)).encode())]
                 await self._queue(
-                    self.membership_topic, t.profile_id, record, "memberships", headers
+                    self.membership_topic, t.profile_id, record, "memberships", headers, p
                 )
         if self.dlq_topic is not None:
             for e in batch.segment_errors:
@@ -109,11 +112,12 @@ class ProfileTopicsSink:
         value: bytes | None,
         kind: str,
         headers: list[tuple[str, bytes]] | None = None,
+        partition: int = -1,
     ) -> None:
         if headers is None:
             self._pending.append(await self._send(topic, key.encode(), value))
         else:
-            self._pending.append(await self._send(topic, key.encode(), value, headers))
+            self._pending.append(await self._send(topic, key.encode(), value, headers, partition))
         self._counts[kind] += 1
 
     async def flush(self) -> Delivery:

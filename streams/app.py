@@ -255,11 +255,15 @@ def profile_sinks(
     }
 
     async def send(
-        topic: str, key: bytes, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int = -1,
     ) -> Any:
         # Queued on the worker's producer; the stage awaits the delivery of the whole
         # batch (``FastProducer.delivered``) before the sink's flush.
-        by_name[topic].send(value, key=key, headers=headers)
+        by_name[topic].send(value, partition, key=key, headers=headers)
         return _DONE
 
     return profile.Sinks(

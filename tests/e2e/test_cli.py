@@ -33,7 +33,7 @@ def test_the_documented_session(cli: Cli, tmp_path: Path) -> None:
 
     again = cli("topics", "create")
     assert again.returncode == 0
-    assert again.stdout.count("exists") == len(topic_specs(Settings())) == 9
+    assert again.stdout.count("exists") == len(topic_specs(Settings())) == 11
 
     events = generate(people=200, seed=3)[:1000]
     path = tmp_path / "events.jsonl"
@@ -79,7 +79,7 @@ def test_the_documented_session(cli: Cli, tmp_path: Path) -> None:
     want = reference_views(events, settings)
     assert comparable(profiles) == want
     for p in profiles:
-        assert set(p) == {"profile_id", "identifiers", "traits", "computed", "version"}
+        assert set(p) == {"profile_id", "identifiers", "traits", "computed", "segments", "version"}
     assert f"exported {len(want)} profiles" in export.stderr
 
     # Ask for an email that exactly one profile holds.

@@ -34,13 +34,17 @@ VIEW = {
 
 
 sent_headers: list[dict[str, bytes]] = []
+partitions: list[int] = []
 
 
 def run(batch: ChangeBatch) -> tuple[list[tuple[str, bytes, bytes | None]], Any]:
     sent: list[tuple[str, bytes, bytes | None]] = []
 
-    async def send(topic: str, key: bytes, value: bytes | None, headers: Any = None) -> Any:
+    async def send(
+        topic: str, key: bytes, value: bytes | None, headers: Any = None, partition: int = -1
+    ) -> Any:
         sent.append((topic, key, value))
+        partitions.append(partition)
         if headers is not None:
             sent_headers.append(dict(headers))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -78,6 +82,7 @@ def test_a_changed_profile_a_tombstone_and_a_merge_reach_the_topics() -> None:
         {partition_for("p_a", 4): 41},
     )  # fmt: skip
     sent_headers.clear()
+    partitions.clear()
     sent, delivery = run(batch)
     assert [(t, k) for t, k, _ in sent] == [
         ("profile-merges", b"p_b"),
@@ -90,6 +95,8 @@ def test_a_changed_profile_a_tombstone_and_a_merge_reach_the_topics() -> None:
     assert [membership_from(v) for _, _, v in sent[3:5] if v] == batch.memberships
     assert orjson.loads(sent[5][2] or b"")["segment"] == "broken"
     assert [h["x-source-offset"] for h in sent_headers[:2]] == [b"41", b"-1"]
+    # on the profile's partition as the stages route it, not the producer's hash of the key
+    assert partitions[3:5] == [partition_for("p_a", 4), partition_for("p_b", 4)]
     assert sent_headers[2]["x-dlq-reason"] == b"segment broken v2: INVALID_ARGUMENT: divide by zero"
     assert sent_headers[2]["x-dlq-stage"] == b"segments"
     merge = merge_from(sent[0][2])
