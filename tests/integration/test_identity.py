@@ -215,6 +215,8 @@ def fresh(settings: Settings, partitions: int) -> Settings:
                     "topic_profile_updates",
                     "topic_profile_merges",
                     "topic_schemas",
+                    "topic_segments",
+                    "topic_segment_membership",
                 )
             },
         }
