@@ -39,7 +39,7 @@ from producers.synthetic import generate_journeys
 from profiles.configured import identifier_priorities, trait_rules
 from profiles.facts import facts_of
 from profiles.graph.node import ProfileNode
-from profiles.projection import signature_of, signature_with_view, view_of
+from profiles.projection import changed_fields, signature_of, signature_with_view, view_of
 from profiles.segments import Catalog, Definition
 from profiles.touchpoint import parse_json
 
@@ -104,12 +104,14 @@ def evaluation_cost(people: int, seed: int = 7) -> dict[str, Any]:
             node.state.held.add(key)
             before = signature_of(node, rules)
             node.state.fold(facts_of(tp))
+            # what the profile stage does for every touched profile anyway
             view = view_of(key, node, rules)
-            signature_with_view(node, view, rules)
+            after = signature_with_view(node, view, rules)
+            changed_fields(before, after)
             if with_segments:
                 t0 = time.perf_counter()
                 out = segment_pass([(key, node)], {key: view}, {key: before}, rules, catalog,
-                                   now_ms)  # fmt: skip
+                                   now_ms, None, {key: after})  # fmt: skip
                 per_touch.append(time.perf_counter() - t0)
                 moves += len(out.transitions)
         return time.process_time() - started, per_touch, moves

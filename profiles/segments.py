@@ -820,17 +820,25 @@ def _evaluate_into(
     profile_id: str, seg: Segment, ctx: Context, entries: dict[str, Entry], now_ms: int,
     version: int, transitions: list[Transition], errors: list[EvalError],
 ) -> None:  # fmt: skip
+    name, seg_version = seg.name, seg.version
     outcome = evaluate(seg, ctx)
-    if outcome.member is None:
-        errors.append(EvalError(profile_id, seg.name, seg.version, outcome.error or ""))
-        entry = entries.setdefault(seg.name, [0, seg.version, 0, 0, 0])
-        entry[VERSION] = seg.version
-        entry[DUE] = 0
+    member = outcome.member
+    entry = entries.get(name)
+    if entry is None:
+        entry = entries[name] = [0, seg_version, 0, 0, 0]
+    entry[1] = seg_version  # VERSION
+    if member is None:
+        errors.append(EvalError(profile_id, name, seg_version, outcome.error or ""))
+        entry[4] = 0  # DUE
         return
-    t = _move(profile_id, entries, seg.name, seg.version, outcome.member, now_ms, version)
-    if t is not None:
-        transitions.append(t)
-    entries[seg.name][DUE] = due_of(seg, ctx, now_ms) if seg.clocks else 0
+    if bool(entry[0]) != member:  # MEMBER: a transition
+        entry[0] = int(member)
+        entry[2] += 1  # SEQ
+        entry[3] = now_ms  # SINCE
+        transitions.append(
+            Transition(profile_id, name, member, now_ms, seg_version, version, entry[2])
+        )
+    entry[4] = due_of(seg, ctx, now_ms) if seg.clocks else 0
 
 
 def retire(

@@ -69,7 +69,12 @@ def as_read(rules: TraitRules) -> Callable[[ProfileNode], Any]:
 
 
 def change_of(
-    key: str, node: ProfileNode, cache: NodeCache, view: dict[str, Any], rules: TraitRules
+    key: str,
+    node: ProfileNode,
+    cache: NodeCache,
+    view: dict[str, Any],
+    rules: TraitRules,
+    after: dict[str, Any] | None = None,
 ) -> ProfileChange:
     """What readers and followers learn of one touched profile."""
     why = why_of(node) if node.redirect is None else None
@@ -80,7 +85,8 @@ def change_of(
         return ProfileChange(key, view, None, publish=before != WAS_REDIRECT)
     if before == WAS_REDIRECT:
         before = None
-    after = signature_with_view(node, view, rules)
+    if after is None:
+        after = signature_with_view(node, view, rules)
     changed = changed_fields(before, after)
     publish = before is None or bool(changed) or before["version"] != after["version"]
     identity = explanation_changed(before, after)
@@ -101,11 +107,19 @@ def changes_of(
     instant at which each profile's segments can change (``streams.segments``)."""
     touched = shown(cache)
     views = {key: view_of(key, node, rules) for key, node in touched}
+    # each live view's signature, made once: what changed, for segments and followers
+    afters = {
+        key: signature_with_view(node, views[key], rules)
+        for key, node in touched
+        if node.redirect is None
+    }
     result = PassResult()
     if catalog is not None:
-        result = segment_pass(touched, views, cache.read, rules, catalog, now_ms, published)
+        result = segment_pass(touched, views, cache.read, rules, catalog, now_ms, published, afters)
     cache.encode()
-    changes = [change_of(key, node, cache, views[key], rules) for key, node in touched]
+    changes = [
+        change_of(key, node, cache, views[key], rules, afters.get(key)) for key, node in touched
+    ]
     merges = [m for kind, _key, m in outs if kind == "merges" and isinstance(m, Merged)]
     batch = ChangeBatch(changes, merges, result.transitions, result.errors)
     return batch, result.dues

@@ -227,14 +227,16 @@ def segment_pass(
     catalog: Catalog,
     now_ms: int,
     published: Published | None = None,
+    afters: dict[str, dict[str, Any]] | None = None,
 ) -> PassResult:
     """Bring the membership of the profiles a batch touched up to date; each live
     view gets its ``segments`` and version. ``before`` holds the signature of each
-    profile as read (``streams.profile.as_read``; "redirect" or absent when new)."""
+    profile as read (``streams.profile.as_read``; "redirect" or absent when new);
+    ``afters`` the signatures of the views as made, when the caller has them (they
+    are brought up to date with the segments too)."""
     out = PassResult()
     for key, node in shown:
-        if published is not None:
-            published.adopt(key, node)
+        adopted = published.adopt(key, node) if published is not None else False
         if node.redirect is not None:
             if node.segments:  # merged away: it leaves its segments
                 version = version_of(node.state) + node.segment_moves
@@ -245,15 +247,20 @@ def segment_pass(
         view = views[key]
         was = before.get(key)
         changed: list[str] | None = None
+        after = afters.get(key) if afters is not None else None
         if isinstance(was, dict):
-            after = signature_with_view(node, view, rules)
+            if after is None:
+                after = signature_with_view(node, view, rules)
             changed = _changed(was, after)
         moved, errors = reconcile(key, view, node.segments, catalog, now_ms, changed)
-        node.segment_moves += len(moved)
-        version = version_of(node.state) + node.segment_moves
-        view["version"] = version
-        view["segments"] = members_of(node.segments)
-        out.transitions += [replace(t, profile_version=version) for t in moved]
+        if moved or adopted:
+            node.segment_moves += len(moved)
+            version = version_of(node.state) + node.segment_moves
+            view["version"] = version
+            view["segments"] = members_of(node.segments)
+            out.transitions += [replace(t, profile_version=version) for t in moved]
+            if after is not None:
+                after["version"], after["segments"] = version, view["segments"]
         out.errors += errors
         due = next_due(node.segments)
         if due:
@@ -431,13 +438,15 @@ class Published:
                 )  # fmt: skip
                 self.sent[p] = found
 
-    def adopt(self, profile_id: str, node: ProfileNode) -> None:
-        """Give a profile the transitions sent for it that its stored membership lacks."""
+    def adopt(self, profile_id: str, node: ProfileNode) -> bool:
+        """Give a profile the transitions sent for it that its stored membership lacks;
+        whether there were any."""
         if not self.sent:
-            return
+            return False
         sent = self.sent.get(partition_for(profile_id, self.partitions))
         if sent is None:
-            return
+            return False
+        adopted = False
         for (pid, segment), t in sent[1].items():
             if pid != profile_id:
                 continue
@@ -446,6 +455,8 @@ class Published:
                 node.segment_moves += t.seq - entry[SEQ]
                 entry[MEMBER], entry[SEQ], entry[SINCE] = int(t.entered), t.seq, t.at_ms
                 entry[VERSION] = t.definition_version
+                adopted = True
+        return adopted
 
     def after(self, offsets: dict[int, tuple[int, int]]) -> None:
         for p, (_first, last) in offsets.items():
