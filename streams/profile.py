@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from profiles.graph.messages import Apply, Merged
+from profiles.graph.messages import Apply, Evaluate, Merged
 from profiles.graph.node import ProfileNode
 from profiles.graph.profile import handle_profile
 from profiles.projection import (
@@ -229,6 +229,8 @@ def register(
         if segments is not None:
             await segments.published.before(offsets)
         messages = await messages_in(events, stage.name, topics["dlq"], log)
+        if segments is not None:
+            segments.scheduler.handled(sum(1 for m in messages if isinstance(m, Evaluate)))
         cache = NodeCache(changelog, read)
         outs = []
         for msg in messages:

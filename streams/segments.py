@@ -61,6 +61,12 @@ log = logging.getLogger("unifier.segments")
 
 #: Profiles read per step of a scan (the loop is yielded between steps).
 SCAN_CHUNK = 500
+#: Evaluations a scan lets wait in ``profile-ops`` at most: new events queue behind
+#: them, so a backfill of a million profiles delays an event by this many, not by all.
+MAX_IN_FLIGHT = 1000
+#: How long a scan waits for the stage to take its evaluations before it sends more
+#: anyway (a partition that moved to another worker never reports them here).
+IN_FLIGHT_WAIT_S = 10.0
 #: How often the scheduler looks at its heaps.
 TICK_S = 0.25
 
@@ -310,6 +316,26 @@ class Scheduler:
         self.scanned: dict[int, int] = {}  # partition -> definitions generation scanned
         self.backfill: tuple[int, int] | None = None  # (done, total) profiles while scanning
         self.backfilled = 0  # profiles sent for evaluation by scans
+        self.in_flight = 0  # evaluations sent that the stage has not reported handled
+        self._room: asyncio.Event | None = None  # set when in_flight falls low again
+
+    def handled(self, n: int) -> None:
+        """The profile stage handled ``n`` Evaluate messages."""
+        self.in_flight = max(0, self.in_flight - n)
+        if self.in_flight <= MAX_IN_FLIGHT and self._room is not None:
+            self._room.set()
+
+    async def _paced(self) -> None:
+        """Wait (bounded) until the stage has taken most of what was sent."""
+        if self.in_flight <= MAX_IN_FLIGHT:
+            return
+        if self._room is None:
+            self._room = asyncio.Event()
+        self._room.clear()
+        try:
+            await asyncio.wait_for(self._room.wait(), IN_FLIGHT_WAIT_S)
+        except TimeoutError:
+            self.in_flight = 0  # reported by another worker now: go on
 
     def note(self, dues: dict[str, int]) -> None:
         """Instants a batch of the profile stage left (profiles it touched)."""
@@ -326,6 +352,7 @@ class Scheduler:
             if p not in owned:
                 del self.heaps[p]
                 self.scanned.pop(p, None)
+                self.in_flight = 0  # what went to it is counted by its new owner
         generation = self.definitions.generation
         todo = sorted(p for p in owned if self.scanned.get(p) != generation)
         if todo:
@@ -341,6 +368,7 @@ class Scheduler:
                     groups.setdefault(p, []).append(Evaluate(key))
         if groups:
             await self.send(groups)
+            self.in_flight += sum(len(g) for g in groups.values())
         return sum(len(g) for g in groups.values())
 
     def _keys(self, partition: int) -> list[str]:
@@ -377,6 +405,8 @@ class Scheduler:
                     if evaluate:
                         await self.send({p: evaluate})
                         sent += len(evaluate)
+                        self.in_flight += len(evaluate)
+                        await self._paced()
                     done += min(SCAN_CHUNK, len(part) - start)
                     self.backfill = (done, total)
                     await asyncio.sleep(0)  # the stages run between chunks

@@ -25,6 +25,7 @@ from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views
 from tests.support.http import get_json, get_text, metric
 from tests.support.kafka import consume_all
+from tests.support.segments import STEADY, apply, assert_membership_agrees
 from unifier.processes import free_port
 from unifier.stack import EmbeddedStack
 from unifier.topics import ensure_topics
@@ -258,11 +259,13 @@ def test_with_the_default_rules_the_synthetic_truth_is_found(
 def test_two_workers_through_a_rebalance(settings: Settings, tmp_path: Path) -> None:
     """A second worker joins the group halfway: partitions (and their tables) move,
     processing goes on, and the profiles are the reference's — every event applied
-    once, every merge finished, every stage caught up (streams/patches/offsets.py)."""
+    once, every merge finished, every stage caught up (streams/patches/offsets.py) —
+    and each segment transition is on the membership topic once."""
     events = generate_journeys(200, seed=19).events
     half = len(events) // 2
     settings = fresh(settings, 4)
     ensure_topics(settings)
+    apply(settings, STEADY)
     with EmbeddedStack(settings, tmp_path / "two") as stack:
         stack.start_worker("worker-1")
         send(settings, [parse_json(e, identifier_priorities(settings)) for e in events[:half]])
@@ -270,5 +273,6 @@ def test_two_workers_through_a_rebalance(settings: Settings, tmp_path: Path) -> 
         send(settings, [parse_json(e, identifier_priorities(settings)) for e in events[half:]])
         caught_up(settings)
         got = exported(settings)
+        assert_membership_agrees(settings, got)
     assert comparable(got.values()) == reference_views(events, settings)
     assert sum(p["computed"]["event_count"] for p in got.values()) == len(events)
