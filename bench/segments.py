@@ -338,7 +338,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# Segments: evaluation, transition latency, backfill (issue #18)",
         "",
-        f"Measured {r['started']} on {r['machine']} with `{r['command']}`.",
+        f"Measured {r['started']} on {r['machine']} at {r.get('commit', '?')} "
+        f"with `{r['command']}`.",
         "",
         "| | measured | target |",
         "|---|---|---|",
@@ -372,6 +373,15 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _commit() -> str:
+    import subprocess
+
+    found = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return found.stdout.strip() or "?"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--people", type=int, default=2000, help="section 1's synthetic people")
@@ -387,6 +397,7 @@ def main() -> None:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
         "command": "./dev python bench/segments.py " + " ".join(sys.argv[1:]),
+        "commit": _commit(),
     }
     if args.only in (None, "evaluation"):
         report["evaluation"] = evaluation_cost(args.people)
