@@ -390,14 +390,70 @@ def _conversion(name: str, arg: Fn) -> Fn:
     return lambda doc, env: convert(arg(doc, env))
 
 
+_SYMBOLS = {
+    "relation_lt": "<", "relation_le": "<=", "relation_gt": ">", "relation_ge": ">=",
+    "relation_eq": "==", "relation_ne": "!=", "relation_in": "in",
+    "addition_add": "+", "addition_sub": "-",
+    "multiplication_mul": "*", "multiplication_div": "/", "multiplication_mod": "%",
+}  # fmt: skip
+_PASS_THROUGH = {
+    "expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication",
+    "unary", "member", "primary",
+}  # fmt: skip
+
+
+def _args(node: Any) -> str:
+    return ", ".join(unparse(c) for c in node.children) if isinstance(node, Tree) else ""
+
+
+def unparse(node: Any) -> str:  # noqa: PLR0911, PLR0912 - one branch per rule
+    """CEL text of a subtree of cel-python's syntax tree (``Unsupported`` for a rule it
+    does not know): the parser's positions inside parentheses are not reliable."""
+    if isinstance(node, Token):
+        return str(node)
+    kind, kids = node.data, node.children
+    if len(kids) == 1 and kind in _PASS_THROUGH:
+        return unparse(kids[0])
+    if kind == "expr":
+        return f"{unparse(kids[0])} ? {unparse(kids[1])} : {unparse(kids[2])}"
+    if kind in ("conditionalor", "conditionaland"):
+        op = "||" if kind == "conditionalor" else "&&"
+        return f"{unparse(kids[0])} {op} {unparse(kids[1])}"
+    if kind in ("relation", "addition", "multiplication"):
+        op, right = kids
+        return f"{unparse(op.children[0])} {_SYMBOLS[op.data]} {unparse(right)}"
+    if kind == "unary":
+        return ("!" if kids[0].data == "unary_not" else "-") + unparse(kids[1])
+    if kind == "paren_expr":
+        return f"({unparse(kids[0])})"
+    if kind == "member_dot":
+        return f"{unparse(kids[0])}.{kids[1]}"
+    if kind == "member_dot_arg":
+        args = _args(kids[2]) if len(kids) > 2 else ""
+        return f"{unparse(kids[0])}.{kids[1]}({args})"
+    if kind == "member_index":
+        return f"{unparse(kids[0])}[{unparse(kids[1])}]"
+    if kind in ("ident", "literal"):
+        return str(kids[0])
+    if kind == "ident_arg":
+        return f"{kids[0]}({_args(kids[1]) if len(kids) > 1 else ''})"
+    if kind == "list_lit":
+        return f"[{_args(kids[0]) if kids else ''}]"
+    if kind == "map_lit":
+        items = kids[0].children if kids and kids[0] is not None else []
+        pairs = [f"{unparse(items[i])}: {unparse(items[i + 1])}" for i in range(0, len(items), 2)]
+        return "{" + ", ".join(pairs) + "}"
+    if kind == "dot_ident":
+        return f".{kids[0]}"
+    raise Unsupported(kind)
+
+
 class Compiler:
     def __init__(self, text: str) -> None:
         self.text = text
 
     def source(self, node: Tree) -> str:
-        from profiles.segments import _unparse  # the parser's positions are unreliable
-
-        return _unparse(node)
+        return unparse(node)
 
     def compile(self, node: Any) -> Fn:  # noqa: PLR0911, PLR0912 - one branch per rule
         if not isinstance(node, Tree):

@@ -44,9 +44,9 @@ from typing import Any
 
 from cel_expr_python import cel
 from celpy import celparser
-from lark import Token, Tree
+from lark import Tree
 
-from profiles.celfast import Fallback, Fn, Missing, Ts, compile_fast, env_at
+from profiles.celfast import Fallback, Fn, Missing, Ts, Unsupported, compile_fast, env_at, unparse
 from profiles.profile import iso
 from profiles.standardize import DEFAULT_INDEX, trait_name
 
@@ -242,57 +242,12 @@ def _idents(node: Any, name: str) -> list[Tree]:
     return [t for t in node.iter_subtrees() if t.data == "ident" and str(t.children[0]) == name]
 
 
-_SYMBOLS = {**_COMPARISONS, "addition_add": "+", "addition_sub": "-", "multiplication_mul": "*",
-            "multiplication_div": "/", "multiplication_mod": "%"}  # fmt: skip
-
-
-def _args(node: Any) -> str:
-    return ", ".join(_unparse(c) for c in node.children) if isinstance(node, Tree) else ""
-
-
-def unparse_error(what: str) -> SegmentError:
-    return SegmentError("?", f"not supported here: {what}")
-
-
-def _unparse(node: Any) -> str:  # noqa: PLR0911, PLR0912 - one branch per rule
+def _unparse(node: Any) -> str:
     """The text of a subtree (the parser's positions are not reliable inside one)."""
-    if isinstance(node, Token):
-        return str(node)
-    kind, kids = node.data, node.children
-    if len(kids) == 1 and kind in _WRAPPERS - {"paren_expr"}:
-        return _unparse(kids[0])
-    if kind == "expr":
-        return f"{_unparse(kids[0])} ? {_unparse(kids[1])} : {_unparse(kids[2])}"
-    if kind in ("conditionalor", "conditionaland"):
-        op = "||" if kind == "conditionalor" else "&&"
-        return f"{_unparse(kids[0])} {op} {_unparse(kids[1])}"
-    if kind in ("relation", "addition", "multiplication"):
-        op, right = kids
-        return f"{_unparse(op.children[0])} {_SYMBOLS[op.data]} {_unparse(right)}"
-    if kind == "unary":
-        return ("!" if kids[0].data == "unary_not" else "-") + _unparse(kids[1])
-    if kind == "paren_expr":
-        return f"({_unparse(kids[0])})"
-    if kind == "member_dot":
-        return f"{_unparse(kids[0])}.{kids[1]}"
-    if kind == "member_dot_arg":
-        args = _args(kids[2]) if len(kids) > 2 else ""
-        return f"{_unparse(kids[0])}.{kids[1]}({args})"
-    if kind == "member_index":
-        return f"{_unparse(kids[0])}[{_unparse(kids[1])}]"
-    if kind in ("ident", "literal"):
-        return str(kids[0])
-    if kind == "ident_arg":
-        return f"{kids[0]}({_args(kids[1]) if len(kids) > 1 else ''})"
-    if kind == "list_lit":
-        return f"[{_args(kids[0]) if kids else ''}]"
-    if kind == "map_lit":
-        items = kids[0].children if kids and kids[0] is not None else []
-        pairs = [f"{_unparse(items[i])}: {_unparse(items[i + 1])}" for i in range(0, len(items), 2)]
-        return "{" + ", ".join(pairs) + "}"
-    if kind == "dot_ident":
-        return f".{kids[0]}"
-    raise unparse_error(kind)
+    try:
+        return unparse(node)
+    except Unsupported as exc:
+        raise SegmentError("?", f"not supported here: {exc}") from None
 
 
 @dataclass
