@@ -560,10 +560,13 @@ def _var(env: Env, name: str) -> Any:
 
 
 def _unwrap(node: Any) -> Any:
-    while isinstance(node, Tree) and len(node.children) == 1 and node.data in (
-        "expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication",
-        "unary", "member", "primary",
-    ):  # fmt: skip
+    """The node under rules that only pass one child on (and parentheses)."""
+    while (
+        isinstance(node, Tree)
+        and len(node.children) == 1
+        and isinstance(node.children[0], Tree)
+        and (node.data in _PASS_THROUGH or node.data == "paren_expr")
+    ):
         node = node.children[0]
     return node
 

@@ -46,7 +46,17 @@ from cel_expr_python import cel
 from celpy import celparser
 from lark import Tree
 
-from profiles.celfast import Fallback, Fn, Missing, Ts, Unsupported, compile_fast, env_at, unparse
+from profiles.celfast import (
+    Fallback,
+    Fn,
+    Missing,
+    Ts,
+    Unsupported,
+    _unwrap,
+    compile_fast,
+    env_at,
+    unparse,
+)
 from profiles.profile import iso
 from profiles.standardize import DEFAULT_INDEX, trait_name
 
@@ -102,10 +112,6 @@ _COMPARISONS = {
     "relation_in": "in",
 }
 _ORDERING = {"relation_lt", "relation_le", "relation_gt", "relation_ge"}
-_WRAPPERS = {
-    "expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication",
-    "unary", "member", "primary", "paren_expr",
-}  # fmt: skip
 #: Evaluation errors that mean "the profile has no such field (yet)".
 _MISSING = ("Key not found in map", "null_type", "No such key")
 
@@ -218,17 +224,6 @@ def _checked(name: str, env: Any, text: str) -> Any:
         if reason.startswith("ERROR: "):
             reason = reason[len("ERROR: ") :]
         raise SegmentError(name, reason, int(m.group(1)), int(m.group(2))) from None
-
-
-def _unwrap(node: Any) -> Any:
-    while (
-        isinstance(node, Tree)
-        and node.data in _WRAPPERS
-        and len(node.children) == 1
-        and isinstance(node.children[0], Tree)
-    ):
-        node = node.children[0]
-    return node
 
 
 def _ident(node: Any) -> str | None:

@@ -88,6 +88,59 @@ def catalog_of(records: dict[str, bytes]) -> tuple[Catalog, list[str]]:
     return Catalog(tuple(sorted(compiled, key=lambda s: (s.reads_segments, s.name)))), problems
 
 
+class DefinitionsLog:
+    """The definitions topic read from its start, without a consumer group: the latest
+    record of each segment name (a tombstone removes it)."""
+
+    def __init__(self, bootstrap: str, topic: str, client: str) -> None:
+        self.topic = topic
+        self.records: dict[str, bytes] = {}
+        self.next_offset = 0
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": client,  # never joins: the partition is assigned
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 50,
+                "enable.partition.eof": True,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+
+    def __enter__(self) -> DefinitionsLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._consumer.close()
+
+    def poll(self, timeout_s: float) -> bool:
+        """Take the next record, if one comes within ``timeout_s``; whether one did."""
+        msg = self._consumer.poll(timeout_s)
+        if msg is None:
+            return False
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                return False
+            raise RuntimeError(f"reading {self.topic}: {err}")
+        self.next_offset = (msg.offset() or 0) + 1
+        key = (msg.key() or b"").decode()
+        value = msg.value()
+        if value is None:
+            self.records.pop(key, None)
+        else:
+            self.records[key] = value
+        return True
+
+    def at_end(self) -> bool:
+        """Whether every record there was at the latest fetch has been taken (the fetch's
+        high watermark: the embedded broker's ListOffsets can be wrong)."""
+        _low, high = self._consumer.get_watermark_offsets(
+            TopicPartition(self.topic, 0), cached=True
+        )
+        return high >= 0 and self.next_offset >= high
+
+
 class Definitions:
     """The definitions topic, followed in a thread. ``catalog`` is what is in force;
     ``generation`` grows when it changes; ``ready`` is set once the topic was read to
@@ -123,47 +176,19 @@ class Definitions:
                 self._stop.wait(2.0)
 
     def _follow(self) -> None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self._bootstrap,
-                "group.id": "unifier.segments-reader",  # never joins: partitions assigned
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 100,
-                "enable.partition.eof": True,
-            }
-        )
-        try:
-            consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
-            records: dict[str, bytes] = {}
-            next_offset = 0
+        with DefinitionsLog(self._bootstrap, self.topic, "unifier.segments-reader") as topic:
             dirty = False
             while not self._stop.is_set():
-                msg = consumer.poll(self._poll_s)
-                err = msg.error() if msg is not None else None
-                if msg is not None and err is None:
-                    next_offset = (msg.offset() or 0) + 1
-                    key = (msg.key() or b"").decode()
-                    value = msg.value()
-                    if value is None:
-                        records.pop(key, None)
-                    else:
-                        records[key] = value
-                    dirty = True
+                try:
+                    if topic.poll(self._poll_s):
+                        dirty = True
+                        continue
+                except RuntimeError as exc:  # an error the broker reported: try again
+                    log.warning("%s", exc)
                     continue
-                if err is not None and err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("reading %s: %s", self.topic, err)
-                    continue
-                # High watermark of the latest fetch (ListOffsets can be wrong here).
-                _low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, 0), cached=True
-                )
-                if high < 0 or next_offset < high:
-                    continue
-                if dirty or not self.ready.is_set():
-                    self._install(records)
+                if topic.at_end() and (dirty or not self.ready.is_set()):
+                    self._install(topic.records)
                     dirty = False
-        finally:
-            consumer.close()
 
     def _install(self, records: dict[str, bytes]) -> None:
         if records != self._records or not self.ready.is_set():

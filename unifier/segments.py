@@ -10,53 +10,24 @@ from dataclasses import dataclass, field
 
 import orjson
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from config.settings import Settings
 from profiles.segments import Definition, SegmentError, compile_segment
 from sinks.redis_view import segment_key
-from streams.segments import definition_value
+from streams.segments import DefinitionsLog, definition_value
 
 
 def read_definitions(settings: Settings, timeout_s: float = 15.0) -> dict[str, Definition]:
     """The definitions in force: the latest record of each name on the topic."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": "unifier.segments-cli",  # never joins: the partition is assigned
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 50,
-        }
-    )
-    tp = TopicPartition(settings.topic_segments, 0, OFFSET_BEGINNING)
-    records: dict[str, bytes] = {}
-    next_offset = 0
     deadline = time.monotonic() + timeout_s
-    try:
-        consumer.assign([tp])
-        while True:
+    with DefinitionsLog(
+        settings.bootstrap_servers, settings.topic_segments, "unifier.segments-cli"
+    ) as topic:
+        while topic.poll(0.1) or not topic.at_end():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{settings.topic_segments} not read within {timeout_s:.0f}s")
-            msg = consumer.poll(0.1)
-            err = msg.error() if msg is not None else None
-            if msg is not None and err is None:
-                next_offset = (msg.offset() or 0) + 1
-                key = (msg.key() or b"").decode()
-                value = msg.value()
-                if value is None:
-                    records.pop(key, None)
-                else:
-                    records[key] = value
-                continue
-            if err is not None and err.code() != KafkaError._PARTITION_EOF:
-                raise RuntimeError(f"reading {settings.topic_segments}: {err}")
-            # the high watermark of the latest fetch: ListOffsets can be wrong on Tansu
-            _low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, 0), cached=True)
-            if high >= 0 and next_offset >= high:
-                break
-    finally:
-        consumer.close()
+        records = topic.records
     out = {}
     for name, value in records.items():
         try:
