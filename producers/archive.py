@@ -468,6 +468,7 @@ class Replayed:
     failed: int = 0
     next_offsets: dict[int, int] = field(default_factory=dict)  # of the topic, after
     journal: int = 0  # records replayed from the collector's journal after the archive
+    definitions: int = 0  # segment definitions published again (unifier.restore)
 
 
 def replay(

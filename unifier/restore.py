@@ -7,17 +7,20 @@ touchpoints topic is empty, ``stack up`` replays the archive into it before the 
 starts; the worker rebuilds its tables, the output topics and the Redis view from it
 (the view is emptied first: it came from the log this replaces). The archive then
 opens a new epoch at the topic's end, so the replayed records are not archived twice.
+The segment definitions come back too, from the copy the workers keep in Redis.
 """
 
 from __future__ import annotations
 
+import orjson
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from config.settings import Settings
 from producers.archive import MANIFEST, Manifest, Replayed, replay
 from producers.journal import read_journal, replay_journal
-from sinks.redis_view import PREFIX
+from profiles.segments import Definition
+from sinks.redis_view import DEFINITIONS_KEY, PREFIX
 from streams.patches.recovery import true_ends
 
 
@@ -62,13 +65,38 @@ def has_journal(settings: Settings) -> bool:
     return directory.exists() and next(read_journal(directory), None) is not None
 
 
+def restore_definitions(settings: Settings) -> int:
+    """The segment definitions the workers last kept in Redis (``sinks.redis_view``),
+    published again when the broker came back without them; how many. Redis keeps
+    them in its append-only file across the restart; the topic was in the broker's
+    memory."""
+    from unifier.segments import Plan, publish, read_definitions
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        kept = client.hgetall(DEFINITIONS_KEY)
+    finally:
+        client.close()
+    if not kept or read_definitions(settings):
+        return 0
+    definitions = []
+    for value in kept.values():
+        try:
+            definitions.append(Definition.from_json(orjson.loads(value)))
+        except (ValueError, KeyError, TypeError):
+            continue
+    publish(settings, Plan(added=definitions))  # their versions as they were
+    return len(definitions)
+
+
 def restore_from_archive(settings: Settings, progress: bool = False) -> Replayed | None:
     """Replay the archive, then the collector's journal, when the touchpoints topic is
     empty and they are not; None when there was nothing to do. Records in both (most
     of the journal) are applied once: the stages are idempotent by event id."""
+    definitions = restore_definitions(settings)  # before the view (and they) are cleared
     journal = has_journal(settings)
     if not (archived_records(settings) or journal) or any(topic_ends(settings).values()):
-        return None
+        return Replayed(definitions=definitions) if definitions else None
     directory = settings.archive_path
     # The view (kept by Redis's append-only file) came from the log this replay
     # replaces: with identity limits, which profile keeps a shared identifier depends
@@ -88,4 +116,5 @@ def restore_from_archive(settings: Settings, progress: bool = False) -> Replayed
     manifest.new_epoch(topic_ends(settings))
     directory.mkdir(parents=True, exist_ok=True)
     manifest.save(directory)
+    result.definitions = definitions
     return result

@@ -344,6 +344,7 @@ def test_the_broker_killed_and_back_20_s_later_under_collector_load(
         # start again (README, "What survives what"): watched from here on.
         restored = restore_from_archive(settings)
         assert restored is not None and not restored.failed and restored.journal > 0
+        assert restored.definitions == len(STEADY)  # the segments too, from Redis
         with VersionWatch(settings.redis_url, tolerate_errors=True) as after_the_restore:
             stack.start_archiver()
             stack.start_worker()

@@ -113,6 +113,14 @@ def _restore(settings: Settings) -> None:
         ) from None
     if result is None:
         return
+    if result.definitions:
+        err.print(
+            f"published again the {result.definitions} segment definitions the workers had "
+            "kept in Redis (the broker came back without them)",
+            highlight=False,
+        )
+    if not result.records and not result.journal:
+        return
     if result.failed:
         raise StackError(
             f"restoring from the archive: {result.failed:,} touchpoints were NOT delivered; "
