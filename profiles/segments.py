@@ -95,6 +95,10 @@ COMPUTED_TYPES: dict[str, Any] = {
     "refused_links": _T.INT,
     "attribution": _T.Map(_T.STRING, _T.DYN),
 }
+#: Computed maps whose keys a definition can read one at a time
+#: (``profile.computed.events_by_type.order_completed``): such a definition is not
+#: evaluated again when only other keys changed (a page view changes ``page_viewed``).
+KEYED = frozenset({"events_by_type", "events_by_source", "lifetime_value", "average_order_value"})
 #: Traits whose values standardization makes strings (``profiles.standardize``).
 STRING_TRAITS = frozenset(DEFAULT_INDEX.values()) | {"name", "middle_name", "email", "phone"}
 
@@ -198,9 +202,28 @@ class Segment:
 
 def changed_keys(changed: Iterable[str]) -> frozenset[str]:
     """Changed view fields and the parts they are in (``traits.country`` changes
-    ``traits``): a segment that reads any of them is affected."""
+    ``traits``): a segment that reads any of them is affected. A changed key of a map
+    (``computed.events_by_type.signed_in``) does not name its map: the map's own
+    change is listed on its own."""
     names = set(changed)
     return frozenset(names | {n.split(".", 1)[0] for n in names})
+
+
+def keyed_changes(
+    changed: list[str], before: Mapping[str, Any], after: Mapping[str, Any],
+    deep: Mapping[str, frozenset[str]],
+) -> list[str]:  # fmt: skip
+    """``changed`` with, for each changed computed map some definition reads by key
+    (``deep``: map -> keys read), the keys whose values differ."""
+    out = list(changed)
+    for name in changed:
+        keys = deep.get(name)
+        if keys:
+            field = name.split(".", 1)[1]
+            b = before.get("computed", {}).get(field) or {}
+            a = after.get("computed", {}).get(field) or {}
+            out += [f"{name}.{k}" for k in keys if b.get(k) != a.get(k)]
+    return out
 
 
 # -- compiling ---------------------------------------------------------------------
@@ -305,6 +328,8 @@ def _field_type(name: str, chain: _Chain, text: str) -> tuple[int, Any, str]:
                 f"(it has: {', '.join(sorted(COMPUTED_TYPES))})",
                 *where,
             )
+        if sub in KEYED and len(chain.names) > 2:  # one key of a count map: read alone
+            return chain.ends[1], COMPUTED_TYPES[sub], f"computed.{sub}.{chain.names[2]}"
         return chain.ends[1], COMPUTED_TYPES[sub], f"computed.{sub}"
     if top == "traits":
         canonical = trait_name(sub)
@@ -493,6 +518,8 @@ class Catalog:
     later: tuple[Segment, ...] = field(default=(), compare=False)  # read profile.segments
     reads: frozenset[str] = field(default=frozenset(), compare=False)  # of them all
     versions_items: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+    # "computed.<map>" -> the keys of it some definition reads alone (KEYED)
+    deep: dict[str, frozenset[str]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         self.by_name.update((s.name, s) for s in self.segments)
@@ -505,6 +532,12 @@ class Catalog:
         object.__setattr__(self, "reads", frozenset().union(*(s.reads for s in self.segments)))
         items = tuple((s.name, s.version) for s in self.segments)
         object.__setattr__(self, "versions_items", items)
+        deep: dict[str, set[str]] = {}
+        for r in self.reads:
+            parts = r.split(".")
+            if len(parts) == 3:
+                deep.setdefault(f"{parts[0]}.{parts[1]}", set()).add(parts[2])
+        self.deep.update((k, frozenset(v)) for k, v in deep.items())
 
     def due(
         self, entries: Mapping[str, Entry], now_ms: int, changed: Iterable[str] | None
@@ -653,7 +686,7 @@ def document(view: Mapping[str, Any], reads: Iterable[str] | None = None) -> dic
     whole = {r for r in reads if "." not in r}
     doc: dict[str, Any] = {top: view[top] for top in whole if top in view}
     for read in reads - whole:
-        top, _, sub = read.partition(".")
+        top, sub = read.split(".")[:2]
         if top in whole or top not in view:
             continue
         part = doc.setdefault(top, {})

@@ -48,6 +48,7 @@ from profiles.segments import (
     SegmentError,
     Transition,
     compile_segment,
+    keyed_changes,
     members_of,
     next_due,
     reconcile,
@@ -283,6 +284,8 @@ def segment_pass(
             if after is None:
                 after = signature_with_view(node, view, rules)
             changed = _changed(was, after)
+            if catalog.deep:
+                changed = keyed_changes(changed, was, after, catalog.deep)
         moved, errors = reconcile(key, view, node.segments, catalog, now_ms, changed)
         if moved or adopted:
             node.segment_moves += len(moved)

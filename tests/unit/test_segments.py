@@ -22,6 +22,7 @@ from profiles.segments import (
     document,
     evaluate,
     explain,
+    keyed_changes,
     members_of,
     next_due,
     reconcile,
@@ -56,6 +57,10 @@ def view(first: int | None, last: int | None, orders: int = 0, country: str | No
             "last_seen": None if last is None else iso(last),
             "orders": orders,
             "lifetime_value": {"USD": str(orders * 100)},
+            "events_by_type": {
+                "page_viewed": version,
+                **({"order_completed": orders} if orders else {}),
+            },
         },
         "version": version,
     }
@@ -189,21 +194,30 @@ WINDOWS = [1, 24, 100, 1440]
 definitions = st.lists(
     st.one_of(
         st.builds(
-            lambda n, h: f'profile.computed.orders >= {n} && '
-            f'timestamp(profile.computed.last_seen) < now - duration("{h}h")',
-            st.integers(0, 3), st.sampled_from(WINDOWS),
+            lambda n, h: (
+                f"profile.computed.orders >= {n} && "
+                f'timestamp(profile.computed.last_seen) < now - duration("{h}h")'
+            ),
+            st.integers(0, 3),
+            st.sampled_from(WINDOWS),
         ),
         st.builds(
-            lambda c, h: f'profile.traits.country == "{c}" && '
-            f'timestamp(profile.computed.first_seen) > now - duration("{h}h")',
-            st.sampled_from(["US", "PT"]), st.sampled_from(WINDOWS),
+            lambda c, h: (
+                f'profile.traits.country == "{c}" && '
+                f'timestamp(profile.computed.first_seen) > now - duration("{h}h")'
+            ),
+            st.sampled_from(["US", "PT"]),
+            st.sampled_from(WINDOWS),
         ),
         st.builds(lambda n: f"profile.computed.orders > {n}", st.integers(0, 3)),
         st.just('"s0" in profile.segments || has(profile.traits.vip)'),
+        st.builds(
+            lambda n: f"profile.computed.events_by_type.order_completed > {n}", st.integers(0, 2)
+        ),
     ),
     min_size=1,
     max_size=5,
-)  # fmt: skip
+)
 steps = st.lists(
     st.tuples(
         st.integers(0, 200 * HOUR),  # the clock moves on by this much
@@ -230,6 +244,7 @@ def test_membership_kept_on_change_and_on_time_equals_evaluating_the_final_profi
     entries: dict = {}
     current = view(first, last, orders, country)
     members: set[str] = set()
+    seen_events = 0
 
     def track(transitions: list) -> None:
         for t in transitions:
@@ -250,11 +265,13 @@ def test_membership_kept_on_change_and_on_time_equals_evaluating_the_final_profi
             last, orders = now, orders + adds
             country = sent_country or country
             before = current
-            current = view(first, last, orders, country)
+            seen_events += 1
+            current = view(first, last, orders, country, version=seen_events)
             changed = [f"computed.{k}" for k in current["computed"]
                        if current["computed"][k] != before["computed"].get(k)]  # fmt: skip
             if current["traits"] != before["traits"]:
                 changed.append("traits.country")
+            changed = keyed_changes(changed, before, current, cat.deep)
             track(reconcile("p1", current, entries, cat, now, changed=changed)[0])
     expected: dict = {}
     reconcile("p1", current, expected, cat, now)
@@ -286,3 +303,20 @@ def test_a_transition_already_sent_is_adopted_not_sent_again() -> None:
     assert [(t.entered, t.seq) for t in later] == [(False, 2)]  # numbering goes on
     published.after({partition_for("p1", 4): (0, 10)})
     assert published.sent == {}
+
+
+def test_a_definition_reading_one_key_of_a_map_is_not_evaluated_for_the_others() -> None:
+    support = Definition("support", "has(profile.computed.events_by_type.ticket_opened)")
+    cat = Catalog.of([support])
+    assert cat.deep == {"computed.events_by_type": frozenset({"ticket_opened"})}
+    before = {"computed": {"events_by_type": {"page_viewed": 1}}}
+    after = {"computed": {"events_by_type": {"page_viewed": 2}}}
+    entries: dict = {}
+    reconcile("p1", after, entries, cat, T0)
+    changed = keyed_changes(["computed.events_by_type"], before, after, cat.deep)
+    assert cat.due(entries, T0, changed) == set()
+    opened = {"computed": {"events_by_type": {"page_viewed": 2, "ticket_opened": 1}}}
+    changed = keyed_changes(["computed.events_by_type"], after, opened, cat.deep)
+    assert cat.due(entries, T0, changed) == {"support"}
+    out, _ = reconcile("p1", opened, entries, cat, T0, changed)
+    assert [(t.segment, t.entered) for t in out] == [("support", True)]
