@@ -193,12 +193,6 @@ class Segment:
     def reads_segments(self) -> bool:
         return "segments" in self.reads
 
-    def affected_by(self, changed: Iterable[str]) -> bool:
-        """Whether a change of these view fields (``profiles.projection.changed_fields``
-        names: ``identifiers``, ``traits.X``, ``computed.X``, ``segments``,
-        ``version``) can change this segment's answer."""
-        return not self.reads.isdisjoint(changed_keys(changed))
-
 
 def changed_keys(changed: Iterable[str]) -> frozenset[str]:
     """Changed view fields and the parts they are in (``traits.country`` changes

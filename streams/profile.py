@@ -111,8 +111,8 @@ def changes_of(
     afters = {
         key: signature_with_view(node, views[key], rules)
         for key, node in touched
-        if node.redirect is None
-    }
+        if node.redirect is None and catalog is not None
+    }  # without segments, change_of makes them for the profiles that changed
     result = PassResult()
     if catalog is not None:
         result = segment_pass(touched, views, cache.read, rules, catalog, now_ms, published, afters)

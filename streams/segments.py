@@ -57,6 +57,7 @@ from profiles.segments import (
 from profiles.traits import TraitRules
 from schemas.wire import node_from
 from sinks.kafka import SOURCE_OFFSET
+from streams import metrics
 
 log = logging.getLogger("unifier.segments")
 
@@ -342,8 +343,6 @@ class Scheduler:
         self.clock = clock
         self.heaps: dict[int, list[tuple[int, str]]] = {}
         self.scanned: dict[int, int] = {}  # partition -> definitions generation scanned
-        self.backfill: tuple[int, int] | None = None  # (done, total) profiles while scanning
-        self.backfilled = 0  # profiles sent for evaluation by scans
         self.in_flight = 0  # evaluations sent that the stage has not reported handled
         self._room: asyncio.Event | None = None  # set when in_flight falls low again
 
@@ -409,42 +408,35 @@ class Scheduler:
         catalog = self.definitions.catalog
         keys = {p: self._keys(p) for p in partitions}
         total = sum(len(k) for k in keys.values())
-        done = 0
         started = time.monotonic()
         sent = 0
-        self.backfill = (0, total)
-        try:
-            for p in partitions:
-                heap: list[tuple[int, str]] = []
-                self.heaps[p] = []  # what batches note meanwhile is kept
-                part = keys[p]
-                for start in range(0, len(part), SCAN_CHUNK):
-                    evaluate: list[Any] = []
-                    for key in part[start : start + SCAN_CHUNK]:
-                        raw = self.table.data.get(key)
-                        if raw is None:
-                            continue
-                        node = node_from(bytes(raw))
-                        if stale(node, catalog):
-                            evaluate.append(Evaluate(key))
-                        due = next_due(node.segments)
-                        if due:
-                            heap.append((due, key))
-                    if evaluate:
-                        await self.send({p: evaluate})
-                        sent += len(evaluate)
-                        self.in_flight += len(evaluate)
-                        await self._paced()
-                    done += min(SCAN_CHUNK, len(part) - start)
-                    self.backfill = (done, total)
-                    await asyncio.sleep(0)  # the stages run between chunks
-                heap += self.heaps.get(p, [])
-                heapq.heapify(heap)
-                self.heaps[p] = heap
-                self.scanned[p] = generation
-        finally:
-            self.backfill = None
-        self.backfilled += sent
+        for p in partitions:
+            heap: list[tuple[int, str]] = []
+            self.heaps[p] = []  # what batches note meanwhile is kept
+            part = keys[p]
+            for start in range(0, len(part), SCAN_CHUNK):
+                evaluate: list[Any] = []
+                for key in part[start : start + SCAN_CHUNK]:
+                    raw = self.table.data.get(key)
+                    if raw is None:
+                        continue
+                    node = node_from(bytes(raw))
+                    if stale(node, catalog):
+                        evaluate.append(Evaluate(key))
+                    due = next_due(node.segments)
+                    if due:
+                        heap.append((due, key))
+                if evaluate:
+                    await self.send({p: evaluate})
+                    sent += len(evaluate)
+                    self.in_flight += len(evaluate)
+                    metrics.SEGMENT_EVALUATIONS_SENT.labels(why="backfill").inc(len(evaluate))
+                    await self._paced()
+                await asyncio.sleep(0)  # the stages run between chunks
+            heap += self.heaps.get(p, [])
+            heapq.heapify(heap)
+            self.heaps[p] = heap
+            self.scanned[p] = generation
         if sent or total > 10_000:
             log.info(
                 "segments: read %d profiles of partitions %s in %.1f s; %d sent for evaluation",
