@@ -60,7 +60,7 @@ def run_pipeline(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], fl
                 if not probe.wait(timeout=600):
                     raise SystemExit("the worker did not catch up within 600 s")
             took = time.monotonic() - started
-            view = RedisProfileView.from_url(settings.redis_url)
+            view = RedisProfileView.for_settings(settings)
             with contextlib.closing(view):
                 return list(view.scan()), took
 

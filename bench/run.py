@@ -298,7 +298,7 @@ def end_to_end(
     rss = sum(rss_bytes(stack.procs[name].pid) for name in names)
     others = {f"{name}_cpu_us_per_event": (cpu_seconds(stack.procs[name].pid) - was)
               / len(touchpoints) * 1e6 for name, was in others.items()}  # fmt: skip
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     with contextlib.closing(view):
         profiles = list(view.scan())
     client = redis.Redis.from_url(settings.redis_url)

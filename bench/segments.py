@@ -242,7 +242,7 @@ def transition_latency(tmp: Path, rate: int, seconds: int) -> dict[str, Any]:
         view = {}
         from serve.view import RedisProfileView
 
-        rv = RedisProfileView.from_url(settings.redis_url)
+        rv = RedisProfileView.for_settings(settings)
         for p in rv.scan():
             view[p["profile_id"]] = p["identifiers"]["email"][0]
         rv.close()
@@ -298,7 +298,7 @@ def backfill(tmp: Path, profiles: int, trickle: int) -> dict[str, Any]:
         started = time.monotonic()
         _apply(settings, {"everyone": "profile.computed.event_count >= 1"})
         served: list[float] = []
-        rv = RedisProfileView.from_url(settings.redis_url)
+        rv = RedisProfileView.for_settings(settings)
         try:
             with Unifier(settings) as sdk:
                 i = 0

@@ -92,7 +92,7 @@ class Load:
 def _applied(settings: Any) -> tuple[int, int]:
     from serve.view import RedisProfileView
 
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     try:
         profiles = list(view.scan())
     finally:
@@ -168,7 +168,7 @@ def main() -> None:
             profiles, applied = _applied(settings)
             from serve.view import RedisProfileView
 
-            view = RedisProfileView.from_url(settings.redis_url)
+            view = RedisProfileView.for_settings(settings)
             try:
                 clusters = set(comparable(list(view.scan())))
             finally:

@@ -159,7 +159,7 @@ def loyal_customer(settings: Settings, stack: Any, events: int = 20_000) -> dict
     _send(settings, touchpoints)
     _caught_up(settings)
     took = time.perf_counter() - started
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     try:
         profile = view.lookup("email", email) or {}
     finally:

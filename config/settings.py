@@ -180,6 +180,34 @@ class Settings(BaseSettings):
         "unset: the built-in list (profiles.rules.DEFAULT_BLOCKED_PATTERNS)",
     )
 
+    # --- privacy --------------------------------------------------------------
+    seal_pii: bool = Field(
+        True,
+        description="Seal identifiers and personal traits with a key per identifier before "
+        "they are written anywhere (crypto-shredding: erasure destroys the keys)",
+    )
+    keystore_path: Path | None = Field(
+        None,
+        description="The key store (SQLite) every process that seals or reads personal "
+        "data opens; default: STATE_DIR/keys/keys.sqlite",
+    )
+    master_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Master keys that wrap the data keys, base64 of 32 bytes, newest first "
+        "(JSON list; secret); unset: STATE_DIR/keys/master.keys, made on first use",
+    )
+    personal_traits: list[str] | None = Field(
+        None,
+        description="Traits that are personal data and are sealed (JSON list; a name ending "
+        "in '.' covers its nested traits); unset: profiles.privacy.PERSONAL_TRAITS",
+    )
+    key_cache_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a process keeps a data key it read: a key destroyed by an "
+        "erasure stops being used everywhere within this time",
+    )
+
     # --- profile traits --------------------------------------------------------
     trait_strategies: dict[str, str] = Field(
         default_factory=dict,
@@ -335,9 +363,11 @@ class Settings(BaseSettings):
         out: dict[str, str] = {}
         # Secrets are revealed by hand: a copy made with ``model_copy(update=...)`` holds
         # plain str keys, which pydantic's SecretStr serializer refuses.
-        dumped = self.model_dump(mode="json", exclude={"collector_write_keys", "api_keys"})
+        secret = {"collector_write_keys", "api_keys", "master_keys"}
+        dumped = self.model_dump(mode="json", exclude=secret)
         dumped["collector_write_keys"] = self.write_key_sources()
         dumped["api_keys"] = self.api_key_scopes()
+        dumped["master_keys"] = [reveal(k) for k in self.master_keys]
         for name, value in dumped.items():
             if value is None:  # unset: the child falls back to the same default
                 continue

@@ -45,6 +45,7 @@ from profiles.routing import validate_event
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from schemas.codec import BATCH, TOUCHPOINT, encode_batches
 from schemas.resolve import RegistryFraming, SchemaLog, registry_client
+from sinks.keys import sealer_for
 
 log = logging.getLogger("unifier.collector")
 
@@ -106,6 +107,8 @@ class AsyncSender:
         self._framing: asyncio.Task[None]
         self._closing = False
         self._prefix: bytes | None = None
+        # Personal data is sealed before it is journaled or sent (profiles.privacy).
+        self._sealer = sealer_for(settings)
 
     async def start(self) -> None:
         """Start sending. Framing is settled in the background (a registry id, or our
@@ -228,6 +231,8 @@ class AsyncSender:
         events = [tp for tps, _ in group for tp in tps]
         futures = [f for _, f in group]
         try:
+            if self._sealer is not None:  # CPU and a key-store write for new identifiers
+                events = await self._loop.run_in_executor(None, self._sealer.seal, events)
             parts = encode_batches(events, self._prefix, self.settings.max_record_bytes)
         except Exception as exc:  # validated already; an encode failure is our bug
             log.exception("could not encode a batch of %d events", len(events))

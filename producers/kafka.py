@@ -23,13 +23,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Literal
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from config.settings import Settings
+from profiles.privacy import Sealer
 from profiles.touchpoint import Touchpoint
 from schemas.codec import BATCH, TOUCHPOINT, encode_batches
 from schemas.resolve import RegistryFraming, SchemaLog, registry_client
+from sinks.keys import sealer_for
 
 log = logging.getLogger("unifier.producer")
 
@@ -70,9 +73,13 @@ class TouchpointProducer:
         max_in_flight_events: int = 200_000,
         block_timeout_s: float = 30.0,
         on_error: ErrorCallback | None = None,
+        sealer: Sealer | Literal["settings"] | None = "settings",
         **overrides: str | int | bool,
     ) -> None:
+        """``sealer``: what seals personal data before it is sent (profiles.privacy);
+        by default the deployment's (``sinks.keys.sealer_for``), None: send as given."""
         self._settings = settings
+        self._sealer = sealer_for(settings) if sealer == "settings" else sealer
         self._topic = settings.topic_touchpoints
         self._batch = settings.producer_batch_events
         self._buffer: list[Touchpoint] = []
@@ -152,8 +159,12 @@ class TouchpointProducer:
             return
         events, self._buffer = self._buffer, []
         prefix = self._framing()
-        for part, value in encode_batches(events, prefix, self._settings.max_record_bytes):
-            self._produce(list(part), value)
+        sealed = events if self._sealer is None else self._sealer.seal(events)
+        at = 0
+        for part, value in encode_batches(sealed, prefix, self._settings.max_record_bytes):
+            # delivery reports name the events as they were given, not as sealed
+            self._produce(events[at : at + len(part)], value)
+            at += len(part)
 
     def _produce(self, events: list[Touchpoint], value: bytes) -> None:
         self._wait_for_room(len(events))

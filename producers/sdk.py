@@ -60,6 +60,7 @@ class Unifier:
             max_in_flight_events=max_in_flight_events,
             block_timeout_s=block_timeout_s,
             on_error=on_error,
+            sealer="settings",
             **producer_config,
         )
 

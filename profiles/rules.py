@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from config.settings import DEFAULT_MAX_CLAIMANTS
 from profiles.identifiers import DEFAULT_LIMITS, NO_EMAIL_RULES, EmailRules, normalize_all
+from profiles.sealed import is_sealed, unusable_reason
 
 DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
     "test@test.com",
@@ -117,13 +118,25 @@ def key(ident: Ident) -> str:
 def usable(
     identifiers: Mapping[str, str], rules: IdentityRules, region: str
 ) -> tuple[list[Ident], list[tuple[str, str]]]:
-    """(identifiers that may link, highest priority first; (type, reason) dropped)."""
+    """(identifiers that may link, highest priority first; (type, reason) dropped).
+
+    Sealed values (``profiles.sealed``) were normalized and checked against the block
+    list before they were sealed: they are taken as they are."""
     raw = dict(identifiers)
     known = {t: v for t, v in raw.items() if t in rules.priorities}
-    good, bad = normalize_all(known, region, rules.email)
-    dropped = [(r.id_type, r.reason) for r in bad]
-    dropped += [(t, "unknown identifier type") for t in raw if t not in known]
+    dropped: list[tuple[str, str]] = []
     ids = []
+    for id_type, value in list(known.items()):
+        if value.startswith("~"):
+            if (reason := unusable_reason(value)) is not None:
+                dropped.append((id_type, reason))
+                del known[id_type]
+            elif is_sealed(value):
+                ids.append((id_type, value))
+                del known[id_type]
+    good, bad = normalize_all(known, region, rules.email)
+    dropped += [(r.id_type, r.reason) for r in bad]
+    dropped += [(t, "unknown identifier type") for t in raw if t not in rules.priorities]
     for id_type, value in good.items():
         rule = rules.blocked(value)
         if rule is None:

@@ -25,6 +25,8 @@ from functools import lru_cache
 
 import pycountry
 
+from profiles.sealed import is_sealed
+
 Scalar = str | int | float | bool | None
 
 DEFAULT_ALIASES: Mapping[str, tuple[str, ...]] = {
@@ -109,8 +111,9 @@ def _timestamp(value: str) -> str | None:
 
 
 def trait_value(name: str, value: Scalar) -> Scalar:
-    """`value` of the (canonical) trait `name`, standardized where that is possible."""
-    if not isinstance(value, str):
+    """`value` of the (canonical) trait `name`, standardized where that is possible
+    (a sealed value was standardized before it was sealed)."""
+    if not isinstance(value, str) or (value.startswith("~~") and is_sealed(value)):
         return value
     out: str | None = None
     if name == "country" or name.endswith("_country"):

@@ -10,8 +10,10 @@
     GET /openapi.json                      the OpenAPI document of all this
 
 API keys (``UNIFIER_API_KEYS``, key -> scopes) go in ``Authorization: Bearer KEY``;
-profile reads need the ``read`` scope. Errors are ``{"error": "..."}`` with a 4xx
-that says what to fix, or a 5xx without internals (the log has them).
+profile reads need the ``read`` scope. Identifiers and personal traits come back
+masked (``a***@x.com``) unless the key also has the ``read_pii`` scope. Errors are
+``{"error": "..."}`` with a 4xx that says what to fix, or a 5xx without internals
+(the log has them).
 """
 
 from __future__ import annotations
@@ -29,12 +31,17 @@ from config import httpmetrics
 from config.settings import Settings
 from profiles.configured import identifier_priorities
 from profiles.lookup import IdentifierRefused, UnknownIdentifierType, lookup_key
+from profiles.privacy import Sealer, mask, mask_view, open_document
 from serve.view import AsyncRedisView
+from sinks.keys import personal_traits, sealer_for
 
 log = logging.getLogger("unifier.api")
 
 VIEW: web.AppKey[AsyncRedisView] = web.AppKey("view", AsyncRedisView)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+SEALER: web.AppKey[Sealer | None] = web.AppKey("sealer", object)  # type: ignore[arg-type]
+#: The scopes of the request's API key (set by the guard).
+SCOPES = "unifier.scopes"
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -82,7 +89,26 @@ def _check_key(request: web.Request) -> web.Response | None:
         return _error(401, "unknown API key")
     if "read" not in scopes:
         return _error(403, "this API key has no read scope")
+    request[SCOPES] = frozenset(scopes)
     return None
+
+
+def _shown(request: web.Request, doc: dict[str, Any]) -> dict[str, Any]:
+    """A view as this key may see it: opened, and masked without ``read_pii``."""
+    sealer = request.app[SEALER]
+    if sealer is not None:
+        doc = open_document(doc, sealer.open_many)
+    if "read_pii" in request.get(SCOPES, ()):
+        return doc
+    return mask_view(doc, personal_traits(request.app[SETTINGS]))
+
+
+def _profile(request: web.Request, stored: bytes) -> web.Response:
+    """A profile as Redis holds it. Without sealing, a key with ``read_pii`` gets the
+    stored bytes as they are (no decode); otherwise it is opened and masked as due."""
+    if request.app[SEALER] is None and "read_pii" in request.get(SCOPES, ()):
+        return _stored(stored)
+    return _json(_shown(request, orjson.loads(stored)))
 
 
 async def get_profile(request: web.Request) -> web.Response:
@@ -90,7 +116,7 @@ async def get_profile(request: web.Request) -> web.Response:
     found = await request.app[VIEW].get_json(pid)
     if found is None:
         return _error(404, f"no profile {pid}")
-    return _stored(found)
+    return _profile(request, found)
 
 
 async def why_profile(request: web.Request) -> web.Response:
@@ -99,7 +125,32 @@ async def why_profile(request: web.Request) -> web.Response:
     if found is None:
         return _error(404, f"no profile {pid}")
     view, why = found
-    return _json({"profile_id": view["profile_id"], **why})
+    return _json(_why_shown(request, {"profile_id": view["profile_id"], **why}))
+
+
+def _why_shown(request: web.Request, why: dict[str, Any]) -> dict[str, Any]:
+    """``why`` names identifiers as ``type:value``: opened, and masked without
+    ``read_pii``."""
+    sealer = request.app[SEALER]
+    if sealer is not None:
+        why = open_document(why, sealer.open_many)
+    if "read_pii" in request.get(SCOPES, ()):
+        return why
+
+    def hide(ident: str) -> str:
+        id_type, _, value = ident.partition(":")
+        return f"{id_type}:{mask(id_type, value)}" if value else ident
+
+    out = dict(why)
+    out["identifiers"] = [
+        {**i, "identifier": hide(i["identifier"])} for i in why.get("identifiers", [])
+    ]
+    out["merges"] = [{**m, "via": hide(m["via"])} for m in why.get("merges", [])]
+    out["refused"] = [
+        {**r, "identifier": hide(r["identifier"]), "other": hide(r["other"])}
+        for r in why.get("refused", [])
+    ]
+    return out
 
 
 async def find_profile(request: web.Request) -> web.Response:
@@ -116,7 +167,7 @@ async def find_profile(request: web.Request) -> web.Response:
     found = await request.app[VIEW].lookup_json(id_type, norm)
     if found is None:
         return _error(404, f"no profile with that {id_type}")
-    return _stored(found)
+    return _profile(request, found)
 
 
 async def list_segments(request: web.Request) -> web.Response:
@@ -170,7 +221,8 @@ def create_api(settings: Settings) -> web.Application:
         middlewares=[httpmetrics.middleware("api"), _guard], client_max_size=64 * 1024
     )
     app[SETTINGS] = settings
-    app[VIEW] = AsyncRedisView.from_url(settings.redis_url)
+    app[SEALER] = sealer = sealer_for(settings)
+    app[VIEW] = AsyncRedisView.from_url(settings.redis_url, sealer)
 
     async def _close(app: web.Application) -> None:
         await app[VIEW].close()

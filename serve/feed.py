@@ -16,6 +16,10 @@ into which profile it went. ``ProfileFeed`` reads both and yields typed records:
                 case ProfileRemoved():
                     crm.delete(change.profile_id)
 
+Identifiers and personal traits are sealed on the topics (``profiles.privacy``); give
+the feed a ``sealer`` (``sinks.keys.sealer_for(settings)``) and it yields them opened
+(an erased person's values read ``[erased]``).
+
 Delivery is at least once: with a ``group_id``, a record's offset is committed only
 when the next record is asked for (or on ``close``), so a consumer that crashes
 mid-record sees it again. Versions only grow, so a copy can ignore an update whose
@@ -29,11 +33,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from profiles.privacy import Sealer, open_document
 from schemas.records import (
     Change,
     FeedError,
@@ -68,8 +74,10 @@ class ProfileFeed:
         merges_topic: str = "profile-merges",
         from_beginning: bool = True,
         config: Mapping[str, Any] | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self.updates_topic, self.merges_topic = updates_topic, merges_topic
+        self._sealer = sealer
         self._grouped = group_id is not None
         self._consumer = Consumer(
             {
@@ -148,6 +156,19 @@ class ProfileFeed:
             last = time.monotonic()
             self._done = msg
             if msg.topic() == self.merges_topic:
-                yield merge_from(msg.value())
+                change: Change = merge_from(msg.value())
             else:
-                yield update_from(msg.key(), msg.value())
+                change = update_from(msg.key(), msg.value())
+            yield change if self._sealer is None else self._open(change)
+
+    def _open(self, change: Change) -> Change:
+        assert self._sealer is not None
+        opens = self._sealer.open_many
+        if isinstance(change, ProfileUpdate):
+            return replace(
+                change,
+                identifiers=open_document(dict(change.identifiers), opens),
+                traits=open_document(dict(change.traits), opens),
+                why=open_document(dict(change.why), opens),
+            )
+        return change

@@ -1,6 +1,11 @@
 """Readers of the Redis view: the CLI, export and tests (``RedisProfileView``) and the
 read API (``AsyncRedisView``). Both follow redirects, so a merged-away id answers with
 the survivor. The key layout is the writer's (``sinks.redis_view``).
+
+Personal data in the view is sealed (``profiles.privacy``). Given a ``Sealer``, a
+reader finds profiles by the plain identifier (its token names the index key) and
+``RedisProfileView`` returns views opened; the read API opens what it serves itself
+(and masks it for keys without the ``read_pii`` scope).
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import orjson
 import redis
 import redis.asyncio as aredis
 
+from config.settings import Settings
+from profiles.privacy import Sealer, open_document
+from sinks.keys import sealer_for
 from sinks.redis_view import (
     DEFINITIONS_KEY,
     PREFIX,
@@ -26,15 +34,32 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class RedisProfileView:
-    """Synchronous reader (CLI, export, tests)."""
+def index_key(id_type: str, value: str, sealer: Sealer | None) -> str:
+    """The index key of a normalized identifier: by its token when values are sealed."""
+    if sealer is None:
+        return identifier_key(id_type, value)
+    return identifier_key(id_type, f"~{sealer.token(id_type, value)}")
 
-    def __init__(self, client: redis.Redis) -> None:
+
+class RedisProfileView:
+    """Synchronous reader (CLI, export, tests): views come back opened when it has a
+    sealer (``for_settings``)."""
+
+    def __init__(self, client: redis.Redis, sealer: Sealer | None = None) -> None:
         self._r = client
+        self._sealer = sealer
 
     @classmethod
-    def from_url(cls, url: str) -> RedisProfileView:
-        return cls(redis.Redis.from_url(url, socket_timeout=10))
+    def from_url(cls, url: str, sealer: Sealer | None = None) -> RedisProfileView:
+        return cls(redis.Redis.from_url(url, socket_timeout=10), sealer)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> RedisProfileView:
+        """The reader of this deployment's view, opening what it reads."""
+        return cls.from_url(settings.redis_url, sealer_for(settings))
+
+    def _open(self, doc: Any) -> Any:
+        return doc if self._sealer is None else open_document(doc, self._sealer.open_many)
 
     def close(self) -> None:
         self._r.close()
@@ -42,7 +67,7 @@ class RedisProfileView:
     def get(self, profile_id: str) -> dict[str, Any] | None:
         """The profile, following redirects: a merged-away id answers with the survivor."""
         found = self._follow(profile_id)
-        return found[0] if found else None
+        return self._open(found[0]) if found else None
 
     def why(self, profile_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """(the profile, how its identifiers were linked), following redirects."""
@@ -51,7 +76,10 @@ class RedisProfileView:
             return None
         view, key = found
         raw = self._r.hget(key, "why")
-        return view, (orjson.loads(raw) if raw else {})
+        opened: tuple[dict[str, Any], dict[str, Any]] = self._open(
+            (view, orjson.loads(raw) if raw else {})
+        )
+        return opened
 
     def _follow(self, profile_id: str) -> tuple[dict[str, Any], str] | None:
         for _ in range(64):
@@ -65,7 +93,8 @@ class RedisProfileView:
         return None
 
     def lookup(self, id_type: str, value: str) -> dict[str, Any] | None:
-        profile_id = self._r.get(identifier_key(id_type, value))
+        """The profile holding a normalized identifier."""
+        profile_id = self._r.get(index_key(id_type, value, self._sealer))
         return self.get(profile_id.decode()) if profile_id else None  # type: ignore[union-attr]
 
     def scan(self, page: int = 1000) -> Iterator[dict[str, Any]]:
@@ -83,11 +112,9 @@ class RedisProfileView:
         pipe = self._r.pipeline(transaction=False)
         for key in keys:
             pipe.hget(key, "json")
-        for raw in pipe.execute():
-            if raw:
-                view = orjson.loads(raw)
-                if "merged_into" not in view:  # redirects are not profiles
-                    yield view
+        views = [orjson.loads(raw) for raw in pipe.execute() if raw]
+        # redirects are not profiles; one key-store lookup opens the whole page
+        yield from self._open([v for v in views if "merged_into" not in v])
 
 
 # One round trip for a read (the read API's hot path): from an identifier key or a
@@ -113,10 +140,11 @@ return false
 
 class AsyncRedisView:
     """Asynchronous reader (the read API): the same answers as RedisProfileView, the
-    profiles as the stored JSON."""
+    profiles as the stored JSON (sealed: the API opens them)."""
 
-    def __init__(self, client: aredis.Redis) -> None:
+    def __init__(self, client: aredis.Redis, sealer: Sealer | None = None) -> None:
         self._r = client
+        self._sealer = sealer
         self._read = client.register_script(_READ)
 
     async def get_json(self, profile_id: str) -> bytes | None:
@@ -125,13 +153,14 @@ class AsyncRedisView:
         return raw or None
 
     async def lookup_json(self, id_type: str, value: str) -> bytes | None:
-        """The JSON of the profile that holds the identifier, in one round trip."""
-        raw = await self._read(args=["id", identifier_key(id_type, value), PREFIX])
+        """The JSON of the profile that holds the normalized identifier, in one round
+        trip."""
+        raw = await self._read(args=["id", index_key(id_type, value, self._sealer), PREFIX])
         return raw or None
 
     @classmethod
-    def from_url(cls, url: str) -> AsyncRedisView:
-        return cls(aredis.Redis.from_url(url, socket_timeout=5))
+    def from_url(cls, url: str, sealer: Sealer | None = None) -> AsyncRedisView:
+        return cls(aredis.Redis.from_url(url, socket_timeout=5), sealer)
 
     async def close(self) -> None:
         await self._r.aclose()

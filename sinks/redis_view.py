@@ -29,6 +29,7 @@ import redis
 import redis.asyncio as aredis
 
 from profiles.projection import redirect_view
+from profiles.sealed import token_of
 from schemas.codec import ORJSON_OPTS
 from sinks.base import ChangeBatch, Delivery
 
@@ -116,6 +117,10 @@ def profile_key(profile_id: str) -> str:
 
 
 def identifier_key(id_type: str, value: str) -> str:
+    """The index key of an identifier. A sealed one (``profiles.sealed``) is indexed by
+    its token alone (``~TOKEN``), which readers compute from the plain value."""
+    if value.startswith("~") and (token := token_of(value)) is not None:
+        value = f"~{token}"
     return f"{PREFIX}id:{id_type}:{value}"
 
 

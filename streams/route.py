@@ -34,6 +34,7 @@ from streams import metrics
 from streams.batches import batches
 from streams.dlq import dead_letter
 from streams.messages import send_batches
+from streams.privacy import Intake
 from streams.producer import ProducedTopic
 
 log = logging.getLogger("unifier.route")
@@ -70,20 +71,18 @@ def register(
     """The route agent, consuming the input topic."""
     identity, profile = out["identity"], out["profile"]
     rules = identity_rules(settings)
-    region = settings.default_phone_region
-    aliases = trait_alias_index(settings)
+    region, aliases = settings.default_phone_region, trait_alias_index(settings)
     partitions = settings.internal_partitions
     max_bytes = settings.max_record_bytes
     resolver = Resolver(settings)
-
-    identity_topic = identity.name
+    intake = Intake(settings)  # seals what a third party sent in clear
 
     def owned() -> frozenset[int]:
         """The identity partitions whose table this worker holds up to date now."""
         if app.rebalancing or app.in_recovery:
             return frozenset()
         return frozenset(
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == identity_topic
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == identity.name
         )
 
     def owner_of(first: Observe, mine: frozenset[int]) -> Apply | None:
@@ -102,6 +101,7 @@ def register(
             await dead_letter(dlq, event, "route.decode", str(exc), log=log, max_bytes=max_bytes)
             return groups
         metrics.MESSAGES_IN.labels(stage="route").inc(len(touchpoints))
+        touchpoints = intake(touchpoints)
         mine = owned()  # after each await: a rebalance may have begun meanwhile
         for tp in touchpoints:
             try:

@@ -162,7 +162,7 @@ def run_demo(people: int, show: int, console: Console, status: Console) -> None:
             )
             _send_and_wait(settings, stack, journeys.events, people, status)
             segments = _segment_sizes(settings)
-            view = RedisProfileView.from_url(settings.redis_url)
+            view = RedisProfileView.for_settings(settings)
             with contextlib.closing(view):
                 profiles = sorted(view.scan(), key=_score, reverse=True)
             spinner.update("stopping the stack")

@@ -38,7 +38,7 @@ def test_a_profile_with_20000_events_counts_each_once_in_small_records(
     send(settings, events[:500])  # a re-imported file: counted once
     caught_up(settings)
 
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     try:
         profile = view.lookup("email", email)
     finally:

@@ -73,7 +73,7 @@ def test_a_visitor_who_signs_in_becomes_one_profile(
     # Profiles merged away answer with the survivor, as does every identifier. (The
     # sign-in founds a profile for u-1, which meets both earlier ones: two merges.)
     survivor = ana["profile_id"]
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     try:
         for pid in before:
             assert view.get(pid)["profile_id"] == survivor  # type: ignore[index]
@@ -176,7 +176,7 @@ def test_a_shared_tablet_does_not_fuse_two_people(topics: Settings, workers: Emb
     ]
     [bo] = [p for p in profiles.values() if p["identifiers"]["user_id"] == ["bo"]]
     assert bo["computed"]["refused_links"] == 1
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     try:
         found = view.why(bo["profile_id"])
     finally:

@@ -11,11 +11,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from config.settings import Settings
 from producers.synthetic import generate
 from profiles.configured import identifier_priorities
-from profiles.profile import profile_id_for
 from profiles.touchpoint import Touchpoint, parse_json
 from schemas.codec import encode_touchpoint
 from serve.lag import LagProbe, PartitionLag
-from serve.view import RedisProfileView
+from serve.view import RedisProfileView, index_key
+from sinks.keys import sealer_for
 from streams.patches.recovery import true_ends
 from streams.topology import topology
 from tests.support.backends import docker_engine_answers
@@ -40,7 +40,7 @@ def caught_up(settings: Settings) -> None:
 
 
 def exported(settings: Settings) -> dict[str, dict]:  # type: ignore[type-arg]
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     try:
         return {p["profile_id"]: p for p in view.scan()}
     finally:
@@ -212,10 +212,12 @@ def test_worker_stopped_mid_stream_applies_every_event_once(
     assert result.profiles == len(got) and result.cleared == len(before)
     # Every identifier resolves to the live profile that holds it, not through a redirect.
     live = {p["profile_id"]: p for p in got.values()}
+    sealer = sealer_for(settings)
     for key, value in before.items():
         if key.startswith("unifier:id:"):
-            id_type, ident = key.removeprefix("unifier:id:").split(":", 1)
-            assert ident in live[value.decode()]["identifiers"][id_type]
+            id_type = key.removeprefix("unifier:id:").split(":", 1)[0]
+            held = live[value.decode()]["identifiers"][id_type]
+            assert key in {index_key(id_type, v, sealer) for v in held}
 
 
 def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(
@@ -251,8 +253,8 @@ def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(
     assert 'unifier_dlq_records_total{reason="route.decode"} 1.0' in metrics
     assert 'unifier_dlq_records_total{reason="route.validate"} 1.0' in metrics
 
-    view = RedisProfileView.from_url(settings.redis_url)
-    assert view.lookup("email", "ana@x.com")["profile_id"] == profile_id_for("email", "ana@x.com")  # type: ignore[index]
+    view = RedisProfileView.for_settings(settings)
+    assert view.lookup("email", "ana@x.com")["identifiers"]["email"] == ["ana@x.com"]  # type: ignore[index]
     view.close()
 
     consumer = Consumer(

@@ -66,7 +66,7 @@ def next_version_batch(emails: list[str]) -> tuple[str, str, bytes]:
 
 
 def profile_events(settings: Settings, email: str) -> int:
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     try:
         found = view.lookup("email", email)
         return int(found["computed"]["event_count"]) if found else 0

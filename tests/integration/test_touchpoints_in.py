@@ -203,7 +203,7 @@ def test_a_mixed_stream_lands_exactly_once_or_is_refused_with_a_reason(
         [letter] = [x for x in letters if x.value == value]
         assert why in letter.headers["x-dlq-reason"], (why, reasons)
         assert letter.headers["x-source-topic"] == settings.topic_touchpoints
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     try:
         applied = sum(p["computed"]["event_count"] for p in view.scan())
     finally:
@@ -248,7 +248,7 @@ def test_the_worker_keeps_serving_through_garbage(topics: Settings, workers: Emb
     assert len(letters) == len(garbage)
     assert all(letter.headers["x-dlq-reason"] for letter in letters)
     assert sorted(x.value for x in letters) == sorted(garbage)
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     try:
         profiles = list(view.scan())
     finally:

@@ -44,7 +44,7 @@ def profiles_get(
         "loyalty_id": loyalty_id,
     }
     identifier = _one_identifier(named, id_type, value, profile_id)
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     try:
         found, what = _find(view, settings, identifier, profile_id)
     except OSError as exc:
@@ -110,7 +110,7 @@ def profiles_why(
     from serve.view import RedisProfileView
 
     settings = settings_of(ctx)
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     try:
         found = view.why(profile_id)
     except OSError as exc:
@@ -170,7 +170,7 @@ def profiles_export(
     from serve.view import RedisProfileView
 
     settings = settings_of(ctx)
-    view = RedisProfileView.from_url(settings.redis_url)
+    view = RedisProfileView.for_settings(settings)
     count = 0
     try:
         with open(output, "wb") if output else open(sys.stdout.fileno(), "wb", closefd=False) as fh:

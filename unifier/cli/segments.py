@@ -139,8 +139,10 @@ def segments_members(
     if name not in _definitions(ctx):
         err.print(f"no segment {name!r} (see `unifier segments list`)")
         raise typer.Exit(1)
+    from sinks.keys import sealer_for
+
     client = _redis(ctx)
-    view = RedisProfileView(client)
+    view = RedisProfileView(client, sealer_for(settings_of(ctx)) if as_json else None)
     count = 0
     try:
         for profile_id in members(client, name):
@@ -173,6 +175,7 @@ def segments_check(
     definitions = _definitions(ctx)
     client = _redis(ctx)
     try:
+        # as the workers evaluate it: personal values sealed (no segment reads them)
         found = RedisProfileView(client).get(profile_id)
     except OSError as exc:
         raise fail(f"could not reach Redis: {exc}") from None
