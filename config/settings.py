@@ -77,6 +77,20 @@ class Settings(BaseSettings):
         description="Output: one SegmentMembership record per profile entering or leaving "
         "a segment",
     )
+    topic_erasures: str = Field(
+        "unifier.erasures",
+        description="The erasure ledger (compacted, key: an identifier's token): what the "
+        "route stage drops on replay and, when suppressed, for good",
+    )
+    topic_privacy: str = Field(
+        "unifier.privacy",
+        description="Privacy request receipts, one record per step (compacted)",
+    )
+    topic_audit: str = Field(
+        "unifier.audit",
+        description="Audit trail (append-only): privacy actions and reads of profiles "
+        "through the API; no personal data",
+    )
     topic_schemas: str = Field(
         "unifier.schemas",
         description="Writer schemas announced by producers (key: fingerprint), so workers "

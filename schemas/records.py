@@ -112,6 +112,16 @@ def merge_record(merge: Merged) -> bytes:
     )
 
 
+def receipt_step(
+    receipt: str, step: str, subject: str, at_ms: int, **counts: int | str
+) -> tuple[str, bytes]:
+    """(key, value) of one step of a privacy request done, on the receipts topic
+    (``unifier privacy status``): key ``RECEIPT|STEP|SUBJECT`` (a profile id, a
+    partition), JSON without personal data."""
+    value = {"receipt": receipt, "step": step, "subject": subject, "at": at_ms, **counts}
+    return f"{receipt}|{step}|{subject}", orjson.dumps(value)
+
+
 # --- reading them back ------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ProfileUpdate:

@@ -20,7 +20,9 @@ from profiles.graph.messages import (
     Apply,
     Claim,
     Denied,
+    Erase,
     Evaluate,
+    Forget,
     Granted,
     Merge,
     Observe,
@@ -101,7 +103,7 @@ def _legacy_state(d: dict[str, Any]) -> ProfileState:
     return state
 
 
-def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911 - one branch per message kind
+def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911, PLR0912 - a branch per kind
     if isinstance(m, Observe):
         d: dict[str, Any] = {"k": "obs", "a": m.anchor, "ids": list(m.ids), "e": facts_to(m.event)}
         return _with_refused(d, m.refused)
@@ -135,6 +137,11 @@ def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911 - one branch per mess
         return {"k": "rpt", "i": m.ident, "o": m.old, "n": m.new}
     if isinstance(m, Evaluate):
         return {"k": "evl", "p": m.profile}
+    if isinstance(m, Erase):
+        return {"k": "ers", "p": m.profile, "rc": m.receipt, "sp": m.suppress, "f": m.follow,
+                "ids": list(m.ids)}  # fmt: skip
+    if isinstance(m, Forget):
+        return {"k": "fgt", "i": m.ident, "p": m.profile, "rc": m.receipt, "sp": m.suppress}
     raise TypeError(f"not a graph message: {m!r}")
 
 
@@ -182,6 +189,8 @@ _READERS: dict[str, Any] = {
     "den": lambda d: Denied(d["p"], d["i"], d["e"], d["o"], d["r"], d["cl"]),
     "rpt": lambda d: Repoint(d["i"], d["o"], d["n"]),
     "evl": lambda d: Evaluate(d["p"]),
+    "ers": lambda d: Erase(d["p"], d["rc"], d["sp"], d["f"], tuple(d.get("ids", ()))),
+    "fgt": lambda d: Forget(d["i"], d["p"], d["rc"], d["sp"]),
 }
 
 
@@ -228,6 +237,7 @@ def node_to(node: ProfileNode) -> bytes:
             "hb": [message_to(m) for m in node.held_back],
             "sg": node.segments,
             "sm": node.segment_moves,
+            **({"er": list(node.erased)} if node.erased is not None else {}),
         }
     )
     seen = s.seen if sys.byteorder == "little" else _swapped(s.seen)  # joined without a copy
@@ -260,6 +270,7 @@ def node_from(data: bytes, load: Callable[[int], bytes] | None = None) -> Profil
         held_back=held_back,
         segments=d.get("sg") or {},  # absent: stored before segments
         segment_moves=d.get("sm", 0),
+        erased=(d["er"][0], d["er"][1]) if "er" in d else None,
     )
 
 

@@ -41,7 +41,7 @@ VIEW: web.AppKey[AsyncRedisView] = web.AppKey("view", AsyncRedisView)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 SEALER: web.AppKey[Sealer | None] = web.AppKey("sealer", object)  # type: ignore[arg-type]
 #: The scopes of the request's API key (set by the guard).
-SCOPES = "unifier.scopes"
+SCOPES: web.RequestKey[frozenset[str]] = web.RequestKey("scopes", frozenset)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

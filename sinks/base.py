@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from profiles.graph.messages import Merged
+from profiles.graph.messages import Erased, Merged
 from profiles.segments import EvalError, Transition
 
 
@@ -61,9 +61,11 @@ class ChangeBatch:
     segment_errors: list[EvalError] = field(default_factory=list)
     # Partition of the stage's input -> the last offset of the batch's records in it.
     source_offsets: dict[int, int] = field(default_factory=dict)
+    # Profiles (and redirects) erased by a privacy request: every copy goes.
+    erased: list[Erased] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.changes or self.merges or self.memberships)
+        return bool(self.changes or self.merges or self.memberships or self.erased)
 
 
 @dataclass(frozen=True, slots=True)

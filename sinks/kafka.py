@@ -20,7 +20,7 @@ import orjson
 
 from profiles.routing import partition_for
 from profiles.segments import EvalError
-from schemas.records import encode_update, membership_record, merge_record
+from schemas.records import encode_update, membership_record, merge_record, receipt_step
 from sinks.base import ChangeBatch, Delivery
 
 #: (topic, key, value or None for a tombstone[, headers[, partition]]) -> a future that
@@ -33,7 +33,7 @@ SOURCE_OFFSET = "x-source-offset"
 
 
 def _zero() -> dict[str, int]:
-    return {"merges": 0, "updates": 0, "memberships": 0, "dead_letters": 0}
+    return {"merges": 0, "updates": 0, "memberships": 0, "dead_letters": 0, "receipts": 0}
 
 
 def segment_error_headers(e: EvalError) -> list[tuple[str, bytes]]:
@@ -60,6 +60,7 @@ class ProfileTopicsSink:
         membership_topic: str | None = None,
         dlq_topic: str | None = None,
         partitions: int = 1,
+        receipts_topic: str | None = None,
     ) -> None:
         self._send = send
         self.updates_topic = updates_topic
@@ -67,6 +68,7 @@ class ProfileTopicsSink:
         self.membership_topic = membership_topic
         self.dlq_topic = dlq_topic
         self.partitions = partitions
+        self.receipts_topic = receipts_topic
         self._clock = clock
         self._pending: list[Awaitable[Any]] = []
         self._counts = _zero()
@@ -84,6 +86,15 @@ class ProfileTopicsSink:
                 assert change.why is not None
                 value = encode_update(change.view, change.why, list(change.changed), now_ms)
             await self._queue(self.updates_topic, change.profile_id, value, "updates")
+        for gone in batch.erased:  # a tombstone: compaction drops every older record of it
+            await self._queue(self.updates_topic, gone.profile, None, "updates")
+            if self.receipts_topic is not None:
+                n_ids, n_segments = len(gone.ids), len(gone.segments)
+                key, step = receipt_step(
+                    gone.receipt, "profile", gone.profile, now_ms,
+                    identifiers=n_ids, segments=n_segments,
+                )  # fmt: skip
+                await self._queue(self.receipts_topic, key, step, "receipts")
         if self.membership_topic is not None:
             for t in batch.memberships:
                 record = membership_record(t)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 import redis
 import redis.asyncio as aredis
 
+from profiles.graph.messages import Erased
 from profiles.projection import redirect_view
 from profiles.sealed import token_of
 from schemas.codec import ORJSON_OPTS
@@ -95,6 +96,7 @@ _WRITE_IF_NEWER = (
     _INDEX
     + _SEGMENTS
     + """
+if redis.call('HEXISTS', KEYS[1], 'erased') == 1 then return 0 end
 index(2, ARGV[4])
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
@@ -104,6 +106,24 @@ redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
 if ARGV[3] == '=' then return 1 end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3])
 else redis.call('HDEL', KEYS[1], 'why') end
+return 1
+"""
+)
+
+# Erasure: KEYS[1] the profile hash, KEYS[2..] the index keys of its identifiers (each
+# removed only if it names this profile); ARGV[1] the profile id, ARGV[2] the prefix of
+# segment keys. It leaves its segments' sets. The hash becomes a tombstone ('erased',
+# no view): a write of the profile replayed later (a worker re-reading records after a
+# crash) is refused whole, index keys included.
+_ERASE = (
+    _SEGMENTS
+    + """
+move_segments(ARGV[1], '', ARGV[2])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'erased', '1')
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+end
 return 1
 """
 )
@@ -271,6 +291,22 @@ class AsyncRedisWriter:
     def __init__(self, client: aredis.Redis) -> None:
         self._r = client
         self._script = client.register_script(_WRITE_IF_NEWER)
+        self._erase = client.register_script(_ERASE)
+
+    async def erase(self, erased: Iterable[Erased]) -> int:
+        """Remove erased profiles: their hashes, the index keys that name them, their
+        segment memberships."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.scripts.add(self._erase)  # type: ignore[arg-type]
+        n = 0
+        for e in erased:
+            keys = [profile_key(e.profile), *(identifier_key(*i.split(":", 1)) for i in e.ids)]
+            args = [e.profile, SEGMENT_PREFIX]
+            pipe.pipeline_execute_command("EVALSHA", self._erase.sha, len(keys), *keys, *args)
+            n += 1
+        if n:
+            await pipe.execute()
+        return n
 
     @property
     def client(self) -> aredis.Redis:
@@ -343,6 +379,7 @@ class RedisViewSink:
         self._views: list[dict[str, Any]] = []
         self._whys: dict[str, dict[str, Any]] = {}
         self._same: dict[str, int] = {}  # explanation and index unchanged: read version
+        self._erased: list[Erased] = []
         self._max_delay = max_delay_s
 
     @classmethod
@@ -360,21 +397,26 @@ class RedisViewSink:
         # (which the winner publishes) as soon as the merge is made, whatever happens to
         # the loser's table afterwards. The loser writes the same redirect later.
         self._views += [redirect_view(m.loser, m.winner) for m in batch.merges]
+        self._erased += batch.erased
 
     async def flush(self) -> Delivery:
         views, self._views = self._views, []
         whys, self._whys = self._whys, {}
         same, self._same = self._same, {}
-        if not views:
+        erased, self._erased = self._erased, []
+        if not views and not erased:
             return Delivery(self.name)
-        delay = 0.1
         started = time.perf_counter()
+        written = await self._retrying(lambda: self._writer.write(views, whys, same))
+        if erased:  # after the views: a redirect written by this batch goes too
+            await self._retrying(lambda: self._writer.erase(erased))
+        return Delivery(self.name, written, len(views) - written, time.perf_counter() - started)
+
+    async def _retrying(self, call: Callable[[], Awaitable[int]]) -> int:
+        delay = 0.1
         while True:
             try:
-                written = await self._writer.write(views, whys, same)
-                return Delivery(
-                    self.name, written, len(views) - written, time.perf_counter() - started
-                )
+                return await call()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 log.warning("Redis write failed (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)

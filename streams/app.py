@@ -21,6 +21,7 @@ from sinks.redis_view import RedisViewSink, write_definitions
 from streams import heal, identity, metrics, ops, profile, route
 from streams.messages import send_batches
 from streams.patches import fetch, flush, offsets, recovery
+from streams.privacy import ErasureLedger, Shredder
 from streams.producer import DeliveryFailed, FastProducer, ProducedTopic
 from streams.segments import TICK_S, Definitions, Mirror, Published, Scheduler
 from streams.snapshots import Snapshots
@@ -100,19 +101,34 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> dict[str, 
         "merges": ProducedTopic(producer, topo.profile_merges.name),
         "membership": ProducedTopic(producer, topo.segment_membership.name),
         "dlq": ProducedTopic(producer, topo.dlq.name),
+        "erasures": ProducedTopic(producer, topo.erasures.name),
+        "privacy": ProducedTopic(producer, topo.privacy.name),
     }
+    ledger = ErasureLedger(settings.bootstrap_servers, topo.erasures.name)
 
     @app.on_before_shutdown.connect
     async def close_producer(app: Any, **kwargs: Any) -> None:
+        ledger.stop()
         producer.close()
 
     stages = {s.name: s for s in topo.stages}
     take = settings.stage_batch_records, settings.stage_batch_wait_s
     rules = identity_rules(settings)
     max_bytes = settings.max_record_bytes
-    route.register(app, settings, topics["route"], produced, topics["dlq"], tables["identity"])
+    route.register(
+        app, settings, topics["route"], produced, topics["dlq"], tables["identity"], ledger
+    )
+    shredder = Shredder(settings, produced["erasures"], produced["privacy"])
     identity.register(
-        app, stages["identity"], topics, tables["identity"], rules, take, max_bytes, produced
+        app,
+        stages["identity"],
+        topics,
+        tables["identity"],
+        rules,
+        take,
+        max_bytes,
+        produced,
+        shredder,
     )
 
     stage = stages["profile"]
@@ -252,6 +268,7 @@ def profile_sinks(
         topo.profile_merges.name: produced["merges"],
         topo.segment_membership.name: produced["membership"],
         topo.dlq.name: produced["dlq"],
+        topo.privacy.name: produced["privacy"],
     }
 
     async def send(
@@ -275,6 +292,7 @@ def profile_sinks(
                 membership_topic=topo.segment_membership.name,
                 dlq_topic=topo.dlq.name,
                 partitions=topo.segment_membership.partitions,
+                receipts_topic=topo.privacy.name,
             )
         ],
         views=[lambda: RedisViewSink.from_url(settings.redis_url)],

@@ -19,6 +19,7 @@ from profiles.rules import IdentityRules
 from streams import metrics
 from streams.batches import batches
 from streams.messages import count_internal, group, messages_in, send_internal
+from streams.privacy import Shredder
 from streams.producer import ProducedTopic
 from streams.state import ChangelogTable, Overlay, StrTable, writing
 from streams.topology import Stage
@@ -35,6 +36,7 @@ def register(
     take: tuple[int, float],
     max_bytes: int,
     produced: dict[str, ProducedTopic],
+    shredder: Shredder | None = None,
 ) -> Any:
     """The identity agent, consuming ``topics[stage.name]`` (the topic ``stage.consumes``)."""
     partitions = stage.partitions
@@ -48,6 +50,8 @@ def register(
         for msg in await messages_in(events, stage.name, topics["dlq"], log):
             outs += handle_identity(writes, msg, rules.max_claimants)
         grouped = group(outs, partitions)
+        if grouped.shredded and shredder is not None:  # keys gone before the table says so
+            shredder.shred(grouped.shredded)
         if send_internal(grouped, produced["identity"], produced["profile"], max_bytes):
             await producer.delivered()
         count_internal(stage.name, grouped)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from profiles.graph.messages import Merged, Out
+from profiles.graph.messages import Erased, Merged, Out, Shredded
 from profiles.routing import partition_for
 from schemas.wire import WireError, decode_messages, encode_messages
 from streams import metrics
@@ -42,6 +42,12 @@ class Grouped:
     profile: dict[int, list[Any]] = field(default_factory=dict)  # by partition
     merges: list[Merged] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)  # rule -> links refused
+    # Privacy: profiles erased (for the sinks), identifiers whose keys go, shared
+    # identifiers kept (receipt, identifier), and messages dropped (why -> how many).
+    erased: list[Erased] = field(default_factory=list)
+    shredded: list[Shredded] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
 
 
 def group(outs: list[Out], partitions: int) -> Grouped:
@@ -55,6 +61,14 @@ def group(outs: list[Out], partitions: int) -> Grouped:
             g.merges.append(msg)
         elif stage == "refused":
             g.refused[key] += 1
+        elif stage == "erased":
+            g.erased.append(msg)
+        elif stage == "shredded":
+            g.shredded.append(msg)
+        elif stage == "kept":
+            g.kept.append((key, msg))
+        elif stage == "dropped":
+            g.dropped[key] += 1
         else:
             raise ValueError(f"unknown output stage {stage!r}")
     return g
@@ -88,6 +102,15 @@ def count_internal(stage: str, grouped: Grouped) -> None:
     """Metrics of a batch's delivered messages: merges, refusals, messages out."""
     metrics.MERGES.inc(len(grouped.merges))
     metrics.count_refusals(grouped.refused)
+    for why, n in grouped.dropped.items():
+        metrics.PRIVACY_DROPPED.labels(why=why).inc(n)
+    for what, n in (
+        ("profiles", len(grouped.erased)),
+        ("identifiers", len(grouped.shredded)),
+        ("shared identifiers kept", len(grouped.kept)),
+    ):
+        if n:
+            metrics.PRIVACY_ERASED.labels(what=what).inc(n)
     for to, n in (
         ("identity", sum(map(len, grouped.identity.values()))),
         ("profile", sum(map(len, grouped.profile.values()))),

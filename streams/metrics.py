@@ -88,3 +88,16 @@ SEGMENT_EVALUATIONS_SENT = Counter(
     "Profiles sent for another look at their segments, by why (window, backfill)",
     ["why"],
 )
+PRIVACY_DROPPED = Counter(
+    "unifier_privacy_dropped",
+    "Events not applied because they carry an erased identifier: 'erased' (sealed "
+    "before its erasure: a replay, or in flight), 'suppressed' (sent after it, with "
+    "suppression on)",
+    ["why"],
+)
+PRIVACY_ERASED = Counter(
+    "unifier_privacy_erased",
+    "What erasures removed: profiles (and redirects), identifiers (keys destroyed), "
+    "shared identifiers kept",
+    ["what"],
+)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from profiles.graph.messages import Apply, Evaluate, Merged
+from profiles.graph.messages import Apply, Erased, Evaluate, Merged
 from profiles.graph.node import ProfileNode
 from profiles.graph.profile import handle_profile
 from profiles.projection import (
@@ -33,7 +33,7 @@ from profiles.projection import (
     why_of,
 )
 from profiles.rules import IdentityRules
-from profiles.segments import Catalog
+from profiles.segments import Catalog, Transition
 from profiles.traits import TraitRules
 from sinks.base import ChangeBatch, ProfileChange, Sink
 from streams import metrics
@@ -121,7 +121,13 @@ def changes_of(
         change_of(key, node, cache, views[key], rules, afters.get(key)) for key, node in touched
     ]
     merges = [m for kind, _key, m in outs if kind == "merges" and isinstance(m, Merged)]
-    batch = ChangeBatch(changes, merges, result.transitions, result.errors)
+    erased = [m for kind, _key, m in outs if kind == "erased" and isinstance(m, Erased)]
+    exits = [
+        Transition(e.profile, name, False, now_ms, version, e.version, seq + 1)
+        for e in erased
+        for name, version, seq in e.segments
+    ]
+    batch = ChangeBatch(changes, merges, result.transitions + exits, result.errors, erased=erased)
     return batch, result.dues
 
 

@@ -34,7 +34,7 @@ from streams import metrics
 from streams.batches import batches
 from streams.dlq import dead_letter
 from streams.messages import send_batches
-from streams.privacy import Intake
+from streams.privacy import ErasureLedger, Intake, wait_for
 from streams.producer import ProducedTopic
 
 log = logging.getLogger("unifier.route")
@@ -60,6 +60,34 @@ async def decode(resolver: Resolver, data: bytes | None) -> list[Touchpoint]:
         return decode_touchpoints(data)
 
 
+class _Shortcut:
+    """Whether an event's anchor is in this worker's own identity table (see the module
+    docstring), and whom it belongs to."""
+
+    def __init__(
+        self, app: Any, topic: str, table: Any, partitions: int, max_claimants: int | None
+    ) -> None:
+        self.app, self.topic, self.table = app, topic, table
+        self.partitions, self.max_claimants = partitions, max_claimants
+
+    def owned(self) -> frozenset[int]:
+        """The identity partitions whose table this worker holds up to date now."""
+        app = self.app
+        if app.rebalancing or app.in_recovery:
+            return frozenset()
+        return frozenset(
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == self.topic
+        )
+
+    def owner_of(self, first: Observe, mine: frozenset[int]) -> Apply | None:
+        if not SHORTCUT or partition_for(first.anchor, self.partitions) not in mine:
+            return None
+        raw = self.table.data.get(first.anchor)
+        if raw is None or b" " in raw or raw[:1] == b"!":
+            return None  # unowned, contested or erased: the partition decides
+        return known_anchor(raw.decode(), first, self.max_claimants)
+
+
 def register(
     app: Any,
     settings: Settings,
@@ -67,31 +95,19 @@ def register(
     out: dict[str, ProducedTopic],
     dlq: Any,
     identity_table: Any,
+    ledger: ErasureLedger | None = None,
 ) -> Any:
-    """The route agent, consuming the input topic."""
+    """The route agent, consuming the input topic (``ledger``: the erasure ledger, read
+    to its end before the first event is routed)."""
     identity, profile = out["identity"], out["profile"]
     rules = identity_rules(settings)
     region, aliases = settings.default_phone_region, trait_alias_index(settings)
     partitions = settings.internal_partitions
     max_bytes = settings.max_record_bytes
     resolver = Resolver(settings)
-    intake = Intake(settings)  # seals what a third party sent in clear
+    intake = Intake(settings, ledger)  # seals what a third party sent; drops the erased
 
-    def owned() -> frozenset[int]:
-        """The identity partitions whose table this worker holds up to date now."""
-        if app.rebalancing or app.in_recovery:
-            return frozenset()
-        return frozenset(
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == identity.name
-        )
-
-    def owner_of(first: Observe, mine: frozenset[int]) -> Apply | None:
-        if not SHORTCUT or partition_for(first.anchor, partitions) not in mine:
-            return None
-        raw = identity_table.data.get(first.anchor)
-        if raw is None or b" " in raw:  # unowned, or contested: the partition decides
-            return None
-        return known_anchor(raw.decode(), first, rules.max_claimants)
+    shortcut = _Shortcut(app, identity.name, identity_table, partitions, rules.max_claimants)
 
     async def route_record(event: Any) -> dict[int, list[Any]]:
         groups: dict[int, list[Any]] = {}
@@ -102,7 +118,7 @@ def register(
             return groups
         metrics.MESSAGES_IN.labels(stage="route").inc(len(touchpoints))
         touchpoints = intake(touchpoints)
-        mine = owned()  # after each await: a rebalance may have begun meanwhile
+        mine = shortcut.owned()  # after each await: a rebalance may have begun meanwhile
         for tp in touchpoints:
             try:
                 first = observe(tp, rules, region, aliases)
@@ -110,9 +126,9 @@ def register(
                 await dead_letter(
                     dlq, event, "route.validate", str(exc), encode_touchpoint(tp), log
                 )
-                mine = owned()
+                mine = shortcut.owned()
                 continue
-            apply = owner_of(first, mine)
+            apply = shortcut.owner_of(first, mine)
             if apply is None:
                 groups.setdefault(partition_for(first.anchor, partitions), []).append(first)
             else:  # the profile partition's numbers follow the identity ones
@@ -133,6 +149,9 @@ def register(
         # events it never forwarded. Unacked records are re-delivered after a restart;
         # the graph folds each event id once.
         manual = stream.noack()
+        if ledger is not None:  # a replay must not bring an erased person back
+            ledger.start()
+            await wait_for(ledger.ready, ledger.topic)
         async for events in batches(
             manual, settings.stage_batch_records, settings.stage_batch_wait_s
         ):

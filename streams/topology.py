@@ -23,6 +23,8 @@ from config.settings import Settings
 
 #: The dead-letter topic keeps what could not be used for this long.
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+#: The audit trail is kept two years: what a regulator may ask about.
+AUDIT_RETENTION_MS = 2 * 365 * 24 * 3600 * 1000
 _COMPACT = {"cleanup.policy": "compact"}
 
 
@@ -70,6 +72,9 @@ class Topology:
     schemas: TopicSpec
     segments: TopicSpec
     segment_membership: TopicSpec
+    erasures: TopicSpec
+    privacy: TopicSpec
+    audit: TopicSpec
     tables: dict[str, TableSpec]
     stages: tuple[Stage, ...]
 
@@ -91,6 +96,9 @@ class Topology:
             self.segment_membership,
             self.schemas,
             self.segments,
+            self.erasures,
+            self.privacy,
+            self.audit,
         ]
 
     def stage_inputs(self) -> list[str]:
@@ -133,6 +141,16 @@ def topology(settings: Settings) -> Topology:
         {},
         "output: one record per profile entering or leaving a segment",
     )
+    erasures = TopicSpec(
+        s.topic_erasures, 1, dict(_COMPACT), "erasure ledger: erased identifiers' tokens"
+    )
+    privacy = TopicSpec(s.topic_privacy, 1, dict(_COMPACT), "privacy request receipts")
+    audit = TopicSpec(
+        s.topic_audit,
+        1,
+        {"retention.ms": str(AUDIT_RETENTION_MS)},
+        "audit trail of privacy actions and profile reads",
+    )
     tables = {
         "identity": TableSpec(
             "identity",
@@ -164,6 +182,9 @@ def topology(settings: Settings) -> Topology:
         schemas,
         segments,
         membership,
+        erasures,
+        privacy,
+        audit,
         tables,
         stages,
     )

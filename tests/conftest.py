@@ -51,6 +51,9 @@ def settings(
         topic_schemas=f"t{tag}.schemas",
         topic_segments=f"t{tag}.segments",
         topic_segment_membership=f"t{tag}.segment-membership",
+        topic_erasures=f"t{tag}.erasures",
+        topic_privacy=f"t{tag}.privacy",
+        topic_audit=f"t{tag}.audit",
         **(
             {"identity_limits": {}, "identity_max_claimants": 0}
             if request.node.get_closest_marker("no_identity_limits")

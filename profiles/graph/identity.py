@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 
+from profiles.graph.erase import MARK, forget, identity_erased
 from profiles.graph.messages import (
     Apply,
     Claim,
     Denied,
+    Forget,
     Granted,
     IdentityMsg,
     Merge,
@@ -54,7 +56,7 @@ def known_anchor(value: str | None, msg: Observe, max_claimants: int | None) -> 
     only ever replaced by the profile it merged into (its redirect forwards the event),
     and claimants only grow — a value once read is one the partition held, so the
     event is handled as if it had arrived then."""
-    if value is None:
+    if value is None or value.startswith(MARK):  # an erased one: the partition decides
         return None
     owner, *claimants = value.split(" ")
     shared = len(msg.ids) > 1 and _is_shared(claimants, max_claimants)
@@ -71,6 +73,17 @@ def handle_identity(
     became shared: the profiles admitted before it filled up stay admitted (their
     claims merge again, a no-op), and an event anchored on it goes to its owner,
     which passes it on only if it does not have it yet."""
+    if isinstance(msg, Forget):
+        owner, claimants = _entry(table, msg.ident)
+        shared = owner is not None and _is_shared(claimants, max_claimants)
+        value, out = forget(table.get(msg.ident), msg, shared)
+        if value is not None:
+            table[msg.ident] = value
+        return out
+    key = msg.anchor if isinstance(msg, Observe) else msg.ident
+    erased = identity_erased(table.get(key), msg)
+    if erased is not None:
+        return erased
     if isinstance(msg, Observe):
         apply = known_anchor(table.get(msg.anchor), msg, max_claimants)
         if apply is None:
@@ -78,20 +91,7 @@ def handle_identity(
             apply = Apply(founder, msg.ids, msg.event, True, msg.refused)
         return [("profile", apply.profile, apply)]
     if isinstance(msg, Claim):
-        owner, claimants = _entry(table, msg.ident)
-        if owner is None:
-            table[msg.ident] = owner = msg.profile
-        if owner == msg.profile:
-            return [("profile", msg.profile, Granted(msg.profile, msg.ident, msg.event_id))]
-        if max_claimants is not None and msg.profile not in claimants:
-            if _is_shared(claimants, max_claimants):
-                rule = shared_rule(max_claimants)
-                denied = Denied(msg.profile, msg.ident, msg.event_id, owner, rule, msg.claim)
-                return [("profile", msg.profile, denied)]
-            _store(table, msg.ident, owner, [*claimants, msg.profile])
-        winner, loser = sorted((owner, msg.profile))
-        merge = Merge(loser, winner, msg.ident, msg.profile, msg.event_id, msg.claim, msg.time_ms)
-        return [("profile", loser, merge)]
+        return _claim(table, msg, max_claimants)
     if isinstance(msg, Repoint):
         owner, claimants = _entry(table, msg.ident)
         if owner == msg.old:
@@ -99,3 +99,20 @@ def handle_identity(
             _store(table, msg.ident, msg.new, [*claimants, msg.old])
         return []
     raise TypeError(f"not an identity message: {msg!r}")
+
+
+def _claim(table: MutableMapping[Key, str], msg: Claim, max_claimants: int | None) -> list[Out]:
+    owner, claimants = _entry(table, msg.ident)
+    if owner is None:
+        table[msg.ident] = owner = msg.profile
+    if owner == msg.profile:
+        return [("profile", msg.profile, Granted(msg.profile, msg.ident, msg.event_id))]
+    if max_claimants is not None and msg.profile not in claimants:
+        if _is_shared(claimants, max_claimants):
+            rule = shared_rule(max_claimants)
+            denied = Denied(msg.profile, msg.ident, msg.event_id, owner, rule, msg.claim)
+            return [("profile", msg.profile, denied)]
+        _store(table, msg.ident, owner, [*claimants, msg.profile])
+    winner, loser = sorted((owner, msg.profile))
+    merge = Merge(loser, winner, msg.ident, msg.profile, msg.event_id, msg.claim, msg.time_ms)
+    return [("profile", loser, merge)]

@@ -118,8 +118,45 @@ class Evaluate:  # -> profile[profile]: look at its segments again (a window pas
     profile: str  # the definitions changed); changes nothing else, follows no redirect
 
 
-ProfileMsg = Apply | Granted | Merge | Offer | Answer | Release | Denied | Evaluate
-IdentityMsg = Observe | Claim | Repoint
+@dataclass(frozen=True, slots=True)
+class Erase:  # -> profile[profile]: erase it (a privacy request); see profiles.graph.erase
+    profile: str
+    receipt: str
+    suppress: bool = True
+    follow: bool = True  # at a redirect: go on to the survivor (False: erase the redirect)
+    # Identifiers whose index entries may still name it: a profile merged away held
+    # some of its survivor's, and a late write of its old view may have offered them.
+    ids: tuple[Key, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:  # -> identity[ident]: the identifier is an erased person's
+    ident: Key
+    profile: str  # the erased profile it was found in ("" when found in an event)
+    receipt: str
+    suppress: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Erased:  # -> the sinks: a profile (or a redirect) erased from the tables
+    profile: str
+    ids: tuple[Key, ...]  # the identifiers it held: their index entries go
+    # The segments it was in, each (name, definition version, the membership's seq): it
+    # leaves them. ``version``: the profile's version then.
+    segments: tuple[tuple[str, int, int], ...]
+    receipt: str
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Shredded:  # -> the identity stage's key store: destroy an identifier's key
+    ident: Key
+    receipt: str
+    suppress: bool
+
+
+ProfileMsg = Apply | Granted | Merge | Offer | Answer | Release | Denied | Evaluate | Erase
+IdentityMsg = Observe | Claim | Repoint | Forget
 # (stage, key, message): stage "identity" or "profile" (a message for that partition),
 # "merges" (a Merged for the output topic) or "refused" (key = the rule, for metrics)
 Out = tuple[str, Key, Any]

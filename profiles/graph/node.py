@@ -23,6 +23,10 @@ class ProfileNode:
     # times it changed: part of the profile's version.
     segments: dict[str, list[int]] = field(default_factory=dict)
     segment_moves: int = 0
+    # Erased (a privacy request): (the receipt, whether later events are suppressed).
+    # The node keeps nothing else; messages that reach it are answered by
+    # ``profiles.graph.erase``.
+    erased: tuple[str, bool] | None = None
 
     def reserved(self) -> set[Key]:
         return {ident for ident, _ in self.pending}

@@ -6,12 +6,14 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
+from profiles.graph.erase import at_erased, erase
 from profiles.graph.identity import shared_rule
 from profiles.graph.messages import (
     Answer,
     Apply,
     Claim,
     Denied,
+    Erase,
     Evaluate,
     Granted,
     Merge,
@@ -48,10 +50,12 @@ def handle_profile(
     node = table.get(key)
     if node is None:
         node = table[key] = ProfileNode()
+    if node.erased is not None:
+        return at_erased(node, key, msg, shared_rule(rules.max_claimants or 0))
     if isinstance(msg, Answer) and (node.redirect is not None or node.offering != msg.claim):
         return []  # a re-delivered answer to an offer already settled
     if node.redirect is not None:
-        return _at_redirect(node, key, msg)
+        return _at_redirect(table, node, key, msg)
     if node.offered_to is not None and not isinstance(msg, Answer):
         node.held_back.append(msg)  # a loser waits for its answer
         return []
@@ -67,12 +71,19 @@ def _live(
 ) -> list[Out]:
     if isinstance(msg, Apply):
         return _apply(node, msg, rules)
+    if isinstance(msg, Erase):
+        return erase(table, node, key, msg)
     if isinstance(msg, Offer):
         return _offer(node, key, msg, rules)
     if isinstance(msg, Answer):
         return _answer(table, node, key, msg, rules)
     if isinstance(msg, Merge):
         return _merge(node, key, msg)
+    return _settle(node, msg)
+
+
+def _settle(node: ProfileNode, msg: ProfileMsg) -> list[Out]:
+    """A claim answered: granted, denied (a shared identifier) or released."""
     if isinstance(msg, Granted):
         node.state.held.add(msg.ident)
         node.settle()
@@ -104,17 +115,25 @@ def _merge(node: ProfileNode, key: str, msg: Merge) -> list[Out]:
 
 
 def _target(msg: ProfileMsg) -> str:
-    if isinstance(msg, Apply | Granted | Release | Denied | Evaluate):
+    if isinstance(msg, Apply | Granted | Release | Denied | Evaluate | Erase):
         return msg.profile
     if isinstance(msg, Merge | Answer):
         return msg.loser
     return msg.winner  # Offer
 
 
-def _at_redirect(node: ProfileNode, key: str, msg: ProfileMsg) -> list[Out]:
+def _at_redirect(
+    table: dict[str, ProfileNode], node: ProfileNode, key: str, msg: ProfileMsg
+) -> list[Out]:
     """A profile merged away: messages follow the redirect (to a smaller id)."""
     to = node.redirect
     assert to is not None
+    if isinstance(msg, Erase):
+        return (
+            [("profile", to, replace(msg, profile=to))]
+            if msg.follow
+            else erase(table, node, key, msg)
+        )
     if isinstance(msg, Apply):
         forward = Apply(to, msg.ids, msg.event, msg.granted_anchor, msg.refused, msg.pass_over)
         return [("profile", to, forward)]
@@ -123,16 +142,15 @@ def _at_redirect(node: ProfileNode, key: str, msg: ProfileMsg) -> list[Out]:
             ("identity", msg.ident, Repoint(msg.ident, key, to)),
             ("profile", to, Granted(to, msg.ident, msg.event_id)),
         ]
-    if isinstance(msg, Release | Denied):
-        return [("profile", to, replace(msg, profile=to))]
+    if isinstance(msg, Release | Denied | Offer):
+        forwarded = replace(msg, winner=to) if isinstance(msg, Offer) else replace(msg, profile=to)
+        return [("profile", to, forwarded)]
     if isinstance(msg, Merge):
         if msg.winner == to:
             return []
         winner, loser = sorted((to, msg.winner))
         merge = Merge(loser, winner, msg.via, msg.claimer, msg.event_id, msg.claim, msg.time_ms)
         return [("profile", loser, merge)]
-    if isinstance(msg, Offer):
-        return [("profile", to, replace(msg, winner=to))]
     raise AssertionError(f"{msg!r} reached redirect {key}")  # Answers were dropped above
 
 

@@ -218,6 +218,9 @@ def fresh(settings: Settings, partitions: int) -> Settings:
                     "topic_schemas",
                     "topic_segments",
                     "topic_segment_membership",
+                    "topic_erasures",
+                    "topic_privacy",
+                    "topic_audit",
                 )
             },
         }

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import redis
 
-from sinks.redis_view import PREFIX, identifier_keys
+from sinks.redis_view import PREFIX, identifier_key, identifier_keys
 
 
 def survivor(profiles: Mapping[str, Mapping[str, Any]], pid: str) -> str | None:
@@ -133,6 +133,7 @@ class ViewModel:
         self.profiles: dict[str, dict[str, Any]] = {}  # id -> view
         self.whys: dict[str, dict[str, Any]] = {}
         self.index: dict[str, str] = {}  # identifier key -> profile id
+        self.erased: set[str] = set()  # tombstones of erased profiles
 
     def write(
         self,
@@ -142,6 +143,8 @@ class ViewModel:
         whys = whys or {}
         for view in views:
             pid = view["profile_id"]
+            if pid in self.erased:  # a tombstone refuses the write whole
+                continue
             for key in identifier_keys(view):
                 if key not in self.index or pid < self.index[key]:
                     self.index[key] = pid
@@ -151,3 +154,14 @@ class ViewModel:
                 self.whys.pop(pid, None)
                 if pid in whys and "merged_into" not in view:
                     self.whys[pid] = dict(whys[pid])
+
+    def erase(self, profile_id: str, ids: Iterable[str]) -> None:
+        """An erased profile goes, with the index keys that name it, and leaves a
+        tombstone (sinks.redis_view)."""
+        self.erased.add(profile_id)
+        self.profiles.pop(profile_id, None)
+        self.whys.pop(profile_id, None)
+        for ident in ids:
+            key = identifier_key(*ident.split(":", 1))
+            if self.index.get(key) == profile_id:
+                del self.index[key]

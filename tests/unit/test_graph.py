@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from profiles.facts import facts_of
 from profiles.graph.identity import handle_identity, known_anchor, owner_of
-from profiles.graph.messages import Merged, Observe, Offer, Release
+from profiles.graph.messages import Erased, Merged, Observe, Offer, Release
 from profiles.graph.node import ProfileNode
 from profiles.graph.profile import handle_profile
 from profiles.graph.state import ProfileState, ident_type
@@ -127,14 +127,22 @@ class Simulation:
         self.counted: Counter[str] = Counter()  # refusals reported for metrics, by rule
         self.rng = random.Random(seed)
         self.delivered = 0
+        self.shredded: set[str] = set()  # identifiers whose keys an erasure destroyed
+        self.erased: list[Erased] = []
 
     def send(self, source: Node, outs: list[tuple[str, str, Any]]) -> None:
         for stage, k, msg in outs:
             if stage == "merges":
                 self.merges.append(msg)
                 continue
-            if stage == "refused":
+            if stage in ("refused", "dropped", "kept"):
                 self.counted[k] += 1
+                continue
+            if stage == "shredded":
+                self.shredded.add(msg.ident)
+                continue
+            if stage == "erased":  # the Redis sink removes it (after the views)
+                self.erased.append(msg)
                 continue
             target = (stage, partition_for(k, self.parts[stage]))
             self.channels.setdefault((source, target), deque()).append(msg)
@@ -150,34 +158,38 @@ class Simulation:
             self.send(source, [("identity", keys[0], Observe(keys[0], keys, facts))])
 
     def run(self, limit: int = 200_000) -> None:
-        while True:
-            busy = [c for c, q in self.channels.items() if q]
-            busy += [(("replay", 0), t) for t, q in self.replay.items() if q]
-            if not busy:
-                return
-            source, target = self.rng.choice(busy)
-            if self.replay.get(target):
-                # A restarted partition reads its uncommitted records again first.
-                self.process(target, self.replay[target].popleft())
-                continue
-            channel = self.channels[(source, target)]
-            # (No draw for single messages: the README's example keeps its seed's order.)
-            size = 1 if self.batch == 1 else min(self.rng.randint(1, self.batch), len(channel))
-            record = [channel.popleft() for _ in range(size)]
-            if self.rng.random() < self.redeliver:
-                # At least once: processed now, and again later in this channel, as after a
-                # crash before the commit. (Its outputs are sent twice, too.)
-                at = self.rng.randrange(len(channel) + 1)
-                for i, msg in enumerate(record):
-                    channel.insert(at + i, msg)
-            if source[0] == "input" and self.shortcut:
-                # The route stage's choice, made once per event as it first reads it
-                # (a partition that re-reads its own uncommitted records makes none).
-                record = self.shortcuts(record)
-            if record:
-                self.process(target, record)
-            self.delivered += size
+        while self.step():
             assert self.delivered < limit, "the protocol does not quiesce"
+
+    def step(self) -> bool:
+        """Deliver one record (or replay one); False when nothing is left to deliver."""
+        busy = [c for c, q in self.channels.items() if q]
+        busy += [(("replay", 0), t) for t, q in self.replay.items() if q]
+        if not busy:
+            return False
+        source, target = self.rng.choice(busy)
+        if self.replay.get(target):
+            # A restarted partition reads its uncommitted records again first.
+            self.process(target, self.replay[target].popleft())
+            return True
+        channel = self.channels[(source, target)]
+        # (No draw for single messages: the README's example keeps its seed's order.)
+        size = 1 if self.batch == 1 else min(self.rng.randint(1, self.batch), len(channel))
+        record = [channel.popleft() for _ in range(size)]
+        if self.rng.random() < self.redeliver:
+            # At least once: processed now, and again later in this channel, as after a
+            # crash before the commit. (Its outputs are sent twice, too.)
+            at = self.rng.randrange(len(channel) + 1)
+            for i, msg in enumerate(record):
+                channel.insert(at + i, msg)
+        if source[0] == "input" and self.shortcut:
+            # The route stage's choice, made once per event as it first reads it
+            # (a partition that re-reads its own uncommitted records makes none).
+            record = self.shortcuts(record)
+        if record:
+            self.process(target, record)
+        self.delivered += size
+        return True
 
     def tables(self, stage: str) -> list[Any]:
         return self.identity if stage == "identity" else self.profiles
@@ -211,6 +223,8 @@ class Simulation:
             views = [view_of(key, node) for key, node in touched]
             whys = {k: why_of(n) for k, n in touched if n.redirect is None}
             self.view.write(views + merged_away(outs), whys)
+            for _, _, gone in (o for o in outs if o[0] == "erased"):
+                self.view.erase(gone.profile, gone.ids)
 
     def shortcuts(self, record: list[Any]) -> list[Any]:
         """The route's shortcut for some of the record's events: the anchor's value read
@@ -260,7 +274,12 @@ class Simulation:
             self.uncommitted[target] = Uncommitted()
 
     def live(self) -> dict[str, ProfileNode]:
-        return {p: n for table in self.profiles for p, n in table.items() if n.redirect is None}
+        return {
+            p: n
+            for table in self.profiles
+            for p, n in table.items()
+            if n.redirect is None and n.erased is None
+        }
 
     def clusters(self) -> set[frozenset[str]]:
         return {frozenset(n.state.held) for n in self.live().values() if n.state.held}

@@ -39,5 +39,7 @@ def test_topic_creation_and_lag_read_the_topology() -> None:
         settings.topic_profile_updates,
         settings.topic_schemas,
         settings.topic_segments,
+        settings.topic_erasures,
+        settings.topic_privacy,
         *(t.changelog for t in topo.tables.values()),
     }
