@@ -110,7 +110,7 @@ def test_an_erasure_racing_with_the_persons_events_leaves_nothing_of_theirs(  # 
     rest = list(others)
     for tp in person:
         take = sim.rng.randint(0, 2)
-        stream += rest[:take] + [tp]
+        stream += [*rest[:take], tp]
         rest = rest[take:]
     stream += rest
     cut = int(len(stream) * when)
