@@ -40,7 +40,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from profiles.rules import IdentityRules, usable
-from profiles.sealed import ERASED, b64, is_sealed, parse, unb64
+from profiles.sealed import ERASED, b64, is_sealed, parse, unb64, unusable_value
 from profiles.standardize import DEFAULT_INDEX, standardize
 from profiles.touchpoint import Touchpoint
 
@@ -48,6 +48,8 @@ Scalar = str | int | float | bool | None
 
 #: Identifiers are sealed with a fixed nonce: each key encrypts one plaintext only.
 _ZERO_NONCE = bytes(12)
+#: How bytes sealed whole begin (``Sealer.seal_bytes``).
+SEALED_BYTES = b"\x00unifier-sealed\x00"
 
 #: Traits that are personal data (after standardization of their names), and name
 #: prefixes whose traits are (``address.street`` …). ``UNIFIER_PERSONAL_TRAITS``
@@ -285,14 +287,47 @@ class Sealer:
                 continue
             plan, dropped = planned
             identifiers = {id_type: keys[token][2] for id_type, token in plan}
-            for id_type, reason in dropped:
-                identifiers[id_type] = f"~!{reason}"
-            anchor = None
             if plan:
                 gen, aead, _ = keys[plan[0][1]]
                 anchor = (gen, aead, plan[0][1])
+            else:  # nothing usable (a dead letter to be): a key of its own
+                anchor = self._own_key()
+            for id_type, reason in dropped:
+                raw = tp.identifiers[id_type]
+                identifiers[id_type] = f"~!{reason}|{self._seal_value(raw, anchor)}"
             out.append(self._seal_rest(tp, identifiers, anchor))
         return out
+
+    def _own_key(self) -> tuple[int, AESGCM, bytes]:
+        """A new key under a random token: for data that belongs to no identifier (an
+        event nothing can be linked by, a dead letter's bytes). Erasure finds it by
+        opening the dead letters (``unifier privacy erase``)."""
+        token = os.urandom(16)
+        gen, key = self.store.current([token])[token]
+        return gen, AESGCM(key), token
+
+    def seal_bytes(self, data: bytes) -> bytes:
+        """Bytes sealed under a key of their own (``SEALED_BYTES`` + token + gen + nonce
+        + ciphertext): a dead letter that does not decode."""
+        gen, aead, token = self._own_key()
+        nonce = os.urandom(12)
+        head = SEALED_BYTES + token + gen.to_bytes(4, "big") + nonce
+        return head + aead.encrypt(nonce, data, token)
+
+    def open_bytes(self, blob: bytes) -> bytes | None:
+        """What ``seal_bytes`` sealed; None when its key is gone; other bytes as they are."""
+        if not blob.startswith(SEALED_BYTES):
+            return blob
+        at = len(SEALED_BYTES)
+        token, gen = blob[at : at + 16], int.from_bytes(blob[at + 16 : at + 20], "big")
+        nonce, body = blob[at + 20 : at + 32], blob[at + 32 :]
+        aead = self._opening_keys([(token, gen)]).get((token, gen))
+        if aead is None:
+            return None
+        try:
+            return aead.decrypt(nonce, body, token)
+        except InvalidTag:
+            return None
 
     def _make_identifier(self, id_type: str, raw: str) -> tuple[str, bytes | None]:
         """(normalized value, its token), or (why it cannot be used, None)."""
@@ -306,21 +341,16 @@ class Sealer:
         self,
         tp: Touchpoint,
         identifiers: dict[str, str],
-        anchor: tuple[int, AESGCM, bytes] | None,
+        anchor: tuple[int, AESGCM, bytes],
     ) -> Touchpoint:
         traits = standardize(tp.traits, self.aliases)
         context = dict(tp.context)
-        if anchor is None:  # nothing usable: keep nothing personal (the worker refuses it)
-            traits = {k: v for k, v in traits.items() if k not in self.personal}
-            for name in PERSONAL_CONTEXT:
-                context.pop(name, None)
-        else:
-            for name, value in traits.items():
-                if name in self.personal and value is not None and not is_sealed(value):
-                    traits[name] = self._seal_value(value, anchor)
-            for name in PERSONAL_CONTEXT:
-                if (value := context.get(name)) is not None and not is_sealed(value):
-                    context[name] = self._seal_value(value, anchor)
+        for name, value in traits.items():
+            if name in self.personal and value is not None and not is_sealed(value):
+                traits[name] = self._seal_value(value, anchor)
+        for name in PERSONAL_CONTEXT:
+            if (value := context.get(name)) is not None and not is_sealed(value):
+                context[name] = self._seal_value(value, anchor)
         return replace(tp, identifiers=identifiers, traits=traits, context=context)
 
     @staticmethod
@@ -337,6 +367,11 @@ class Sealer:
         return self.open_many([value])[0]
 
     def open_many(self, values: Sequence[Any]) -> list[Any]:
+        """Sealed values opened (an unusable identifier's marker: the value as sent)."""
+        values = [
+            (unusable_value(v) or v) if isinstance(v, str) and v.startswith("~!") else v
+            for v in values
+        ]
         parsed = [parse(v) for v in values]
         wanted = {(unb64(p.token), p.gen) for p in parsed if p is not None}
         keys = self._opening_keys(wanted) if wanted else {}
@@ -359,6 +394,18 @@ class Sealer:
             except (InvalidTag, ValueError):
                 out.append(ERASED)
         return out
+
+    def open_touchpoint(self, tp: Touchpoint) -> Touchpoint:
+        """A sealed touchpoint with its identifiers (an unusable one: as it was sent),
+        traits and context opened."""
+        opens = self.open_many
+        ids = dict(zip(tp.identifiers, opens(list(tp.identifiers.values())), strict=True))
+        return replace(
+            tp,
+            identifiers=ids,
+            traits=open_document(dict(tp.traits), opens),
+            context=open_document(dict(tp.context), opens),
+        )
 
     def open_view(self, view: dict[str, Any]) -> dict[str, Any]:
         """A profile view (or a profile-updates record) with every sealed value opened."""

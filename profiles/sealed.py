@@ -2,7 +2,9 @@
 
 * ``~TOKEN.GEN.CIPHERTEXT`` — an identifier, sealed under its own key;
 * ``~~TOKEN.GEN.NONCE+CIPHERTEXT`` — a personal trait, under its event's anchor's key;
-* ``~!reason`` — an identifier left out when its event was sealed, and why.
+* ``~!reason|~~…`` — an identifier that cannot be used (not normalizable, blocked):
+  why, and the value as sent, sealed like a trait (an operator fixing a dead letter
+  sees it; the graph never uses it).
 
 ``TOKEN`` is 22 characters of URL-safe base64 (a 128-bit keyed hash), ``GEN`` the
 generation of the token's key. Only the format lives here, so the identity rules and
@@ -56,8 +58,16 @@ def is_sealed(value: object) -> bool:
 
 
 def unusable_reason(value: str) -> str | None:
-    """The reason an identifier was left out when it was sealed (``~!reason``)."""
-    return value[2:] if value.startswith("~!") else None
+    """Why an identifier could not be used when it was sealed (``~!reason|…``)."""
+    return value[2:].split("|~~", 1)[0] if value.startswith("~!") else None
+
+
+def unusable_value(value: str) -> str | None:
+    """The sealed value sent for an identifier that could not be used, if kept."""
+    if not value.startswith("~!"):
+        return None
+    _, sep, sealed = value.partition("|~~")
+    return f"~~{sealed}" if sep else None
 
 
 def token_of(value: str) -> str | None:

@@ -76,10 +76,7 @@ class RedisProfileView:
             return None
         view, key = found
         raw = self._r.hget(key, "why")
-        opened: tuple[dict[str, Any], dict[str, Any]] = self._open(
-            (view, orjson.loads(raw) if raw else {})
-        )
-        return opened
+        return self._open(view), self._open(orjson.loads(raw) if raw else {})
 
     def _follow(self, profile_id: str) -> tuple[dict[str, Any], str] | None:
         for _ in range(64):

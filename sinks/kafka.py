@@ -33,7 +33,7 @@ SOURCE_OFFSET = "x-source-offset"
 
 
 def _zero() -> dict[str, int]:
-    return {"merges": 0, "updates": 0, "memberships": 0, "dead_letters": 0, "receipts": 0}
+    return {"merges": 0, "updates": 0, "memberships": 0, "dead_letters": 0}
 
 
 def segment_error_headers(e: EvalError) -> list[tuple[str, bytes]]:
@@ -129,7 +129,7 @@ class ProfileTopicsSink:
             self._pending.append(await self._send(topic, key.encode(), value))
         else:
             self._pending.append(await self._send(topic, key.encode(), value, headers, partition))
-        self._counts[kind] += 1
+        self._counts[kind] = self._counts.get(kind, 0) + 1
 
     async def flush(self) -> Delivery:
         pending, self._pending = self._pending, []

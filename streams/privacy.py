@@ -16,7 +16,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -131,6 +131,11 @@ class Intake:
     ) -> None:
         self.sealer = sealer if sealer is not None else sealer_for(settings)
         self.ledger = ledger
+
+    @property
+    def seal_bytes(self) -> Callable[[bytes], bytes] | None:
+        """What seals a dead letter's bytes (None: personal data is not sealed)."""
+        return self.sealer.seal_bytes if self.sealer is not None else None
 
     def __call__(self, touchpoints: Sequence[Touchpoint]) -> list[Touchpoint]:
         tps = list(touchpoints) if self.sealer is None else self.sealer.seal(touchpoints)

@@ -114,7 +114,8 @@ def register(
         try:
             touchpoints = await decode(resolver, event.value)
         except DecodeError as exc:
-            await dead_letter(dlq, event, "route.decode", str(exc), log=log, max_bytes=max_bytes)
+            await dead_letter(dlq, event, "route.decode", str(exc), log=log, max_bytes=max_bytes,
+                              seal=intake.seal_bytes)  # fmt: skip
             return groups
         metrics.MESSAGES_IN.labels(stage="route").inc(len(touchpoints))
         touchpoints = intake(touchpoints)

@@ -34,8 +34,10 @@ from producers.loader import Loader, LoadResult
 from profiles.configured import identity_rules
 from profiles.routing import observe, validate_event
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint, to_json_form
-from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints
+from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints, encode_batch
 from schemas.resolve import Resolver
+from sinks.keys import sealer_for
+from streams.dlq import SEALED_HEADER
 from unifier.ingest import _lines
 
 HEADERS = {
@@ -130,6 +132,7 @@ def read(
         }
     )
     resolver = Resolver(settings) if resolve else None
+    sealer = sealer_for(settings)  # dead letters are read opened (and shown masked)
     try:
         meta = consumer.list_topics(settings.topic_dlq, timeout=10)
         topic = meta.topics.get(settings.topic_dlq)
@@ -153,7 +156,16 @@ def read(
             seen += 1
             headers = {str(k): _text(v) for k, v in list(msg.headers() or [])}
             value = msg.value() or b""
+            if headers.get(SEALED_HEADER) and sealer is not None:
+                opened = sealer.open_bytes(value)
+                if opened is None:  # an erasure destroyed its key
+                    yield DeadLetter(msg.offset() or 0, msg.partition() or 0, b"", headers,
+                                     None, "erased (its key was destroyed)")  # fmt: skip
+                    continue
+                value = opened
             events, error = _decode(value, resolver)
+            if events is not None and sealer is not None:
+                events = [sealer.open_touchpoint(tp) for tp in events]
             yield DeadLetter(msg.offset() or 0, msg.partition() or 0, value, headers, events, error)
     finally:
         consumer.close()
@@ -225,6 +237,7 @@ def replay_topic(settings: Settings, stage: str | None = None) -> TopicReplay:
     """Send again, as they are, the dead letters that decode and validate now."""
     outcome = TopicReplay()
     rules = identity_rules(settings)
+    sealer = sealer_for(settings)
     producer = Producer(
         {"bootstrap.servers": settings.bootstrap_servers, "enable.idempotence": True}
     )
@@ -242,7 +255,10 @@ def replay_topic(settings: Settings, stage: str | None = None) -> TopicReplay:
             outcome.still_bad += 1
             outcome.reasons[reason] = outcome.reasons.get(reason, 0) + 1
             continue
-        producer.produce(settings.topic_touchpoints, value=letter.value)
+        value = letter.value
+        if letter.headers.get(SEALED_HEADER) and letter.events is not None and sealer:
+            value = encode_batch(sealer.seal(letter.events))  # opened to be read: sealed again
+        producer.produce(settings.topic_touchpoints, value=value)
         producer.poll(0)
         outcome.resent += 1
     if producer.flush(60):

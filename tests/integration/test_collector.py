@@ -96,12 +96,19 @@ def test_segment_calls_land_on_the_topic_as_touchpoints(
     assert viewed.context["campaign"] == {"source": "newsletter", "medium": "email"}
     assert viewed.received_at_ms is not None
     ana = got["m-2"]
+    # Normalized and sealed before they were sent (opened here: profiles.privacy).
     assert ana.identifiers == {
         "user_id": "u-1",
         "anonymous_id": "anon-1",
-        "email": "Ana@Example.com",
+        "email": "ana@example.com",
     }
     assert ana.traits == {"first_name": "Ana", "address.city": "Lyon"}
+    # On the topic itself, no identifier or name in clear.
+    raw = [tp for tp in touchpoints_on_topic(settings, opened=False) if tp.event_id == "m-2"]
+    assert raw and not {"u-1", "anon-1", "ana@example.com", "Ana"} & {
+        *raw[0].identifiers.values(),
+        *map(str, raw[0].traits.values()),
+    }
     assert ana.consent == {"email_marketing": True, "ads": False}
     bought = got["m-3"]
     assert bought.type == "order_completed"

@@ -21,6 +21,7 @@ from schemas.codec import CODEC, PROFILE_MERGE
 from schemas.records import ProfileMerge, ProfileRemoved, ProfileUpdate
 from serve.feed import ProfileFeed
 from serve.view import RedisProfileView
+from sinks.keys import sealer_for
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views
 from tests.support.http import get_json, get_text, metric
@@ -116,7 +117,8 @@ def test_a_visitor_who_signs_in_becomes_one_profile(
     # its current profile; each merged-away profile ends with a tombstone.
     latest: dict[str, ProfileUpdate | ProfileRemoved] = {}
     with ProfileFeed(settings.bootstrap_servers, updates_topic=settings.topic_profile_updates,
-                     merges_topic=settings.topic_profile_merges) as feed:  # fmt: skip
+                     merges_topic=settings.topic_profile_merges,
+                     sealer=sealer_for(settings)) as feed:  # fmt: skip
         for change in feed.changes(merges=False, until_end=True):
             assert not isinstance(change, ProfileMerge)
             latest[change.profile_id] = change
@@ -140,6 +142,7 @@ def follow(
         updates_topic=settings.topic_profile_updates,
         merges_topic=settings.topic_profile_merges,
         config={"session.timeout.ms": 6000},  # the embedded broker's slow join (README)
+        sealer=sealer_for(settings),  # personal data opened, as a service with keys would
     ) as feed:
         for change in feed.changes(idle_s=60):
             match change:

@@ -11,6 +11,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from config.settings import Settings
 from profiles.touchpoint import Touchpoint
 from schemas.codec import decode_touchpoints
+from sinks.keys import sealer_for
 
 
 def consume_all(
@@ -40,13 +41,16 @@ def consume_all(
 
 
 def touchpoints_on_topic(
-    settings: Settings, idle_s: float = 3.0, skip: Collection[bytes] = ()
+    settings: Settings, idle_s: float = 3.0, skip: Collection[bytes] = (), opened: bool = True
 ) -> list[Touchpoint]:
     """Every touchpoint on the input topic (each record decoded; batches flattened),
-    leaving out records whose bytes are in ``skip``."""
+    leaving out records whose bytes are in ``skip``; with ``opened``, personal data
+    opened (it is sealed on the topic: ``profiles.privacy``)."""
     records = consume_all(
         settings, settings.topic_touchpoints, settings.touchpoint_partitions, idle_s
     )
-    return [
+    tps = [
         tp for msg in records if msg.value() not in skip for tp in decode_touchpoints(msg.value())
     ]
+    sealer = sealer_for(settings) if opened else None
+    return tps if sealer is None else [sealer.open_touchpoint(tp) for tp in tps]

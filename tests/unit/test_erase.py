@@ -102,9 +102,7 @@ def test_an_erasure_racing_with_the_persons_events_leaves_nothing_of_theirs(  # 
     others, mine, parts_, seed, when, before, redeliver, crash, rollback, batch, shortcut
 ) -> None:
     sim = Racing(UNLIMITED, parts_[1], parts_[2], seed, redeliver, crash, rollback, batch, shortcut)
-    person = [
-        Touchpoint(f"x{n}", "page", "web", 1000 + n, ids) for n, ids in enumerate(mine)
-    ]
+    person = [Touchpoint(f"x{n}", "page", "web", 1000 + n, ids) for n, ids in enumerate(mine)]
     # Interleave the person's events with everyone else's; the request comes at `when`.
     stream: list[Touchpoint] = []
     rest = list(others)
