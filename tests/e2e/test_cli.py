@@ -33,7 +33,7 @@ def test_the_documented_session(cli: Cli, tmp_path: Path) -> None:
 
     again = cli("topics", "create")
     assert again.returncode == 0
-    assert again.stdout.count("exists") == len(topic_specs(Settings())) == 11
+    assert again.stdout.count("exists") == len(topic_specs(Settings())) == 14
 
     events = generate(people=200, seed=3)[:1000]
     path = tmp_path / "events.jsonl"

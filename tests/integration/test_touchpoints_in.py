@@ -25,6 +25,8 @@ from schemas.codec import (
     BATCH,
     CODEC,
     SCHEMA_DIR,
+    DecodeError,
+    decode_touchpoints,
     encode_touchpoint,
     single_object_header,
 )
@@ -200,7 +202,9 @@ def test_a_mixed_stream_lands_exactly_once_or_is_refused_with_a_reason(
     assert truncated.value == huge[: 64 * 1024]
     assert "unknown schema fingerprint 0707070707070707" in truncated.headers["x-dlq-reason"]
     for value, why in broken.items():
-        [letter] = [x for x in letters if x.value == value]
+        # (an event that decodes was sealed by the worker before it was dead-lettered:
+        # found by its id, opened by the reader)
+        [letter] = [x for x in letters if x.value == value or _same_events(x, value)]
         assert why in letter.headers["x-dlq-reason"], (why, reasons)
         assert letter.headers["x-source-topic"] == settings.topic_touchpoints
     view = RedisProfileView.for_settings(settings)
@@ -256,3 +260,11 @@ def test_the_worker_keeps_serving_through_garbage(topics: Settings, workers: Emb
     # One profile per valid event (each has its own email), each holding that one event.
     assert len(profiles) == len(valid)
     assert {p["computed"]["event_count"] for p in profiles} == {1}
+
+
+def _same_events(letter: dlq.DeadLetter, value: bytes) -> bool:
+    try:
+        sent = [tp.event_id for tp in decode_touchpoints(value)]
+    except DecodeError:
+        return False
+    return letter.events is not None and [tp.event_id for tp in letter.events] == sent
