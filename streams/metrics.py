@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 MERGES = Counter(
     "unifier_identity_merges",
@@ -100,4 +100,10 @@ PRIVACY_ERASED = Counter(
     "What erasures removed: profiles (and redirects), identifiers (keys destroyed), "
     "shared identifiers kept",
     ["what"],
+)
+PRIVACY_LEDGER = Gauge(
+    "unifier_privacy_ledger_identifiers",
+    "Identifiers in the erasure ledger this worker has read, by whether later events "
+    "carrying them are suppressed",
+    ["state"],
 )

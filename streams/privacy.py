@@ -22,8 +22,10 @@ from dataclasses import dataclass
 import orjson
 
 from config.settings import Settings
-from profiles.graph.messages import Shredded
+from profiles.configured import identity_rules
+from profiles.graph.messages import Forget, Shredded
 from profiles.privacy import Sealer
+from profiles.rules import key, usable
 from profiles.sealed import parse, token_of_key, unb64
 from profiles.touchpoint import Touchpoint
 from schemas.records import receipt_step
@@ -86,13 +88,13 @@ class ErasureLedger:
         while not self._stop.is_set():
             try:
                 with DefinitionsLog(self._bootstrap, self.topic, "unifier.erasures-reader") as log_:
-                    seen = 0
+                    seen = -1
                     while not self._stop.is_set():
                         if log_.poll(self._poll_s):
                             continue
-                        if len(log_.records) != seen or not self.ready.is_set():
+                        if log_.next_offset != seen:  # (a key written again counts too)
                             self._take(log_.records)
-                            seen = len(log_.records)
+                            seen = log_.next_offset
                         if log_.at_end():
                             self.ready.set()
             except Exception:  # the broker away: start again (what is known stays)
@@ -113,6 +115,9 @@ class ErasureLedger:
             with self._lock:
                 self.entries = {**self.entries, **fresh}
                 self._changed += list(fresh)
+            suppressed = sum(1 for e in self.entries.values() if e.suppress)
+            metrics.PRIVACY_LEDGER.labels(state="suppressed").set(suppressed)
+            metrics.PRIVACY_LEDGER.labels(state="erased only").set(len(self.entries) - suppressed)
 
 
 async def wait_for(ready: threading.Event, what: str, timeout_s: float = 60.0) -> None:
@@ -131,6 +136,8 @@ class Intake:
     ) -> None:
         self.sealer = sealer if sealer is not None else sealer_for(settings)
         self.ledger = ledger
+        self._rules = identity_rules(settings)
+        self._region = settings.default_phone_region
 
     @property
     def seal_bytes(self) -> Callable[[bytes], bytes] | None:
@@ -138,26 +145,56 @@ class Intake:
         return self.sealer.seal_bytes if self.sealer is not None else None
 
     def __call__(self, touchpoints: Sequence[Touchpoint]) -> list[Touchpoint]:
+        kept, _ = self.admit(touchpoints)
+        return kept
+
+    def admit(self, touchpoints: Sequence[Touchpoint]) -> tuple[list[Touchpoint], list[Forget]]:
+        """(the touchpoints to apply, ``Forget`` for what the dropped ones carried): an
+        event that carries an erased identifier is the erased person's, and what else
+        it carries is theirs too (``forgotten``)."""
         tps = list(touchpoints) if self.sealer is None else self.sealer.seal(touchpoints)
         if self.ledger is None:
-            return tps
-        changed = self.ledger.drain_changed()
+            return tps, []
+        changed = self.ledger.drain_changed()  # (read in this thread: caches are not shared)
         if changed and self.sealer is not None:
             self.sealer.forget(changed)  # keys destroyed: not used from the cache again
         entries = self.ledger.entries
         if not entries:
-            return tps
-        kept = []
+            return tps, []
+        kept: list[Touchpoint] = []
+        forgets: list[Forget] = []
         for tp in tps:
-            why = _erased(tp, entries)
-            if why is None:
+            found = _erased(tp, entries)
+            if found is None:
                 kept.append(tp)
-            else:
-                metrics.PRIVACY_DROPPED.labels(why=why).inc()
-        return kept
+                continue
+            why, entry = found
+            metrics.PRIVACY_DROPPED.labels(why=why).inc()
+            ids, _ = usable(tp.identifiers, self._rules, self._region)
+            forgets += forgotten([key(i) for i in ids], entry, entries)
+        return kept, forgets
 
 
-def _erased(tp: Touchpoint, entries: dict[str, LedgerEntry]) -> str | None:
+def forgotten(
+    keys: Sequence[str], entry: LedgerEntry, entries: dict[str, LedgerEntry]
+) -> list[Forget]:
+    """``Forget`` for each identifier of a dropped event that the ledger does not cover
+    yet (a device id seen with the erased email; the email itself, sealed under a key
+    made since): the identity partitions erase what they link to and shred them."""
+    out = []
+    for ident in keys:
+        token = token_of_key(ident)
+        if token is None:
+            continue
+        covered = entries.get(token)
+        sealed = parse(ident.partition(":")[2])
+        if covered is not None and sealed is not None and sealed.gen <= covered.gen:
+            continue
+        out.append(Forget(ident, "", entry.receipt, entry.suppress))
+    return out
+
+
+def _erased(tp: Touchpoint, entries: dict[str, LedgerEntry]) -> tuple[str, LedgerEntry] | None:
     """Why an event is not to be applied ("erased", "suppressed"), or None."""
     for value in tp.identifiers.values():
         sealed = parse(value)
@@ -167,9 +204,9 @@ def _erased(tp: Touchpoint, entries: dict[str, LedgerEntry]) -> str | None:
         if entry is None:
             continue
         if sealed.gen <= entry.gen:
-            return "erased"
+            return "erased", entry
         if entry.suppress:
-            return "suppressed"
+            return "suppressed", entry
     return None
 
 
@@ -210,8 +247,6 @@ class Shredder:
     def _plain_token(self, ident: str) -> str:
         """The token of an unsealed identifier (``UNIFIER_SEAL_PII=false``)."""
         if self._sealer is None:
-            from profiles.configured import identity_rules
-
             self._sealer = Sealer(self._open(), identity_rules(self._settings))
         id_type, _, value = ident.partition(":")
         return self._sealer.token(id_type, value)

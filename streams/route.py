@@ -118,7 +118,9 @@ def register(
                               seal=intake.seal_bytes)  # fmt: skip
             return groups
         metrics.MESSAGES_IN.labels(stage="route").inc(len(touchpoints))
-        touchpoints = intake(touchpoints)
+        touchpoints, forgets = intake.admit(touchpoints)
+        for forget in forgets:  # what an erased person's dropped event carried
+            groups.setdefault(partition_for(forget.ident, partitions), []).append(forget)
         mine = shortcut.owned()  # after each await: a rebalance may have begun meanwhile
         for tp in touchpoints:
             try:

@@ -84,6 +84,7 @@ class DeadLetter:
     headers: dict[str, str]
     events: list[Touchpoint] | None
     decode_error: str | None
+    raw: bytes = b""  # the record's bytes as stored (sealed), when they were opened
 
     def to_json(self, unmasked: bool = False) -> dict[str, Any]:
         meta = {name: self.headers.get(header) for header, name in HEADERS.items()}
@@ -155,18 +156,18 @@ def read(
             last = time.monotonic()
             seen += 1
             headers = {str(k): _text(v) for k, v in list(msg.headers() or [])}
-            value = msg.value() or b""
+            value = raw = msg.value() or b""
+            where = msg.offset() or 0, msg.partition() or 0
             if headers.get(SEALED_HEADER) and sealer is not None:
                 opened = sealer.open_bytes(value)
                 if opened is None:  # an erasure destroyed its key
-                    yield DeadLetter(msg.offset() or 0, msg.partition() or 0, b"", headers,
-                                     None, "erased (its key was destroyed)")  # fmt: skip
+                    yield DeadLetter(*where, b"", headers, None, "erased", raw)
                     continue
                 value = opened
             events, error = _decode(value, resolver)
             if events is not None and sealer is not None:
                 events = [sealer.open_touchpoint(tp) for tp in events]
-            yield DeadLetter(msg.offset() or 0, msg.partition() or 0, value, headers, events, error)
+            yield DeadLetter(*where, value, headers, events, error, raw)
     finally:
         consumer.close()
 

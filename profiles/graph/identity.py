@@ -75,8 +75,12 @@ def handle_identity(
     which passes it on only if it does not have it yet."""
     if isinstance(msg, Forget):
         owner, claimants = _entry(table, msg.ident)
-        shared = owner is not None and _is_shared(claimants, max_claimants)
-        value, out = forget(table.get(msg.ident), msg, shared)
+        # Kept: a shared identifier; and, when an event (not a profile) names it, one
+        # other profiles claimed (a link refused by a rule: not the person's alone).
+        kept = owner is not None and (
+            _is_shared(claimants, max_claimants) or (not msg.profile and bool(claimants))
+        )
+        value, out = forget(table.get(msg.ident), msg, kept)
         if value is not None:
             table[msg.ident] = value
         return out

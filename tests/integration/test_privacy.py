@@ -1,0 +1,275 @@
+"""Privacy on the real broker and Redis: an access export, an erasure that leaves no
+byte of the person anywhere a user could look — and keeps holding after a replay from
+offset 0 into a new worker with empty tables, and a view rebuilt from scratch —,
+suppression of their later events, and a returning customer after ``unsuppress``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+from typer.testing import CliRunner
+
+from config.settings import Settings
+from producers.kafka import TouchpointProducer
+from profiles.identifiers import DEFAULT_IDENTIFIER_PRIORITIES
+from profiles.privacy import Sealer
+from profiles.touchpoint import Touchpoint, parse_json
+from schemas.codec import encode_batch
+from sinks.keys import sealer_for
+from streams.topology import topology
+from tests.integration.test_pipeline import caught_up, exported
+from tests.support.http import get_text, metric
+from tests.support.kafka import consume_all
+from tests.support.segments import apply
+from tests.support.view import dump
+from unifier.cli import app
+from unifier.processes import free_port, wait_until
+from unifier.rebuild import rebuild
+from unifier.stack import EmbeddedStack
+from unifier.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_795_000_000_000
+ZOE = {
+    "email": "zoe.quarrina@privacy-test.example",
+    "phone": "+14155550187",
+    "user_id": "zq-user-7731",
+    "anonymous_id": "anon-zq-0451",
+    "loyalty_id": "LZQ-99817",
+    "crm_id": "crm-zq-40033",
+    "first_name": "Zoequarrina",
+    "last_name": "Vantablackson",
+}
+#: What must not be found anywhere (case-insensitive): every value, as sent too.
+NEEDLES = [v.lower() for v in ZOE.values()] + ["(415) 555-0187", "4155550187"]
+
+
+def zoe_events() -> list[Touchpoint]:
+    """A journey from every source, with two merges in it: a visitor who signs in, a
+    POS customer (loyalty card and phone) whom support links to the same email."""
+
+    def tp(n: int, kind: str, source: str, ids: dict[str, str], **more: Any) -> Touchpoint:
+        doc = {"event_id": f"zoe-{n}", "type": kind, "source": source,
+               "occurred_at": _iso(T0 + n * 60_000), "identifiers": ids, **more}  # fmt: skip
+        return parse_json(doc, DEFAULT_IDENTIFIER_PRIORITIES)
+
+    name = {"first_name": ZOE["first_name"].upper(), "last_name": ZOE["last_name"]}
+    sale = {"transaction_id": "R-1", "store_id": "S1", "currency": "USD", "total": "30"}
+    full_name = f"{ZOE['first_name']} {ZOE['last_name']}"
+    return [
+        tp(1, "page_viewed", "web", {"anonymous_id": ZOE["anonymous_id"]},
+           context={"ip": "203.0.113.77"}),
+        tp(2, "signed_in", "web", {"anonymous_id": ZOE["anonymous_id"], "user_id": ZOE["user_id"],
+           "email": ZOE["email"]}, traits=name, consent={"email_marketing": True}),
+        tp(3, "pos_transaction", "pos",
+           {"loyalty_id": ZOE["loyalty_id"], "phone": "(415) 555-0187"}, pos=sale),
+        tp(4, "email_opened", "email", {"email": ZOE["email"]}, properties={"campaign": "fall"}),
+        tp(5, "ticket_opened", "support", {"email": ZOE["email"], "phone": ZOE["phone"]},
+           traits={"name": full_name}),
+        tp(6, "contact_updated", "crm", {"crm_id": ZOE["crm_id"], "email": ZOE["email"]},
+           consent={"email_marketing": False}),
+    ]  # fmt: skip
+
+
+def _iso(ms: int) -> str:
+    from profiles.profile import iso
+
+    return iso(ms)
+
+
+def others() -> list[Touchpoint]:
+    return [
+        Touchpoint(f"bob-{n}", "page_viewed", "web", T0 + n, {"email": "bob@other.example",
+                   "anonymous_id": f"anon-bob-{n % 2}"}, {"first_name": "Bob"})
+        for n in range(4)
+    ]  # fmt: skip
+
+
+def send(settings: Settings, events: list[Touchpoint]) -> None:
+    with TouchpointProducer(settings) as producer:
+        producer.send_many(events)
+    assert producer.report.ok
+
+
+def dead_letter_naming_zoe(settings: Settings, sealer: Sealer) -> None:
+    """An event a sealing producer sent that the worker cannot use (no usable
+    identifier), with her email and name in it: a dead letter that names her."""
+    traits = {"email": ZOE["email"], "first_name": ZOE["first_name"]}
+    [bad] = sealer.seal([Touchpoint("zoe-dlq", "signed_in", "web", T0, {"phone": "12"}, traits)])
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer.produce(settings.topic_touchpoints, encode_batch([bad]))
+    assert producer.flush(10) == 0
+
+
+def cli(settings: Settings, *args: str) -> Any:
+    return CliRunner().invoke(app, list(args), env=settings.env())
+
+
+def found_in(blob: bytes | str) -> list[str]:
+    text = blob.decode("utf-8", "replace") if isinstance(blob, bytes) else blob
+    text = text.lower()
+    return [n for n in NEEDLES if n in text]
+
+
+def everything_readable(settings: Settings, sealer: Sealer) -> dict[str, list[str]]:
+    """Where anything of hers can be read: every Redis key and value, and every record
+    of every topic as stored and decoded and opened with the keys that still exist."""
+    from unifier import dlq
+
+    hits: dict[str, list[str]] = {}
+    for key, value in dump(settings.redis_url).items():
+        if got := found_in(key.encode() + orjson.dumps(value, default=repr)):
+            hits[f"redis {key}"] = got
+    topo = topology(settings)
+    for spec in topo.topics():
+        for msg in consume_all(settings, spec.name, spec.partitions, idle_s=1.0):
+            raw = (msg.key() or b"") + b" " + (msg.value() or b"")
+            opened = _decoded(spec.name, settings, msg.value(), sealer)
+            if got := found_in(raw) + found_in(opened):
+                hits[f"{spec.name}[{msg.partition()}]@{msg.offset()}"] = got
+    for letter in dlq.read(settings):
+        if got := found_in(orjson.dumps(letter.to_json(unmasked=True))):
+            hits[f"dlq show --unmasked @{letter.offset}"] = got
+    return hits
+
+
+def _decoded(topic: str, settings: Settings, value: bytes | None, sealer: Sealer) -> str:
+    """A record decoded as its readers decode it, every sealed value in it opened."""
+    from profiles.privacy import open_document
+    from profiles.touchpoint import to_json_form
+    from schemas.codec import decode_touchpoints
+    from schemas.records import update_from
+    from schemas.wire import decode_messages, message_to, node_from
+
+    if value is None:
+        return ""
+    try:
+        if topic == settings.topic_touchpoints:
+            doc: Any = [to_json_form(sealer.open_touchpoint(t)) for t in decode_touchpoints(value)]
+        elif topic == settings.topic_profile_updates:
+            doc = update_from(b"k", value).view()
+        elif topic in (settings.topic_identity, settings.topic_profile_ops):
+            doc = [message_to(m) for m in decode_messages(value)]
+        elif value.startswith(b"\x00n"):  # a profile node (the profiles table's changelog)
+            node = node_from(value, lambda n: b"")
+            doc = {"held": sorted(node.state.held), "traits": repr(node.state.totals.traits),
+                   "tail": node.state.ledger.tail.decode()}  # fmt: skip
+        else:
+            doc = orjson.loads(value)
+    except Exception:  # not of that form: its bytes were searched as they are
+        return ""
+    return orjson.dumps(open_document(doc, sealer.open_many), default=repr).decode()
+
+
+def fresh_worker_settings(settings: Settings, tag: str) -> Settings:
+    """A new worker group with empty tables reading the same input from offset 0."""
+    renamed = {
+        name: f"{getattr(settings, name)}-{tag}"
+        for name in ("topic_identity", "topic_profile_ops", "topic_profile_updates",
+                     "topic_profile_merges", "topic_segment_membership")
+    }  # fmt: skip
+    return settings.model_copy(update={"app_id": f"{settings.app_id}-{tag}", **renamed})
+
+
+def test_an_erased_person_is_nowhere_and_stays_erased_through_a_replay(
+    topics: Settings, workers: EmbeddedStack, tmp_path: Path
+) -> None:
+    settings = topics
+    port = free_port()
+    workers.settings = settings.model_copy(update={"worker_metrics_port": port})
+    apply(settings, {"buyers": "profile.computed.orders >= 1"})
+    workers.start_worker()
+    sealer = sealer_for(settings)
+    assert sealer is not None
+    send(settings, zoe_events() + others())
+    dead_letter_naming_zoe(settings, sealer)
+    caught_up(settings)
+    [zoe] = [p for p in exported(settings).values() if ZOE["email"] in p["identifiers"]["email"]]
+    assert zoe["computed"]["merged_from"] and "buyers" in zoe["segments"]
+    assert zoe["traits"]["first_name"] == ZOE["first_name"]
+
+    # An access request first: everything held, from the tables and the topics.
+    path = tmp_path / "zoe.json"
+    export = cli(settings, "privacy", "export", "--email", ZOE["email"].upper(), "-o", str(path))
+    assert export.exit_code == 0, export.output
+    doc = orjson.loads(path.read_bytes())
+    assert [e["event_id"] for e in doc["events"]] == [f"zoe-{n}" for n in range(1, 7)]
+    sources = ["web", "web", "pos", "email", "support", "crm"]
+    assert [e["source"] for e in doc["events"]] == sources
+    held = {i["identifier"] for i in doc["identifiers"]}
+    assert {f"email:{ZOE['email']}", f"phone:{ZOE['phone']}"} <= held
+    assert [(c["purpose"], c["granted"]) for c in doc["consent_history"]] == [
+        ("email_marketing", True), ("email_marketing", False)]  # fmt: skip
+    assert len(doc["merges"]) >= 2 and doc["segment_history"][0]["segment"] == "buyers"
+    assert doc["events"][1]["traits"]["first_name"] == ZOE["first_name"]
+    before = everything_readable(settings, sealer)
+    assert before, "her data is readable before the erasure (the check can fail)"
+
+    # The erasure: by her phone, as written on a form.
+    erase = cli(settings, "privacy", "erase", "--phone", "(415) 555-0187", "--reason", "T-1")
+    assert erase.exit_code == 0, erase.output
+    receipt = erase.stdout.strip().splitlines()[0]
+    status = cli(settings, "privacy", "status", receipt, "--json")
+    assert status.exit_code == 0, status.output
+    steps = orjson.loads(status.stdout)["steps"]
+    assert steps["profiles erased (tables, view, profile-updates, segments)"]["count"] >= 3
+    assert steps["dead letters shredded"]["count"] == 1
+    caught_up(settings)
+    assert everything_readable(settings, sealer_for(settings)) == {}  # type: ignore[arg-type]
+    assert cli(settings, "profiles", "get", "--email", ZOE["email"]).exit_code == 1
+    gone = cli(settings, "privacy", "export", "--email", ZOE["email"], "-o", str(path) + ".2")
+    assert gone.exit_code == 1
+    members = cli(settings, "segments", "members", "buyers", "--json")
+    assert members.exit_code == 0 and not found_in(members.stdout)
+    assert zoe["profile_id"] not in members.stdout
+    # Bob is untouched.
+    [bob] = [p for p in exported(settings).values() if "bob@other.example" in
+             p["identifiers"].get("email", [])]  # fmt: skip
+    assert bob["computed"]["event_count"] == 4
+    # No line of the worker's log names her.
+    assert not found_in((workers.dir / "worker.log").read_bytes())
+
+    # Her later events: dropped and counted (suppressed by default).
+    send(settings, [Touchpoint("zoe-7", "page_viewed", "web", T0 + 10**6, {"email": ZOE["email"]},
+                               {"first_name": ZOE["first_name"]})])  # fmt: skip
+    caught_up(settings)
+    metrics = get_text(f"http://127.0.0.1:{port}/metrics").splitlines()
+    assert metric(metrics, "unifier_privacy_dropped_total", why="suppressed") == 1
+    assert cli(settings, "profiles", "get", "--email", ZOE["email"]).exit_code == 1
+
+    # A replay from offset 0 into a new worker with empty tables, then the view rebuilt
+    # from scratch: nothing of hers comes back, everyone else does.
+    workers.stop_all()
+    again = fresh_worker_settings(settings, "replay")
+    ensure_topics(again)
+    workers.settings = again.model_copy(update={"worker_metrics_port": port})
+    workers.start_worker()
+    caught_up(again)
+    rebuild(again, clear_first=True, progress=False)
+    assert everything_readable(again, sealer_for(again)) == {}  # type: ignore[arg-type]
+    assert any("bob@other.example" in p["identifiers"].get("email", [])
+               for p in exported(again).values())  # fmt: skip
+
+    # She comes back: unsuppressed, a new event founds a new profile.
+    def suppressed() -> float | None:
+        lines = get_text(f"http://127.0.0.1:{port}/metrics").splitlines()
+        return metric(lines, "unifier_privacy_ledger_identifiers", state="suppressed")
+
+    held_back = suppressed()
+    assert held_back  # her identifiers (and the worker has read them)
+    assert cli(again, "privacy", "unsuppress", "--email", ZOE["email"]).exit_code == 0
+    # The worker has read it (an event sent before would still be dropped).
+    wait_until(lambda: suppressed() == held_back - 1, 30, "the worker to read the unsuppression")
+    send(again, [Touchpoint("zoe-8", "signed_in", "web", T0 + 10**7, {"email": ZOE["email"]})])
+    caught_up(again)
+    back = cli(again, "profiles", "get", "--email", ZOE["email"])
+    assert back.exit_code == 0, back.output
+    assert orjson.loads(back.stdout)["computed"]["event_count"] == 1
+    audit = cli(again, "audit", "--since", "2020-01-01T00:00:00Z", "--json")
+    actions = [orjson.loads(line)["action"] for line in audit.stdout.splitlines()]
+    assert actions[:3] == ["export", "erase", "unsuppress"] and not found_in(audit.stdout)
