@@ -215,6 +215,12 @@ class Settings(BaseSettings):
         description="Traits that are personal data and are sealed (JSON list; a name ending "
         "in '.' covers its nested traits); unset: profiles.privacy.PERSONAL_TRAITS",
     )
+    purpose_topics: dict[str, str] = Field(
+        default_factory=dict,
+        description="Consent purpose -> output topic of the profiles that consented to it, "
+        'e.g. {"email_marketing": "profiles.email-marketing"} (JSON); a profile that withdraws '
+        "gets a tombstone there; unknown consent is refused",
+    )
     key_cache_s: float = Field(
         30.0,
         gt=0,

@@ -16,6 +16,7 @@ import redis.asyncio as aredis
 
 from config.settings import Settings
 from profiles.configured import check, identity_rules, trait_rules
+from sinks.consent import PurposeTopicSink
 from sinks.kafka import ProfileTopicsSink
 from sinks.redis_view import RedisViewSink, write_definitions
 from streams import heal, identity, metrics, ops, profile, route
@@ -103,6 +104,7 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> dict[str, 
         "dlq": ProducedTopic(producer, topo.dlq.name),
         "erasures": ProducedTopic(producer, topo.erasures.name),
         "privacy": ProducedTopic(producer, topo.privacy.name),
+        **{f"purpose:{p}": ProducedTopic(producer, t.name) for p, t in topo.purposes.items()},
     }
     ledger = ErasureLedger(settings.bootstrap_servers, topo.erasures.name)
 
@@ -269,6 +271,7 @@ def profile_sinks(
         topo.segment_membership.name: produced["membership"],
         topo.dlq.name: produced["dlq"],
         topo.privacy.name: produced["privacy"],
+        **{t.name: produced[f"purpose:{p}"] for p, t in topo.purposes.items()},
     }
 
     async def send(
@@ -293,7 +296,12 @@ def profile_sinks(
                 dlq_topic=topo.dlq.name,
                 partitions=topo.segment_membership.partitions,
                 receipts_topic=topo.privacy.name,
-            )
+            ),
+            # Outputs that serve a consent purpose: only the profiles that consented.
+            *(
+                (lambda p=purpose, t=spec.name: PurposeTopicSink(send, t, p))
+                for purpose, spec in topo.purposes.items()
+            ),
         ],
         views=[lambda: RedisViewSink.from_url(settings.redis_url)],
     )

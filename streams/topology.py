@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from config.settings import Settings
+from sinks.consent import purpose_topics
 
 #: The dead-letter topic keeps what could not be used for this long.
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
@@ -75,6 +76,7 @@ class Topology:
     erasures: TopicSpec
     privacy: TopicSpec
     audit: TopicSpec
+    purposes: dict[str, TopicSpec]  # consent purpose -> its output (sinks.consent)
     tables: dict[str, TableSpec]
     stages: tuple[Stage, ...]
 
@@ -99,6 +101,7 @@ class Topology:
             self.erasures,
             self.privacy,
             self.audit,
+            *self.purposes.values(),
         ]
 
     def stage_inputs(self) -> list[str]:
@@ -151,6 +154,12 @@ def topology(settings: Settings) -> Topology:
         {"retention.ms": str(AUDIT_RETENTION_MS)},
         "audit trail of privacy actions and profile reads",
     )
+    purposes = {
+        purpose: TopicSpec(
+            topic, internal, dict(_COMPACT), f"output: the profiles that consented to {purpose}"
+        )
+        for purpose, topic in sorted(purpose_topics(s.purpose_topics).items())
+    }
     tables = {
         "identity": TableSpec(
             "identity",
@@ -163,13 +172,27 @@ def topology(settings: Settings) -> Topology:
     }
     stages = (
         Stage("route", touchpoints.name, touchpoints.partitions, None, (identity.name, dlq.name)),
-        Stage("identity", identity.name, internal, "identity", (ops.name, identity.name)),
+        Stage(
+            "identity",
+            identity.name,
+            internal,
+            "identity",
+            (ops.name, identity.name, erasures.name, privacy.name),
+        ),
         Stage(
             "profile",
             ops.name,
             internal,
             "profiles",
-            (identity.name, ops.name, updates.name, merges.name, membership.name),
+            (
+                identity.name,
+                ops.name,
+                updates.name,
+                merges.name,
+                membership.name,
+                privacy.name,
+                *(t.name for t in purposes.values()),
+            ),
         ),
     )
     return Topology(
@@ -185,6 +208,7 @@ def topology(settings: Settings) -> Topology:
         erasures,
         privacy,
         audit,
+        purposes,
         tables,
         stages,
     )

@@ -19,6 +19,7 @@ from profiles.identifiers import DEFAULT_IDENTIFIER_PRIORITIES
 from profiles.privacy import Sealer
 from profiles.touchpoint import Touchpoint, parse_json
 from schemas.codec import encode_batch
+from schemas.records import update_from
 from sinks.keys import sealer_for
 from streams.topology import topology
 from tests.integration.test_pipeline import caught_up, exported
@@ -273,3 +274,39 @@ def test_an_erased_person_is_nowhere_and_stays_erased_through_a_replay(
     audit = cli(again, "audit", "--since", "2020-01-01T00:00:00Z", "--json")
     actions = [orjson.loads(line)["action"] for line in audit.stdout.splitlines()]
     assert actions[:3] == ["export", "erase", "unsuppress"] and not found_in(audit.stdout)
+
+
+def test_a_profile_that_withdraws_consent_leaves_the_output_that_serves_that_purpose(
+    settings: Settings, workers: EmbeddedStack
+) -> None:
+    settings = settings.model_copy(
+        update={"purpose_topics": {"email_marketing": f"{settings.app_id}.email-marketing"}}
+    )
+    ensure_topics(settings)
+    workers.settings = settings
+    workers.start_worker()
+
+    def consent(n: int, who: str, granted: bool | None) -> Touchpoint:
+        given = {} if granted is None else {"email_marketing": granted}
+        return Touchpoint(f"{who}-{n}", "preferences", "web", T0 + n * 1000,
+                          {"email": f"{who}@consent.example"}, consent=given)  # fmt: skip
+
+    send(settings, [consent(1, "ann", True), consent(1, "ben", True), consent(1, "cyd", None)])
+    caught_up(settings)
+    send(settings, [consent(2, "ann", False)])
+    caught_up(settings)
+    topic = settings.purpose_topics["email_marketing"]
+    records = consume_all(settings, topic, settings.internal_partitions, idle_s=1.5)
+    latest: dict[bytes, bytes | None] = {}
+    for msg in records:
+        latest[msg.key() or b""] = msg.value()
+    views = {p["identifiers"]["email"][0]: p["profile_id"] for p in exported(settings).values()}
+    ann, ben, cyd = (views[f"{w}@consent.example"].encode() for w in ("ann", "ben", "cyd"))
+    # Ben consented: there. Ann withdrew: removed (a tombstone). Cyd never answered: never sent.
+    assert latest[ben] is not None and latest[ann] is None
+    assert cyd not in {msg.key() for msg in records if msg.value() is not None}
+    # Every profile it ever carried had consented when it was sent.
+    for msg in records:
+        if msg.value() is not None:
+            view = update_from(msg.key() or b"", msg.value()).view()
+            assert view["computed"]["consent"]["email_marketing"]["granted"] is True

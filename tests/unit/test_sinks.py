@@ -130,3 +130,49 @@ def test_the_view_is_complete_only_with_every_partitions_marker() -> None:
         "view rebuilding (1,500 of 20,000 profiles)"
     )
     assert describe_view([b"{}"] * 3, progress, 3) is None  # a stale progress key
+
+
+def _consenting(granted: bool | None, version: int) -> dict[str, Any]:
+    consent = {} if granted is None else {"email_marketing": {"granted": granted,
+               "at": "2026-11-22T10:00:00.000Z", "source": "web"}}  # fmt: skip
+    return {**VIEW, "computed": {**VIEW["computed"], "consent": consent}, "version": version}
+
+
+def test_an_output_serving_a_purpose_gets_only_who_consented_and_a_removal_on_withdrawal() -> None:
+    from profiles.graph.messages import Erased
+    from sinks.consent import PurposeTopicSink, consents
+
+    sent: list[tuple[str, bytes, bytes | None]] = []
+
+    async def send(topic: str, key: bytes, value: bytes | None) -> Any:
+        sent.append((topic, key, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def batch(*changes: ProfileChange, erased: list[Erased] | None = None) -> Any:
+        async def go() -> Any:
+            sink = PurposeTopicSink(send, "profiles.email", "email_marketing", clock=lambda: 1.0)
+            await sink.write(ChangeBatch(list(changes), erased=erased or []))
+            return await sink.flush()
+
+        sent.clear()
+        return asyncio.run(go())
+
+    why: dict[str, Any] = {"identifiers": [], "merges": [], "refused": []}
+    consent_changed = ("computed.consent",)
+    # Granted: the whole profile; never answered: denied, nothing sent.
+    batch(ProfileChange("p_a", _consenting(True, 3), why, True, consent_changed))
+    [(topic, key, value)] = sent
+    assert (topic, key) == ("profiles.email", b"p_a") and value is not None
+    assert update_from(key, value).profile_id == "p_a"
+    batch(ProfileChange("p_b", _consenting(None, 1), why, True, ("traits.first_name",)))
+    assert sent == []
+    # Withdrawn: a removal in the very batch that applied the withdrawal.
+    delivery = batch(ProfileChange("p_a", _consenting(False, 4), why, True, consent_changed))
+    assert sent == [("profiles.email", b"p_a", None)]
+    assert delivery.counts == {"updates": 0, "removals": 1}
+    # Erased: a removal too.
+    batch(erased=[Erased("p_c", (), (), "r1")])
+    assert sent == [("profiles.email", b"p_c", None)]
+    assert consents(_consenting(True, 1), None) and not consents({}, "ads")
