@@ -120,7 +120,7 @@ def found_in(blob: bytes | str) -> list[str]:
 def everything_readable(settings: Settings, sealer: Sealer) -> dict[str, list[str]]:
     """Where anything of hers can be read: every Redis key and value, and every record
     of every topic as stored and decoded and opened with the keys that still exist."""
-    from unifier import dlq
+    from serve import dlq
 
     hits: dict[str, list[str]] = {}
     for key, value in dump(settings.redis_url).items():

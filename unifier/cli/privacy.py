@@ -84,7 +84,7 @@ def privacy_erase(
     view, the output topics, segments and dead letters; their keys are destroyed, so
     no copy anywhere can be read again. Prints the receipt id. Exit 1 if the workers
     had not finished within --wait (see `unifier privacy status`)."""
-    from unifier.privacy import (
+    from serve.privacy import (
         PrivacyError,
         find_subject,
         request_erasure,
@@ -142,7 +142,7 @@ def privacy_status(
 ) -> None:
     """Each step of an erasure and when it was done. Exit 1 if there is no such
     receipt or it is not done yet."""
-    from unifier.privacy import read_receipt
+    from serve.privacy import read_receipt
 
     found = read_receipt(settings_of(ctx), receipt)
     if found.requested is None:
@@ -167,7 +167,7 @@ def privacy_unsuppress(
     """Let events carrying an erased identifier in again (a returning customer): they
     found a new profile. What was sent before the erasure stays erased. Exit 1 if the
     identifier was not suppressed."""
-    from unifier.privacy import unsuppress
+    from serve.privacy import unsuppress
 
     settings = settings_of(ctx)
     named = {"email": email, "phone": phone, "user_id": user_id,
@@ -197,7 +197,7 @@ def privacy_export(
     each joined, every event (source, time, what it said), segment memberships, consent
     history, merges — read from the workers' tables and the output topics, as one JSON
     document. Exit 1 if no profile holds the identifier."""
-    from unifier.privacy import PrivacyError, access_export, find_subject
+    from serve.privacy import PrivacyError, access_export, find_subject
 
     settings = settings_of(ctx)
     named = {"email": email, "phone": phone, "user_id": user_id,
@@ -267,7 +267,7 @@ def audit(
 ) -> None:
     """The audit trail: privacy requests and reads of profiles through the API — who,
     when, which profile; no personal data."""
-    from unifier.privacy import read_audit
+    from serve.privacy import read_audit
 
     if since.tzinfo is None:
         raise fail("--since needs a time zone, e.g. 2026-12-01T00:00:00Z")

@@ -257,7 +257,7 @@ def letter_tokens(raw: bytes) -> set[bytes]:
 def shred_dead_letters(settings: Settings, subject: Subject, receipt: str) -> int:
     """Destroy the keys of every dead letter that names the subject (any identifier it
     held, as normalized or as sent); how many letters."""
-    from unifier.dlq import read
+    from serve.dlq import read
 
     values = {v.lower() for v in subject.values() if v}
     if not values:
