@@ -13,13 +13,14 @@ docker-compose.yml uses exactly these names; a test keeps the two in step.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: An identifier claimed by more profiles than this stops linking (see profiles.rules).
@@ -29,6 +30,23 @@ DEFAULT_MAX_CLAIMANTS = 10
 def reveal(secret: SecretStr | str) -> str:
     """A secret's value (settings built with ``model_copy(update=...)`` hold plain str)."""
     return secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+
+
+class ApiKey(BaseModel):
+    """An API key with a name (what the audit trail records) and its scopes."""
+
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[str]
+
+
+def _key_spec(key: str, spec: list[str] | ApiKey | dict[str, Any]) -> ApiKey:
+    """A key's name and scopes, however given (settings built with ``model_copy`` hold
+    the JSON form as it is)."""
+    if isinstance(spec, ApiKey):
+        return spec
+    if isinstance(spec, dict):
+        return ApiKey.model_validate(spec)
+    return ApiKey(name=f"key-{hashlib.sha256(key.encode()).hexdigest()[:8]}", scopes=list(spec))
 
 
 def _default_state_dir() -> Path:
@@ -288,10 +306,13 @@ class Settings(BaseSettings):
 
     api_host: str = Field("127.0.0.1", description="Address the read API binds")
     api_port: int = Field(8090, ge=0, le=65535, description="Port of the read API")
-    api_keys: dict[SecretStr, list[str]] = Field(
+    api_keys: dict[SecretStr, list[str] | ApiKey] = Field(
         default_factory=dict,
-        description='API key -> scopes, e.g. {"k-...": ["read"]} (JSON); the API needs one '
-        "(secret: masked in logs and reprs)",
+        description='API key -> scopes, e.g. {"k-...": ["read"]}, or -> a name and scopes, '
+        'e.g. {"k-...": {"name": "support-tool", "scopes": ["read", "read_pii"]}} (JSON). '
+        "Scopes: read (profiles, masked), read_pii (in clear), admin (privacy requests). "
+        "The API needs one (secret: masked in logs and reprs); the name is what the audit "
+        "trail records",
     )
     worker_metrics_port: int | None = Field(
         None,
@@ -361,7 +382,12 @@ class Settings(BaseSettings):
 
     def api_key_scopes(self) -> dict[str, list[str]]:
         """API key (revealed) -> scopes: what the read API checks requests against."""
-        return {reveal(k): list(v) for k, v in self.api_keys.items()}
+        return {reveal(k): _key_spec(reveal(k), v).scopes for k, v in self.api_keys.items()}
+
+    def api_key_names(self) -> dict[str, str]:
+        """API key (revealed) -> its name in the audit trail (given, or ``key-`` and 8 hex
+        digits of its hash: the key itself is never recorded)."""
+        return {reveal(k): _key_spec(reveal(k), v).name for k, v in self.api_keys.items()}
 
     @property
     def collector_journal_dir(self) -> Path:
@@ -386,7 +412,10 @@ class Settings(BaseSettings):
         secret = {"collector_write_keys", "api_keys", "master_keys"}
         dumped = self.model_dump(mode="json", exclude=secret)
         dumped["collector_write_keys"] = self.write_key_sources()
-        dumped["api_keys"] = self.api_key_scopes()
+        dumped["api_keys"] = {
+            reveal(k): _key_spec(reveal(k), v).model_dump() if not isinstance(v, list) else v
+            for k, v in self.api_keys.items()
+        }
         dumped["master_keys"] = [reveal(k) for k in self.master_keys]
         for name, value in dumped.items():
             if value is None:  # unset: the child falls back to the same default

@@ -5,19 +5,25 @@
     GET /v1/profiles/{id}/why              how its identifiers were linked, its merges, refusals
     GET /v1/segments                       the segments in force, with their member counts
     GET /v1/segments/{name}/members        a page of a segment's member ids (?cursor=&limit=)
+    POST /v1/privacy/erasures              erase a person (admin): a receipt id
+    GET /v1/privacy/erasures/{receipt}     an erasure's steps (admin)
+    GET /v1/privacy/export?type=&value=    everything held about a person (admin)
     GET /health                            the process answers
     GET /ready                             ... Redis answers and the view is complete
     GET /openapi.json                      the OpenAPI document of all this
 
 API keys (``UNIFIER_API_KEYS``, key -> scopes) go in ``Authorization: Bearer KEY``;
-profile reads need the ``read`` scope. Identifiers and personal traits come back
-masked (``a***@x.com``) unless the key also has the ``read_pii`` scope. Errors are
+profile reads need the ``read`` scope, privacy requests ``admin``. Identifiers and
+personal traits come back masked (``a***@x.com``) unless the key also has the
+``read_pii`` scope. Every read of a profile and every privacy request is on the audit
+trail (the key's name, the profile; never the key or personal data). Errors are
 ``{"error": "..."}`` with a 4xx that says what to fix, or a 5xx without internals
 (the log has them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hmac
 import logging
@@ -32,6 +38,8 @@ from config.settings import Settings
 from profiles.configured import identifier_priorities
 from profiles.lookup import IdentifierRefused, UnknownIdentifierType, lookup_key
 from profiles.privacy import Sealer, mask, mask_view, open_document
+from serve import privacy
+from serve.privacy import Auditor
 from serve.view import AsyncRedisView
 from sinks.keys import personal_traits, sealer_for
 
@@ -40,8 +48,10 @@ log = logging.getLogger("unifier.api")
 VIEW: web.AppKey[AsyncRedisView] = web.AppKey("view", AsyncRedisView)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 SEALER: web.AppKey[Sealer | None] = web.AppKey("sealer", object)  # type: ignore[arg-type]
-#: The scopes of the request's API key (set by the guard).
+AUDIT: web.AppKey[Auditor] = web.AppKey("audit", Auditor)
+#: The scopes and the name of the request's API key (set by the guard).
 SCOPES: web.RequestKey[frozenset[str]] = web.RequestKey("scopes", frozenset)
+KEY_NAME: web.RequestKey[str] = web.RequestKey("key_name", str)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -79,17 +89,21 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _check_key(request: web.Request) -> web.Response | None:
-    keys = request.app[SETTINGS].api_key_scopes()
+    settings = request.app[SETTINGS]
+    keys = settings.api_key_scopes()
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return _error(401, "an API key is required: Authorization: Bearer <key>")
-    scopes = next((s for k, s in keys.items() if hmac.compare_digest(k, token.strip())), None)
-    if scopes is None:
+    key = next((k for k in keys if hmac.compare_digest(k, token.strip())), None)
+    if key is None:
         return _error(401, "unknown API key")
-    if "read" not in scopes:
-        return _error(403, "this API key has no read scope")
+    scopes = keys[key]
+    needed = "admin" if request.path.startswith("/v1/privacy/") else "read"
+    if needed not in scopes:
+        return _error(403, f"this API key has no {needed} scope")
     request[SCOPES] = frozenset(scopes)
+    request[KEY_NAME] = settings.api_key_names()[key]
     return None
 
 
@@ -104,11 +118,16 @@ def _shown(request: web.Request, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _profile(request: web.Request, stored: bytes) -> web.Response:
-    """A profile as Redis holds it. Without sealing, a key with ``read_pii`` gets the
-    stored bytes as they are (no decode); otherwise it is opened and masked as due."""
-    if request.app[SEALER] is None and "read_pii" in request.get(SCOPES, ()):
+    """A profile as Redis holds it, opened and masked as due for the key (without
+    sealing, a key with ``read_pii`` gets the stored bytes as they are); on the audit
+    trail."""
+    doc = orjson.loads(stored)
+    pii = "read_pii" in request.get(SCOPES, ())
+    request.app[AUDIT].record(request.get(KEY_NAME, "?"), "read", profile=doc.get("profile_id"),
+                              pii=pii)  # fmt: skip
+    if request.app[SEALER] is None and pii:
         return _stored(stored)
-    return _json(_shown(request, orjson.loads(stored)))
+    return _json(_shown(request, doc))
 
 
 async def get_profile(request: web.Request) -> web.Response:
@@ -125,6 +144,9 @@ async def why_profile(request: web.Request) -> web.Response:
     if found is None:
         return _error(404, f"no profile {pid}")
     view, why = found
+    pii = "read_pii" in request.get(SCOPES, ())
+    request.app[AUDIT].record(request.get(KEY_NAME, "?"), "read why",
+                              profile=view["profile_id"], pii=pii)  # fmt: skip
     return _json(_why_shown(request, {"profile_id": view["profile_id"], **why}))
 
 
@@ -168,6 +190,103 @@ async def find_profile(request: web.Request) -> web.Response:
     if found is None:
         return _error(404, f"no profile with that {id_type}")
     return _profile(request, found)
+
+
+# --- privacy (admin) ------------------------------------------------------------------
+
+
+def _subject_of(request: web.Request, doc: dict[str, Any]) -> tuple[str, str] | str | None:
+    """(type, normalized value), or a profile id, from a request; None when neither."""
+    if isinstance(doc.get("profile_id"), str) and doc["profile_id"]:
+        return str(doc["profile_id"])
+    id_type, value = doc.get("type"), doc.get("value")
+    if not isinstance(id_type, str) or not isinstance(value, str) or not value:
+        return None
+    return id_type, lookup_key(request.app[SETTINGS], id_type, value)
+
+
+async def _erasure_asked(
+    request: web.Request,
+) -> tuple[tuple[str, str] | str, bool, str] | web.Response:
+    """(whom, suppress, reason) from an erasure request, or the 400 that says why not."""
+    try:
+        doc = await request.json(loads=orjson.loads)
+    except ValueError:
+        return _error(400, "the body is not JSON")
+    if not isinstance(doc, dict):
+        return _error(400, "the body is a JSON object")
+    try:
+        asked = _subject_of(request, doc)
+    except IdentifierRefused as exc:
+        return _error(400, str(exc))
+    suppress, reason = doc.get("suppress", True), doc.get("reason", "")
+    if asked is None or not isinstance(suppress, bool) or not isinstance(reason, str):
+        return _error(400, "give type and value, or profile_id; suppress is true or false; "
+                      "reason is a string")  # fmt: skip
+    return asked, suppress, reason
+
+
+async def erase(request: web.Request) -> web.Response:
+    checked = await _erasure_asked(request)
+    if isinstance(checked, web.Response):
+        return checked
+    asked, suppress, reason = checked
+    settings, actor = request.app[SETTINGS], f"api:{request.get(KEY_NAME, '?')}"
+    loop = asyncio.get_running_loop()
+
+    def run() -> tuple[str | None, str]:
+        identifier = asked if isinstance(asked, tuple) else None
+        subject = privacy.find_subject(settings, identifier, None if identifier else str(asked))
+        if subject.profile_id is None and identifier is None:
+            return None, ""
+        receipt = privacy.request_erasure(settings, subject, suppress, reason, actor)
+        privacy.shred_dead_letters(settings, subject, receipt)
+        return subject.profile_id, receipt
+
+    try:
+        pid, receipt = await loop.run_in_executor(None, run)
+    except privacy.PrivacyError as exc:
+        return _error(503, str(exc))
+    if not receipt:
+        return _error(404, f"no profile {asked}")
+    return _json({"receipt": receipt, "profile_id": pid,
+                  "status": f"/v1/privacy/erasures/{receipt}"}, 202)  # fmt: skip
+
+
+async def erasure_status(request: web.Request) -> web.Response:
+    receipt = request.match_info["receipt"]
+    settings = request.app[SETTINGS]
+    found = await asyncio.get_running_loop().run_in_executor(
+        None, privacy.read_receipt, settings, receipt
+    )
+    if found.requested is None:
+        return _error(404, f"no receipt {receipt}")
+    return _json(found.to_json())
+
+
+async def export(request: web.Request) -> web.Response:
+    try:
+        asked = _subject_of(request, dict(request.query))
+    except IdentifierRefused as exc:
+        return _error(400, str(exc))
+    if asked is None:
+        return _error(400, "give type and value, or profile_id")
+    settings, actor = request.app[SETTINGS], f"api:{request.get(KEY_NAME, '?')}"
+
+    def run() -> dict[str, Any] | None:
+        identifier = asked if isinstance(asked, tuple) else None
+        subject = privacy.find_subject(settings, identifier, None if identifier else str(asked))
+        if subject.profile_id is None:
+            return None
+        return privacy.access_export(settings, subject.profile_id, actor)
+
+    try:
+        doc = await asyncio.get_running_loop().run_in_executor(None, run)
+    except privacy.PrivacyError as exc:
+        return _error(503, str(exc))
+    if doc is None:
+        return _error(404, "no profile holds it")
+    return _json(doc)
 
 
 async def list_segments(request: web.Request) -> web.Response:
@@ -224,8 +343,11 @@ def create_api(settings: Settings) -> web.Application:
     app[SEALER] = sealer = sealer_for(settings)
     app[VIEW] = AsyncRedisView.from_url(settings.redis_url, sealer)
 
+    app[AUDIT] = Auditor(settings)
+
     async def _close(app: web.Application) -> None:
         await app[VIEW].close()
+        app[AUDIT].close()
 
     app.on_cleanup.append(_close)
     app.router.add_get("/v1/profiles", find_profile)
@@ -233,6 +355,9 @@ def create_api(settings: Settings) -> web.Application:
     app.router.add_get("/v1/profiles/{profile_id}/why", why_profile)
     app.router.add_get("/v1/segments", list_segments)
     app.router.add_get("/v1/segments/{name}/members", segment_members)
+    app.router.add_post("/v1/privacy/erasures", erase)
+    app.router.add_get("/v1/privacy/erasures/{receipt}", erasure_status)
+    app.router.add_get("/v1/privacy/export", export)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/openapi.json", openapi)
@@ -281,8 +406,9 @@ _SEGMENT = {
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Bad request", 401: "No or unknown API key", 403: "No read scope",
-            404: "Not found", 503: "Profile store unreachable"}  # fmt: skip
+    text = {400: "Bad request", 401: "No or unknown API key",
+            403: "The key lacks the scope (read; admin for privacy requests)",
+            404: "Not found", 503: "Profile store or broker unreachable"}  # fmt: skip
     return {
         str(c): {
             "description": text[c],
@@ -297,6 +423,26 @@ def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
                     "content": {"application/json": {"schema": schema}}}}  # fmt: skip
 
 
+_ERASURE = {
+    "type": "object",
+    "description": "Whom: type and value (any identifier, as sent), or profile_id",
+    "properties": {
+        "type": {"type": "string"},
+        "value": {"type": "string"},
+        "profile_id": {"type": "string"},
+        "suppress": {"type": "boolean", "default": True},
+        "reason": {"type": "string", "maxLength": 200},
+    },
+}
+_RECEIPT = {
+    "type": "object",
+    "required": ["receipt", "status"],
+    "properties": {
+        "receipt": {"type": "string"},
+        "profile_id": {"type": "string", "nullable": True},
+        "status": {"type": "string"},
+    },
+}
 _PID = {"name": "profile_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _SECURED: list[dict[str, list[str]]] = [{"apiKey": []}]
 
@@ -417,6 +563,75 @@ OPENAPI: dict[str, Any] = {
                         },
                         "A page of members",
                     ),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            }
+        },
+        "/v1/privacy/erasures": {
+            "post": {
+                "summary": "Erase a person (admin): their profile, identifiers, keys, view, "
+                "topics' records, segments and dead letters; 202 with a receipt to follow",
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ERASURE}},
+                },
+                "responses": {
+                    "202": {
+                        "description": "Requested: the workers erase it within seconds",
+                        "content": {"application/json": {"schema": _RECEIPT}},
+                    },
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            }
+        },
+        "/v1/privacy/erasures/{receipt}": {
+            "get": {
+                "summary": "An erasure's steps and when each was done (admin)",
+                "security": _SECURED,
+                "parameters": [
+                    {
+                        "name": "receipt",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    **_ok(
+                        {"type": "object", "required": ["receipt", "done", "steps"]}, "The receipt"
+                    ),
+                    **_errors(401, 403, 404, 503),
+                },
+            }
+        },
+        "/v1/privacy/export": {
+            "get": {
+                "summary": "An access request (admin): everything held about the person, "
+                "from the workers' tables and the output topics",
+                "security": _SECURED,
+                "parameters": [
+                    {
+                        "name": "type",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1},
+                    },
+                    {
+                        "name": "value",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1},
+                    },
+                    {
+                        "name": "profile_id",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1},
+                    },
+                ],
+                "responses": {
+                    **_ok({"type": "object", "required": ["profile", "events"]}, "The export"),
                     **_errors(400, 401, 403, 404, 503),
                 },
             }

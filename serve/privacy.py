@@ -12,6 +12,7 @@ destroyed. Nothing written carries personal data: tokens, ids and counts.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -33,6 +34,8 @@ from serve.view import RedisProfileView
 from sinks.keys import SqliteKeyStore, sealer_for
 from streams.privacy import LedgerEntry, ledger_entry, ledger_record
 from streams.segments import DefinitionsLog
+
+log = logging.getLogger("unifier.privacy")
 
 
 class PrivacyError(RuntimeError):
@@ -477,3 +480,35 @@ def _open(doc: Any, sealer: Sealer) -> Any:
     from profiles.privacy import open_document
 
     return open_document(doc, sealer.open_many)
+
+
+class Auditor:
+    """The audit trail of a long-running process (the read API): one record per read of
+    a profile or privacy request — the key's name, the action, the profile; queued on
+    a producer, never awaited per request. A record the broker refuses is logged and
+    counted (``unifier_audit_failures``); the read is served all the same."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic_audit
+        self._p = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 20,
+                            "message.timeout.ms": 30_000})  # fmt: skip
+        self.failures = 0
+
+    def _report(self, err: object, _msg: object) -> None:
+        if err is not None:
+            self.failures += 1
+            if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
+                log.error("audit records not delivered (%d so far): %s", self.failures, err)
+
+    def record(self, actor: str, action: str, **what: Any) -> None:
+        record = {"at": int(time.time() * 1000), "actor": actor, "action": action, **what}
+        try:
+            self._p.produce(self.topic, orjson.dumps(record), action.encode(),
+                            on_delivery=self._report)  # fmt: skip
+        except BufferError:
+            self._report("the producer's queue is full", None)
+        self._p.poll(0)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._p.flush(timeout_s)
+        del self._p  # the client goes now, not when collected

@@ -4,6 +4,7 @@ downstream service sees."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import threading
 from collections.abc import Iterator
@@ -30,19 +31,21 @@ from tests.integration.test_identity import ev, send
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.http import get_json, get_text, metric
 from tests.support.kafka import consume_all
-from unifier.processes import free_port
+from unifier.processes import free_port, wait_until
 from unifier.stack import EmbeddedStack
 
 pytestmark = pytest.mark.integration
 
 KEY, NO_SCOPE = "k-test-read-0123456789", "k-test-none-0123456789"
 PII = "k-test-pii-0123456789"  # read and read_pii: identifiers in clear
+ADMIN = "k-test-admin-0123456789"  # read and admin: privacy requests (masked reads)
 
 
 @pytest.fixture
 def api(topics: Settings) -> Iterator[str]:
     """The API on a free port, in a thread with its own loop; stopped after the test."""
-    keys = {KEY: ["read"], PII: ["read", "read_pii"], NO_SCOPE: []}
+    keys = {KEY: ["read"], PII: ["read", "read_pii"], NO_SCOPE: [],
+            ADMIN: {"name": "privacy-desk", "scopes": ["read", "admin"]}}  # fmt: skip
     settings = topics.model_copy(update={"api_keys": keys})
     port = free_port()
     loop = asyncio.new_event_loop()
@@ -186,11 +189,9 @@ def test_no_request_breaks_the_api_or_its_document(topics: Settings, api: str) -
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) == len(OPENAPI["paths"])
     modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-    for operation, mode, key in itertools.product(operations, modes, (KEY, PII)):
-        if (
-            mode is GenerationMode.NEGATIVE
-            and "parameters" not in OPENAPI["paths"][operation.path]["get"]
-        ):
+    for operation, mode, key in itertools.product(operations, modes, (KEY, PII, ADMIN)):
+        spec = OPENAPI["paths"][operation.path][operation.method.lower()]
+        if mode is GenerationMode.NEGATIVE and not {"parameters", "requestBody"} & set(spec):
             continue  # nothing in the request to get wrong
         _fuzz(operation, mode, key, clear)
 
@@ -206,7 +207,7 @@ def _fuzz(operation: Any, mode: GenerationMode, key: str, clear: list[bytes]) ->
             headers={"Authorization": f"Bearer {key}"},
             excluded_checks=[positive_data_acceptance],
         )
-        if key == KEY:
+        if key != PII:
             assert not any(c in response.content for c in clear), response.content
 
     check()
@@ -262,3 +263,35 @@ async def _write_definitions(url: str, records: dict[str, bytes]) -> None:
         await write_definitions(client, records)
     finally:
         await client.aclose()
+
+
+def test_an_admin_erases_through_the_api_and_every_read_is_audited(
+    topics: Settings, workers: EmbeddedStack, api: str
+) -> None:
+    from serve.privacy import read_audit
+    from tests.support.http import post_json
+
+    settings = topics
+    workers.start_worker()
+    send(settings, [ev(1, "signed_in", user_id="u-7", email="eve@example.org")])
+    caught_up(settings)
+    [eve] = exported(settings).values()
+    pid = eve["profile_id"]
+    assert get_json(f"{api}/v1/profiles/{pid}", PII)[0] == 200
+    body = {"type": "email", "value": "EVE@example.org", "reason": "ticket 7"}
+    assert post_json(f"{api}/v1/privacy/erasures", body, KEY)[0] == 403  # read is not admin
+    status, answer = post_json(f"{api}/v1/privacy/erasures", body, ADMIN)
+    assert status == 202 and answer["profile_id"] == pid, answer
+    receipt = answer["receipt"]
+    wait_until(lambda: get_json(f"{api}/v1/privacy/erasures/{receipt}", ADMIN)[1].get("done"),
+               30, "the erasure")  # fmt: skip
+    assert get_json(f"{api}/v1/profiles/{pid}", PII)[0] == 404
+    assert get_json(f"{api}/v1/privacy/erasures/er_nobody", ADMIN)[0] == 404
+    assert get_json(f"{api}/v1/privacy/export?type=email&value=eve@example.org", ADMIN)[0] == 404
+    # Who read which profile, and who erased it: named keys, no key and no email.
+    records = list(read_audit(settings, 0))
+    seen = [(r["actor"], r["action"], r.get("profile")) for r in records]
+    assert (f"key-{hashlib.sha256(PII.encode()).hexdigest()[:8]}", "read", pid) in seen
+    assert ("api:privacy-desk", "erase", pid) in seen
+    text = orjson.dumps(records).decode()
+    assert "eve@example.org" not in text and PII not in text and ADMIN not in text

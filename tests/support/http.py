@@ -11,13 +11,16 @@ from typing import Any
 
 
 def post(
-    url: str, body: bytes | Any, key: str | None = None, timeout: float = 30
+    url: str, body: bytes | Any, key: str | None = None, timeout: float = 30, bearer: bool = False
 ) -> tuple[int, Any]:
-    """POST ``body`` (bytes as is, anything else as JSON) -> (status, decoded JSON answer)."""
+    """POST ``body`` (bytes as is, anything else as JSON) -> (status, decoded JSON answer);
+    ``key`` as a collector's write key (Basic), or as an API key (``bearer``)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="POST")
     request.add_header("Content-Type", "application/json")
-    if key is not None:
+    if key is not None and bearer:
+        request.add_header("Authorization", f"Bearer {key}")
+    elif key is not None:
         request.add_header(
             "Authorization", "Basic " + base64.b64encode(f"{key}:".encode()).decode()
         )
@@ -30,6 +33,11 @@ def post(
             return exc.code, json.loads(raw)
         except ValueError:
             return exc.code, raw.decode("utf-8", "replace")
+
+
+def post_json(url: str, body: Any, key: str) -> tuple[int, Any]:
+    """POST JSON with an API key (Bearer)."""
+    return post(url, body, key, bearer=True)
 
 
 def get(url: str, timeout: float = 10) -> tuple[int, Any]:
