@@ -282,6 +282,9 @@ def test_undecodable_and_unusable_records_go_to_the_dlq_with_reasons(
     )
     assert decode["x-source-topic"].decode() == settings.topic_touchpoints
     assert decode["x-source-partition"] == b"0" and decode["x-source-offset"] == b"0"
-    assert by_stage["route.decode"].value() == b"garbage"
+    # The bytes are sealed whole (they could hold anything); the reader opens them.
+    assert decode["x-dlq-sealed"] == b"1" and b"garbage" not in by_stage["route.decode"].value()
+    sealer = sealer_for(settings)
+    assert sealer is not None and sealer.open_bytes(by_stage["route.decode"].value()) == b"garbage"
     validate = dict(by_stage["route.validate"].headers())
     assert validate["x-dlq-reason"] == b"no usable identifier (email: not an email address)"
