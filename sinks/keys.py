@@ -88,17 +88,30 @@ def load_master_keys(settings: Settings, create: bool = True) -> list[bytes]:
     if not path.exists():
         if not create:
             raise KeyStoreError(f"no master key: {path} does not exist")
-        write_master_keys(path, [AESGCM.generate_key(256)])
+        _create_master_keys(path)
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     if not lines:
         raise KeyStoreError(f"{path}: no master key in the file")
     return [_decode_master(line, str(path)) for line in lines]
 
 
+def _create_master_keys(path: Path) -> None:
+    """A first master key, unless another process made one meanwhile (hard-linked into
+    place: of two processes starting at once, one key wins and both use it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    write_master_keys(tmp, [AESGCM.generate_key(256)])
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+
+
 def write_master_keys(path: Path, keys: Sequence[bytes]) -> None:
     """Write the master keys file (0600) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write("".join(base64.b64encode(k).decode() + "\n" for k in keys))
