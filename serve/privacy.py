@@ -148,12 +148,41 @@ def request_erasure(
         token = sealer.token(*subject.asked)
         gens = sealer.store.destroy([unb64(token)])
         entry = LedgerEntry(gens.get(unb64(token), 0), suppress, receipt)
+        _keep_on_disk(settings, token, entry)
         lkey, lvalue = ledger_record(token, entry, now)
         out.send(settings.topic_erasures, lkey, lvalue, 0)
     audit(settings, out, actor, "erase", profile=subject.profile_id, receipt=receipt,
           suppress=suppress)  # fmt: skip
     out.flush()
     return receipt
+
+
+def _keep_on_disk(settings: Settings, token: str, entry: LedgerEntry) -> None:
+    """The ledger's copy in the key store (the embedded stack restores the topic from it)."""
+    store = SqliteKeyStore.open(settings)
+    try:
+        store.record_erasures({token: (entry.gen, entry.suppress, entry.receipt)})
+    finally:
+        store.close()
+
+
+def restore_ledger(settings: Settings) -> int:
+    """Publish the ledger again from the key store's copy when its topic came back
+    empty (the embedded broker keeps its log in memory); how many entries."""
+    store = SqliteKeyStore.open(settings)
+    try:
+        kept = store.erasures()
+    finally:
+        store.close()
+    if not kept or read_compacted(settings, settings.topic_erasures):
+        return 0
+    out = _Out(settings)
+    now = int(time.time() * 1000)
+    for token, (gen, suppress, receipt) in kept.items():
+        key, value = ledger_record(token, LedgerEntry(gen, suppress, receipt), now)
+        out.send(settings.topic_erasures, key, value, 0)
+    out.flush()
+    return len(kept)
 
 
 # --- receipts -------------------------------------------------------------------------
@@ -301,8 +330,9 @@ def unsuppress(settings: Settings, identifier: tuple[str, str], actor: str = "cl
     if entry is None or not entry.suppress:
         return False
     out = _Out(settings)
-    key, value = ledger_record(token, LedgerEntry(entry.gen, False, entry.receipt),
-                               int(time.time() * 1000))  # fmt: skip
+    entry = LedgerEntry(entry.gen, False, entry.receipt)
+    _keep_on_disk(settings, token, entry)
+    key, value = ledger_record(token, entry, int(time.time() * 1000))
     out.send(settings.topic_erasures, key, value, 0)
     audit(settings, out, actor, "unsuppress", receipt=entry.receipt)
     out.flush()

@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS keys (
   destroyed_ms INTEGER,
   PRIMARY KEY (token, gen)
 ) WITHOUT ROWID;
+-- The erasure ledger's copy on disk (the topic may live in a broker's memory: the
+-- embedded stack republishes it from here, unifier.restore). Tokens, no personal data.
+CREATE TABLE IF NOT EXISTS erasures (
+  token TEXT PRIMARY KEY, gen INTEGER NOT NULL, suppress INTEGER NOT NULL,
+  receipt TEXT NOT NULL, at_ms INTEGER NOT NULL
+);
 """
 _CHUNK = 500  # tokens per IN (...) query
 
@@ -320,6 +326,24 @@ class SqliteKeyStore:
                 raise
             self._checkpoint()
         return n
+
+    def record_erasures(self, entries: dict[str, tuple[int, bool, str]]) -> None:
+        """Keep the ledger's entries (token -> (generation, suppressed, receipt))."""
+        now = int(time.time() * 1000)
+        rows = [(t, g, int(s), r, now) for t, (g, s, r) in entries.items()]
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO erasures (token, gen, suppress, receipt, at_ms) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (token) DO UPDATE SET "
+                "gen = max(gen, excluded.gen), "
+                "suppress = excluded.suppress, receipt = excluded.receipt, at_ms = excluded.at_ms",
+                rows,
+            )
+
+    def erasures(self) -> dict[str, tuple[int, bool, str]]:
+        with self._lock:
+            rows = self._db.execute("SELECT token, gen, suppress, receipt FROM erasures").fetchall()
+        return {t: (g, bool(s), r) for t, g, s, r in rows}
 
     def counts(self) -> dict[str, int]:
         """Live and destroyed keys, and keys per master key (for `unifier privacy keys`)."""

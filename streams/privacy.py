@@ -236,11 +236,15 @@ class Shredder:
             tokens[token] = s
         gens = store.destroy([unb64(t) for t in tokens])
         now = int(time.time() * 1000)
-        for token, s in tokens.items():
-            entry = LedgerEntry(gens.get(unb64(token), 0), s.suppress, s.receipt)
+        entries = {
+            token: LedgerEntry(gens.get(unb64(token), 0), s.suppress, s.receipt)
+            for token, s in tokens.items()
+        }
+        store.record_erasures({t: (e.gen, e.suppress, e.receipt) for t, e in entries.items()})
+        for token, entry in entries.items():
             key, value = ledger_record(token, entry, now)
             self._ledger.send(value, 0, key=key)
-            rkey, rvalue = receipt_step(s.receipt, "identifier", token, now, gen=entry.gen)
+            rkey, rvalue = receipt_step(entry.receipt, "identifier", token, now, gen=entry.gen)
             self._receipts.send(rvalue, 0, key=rkey.encode())
         return len(tokens)
 

@@ -7,7 +7,9 @@ touchpoints topic is empty, ``stack up`` replays the archive into it before the 
 starts; the worker rebuilds its tables, the output topics and the Redis view from it
 (the view is emptied first: it came from the log this replaces). The archive then
 opens a new epoch at the topic's end, so the replayed records are not archived twice.
-The segment definitions come back too, from the copy the workers keep in Redis.
+The segment definitions come back too, from the copy the workers keep in Redis, and the
+erasure ledger from its copy in the key store (before the replay: the worker's route
+stage drops what it says is erased, so an erased person does not come back).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from config.settings import Settings
 from producers.archive import MANIFEST, Manifest, Replayed, replay
 from producers.journal import read_journal, replay_journal
 from profiles.segments import Definition
+from serve.privacy import restore_ledger
 from sinks.redis_view import DEFINITIONS_KEY, PREFIX
 from streams.patches.recovery import true_ends
 
@@ -94,6 +97,8 @@ def restore_from_archive(settings: Settings, progress: bool = False) -> Replayed
     empty and they are not; None when there was nothing to do. Records in both (most
     of the journal) are applied once: the stages are idempotent by event id."""
     definitions = restore_definitions(settings)  # before the view (and they) are cleared
+    # Before any replay: the route drops what the ledger says is erased.
+    restore_ledger(settings)
     journal = has_journal(settings)
     if not (archived_records(settings) or journal) or any(topic_ends(settings).values()):
         return Replayed(definitions=definitions) if definitions else None

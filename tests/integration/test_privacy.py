@@ -20,6 +20,7 @@ from profiles.privacy import Sealer
 from profiles.touchpoint import Touchpoint, parse_json
 from schemas.codec import encode_batch
 from schemas.records import update_from
+from serve.privacy import read_ledger, restore_ledger
 from sinks.keys import sealer_for
 from streams.topology import topology
 from tests.integration.test_pipeline import caught_up, exported
@@ -242,6 +243,14 @@ def test_an_erased_person_is_nowhere_and_stays_erased_through_a_replay(
     metrics = get_text(f"http://127.0.0.1:{port}/metrics").splitlines()
     assert metric(metrics, "unifier_privacy_dropped_total", why="suppressed") == 1
     assert cli(settings, "profiles", "get", "--email", ZOE["email"]).exit_code == 1
+
+    # The embedded broker keeps its log in memory: a lost ledger topic is published
+    # again from the key store's copy (what `stack up` does before it replays).
+    lost = settings.model_copy(update={"topic_erasures": f"{settings.topic_erasures}-lost"})
+    ensure_topics(lost)
+    ledger = read_ledger(settings)
+    assert ledger and restore_ledger(lost) == len(ledger) and read_ledger(lost) == ledger
+    assert all(entry.suppress for entry in ledger.values())
 
     # A replay from offset 0 into a new worker with empty tables, then the view rebuilt
     # from scratch: nothing of hers comes back, everyone else does.
