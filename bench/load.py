@@ -35,7 +35,10 @@ from config.settings import Settings
 from producers.kafka import TouchpointProducer
 from profiles.configured import identifier_priorities
 from profiles.touchpoint import Touchpoint, parse_json
-from sinks.redis_view import identifier_key, profile_key
+from profiles.sealed import token_of
+from serve.view import index_key
+from sinks.keys import sealer_for
+from sinks.redis_view import profile_key
 
 POLL_S = 0.002
 TICK_S = 0.01
@@ -85,6 +88,7 @@ class Probes:
         self._out = TouchpointProducer(s.model_copy(update={"producer_batch_events": 1}))
         self._redis = redis.Redis.from_url(s.redis_url)
         self._priorities = identifier_priorities(s)
+        self._sealer = sealer_for(s)  # index keys name identifiers by their tokens
         self._thread = threading.Thread(target=self._watch, name="probe-watch", daemon=True)
         self._thread.start()
 
@@ -108,7 +112,7 @@ class Probes:
         value = f"bench-probe-{uuid.uuid4().hex[:12]}"
         sent = self._send({"user_id": value})
         with self._lock:
-            self._new[identifier_key("user_id", value)] = sent
+            self._new[index_key("user_id", value, self._sealer)] = sent
 
     def merge(self) -> None:
         tag = uuid.uuid4().hex[:12]
@@ -139,8 +143,8 @@ class Probes:
         for key in new:
             pipe.exists(key)
         for m in merges:
-            pipe.get(identifier_key("anonymous_id", m.anon))
-            pipe.get(identifier_key("email", m.email))
+            pipe.get(index_key("anonymous_id", m.anon, self._sealer))
+            pipe.get(index_key("email", m.email, self._sealer))
         answers = pipe.execute()
         now = time.perf_counter()
         seen = [key for key, found in zip(new, answers, strict=False) if found]
@@ -171,7 +175,11 @@ class Probes:
                 return False
             view = orjson.loads(raw)
             if "merged_into" not in view:
-                return anon in view.get("identifiers", {}).get("anonymous_id", [])
+                held = view.get("identifiers", {}).get("anonymous_id", [])
+                if self._sealer is None:
+                    return anon in held
+                token = self._sealer.token("anonymous_id", anon)
+                return any(token_of(v) == token for v in held)  # sealed: by token
             profile_id = view["merged_into"]
         return False
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import percentile
 from bench.scale import cpu_seconds
+from bench.segments import _commit
 from config.settings import Settings
 from producers.synthetic import generate_journeys
 from profiles.configured import identifier_priorities, trait_rules
@@ -213,15 +214,6 @@ def markdown(r: dict[str, Any]) -> str:
             ]
     lines += ["", "```json", json.dumps(r, indent=1), "```", ""]
     return "\n".join(lines)
-
-
-def _commit() -> str:
-    import subprocess
-
-    found = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    )
-    return found.stdout.strip() or "?"
 
 
 def main() -> None:
