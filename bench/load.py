@@ -34,8 +34,8 @@ import redis
 from config.settings import Settings
 from producers.kafka import TouchpointProducer
 from profiles.configured import identifier_priorities
-from profiles.touchpoint import Touchpoint, parse_json
 from profiles.sealed import token_of
+from profiles.touchpoint import Touchpoint, parse_json
 from serve.view import index_key
 from sinks.keys import sealer_for
 from sinks.redis_view import profile_key
