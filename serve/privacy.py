@@ -304,7 +304,11 @@ def shred_dead_letters(settings: Settings, subject: Subject, receipt: str) -> in
             doomed |= letter_tokens(letter.raw)
             letters += 1
     if doomed:
-        SqliteKeyStore.open(settings).destroy(doomed)
+        store = SqliteKeyStore.open(settings)
+        try:
+            store.destroy(doomed)
+        finally:
+            store.close()
     out = _Out(settings)
     key, value = receipt_step(receipt, "dead letters", "dlq", int(time.time() * 1000),
                               letters=letters)  # fmt: skip

@@ -61,6 +61,7 @@ class ErasureLedger:
     def __init__(self, bootstrap: str, topic: str, poll_s: float = 0.2) -> None:
         self.topic = topic
         self.entries: dict[str, LedgerEntry] = {}
+        self._read: dict[str, bytes] = {}  # token -> the record last parsed
         self.ready = threading.Event()
         self._changed: list[str] = []
         self._lock = threading.Lock()
@@ -104,6 +105,9 @@ class ErasureLedger:
     def _take(self, records: dict[str, bytes]) -> None:
         fresh = {}
         for token, value in records.items():
+            if self._read.get(token) is value:  # the same record as last time
+                continue
+            self._read[token] = value
             try:
                 entry = ledger_entry(value)
             except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
