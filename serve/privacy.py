@@ -24,10 +24,11 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from config.settings import Settings
-from profiles.graph.messages import Erase
+from profiles.graph.messages import Erase, Forget
 from profiles.privacy import SEALED_BYTES, Sealer
 from profiles.routing import partition_for
 from profiles.sealed import unb64
+from profiles.touchpoint import Touchpoint
 from schemas.records import receipt_step
 from schemas.wire import encode_messages
 from serve.view import RedisProfileView
@@ -142,9 +143,15 @@ def request_erasure(
         out.send(settings.topic_profile_ops, pid.encode(), message,
                  partition_for(pid, settings.internal_partitions))  # fmt: skip
     if subject.asked is not None:
-        # The identifier asked for, held by no profile yet (or also by one): its key
-        # goes, and the ledger stops what is sealed with it (and, suppressed, any more).
+        # The identifier asked for goes to its identity partition too: whatever profile
+        # holds it there is erased even when the view does not show it (lagging, being
+        # rebuilt). Its key goes now, and the ledger stops what is sealed with it (and,
+        # suppressed, any more).
         sealer = _sealer(settings)
+        ident = graph_key(settings, sealer, *subject.asked)
+        forget = encode_messages([Forget(ident, "", receipt, suppress)])
+        out.send(settings.topic_identity, ident.encode(), forget,
+                 partition_for(ident, settings.internal_partitions))  # fmt: skip
         token = sealer.token(*subject.asked)
         gens = sealer.store.destroy([unb64(token)])
         entry = LedgerEntry(gens.get(unb64(token), 0), suppress, receipt)
@@ -185,6 +192,15 @@ def restore_ledger(settings: Settings) -> int:
     return len(kept)
 
 
+def graph_key(settings: Settings, sealer: Sealer, id_type: str, normalized: str) -> str:
+    """The identity graph's key of a normalized identifier: ``type:~TOKEN.GEN.CT`` under
+    its live key when values are sealed (``type:value`` when not)."""
+    if not settings.seal_pii:
+        return f"{id_type}:{normalized}"
+    [tp] = sealer.seal([Touchpoint("-", "-", "-", 0, {id_type: normalized})])
+    return f"{id_type}:{tp.identifiers[id_type]}"
+
+
 # --- receipts -------------------------------------------------------------------------
 
 
@@ -207,8 +223,8 @@ class Receipt:
         req = self.requested
         if req is None:
             return False
-        if req["subject"] == "-":
-            return True
+        if req["subject"] == "-":  # no profile in the view: its identifier reached the workers
+            return bool(self.step("identifier"))
         profiles = self.step("profile")
         if not profiles:
             return False

@@ -80,8 +80,12 @@ def rebuild(
         if clear_first:
             result.cleared = clear(client)
         removed, winners = _write_updates(settings, writer, _progress_bar(show), result)
+        # A profile merged into one since removed (erased) has nothing to lead to: it
+        # goes too, its redirect with it.
+        gone = {loser for loser in winners if _survivor(loser, winners) in removed}
+        winners = {loser: w for loser, w in winners.items() if loser not in gone}
         result.redirects = _write_redirects(writer, winners)
-        result.orphans = _remove_orphans(client, removed - set(winners), settings, err)
+        result.orphans = _remove_orphans(client, (removed | gone) - set(winners), settings, err)
         result.profiles, result.identifiers = _index(client, writer)
     finally:
         client.close()
@@ -140,6 +144,14 @@ def _write_updates(
                 winners[change.loser] = change.winner
         flush()
     return removed, winners
+
+
+def _survivor(profile_id: str, winners: dict[str, str]) -> str:
+    for _ in range(64):
+        if profile_id not in winners:
+            return profile_id
+        profile_id = winners[profile_id]
+    return profile_id
 
 
 def _write_redirects(writer: RedisWriter, winners: dict[str, str]) -> int:
