@@ -49,6 +49,7 @@ VIEW: web.AppKey[AsyncRedisView] = web.AppKey("view", AsyncRedisView)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 SEALER: web.AppKey[Sealer | None] = web.AppKey("sealer", object)  # type: ignore[arg-type]
 AUDIT: web.AppKey[Auditor] = web.AppKey("audit", Auditor)
+SCANS: web.AppKey[set[Any]] = web.AppKey("scans", set)  # dead-letter searches running
 #: The scopes and the name of the request's API key (set by the guard).
 SCOPES: web.RequestKey[frozenset[str]] = web.RequestKey("scopes", frozenset)
 KEY_NAME: web.RequestKey[str] = web.RequestKey("key_name", str)
@@ -234,23 +235,36 @@ async def erase(request: web.Request) -> web.Response:
     settings, actor = request.app[SETTINGS], f"api:{request.get(KEY_NAME, '?')}"
     loop = asyncio.get_running_loop()
 
-    def run() -> tuple[str | None, str]:
+    def run() -> tuple[privacy.Subject, str]:
         identifier = asked if isinstance(asked, tuple) else None
         subject = privacy.find_subject(settings, identifier, None if identifier else str(asked))
         if subject.profile_id is None and identifier is None:
-            return None, ""
-        receipt = privacy.request_erasure(settings, subject, suppress, reason, actor)
-        privacy.shred_dead_letters(settings, subject, receipt)
-        return subject.profile_id, receipt
+            return subject, ""
+        return subject, privacy.request_erasure(settings, subject, suppress, reason, actor)
 
     try:
-        pid, receipt = await loop.run_in_executor(None, run)
+        subject, receipt = await loop.run_in_executor(None, run)
     except privacy.PrivacyError as exc:
         return _error(503, str(exc))
     if not receipt:
         return _error(404, f"no profile {asked}")
+    pid = subject.profile_id
+    # The dead letters are searched after the answer (it reads the topic to its end);
+    # the receipt records the step when it is done.
+    scan = loop.run_in_executor(None, privacy.shred_dead_letters, settings, subject, receipt)
+    request.app[SCANS].add(scan)
+    scan.add_done_callback(_scanned(request.app))
     return _json({"receipt": receipt, "profile_id": pid,
                   "status": f"/v1/privacy/erasures/{receipt}"}, 202)  # fmt: skip
+
+
+def _scanned(app: web.Application) -> Any:
+    def done(scan: asyncio.Future[int]) -> None:
+        app[SCANS].discard(scan)
+        if not scan.cancelled() and scan.exception() is not None:
+            log.error("the dead-letter search of an erasure failed: %s", scan.exception())
+
+    return done
 
 
 async def erasure_status(request: web.Request) -> web.Response:
@@ -344,8 +358,11 @@ def create_api(settings: Settings) -> web.Application:
     app[VIEW] = AsyncRedisView.from_url(settings.redis_url, sealer)
 
     app[AUDIT] = Auditor(settings)
+    app[SCANS] = set()
 
     async def _close(app: web.Application) -> None:
+        if app[SCANS]:  # an erasure's search of the dead letters finishes first
+            await asyncio.gather(*app[SCANS], return_exceptions=True)
         await app[VIEW].close()
         app[AUDIT].close()
 
