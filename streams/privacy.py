@@ -96,7 +96,8 @@ class ErasureLedger:
                         if log_.next_offset != seen:  # (a key written again counts too)
                             self._take(log_.records)
                             seen = log_.next_offset
-                        if log_.at_end():
+                        if log_.at_end() and not self.ready.is_set():
+                            log.info("erasure ledger read: %d identifiers", len(self.entries))
                             self.ready.set()
             except Exception:  # the broker away: start again (what is known stays)
                 log.exception("reading %s failed; trying again", self.topic)
@@ -124,11 +125,15 @@ class ErasureLedger:
             metrics.PRIVACY_LEDGER.labels(state="erased only").set(len(self.entries) - suppressed)
 
 
-async def wait_for(ready: threading.Event, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
+async def wait_for(ready: threading.Event, what: str, warn_s: float = 30.0) -> None:
+    """Until ``ready`` is set; a warning every ``warn_s`` meanwhile (the broker away)."""
+    started = time.monotonic()
+    warned = 0
     while not ready.is_set():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} was not read within {timeout_s:.0f}s")
+        waited = time.monotonic() - started
+        if waited > (warned + 1) * warn_s:
+            warned += 1
+            log.warning("%s not read yet after %.0f s; events wait for it", what, waited)
         await asyncio.sleep(0.05)
 
 
