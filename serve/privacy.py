@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from prometheus_client import Counter
 
 from config.settings import Settings
 from profiles.graph.messages import Erase, Forget
@@ -37,6 +38,10 @@ from streams.privacy import LedgerEntry, ledger_entry, ledger_record
 from streams.segments import DefinitionsLog
 
 log = logging.getLogger("unifier.privacy")
+
+AUDIT_FAILURES = Counter(
+    "unifier_audit_failures", "Audit records the broker did not take (the read was served)"
+)
 
 
 class PrivacyError(RuntimeError):
@@ -547,6 +552,7 @@ class Auditor:
     def _report(self, err: object, _msg: object) -> None:
         if err is not None:
             self.failures += 1
+            AUDIT_FAILURES.inc()
             if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
                 log.error("audit records not delivered (%d so far): %s", self.failures, err)
 
