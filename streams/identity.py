@@ -50,8 +50,11 @@ def register(
         for msg in await messages_in(events, stage.name, topics["dlq"], log):
             outs += handle_identity(writes, msg, rules.max_claimants)
         grouped = group(outs, partitions)
-        if grouped.shredded and shredder is not None:  # keys gone before the table says so
-            shredder.shred(grouped.shredded)
+        if shredder is not None:  # keys gone before the table says so
+            if grouped.shredded:
+                shredder.shred(grouped.shredded)
+            if grouped.kept:
+                shredder.kept(grouped.kept)
         if send_internal(grouped, produced["identity"], produced["profile"], max_bytes):
             await producer.delivered()
         count_internal(stage.name, grouped)

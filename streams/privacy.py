@@ -257,6 +257,14 @@ class Shredder:
             self._receipts.send(rvalue, 0, key=rkey.encode())
         return len(tokens)
 
+    def kept(self, kept: Sequence[tuple[str, str]]) -> None:
+        """Receipt records of shared identifiers an erasure kept ((receipt, identifier))."""
+        now = int(time.time() * 1000)
+        for receipt, ident in kept:
+            token = token_of_key(ident) or self._plain_token(ident)
+            key, value = receipt_step(receipt, "kept", token, now)
+            self._receipts.send(value, 0, key=key.encode())
+
     def _plain_token(self, ident: str) -> str:
         """The token of an unsealed identifier (``UNIFIER_SEAL_PII=false``)."""
         if self._sealer is None:

@@ -157,3 +157,36 @@ def test_an_erased_profile_answers_nothing_and_forgets_what_reaches_it() -> None
     assert table["p1"].erased == ("r1", True) and not table["p1"].state.held
     # Erased twice: nothing new.
     assert handle_profile(table, Erase("p1", "r1"), UNLIMITED) == []
+
+
+def test_a_shared_identifier_is_kept_and_one_another_profile_claimed_is_kept_for_an_event() -> None:
+    from profiles.graph.identity import handle_identity
+
+    table = {
+        "phone:+14155550000": "p1 p2 p3",
+        "anonymous_id:d1": "p1 p9",
+        "email:a@x.example": "p1",
+    }
+    # Shared (3 profiles, the rule allows 3): kept, its key too.
+    out = handle_identity(table, Forget("phone:+14155550000", "p1", "r1"), max_claimants=3)
+    assert out == [("kept", "r1", "phone:+14155550000")]
+    assert table["phone:+14155550000"] == "p1 p2 p3"
+    # Named by an event, and another profile claimed it (a link a rule refused): kept.
+    out = handle_identity(table, Forget("anonymous_id:d1", "", "r1"), max_claimants=10)
+    assert out == [("kept", "r1", "anonymous_id:d1")]
+    # The erased profile's own: marked, its key shredded; again: shredded again only.
+    out = handle_identity(table, Forget("email:a@x.example", "p1", "r1"), max_claimants=10)
+    assert [stage for stage, _, _ in out] == ["shredded"]
+    assert parse_marker(table["email:a@x.example"]) == ("r1", True)
+    assert [s for s, _, _ in handle_identity(table, Forget("email:a@x.example", "p1", "r1"))] == [
+        "shredded"]  # fmt: skip
+    # What reaches a marker: an event (its other ids forgotten), a claim (the claimer erased).
+    event = handle_identity(
+        table,
+        Observe(
+            "email:a@x.example",
+            ("email:a@x.example", "user_id:u9"),
+            _facts(Touchpoint("e1", "x", "web", 0, {"email": "a@x.example"})),
+        ),
+    )
+    assert [(s, k) for s, k, _ in event] == [("identity", "user_id:u9"), ("dropped", "erased")]
