@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import Counter
 
 from config.settings import Settings
-from profiles.graph.messages import Erase, Forget
+from profiles.graph.messages import ASKED, Erase, Forget
 from profiles.privacy import SEALED_BYTES, Sealer
 from profiles.routing import partition_for
 from profiles.sealed import unb64
@@ -154,7 +154,7 @@ def request_erasure(
         # suppressed, any more).
         sealer = _sealer(settings)
         ident = graph_key(settings, sealer, *subject.asked)
-        forget = encode_messages([Forget(ident, "", receipt, suppress)])
+        forget = encode_messages([Forget(ident, ASKED, receipt, suppress)])
         out.send(settings.topic_identity, ident.encode(), forget,
                  partition_for(ident, settings.internal_partitions))  # fmt: skip
         token = sealer.token(*subject.asked)

@@ -129,10 +129,16 @@ class Erase:  # -> profile[profile]: erase it (a privacy request); see profiles.
     ids: tuple[Key, ...] = ()
 
 
+#: ``Forget.profile`` of an identifier a privacy request named itself.
+ASKED = "*"
+
+
 @dataclass(frozen=True, slots=True)
 class Forget:  # -> identity[ident]: the identifier is an erased person's
     ident: Key
-    profile: str  # the erased profile it was found in ("" when found in an event)
+    # The erased profile it was found in; ASKED: named by the request; "": found in an
+    # event of the erased person (so kept when other profiles claimed it too).
+    profile: str
     receipt: str
     suppress: bool = True
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from profiles.graph.erase import parse_marker
-from profiles.graph.messages import Erase, Forget, Observe
+from profiles.graph.messages import ASKED, Erase, Forget, Observe
 from profiles.graph.node import ProfileNode
 from profiles.graph.profile import handle_profile
 from profiles.graph.state import profile_for
@@ -174,6 +174,10 @@ def test_a_shared_identifier_is_kept_and_one_another_profile_claimed_is_kept_for
     # Named by an event, and another profile claimed it (a link a rule refused): kept.
     out = handle_identity(table, Forget("anonymous_id:d1", "", "r1"), max_claimants=10)
     assert out == [("kept", "r1", "anonymous_id:d1")]
+    # Named by the request itself: the person's, whoever else claimed it (a profile
+    # merged into its owner counts as a claimant too): marked, and its owner erased.
+    out = handle_identity(dict(table), Forget("anonymous_id:d1", ASKED, "r1"), max_claimants=10)
+    assert [(s, k) for s, k, _ in out] == [("profile", "p1"), ("shredded", "anonymous_id:d1")]
     # The erased profile's own: marked, its key shredded; again: shredded again only.
     out = handle_identity(table, Forget("email:a@x.example", "p1", "r1"), max_claimants=10)
     assert [stage for stage, _, _ in out] == ["shredded"]
