@@ -16,7 +16,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -367,49 +367,35 @@ def unsuppress(settings: Settings, identifier: tuple[str, str], actor: str = "cl
 # --- audit ------------------------------------------------------------------------------
 
 
-def read_audit(settings: Settings, since_ms: int, idle_s: float = 2.0) -> Iterator[dict[str, Any]]:
+def read_audit(settings: Settings, since_ms: int) -> Iterator[dict[str, Any]]:
     """The audit trail from ``since_ms`` on, oldest first."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": f"unifier.audit-reader.{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})  # fmt: skip
-    try:
-        start = consumer.offsets_for_times([TopicPartition(settings.topic_audit, 0, since_ms)], 10)
-        consumer.assign(start)
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    return
-                raise PrivacyError(f"reading {settings.topic_audit}: {error}")
-            last = time.monotonic()
-            record = orjson.loads(msg.value() or b"{}")
-            if record.get("at", 0) >= since_ms:
-                yield record
-    finally:
-        consumer.close()
-
-
-def partitions_of(values: Iterable[str], partitions: int) -> set[int]:
-    return {partition_for(v, partitions) for v in values}
+    for msg in read_partition(settings, settings.topic_audit, 0, since_ms=since_ms):
+        record: dict[str, Any] = orjson.loads(msg.value() or b"{}")
+        if record.get("at", 0) >= since_ms:
+            yield record
 
 
 # --- access export --------------------------------------------------------------------
 
 
 def read_partition(
-    settings: Settings, topic: str, partition: int, timeout_s: float = 60.0
+    settings: Settings,
+    topic: str,
+    partition: int,
+    timeout_s: float = 60.0,
+    since_ms: int | None = None,
 ) -> Iterator[Any]:
-    """Every record of one partition, from its start to its end as of now."""
+    """Every record of one partition, from its start (or the first record the broker
+    accepted at or after ``since_ms``) to its end as of now."""
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": f"unifier.export.{uuid.uuid4().hex[:8]}",
+                         "group.id": f"unifier.reader.{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "enable.partition.eof": True})  # fmt: skip
     deadline = time.monotonic() + timeout_s
     try:
-        consumer.assign([TopicPartition(topic, partition, 0)])
+        start = [TopicPartition(topic, partition, 0)]
+        if since_ms is not None:
+            start = consumer.offsets_for_times([TopicPartition(topic, partition, since_ms)], 10)
+        consumer.assign(start)
         while time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is None:
