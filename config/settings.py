@@ -212,6 +212,13 @@ class Settings(BaseSettings):
         "unset: the built-in list (profiles.rules.DEFAULT_BLOCKED_PATTERNS)",
     )
 
+    # --- destinations (unifier sync) -------------------------------------------
+    destinations_path: Path = Field(
+        Path("destinations.toml"),
+        description="Where profiles go and which of the apps' edits come back "
+        "(README, Destinations): read by `unifier sync`, `unifier lag` and the status page",
+    )
+
     # --- privacy --------------------------------------------------------------
     seal_pii: bool = Field(
         True,
@@ -398,6 +405,10 @@ class Settings(BaseSettings):
         """The archiver's consumer group: it resumes from its manifest, and commits only
         so that its lag shows in `unifier lag` and on the status page."""
         return f"{self.app_id}-archive"
+
+    def sync_group(self, group: str) -> str:
+        """The consumer group of the `unifier sync` processes of a destination group."""
+        return f"{self.app_id}.sync.{group}"
 
     @property
     def archive_path(self) -> Path:

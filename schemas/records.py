@@ -151,9 +151,25 @@ class ProfileUpdate:
 
 @dataclass(frozen=True, slots=True)
 class ProfileRemoved:
-    """A tombstone: the profile was merged into another (a ``ProfileMerge`` names it)."""
+    """A tombstone: the profile was merged into another (a ``ProfileMerge`` names it;
+    ``merged_into`` too) or erased by a privacy request (``reason`` "erased"). Records
+    written before the reason was sent (no ``x-removed`` header) read as merged."""
 
     profile_id: str
+    reason: str = "merged"  # merged | erased
+    merged_into: str | None = None
+
+
+#: Headers of a ``profile-updates`` tombstone: why the profile went, and where.
+REMOVED_HEADER = "x-removed"
+MERGED_INTO_HEADER = "x-merged-into"
+
+
+def removal_headers(reason: str, merged_into: str | None = None) -> list[tuple[str, bytes]]:
+    headers = [(REMOVED_HEADER, reason.encode())]
+    if merged_into:
+        headers.append((MERGED_INTO_HEADER, merged_into.encode()))
+    return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +188,23 @@ class FeedError(RuntimeError):
     """A record on an output topic that this client cannot read."""
 
 
-def update_from(key: bytes | None, value: bytes | None) -> ProfileUpdate | ProfileRemoved:
+def update_from(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Any = None,
+) -> ProfileUpdate | ProfileRemoved:
+    """A ``profile-updates`` record (``headers``: a client's, as a list of pairs or a
+    dict; a tombstone's say why the profile went)."""
     if key is None:
         raise FeedError("a profile-updates record without a key")
     if value is None:
-        return ProfileRemoved(key.decode())
+        pairs = headers.items() if isinstance(headers, dict) else headers or ()
+        said = {
+            k: v.decode() if isinstance(v, bytes) else str(v) for k, v in pairs if v is not None
+        }
+        return ProfileRemoved(
+            key.decode(), said.get(REMOVED_HEADER, "merged"), said.get(MERGED_INTO_HEADER)
+        )
     try:
         _, r = CODEC.read(value, (PROFILE_UPDATE,))
         return ProfileUpdate(

@@ -58,6 +58,7 @@ __all__ = [
     "ProfileRemoved",
     "ProfileUpdate",
     "merge_from",
+    "open_change",
     "update_from",
 ]
 
@@ -158,17 +159,19 @@ class ProfileFeed:
             if msg.topic() == self.merges_topic:
                 change: Change = merge_from(msg.value())
             else:
-                change = update_from(msg.key(), msg.value())
-            yield change if self._sealer is None else self._open(change)
+                change = update_from(msg.key(), msg.value(), msg.headers())
+            yield change if self._sealer is None else open_change(self._sealer, change)
 
-    def _open(self, change: Change) -> Change:
-        assert self._sealer is not None
-        opens = self._sealer.open_many
-        if isinstance(change, ProfileUpdate):
-            return replace(
-                change,
-                identifiers=open_document(dict(change.identifiers), opens),
-                traits=open_document(dict(change.traits), opens),
-                why=open_document(dict(change.why), opens),
-            )
-        return change
+
+def open_change(sealer: Sealer, change: Change) -> Change:
+    """A change with its sealed identifiers and traits opened (an erased person's
+    values read ``[erased]``)."""
+    opens = sealer.open_many
+    if isinstance(change, ProfileUpdate):
+        return replace(
+            change,
+            identifiers=open_document(dict(change.identifiers), opens),
+            traits=open_document(dict(change.traits), opens),
+            why=open_document(dict(change.why), opens),
+        )
+    return change

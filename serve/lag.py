@@ -63,12 +63,45 @@ def stages(settings: Settings) -> list[tuple[str, str, int]]:
 ARCHIVE = "archive"
 
 
+#: Rows of the sync processes (``unifier sync``) are named ``sync:GROUP``.
+SYNC = "sync:"
+
+
+def pipeline_stage(row: PartitionLag) -> bool:
+    """A stage of the pipeline, not a follower of it (the archiver, a sync group):
+    ``lag --wait`` waits for these only."""
+    return row.stage != ARCHIVE and not row.stage.startswith(SYNC)
+
+
+def sync_groups(settings: Settings) -> dict[str, str]:
+    """``sync:GROUP`` -> consumer group, for each group in ``destinations.toml``
+    (none when the file is missing or cannot be read: lag is shown without them)."""
+    from sinks.destinations.config import DestinationError, load_destinations
+
+    if not settings.destinations_path.exists():
+        return {}
+    try:
+        dests = load_destinations(settings.destinations_path)
+    except DestinationError:
+        return {}
+    return {f"{SYNC}{g}": settings.sync_group(g) for g in sorted({d.group for d in dests})}
+
+
+def group_lags(settings: Settings, groups: dict[str, str]) -> list[PartitionLag]:
+    """The lag on profile-updates of the given consumer groups (group -> topic)."""
+    with LagProbe(settings, {f"{SYNC}{g}": g for g in groups}) as probe:
+        return [r for r in probe.measure() if r.stage.startswith(SYNC)]
+
+
 class LagProbe:
     """Keeps one probe consumer fetching, so cached high watermarks stay fresh."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, syncs: dict[str, str] | None = None) -> None:
+        """``syncs``: sync groups to show (stage name -> consumer group); default:
+        those of ``destinations.toml``, when there is one."""
         self.settings = settings
         self.group = settings.app_id
+        self._syncs = sync_groups(settings) if syncs is None else syncs
         common = {
             "bootstrap.servers": settings.bootstrap_servers,
             "enable.auto.commit": False,
@@ -88,6 +121,13 @@ class LagProbe:
             }
         )
         self._tps = [TopicPartition(topic, p) for _, topic, n in stages(settings) for p in range(n)]
+        updates = topology(settings).profile_updates
+        self._sync_tps = [TopicPartition(updates.name, p) for p in range(updates.partitions)]
+        if self._syncs:
+            self._tps += self._sync_tps
+        self._sync_offsets = {
+            stage: Consumer({**common, "group.id": group}) for stage, group in self._syncs.items()
+        }
         self._assigned = False
         # Reads the oldest unprocessed record of each lagging partition, for its time.
         self._admin: AdminClient | None = None
@@ -116,6 +156,8 @@ class LagProbe:
         self._fetcher.close()
         self._offsets.close()
         self._archive.close()
+        for c in self._sync_offsets.values():
+            c.close()
 
     def _oldest_times(
         self, starts: dict[tuple[str, int], int], timeout: float = 2.0
@@ -145,9 +187,18 @@ class LagProbe:
 
     def _committed(self) -> dict[tuple[str, int], int | None]:
         out: dict[tuple[str, int], int | None] = {}
-        for tp in self._offsets.committed(self._tps, timeout=10):
+        pipeline = [tp for tp in self._tps if tp not in self._sync_tps or not self._syncs]
+        for tp in self._offsets.committed(pipeline, timeout=10):
             out[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
         return out
+
+    def _synced(self) -> dict[str, dict[int, int | None]]:
+        """Sync stage -> profile-updates partition -> its group's next offset."""
+        return {
+            stage: {tp.partition: tp.offset if tp.offset >= 0 else None
+                    for tp in c.committed(self._sync_tps, timeout=10)}
+            for stage, c in self._sync_offsets.items()
+        }  # fmt: skip
 
     def _archived(self) -> dict[int, int | None]:
         """Touchpoints partition -> the archiver's next offset; empty when no archiver
@@ -171,7 +222,7 @@ class LagProbe:
                 [
                     TopicPartition(tp.topic, tp.partition, c if c is not None else OFFSET_BEGINNING)
                     for tp in self._tps
-                    for c in [committed[(tp.topic, tp.partition)]]
+                    for c in [committed.get((tp.topic, tp.partition))]
                 ]
             )
             self._assigned = True
@@ -202,6 +253,13 @@ class LagProbe:
         owners = self._owners()
         now = time.time()
         rows = []
+        for stage, parts in self._synced().items():
+            for tp in self._sync_tps:
+                c = parts.get(tp.partition)
+                end = ends[(tp.topic, tp.partition)]
+                lag = max(end - (c or 0), 0)
+                rows.append(PartitionLag(stage, self._syncs[stage], tp.topic, tp.partition, c,
+                                         end, lag, 0.0 if lag == 0 else None))  # fmt: skip
         for stage, topic, n in stages(self.settings):
             for p in range(n):
                 c = committed[(topic, p)]
@@ -242,7 +300,7 @@ class LagProbe:
             if on_check:
                 on_check(rows)
             # The pipeline's stages: an archiver stopped (or behind) holds no one up.
-            streak = streak + 1 if all(r.lag == 0 for r in rows if r.stage != ARCHIVE) else 0
+            streak = streak + 1 if all(r.lag == 0 for r in rows if pipeline_stage(r)) else 0
             if streak >= 2:
                 return True
             self._pump(interval)

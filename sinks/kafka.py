@@ -20,7 +20,13 @@ import orjson
 
 from profiles.routing import partition_for
 from profiles.segments import EvalError
-from schemas.records import encode_update, membership_record, merge_record, receipt_step
+from schemas.records import (
+    encode_update,
+    membership_record,
+    merge_record,
+    receipt_step,
+    removal_headers,
+)
 from sinks.base import ChangeBatch, Delivery
 
 #: (topic, key, value or None for a tombstone[, headers[, partition]]) -> a future that
@@ -80,14 +86,16 @@ class ProfileTopicsSink:
         for change in batch.changes:
             if not change.publish:
                 continue
-            if change.removed:
-                value = None
-            else:
-                assert change.why is not None
-                value = encode_update(change.view, change.why, list(change.changed), now_ms)
+            if change.removed:  # a tombstone that says where the profile went
+                headers = removal_headers("merged", change.view["merged_into"])
+                await self._queue(self.updates_topic, change.profile_id, None, "updates", headers)
+                continue
+            assert change.why is not None
+            value = encode_update(change.view, change.why, list(change.changed), now_ms)
             await self._queue(self.updates_topic, change.profile_id, value, "updates")
         for gone in batch.erased:  # a tombstone: compaction drops every older record of it
-            await self._queue(self.updates_topic, gone.profile, None, "updates")
+            headers = removal_headers("erased")
+            await self._queue(self.updates_topic, gone.profile, None, "updates", headers)
             if self.receipts_topic is not None:
                 n_ids, n_segments = len(gone.ids), len(gone.segments)
                 key, step = receipt_step(

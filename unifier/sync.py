@@ -1,0 +1,368 @@
+"""``unifier sync``: profiles out to the apps that use them, their edits back in.
+
+One process serves one destination group (``group`` in ``destinations.toml``). It
+follows ``profile-updates`` in the consumer group ``APP_ID.sync.GROUP``: run more
+processes with the same group and Kafka shares the partitions among them, as with
+workers. Each batch of records is opened (``serve.feed.open_change``), handed to
+every destination, and its offsets are committed only after every destination took
+it — a process killed mid-batch gets the batch again, and a destination's version
+guard makes the second write a no-op.
+
+Every ``poll_s`` the process that holds partition 0 reads each two-way database's
+edits (``sinks.destinations.table``), sends them as touchpoints from the
+destination's source (validated and sealed like any other), and records them as
+seen once the broker has them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from prometheus_client import Counter, Histogram
+
+from config.kafkalog import client_logger
+from config.settings import Settings
+from producers.kafka import TouchpointProducer
+from profiles.configured import identity_rules
+from profiles.routing import validate_event
+from profiles.touchpoint import InvalidTouchpoint
+from schemas.records import FeedError, ProfileRemoved, ProfileUpdate, update_from
+from serve.feed import open_change
+from sinks.destinations.config import Destination, DestinationError, load_destinations
+from sinks.destinations.table import Applied, TableDestination, open_table
+from sinks.keys import sealer_for
+
+log = logging.getLogger("unifier.sync")
+
+DELIVERED = Counter("unifier_sync_delivered", "Profile changes a destination took", ["destination"])
+WRITES = Counter(
+    "unifier_sync_writes", "Rows a destination wrote, by kind", ["destination", "kind"]
+)
+HELD = Counter(
+    "unifier_sync_held",
+    "Fields left as the app has them (its edit not taken in yet, or it owns them)",
+    ["destination"],
+)
+EDITS = Counter(
+    "unifier_sync_inbound_edits",
+    "App edits sent into the pipeline, or refused",
+    ["destination", "outcome"],
+)
+ECHOES = Counter(
+    "unifier_sync_echoes", "Rows read back holding only our own writes", ["destination"]
+)
+FAILURES = Counter(
+    "unifier_sync_failures", "Batches a destination failed to take (retried)", ["destination"]
+)
+LATENCY = Histogram(
+    "unifier_sync_latency_seconds",
+    "From a profile change (its profile-updates record) to the destination having it",
+    ["destination"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+
+
+@dataclass
+class SyncStats:
+    batches: int = 0
+    records: int = 0
+    applied: dict[str, Applied] = field(default_factory=dict)
+    edits_sent: int = 0
+    edits_refused: int = 0
+    echoes: int = 0
+
+
+def destinations_of(
+    settings: Settings, group: str | None, names: Sequence[str] = ()
+) -> list[Destination]:
+    """The destinations a process serves: those named, else those of the group."""
+    found = load_destinations(settings.destinations_path)
+    if names:
+        unknown = sorted(set(names) - {d.name for d in found})
+        if unknown:
+            raise DestinationError(
+                f"{settings.destinations_path}: no destination {', '.join(unknown)}"
+            )
+        return [d for d in found if d.name in names]
+    chosen = [d for d in found if group is None or d.group == group]
+    if not chosen:
+        raise DestinationError(f"{settings.destinations_path}: no destination in group {group!r}")
+    return chosen
+
+
+def check_identifiers(settings: Settings, dests: Sequence[Destination]) -> None:
+    """Every identifier type a destination names is one this deployment knows."""
+    known = identity_rules(settings).priorities
+    for d in dests:
+        named = [
+            *d.identifier_columns().values(),
+            *([d.row_identifier] if d.row_identifier else []),
+        ]
+        for id_type in named:
+            if id_type not in known:
+                raise DestinationError(
+                    f"destinations.{d.name}: identifier type {id_type!r} is not configured "
+                    f"(known: {', '.join(sorted(known))})"
+                )
+
+
+class Syncer:
+    """One ``unifier sync`` process (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dests: Sequence[Destination],
+        *,
+        group: str,
+        from_beginning: bool = False,
+        batch_records: int = 2000,
+        base: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.dests = list(dests)
+        self.group = group
+        self._clock = clock
+        self._batch = batch_records
+        self._sealer = sealer_for(settings)
+        self._rules = identity_rules(settings)
+        self.tables: list[TableDestination] = [
+            open_table(d, settings.default_phone_region, base)
+            for d in self.dests
+            if d.kind != "webhook"
+        ]
+        for t in self.tables:
+            t.setup()
+        self._producer: TouchpointProducer | None = None
+        self._stop = threading.Event()
+        self._from_beginning = from_beginning
+        self.stats = SyncStats()
+        self._next_poll = 0.0
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap_servers,
+                "group.id": settings.sync_group(group),
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                # The embedded broker joins in session.timeout/2 (ENVIRONMENT.md, trap 1).
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000,
+                "logger": client_logger(),
+            }
+        )
+        self._consumer.subscribe([settings.topic_profile_updates], on_assign=self._on_assign)
+
+    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        if self._from_beginning:  # the first assignment only: a rebalance resumes
+            self._from_beginning = False
+            for tp in parts:
+                tp.offset = OFFSET_BEGINNING
+            consumer.assign(parts)
+        log.info("assigned partitions %s", sorted(tp.partition for tp in parts))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, idle_exit_s: float | None = None) -> SyncStats:
+        """Until ``stop`` (SIGTERM, SIGINT), or ``idle_exit_s`` without a record."""
+        last = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if self.step():
+                    last = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
+                    break
+        finally:
+            self.close()
+        return self.stats
+
+    def step(self, timeout: float = 0.2) -> int:
+        """One batch out, and the inbound poll when it is due; how many records."""
+        msgs = self._consumer.consume(num_messages=self._batch, timeout=timeout)
+        good = [m for m in msgs if m.error() is None]
+        for m in msgs:
+            if m.error() is not None:
+                log.warning("consumer: %s", m.error())
+        if good:
+            self.deliver(good)
+        if self.tables and time.monotonic() >= self._next_poll:
+            self._next_poll = time.monotonic() + min(d.poll_s for d in self.dests)
+            if self._leads():
+                self.take_edits()
+        return len(good)
+
+    def _leads(self) -> bool:
+        """Whether this process reads the apps' edits: the one holding partition 0."""
+        try:
+            return any(tp.partition == 0 for tp in self._consumer.assignment())
+        except KafkaException:
+            return False
+
+    def _ops(self, msgs: list[Message]) -> tuple[list[ProfileUpdate | ProfileRemoved], list[float]]:
+        ops: list[ProfileUpdate | ProfileRemoved] = []
+        stamps: list[float] = []
+        for m in msgs:
+            try:
+                change = update_from(m.key(), m.value(), m.headers())
+            except FeedError as exc:  # a record we cannot read: say so, go on
+                log.error("skipped %s[%s]@%s: %s", m.topic(), m.partition(), m.offset(), exc)
+                continue
+            opened = change if self._sealer is None else open_change(self._sealer, change)
+            assert isinstance(opened, (ProfileUpdate, ProfileRemoved))
+            ops.append(opened)
+            stamps.append(m.timestamp()[1] / 1000)
+        return ops, stamps
+
+    def deliver(self, msgs: list[Message]) -> None:
+        ops, stamps = self._ops(msgs)
+        for t in self.tables:
+            while True:  # a destination that is down holds the batch (back-pressure)
+                try:
+                    done = t.apply(ops)
+                    break
+                except Exception as exc:
+                    FAILURES.labels(t.name).inc()
+                    log.error("destination %s: %s; retrying in 1 s", t.name, exc)
+                    self._reconnect(t)
+                    if self._stop.wait(1.0):
+                        raise
+            self._count(t.name, done, stamps)
+        self._commit(msgs)
+        self.stats.batches += 1
+        self.stats.records += len(msgs)
+
+    def _reconnect(self, t: TableDestination) -> None:
+        with contextlib.suppress(Exception):  # it is broken already
+            t.conn.close()
+        try:
+            t.conn = t._connect()
+        except Exception as exc:
+            log.error("destination %s: cannot connect: %s", t.name, exc)
+
+    def _count(self, name: str, done: Applied, stamps: list[float]) -> None:
+        total = self.stats.applied.setdefault(name, Applied())
+        for f in ("rows_inserted", "rows_updated", "rows_deleted", "rows_marked",
+                  "fields_written", "skipped_stale", "held", "profiles"):  # fmt: skip
+            setattr(total, f, getattr(total, f) + getattr(done, f))
+        DELIVERED.labels(name).inc(done.profiles)
+        for kind in ("inserted", "updated", "deleted", "marked"):
+            n = getattr(done, f"rows_{kind}")
+            if n:
+                WRITES.labels(name, kind).inc(n)
+        if done.held:
+            HELD.labels(name).inc(done.held)
+        now = self._clock()
+        hist = LATENCY.labels(name)
+        for s in stamps:
+            hist.observe(max(now - s, 0.0))
+
+    def _commit(self, msgs: list[Message]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            key = (m.topic() or "", m.partition() or 0)
+            last[key] = max(last.get(key, -1), m.offset() or 0)
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # a rebalance: the next owner gets the batch again
+            log.warning("commit: %s", exc)
+
+    def take_edits(self) -> int:
+        """Send the apps' edits into the pipeline; how many."""
+        sent = 0
+        for t in self.tables:
+            if not t.dest.inbound:
+                continue
+            polled = t.poll()
+            self.stats.echoes += polled.echoes
+            if polled.echoes:
+                ECHOES.labels(t.name).inc(polled.echoes)
+            if not polled.edits and not polled.revs:
+                continue
+            producer = self._producer_()
+            refused = []
+            for e in polled.edits:
+                try:
+                    producer.send(
+                        validate_event(e.doc, self._rules, self.settings.default_phone_region)
+                    )
+                except InvalidTouchpoint as exc:
+                    refused.append(e.row_id)
+                    EDITS.labels(t.name, "refused").inc()
+                    log.warning("destination %s: row %s edit refused: %s", t.name, e.row_id, exc)
+            report = producer.flush(30.0)
+            if not report.ok:
+                log.error("destination %s: edits not delivered (%s); read again next poll",
+                          t.name, "; ".join(report.errors[-3:]))  # fmt: skip
+                report.errors.clear()
+                report.events_failed = 0
+                continue
+            t.confirm(polled, refused)
+            n = len(polled.edits) - len(refused)
+            EDITS.labels(t.name, "sent").inc(n)
+            self.stats.edits_sent += n
+            self.stats.edits_refused += len(refused)
+            sent += n
+        return sent
+
+    def _producer_(self) -> TouchpointProducer:
+        if self._producer is None:
+            self._producer = TouchpointProducer(self.settings)
+        return self._producer
+
+    def close(self) -> None:
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._consumer.close()
+        if self._producer is not None:
+            self._producer.close(10.0)
+            self._producer = None
+        for t in self.tables:
+            t.close()
+
+
+def install_signals(syncer: Syncer) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        syncer.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def destination_status(settings: Settings, dest: Destination) -> dict[str, Any]:
+    """What ``unifier sync status`` shows of one destination."""
+    row: dict[str, Any] = {"name": dest.name, "kind": dest.kind, "mode": dest.mode,
+                           "group": dest.group}  # fmt: skip
+    if dest.kind != "webhook":
+        try:
+            t = open_table(dest, settings.default_phone_region)
+            try:
+                row.update(t.counts())
+            finally:
+                t.close()
+        except Exception as exc:
+            row["error"] = str(exc)
+    try:
+        row["lag"] = group_lag(settings, settings.sync_group(dest.group))
+    except Exception as exc:
+        row["lag_error"] = str(exc)
+    return row
+
+
+def group_lag(settings: Settings, group: str) -> int | None:
+    """Records of profile-updates the group has not taken yet (None: never committed)."""
+    from serve.lag import group_lags
+
+    rows = group_lags(settings, {group: settings.topic_profile_updates})
+    if all(r.committed is None for r in rows):
+        return None
+    return sum(r.lag for r in rows)
