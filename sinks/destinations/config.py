@@ -128,10 +128,12 @@ class Destination(BaseModel):
                         f"field {column}: owner {spec.owner!r} is neither 'unifier' nor "
                         f"this app ({self.name!r})"
                     )
-            if self.inbound and not (self.row_identifier or self.identifier_columns()):
+            if self.inbound and not (self.row_identifier and self.identifier_columns()):
                 raise ValueError(
-                    "inbound edits need a way to find their customer: map an identifier "
-                    "(identifiers.TYPE) or set row_identifier"
+                    "inbound edits (two-way) need row_identifier (the identifier type "
+                    "naming the app's own rows, e.g. crm_id) and at least one column "
+                    "mapped to an identifier, so that an edit finds its customer; or set "
+                    "inbound = false"
                 )
         return self
 

@@ -130,7 +130,7 @@ def edit_event(
         "source": dest.source,
         "occurred_at": iso(now_ms),
         "identifiers": ids,
-        "context": {"library": {"name": "unifier-sync", "version": dest.name}},
+        "context": {"library": f"unifier-sync/{dest.name}"},
     }
     if traits:
         doc["traits"] = traits

@@ -428,9 +428,15 @@ class TableDestination:
         if cur != value:
             return True  # edited since: the edit goes in first (poll), then we decide
         if by == "app" and pending is not None:
-            # the profile has not heard of the edit yet: an update older than it
-            # must not undo it (it would come back the moment the edit lands)
-            return last_seen < pending and now_ms - pending < self.dest.settle_s * 1000
+            young = now_ms - pending < self.dest.settle_s * 1000
+            if spec.kind == "identifiers":
+                # The value is not (yet) among the profile's: an identifier joins its
+                # profile through the identity graph, after the event's traits, so
+                # only the profile holding it (or the settle time) says it landed.
+                return young
+            # The profile has not heard of the edit yet: an update older than it must
+            # not undo it (it would come back the moment the edit lands).
+            return last_seen < pending and young
         return False
 
     def _flush(self, w: _Writes) -> None:
@@ -588,6 +594,17 @@ class TableDestination:
                 "unifier_removed": row.removed,
             }
         return out
+
+    def last_writes(self, n: int) -> list[tuple[Any, ...]]:
+        """The ``n`` latest recorded writes: (row, column, value, version, at_ms)."""
+        got = self._exec(
+            f"SELECT row_id, col, value, version, at_ms FROM {self._q(self.t + '_unifier_log')} "
+            "ORDER BY at_ms DESC LIMIT ?",
+            (n,),
+        ).fetchall()
+        if self.dialect == "postgres":
+            self.conn.commit()
+        return [tuple(r) for r in got]
 
     def counts(self) -> dict[str, int]:
         """Rows, rows we created, rows marked removed, writes recorded, the cursor."""
