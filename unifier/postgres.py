@@ -51,6 +51,13 @@ def _as_owner(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd]
 
 
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(_as_owner(cmd), check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{Path(cmd[0]).name} failed ({done.returncode}): {' '.join(said)}")
+
+
 @contextlib.contextmanager
 def local_postgres(state_dir: Path, database: str = "unifier") -> Iterator[str]:
     """Yields the DSN of a server that lives for the block (see the module docstring)."""
@@ -68,16 +75,11 @@ def local_postgres(state_dir: Path, database: str = "unifier") -> Iterator[str]:
                 parent.chmod(mode | 0o001)
     port = free_port()
     log = state_dir / "postgres.log"
-    run = {"check": True, "capture_output": True, "text": True}
-    subprocess.run(  # noqa: PLW1510 - check is in run
-        _as_owner([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                   "--no-sync", "-E", "UTF8"]), **run,  # type: ignore[arg-type]
-    )  # fmt: skip
+    _run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync",
+          "-E", "UTF8"])  # fmt: skip
     opts = f"-p {port} -k {state_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        _as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts,
-                   "-w", "-t", "60", "start"]), **run,  # type: ignore[arg-type]
-    )  # fmt: skip
+    _run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60",
+          "start"])  # fmt: skip
     try:
         dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         import psycopg
