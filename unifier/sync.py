@@ -40,6 +40,8 @@ from serve.feed import open_change
 from sinks.destinations.config import Destination, DestinationError, load_destinations
 from sinks.destinations.table import Applied, TableDestination, open_table
 from sinks.keys import sealer_for
+from streams.topology import topology
+from unifier.webhook_sync import WebhookSync
 
 log = logging.getLogger("unifier.sync")
 
@@ -143,6 +145,12 @@ class Syncer:
         ]
         for t in self.tables:
             t.setup()
+        partitions = topology(settings).profile_updates.partitions
+        self.hooks: list[WebhookSync] = [
+            WebhookSync(settings, d, self._sealer, group, partitions)
+            for d in self.dests
+            if d.kind == "webhook"
+        ]
         self._producer: TouchpointProducer | None = None
         self._stop = threading.Event()
         self._from_beginning = from_beginning
@@ -195,6 +203,8 @@ class Syncer:
                 log.warning("consumer: %s", m.error())
         if good:
             self.deliver(good)
+        for h in self.hooks:
+            h.retry_step()
         if self.tables and time.monotonic() >= self._next_poll:
             self._next_poll = time.monotonic() + min(d.poll_s for d in self.dests)
             if self._leads():
@@ -237,6 +247,20 @@ class Syncer:
                     if self._stop.wait(1.0):
                         raise
             self._count(t.name, done, stamps)
+        for h in self.hooks:
+            while True:
+                try:
+                    h.deliver(ops, self._stop)
+                    break
+                except KafkaException as exc:  # parking failed: the batch is not done
+                    FAILURES.labels(h.name).inc()
+                    log.error("destination %s: %s; retrying in 1 s", h.name, exc)
+                    if self._stop.wait(1.0):
+                        raise
+            now = self._clock()
+            for s in stamps:
+                LATENCY.labels(h.name).observe(max(now - s, 0.0))
+            DELIVERED.labels(h.name).inc(len(ops))
         self._commit(msgs)
         self.stats.batches += 1
         self.stats.records += len(msgs)
@@ -328,6 +352,8 @@ class Syncer:
             self._producer = None
         for t in self.tables:
             t.close()
+        for h in self.hooks:
+            h.close()
 
 
 def install_signals(syncer: Syncer) -> None:

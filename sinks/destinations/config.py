@@ -97,6 +97,7 @@ class Destination(BaseModel):
     secret_env: str = "UNIFIER_WEBHOOK_SECRET"
     batch_events: int = Field(500, gt=0)
     timeout_s: float = Field(10.0, gt=0)
+    park_after_s: float = Field(10.0, gt=0)  # a failing request's retries before parking
     dead_letter_after_s: float = Field(3600.0, gt=0)
     max_backoff_s: float = Field(60.0, gt=0)
 
