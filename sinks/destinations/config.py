@@ -38,7 +38,7 @@ _FROM = re.compile(r"^(profile_id|(identifiers|traits|computed|consent)\.[A-Za-z
 #: Columns of ours in a destination's table (the app may read them, never needs to).
 RESERVED = frozenset(
     {"id", "unifier_profile_id", "unifier_created", "unifier_version", "unifier_removed_at",
-     "unifier_rev"}
+     "unifier_rev", "unifier_echo"}
 )  # fmt: skip
 
 

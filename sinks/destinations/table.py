@@ -175,6 +175,11 @@ class TableDestination:
             "unifier_version": "BIGINT NOT NULL DEFAULT 0",
             "unifier_removed_at": "TEXT",
             "unifier_rev": "BIGINT NOT NULL DEFAULT 0",
+            # Set by our own writes of rows with no edit waiting to be read: the poll
+            # skips them (a trigger clears it when anyone else writes the row).
+            "unifier_echo": "BOOLEAN NOT NULL DEFAULT FALSE"
+            if pg
+            else "INTEGER NOT NULL DEFAULT 0",
         }
         with self._tx():
             if pg:  # one process at a time creates (several sync processes may start)
@@ -232,7 +237,10 @@ class TableDestination:
         self._exec(f"CREATE SEQUENCE IF NOT EXISTS {self._q(seq)}")
         self._exec(
             f"CREATE OR REPLACE FUNCTION {self._q(fn)}() RETURNS trigger AS $$ BEGIN "
-            f"NEW.unifier_rev := nextval('{seq}'); RETURN NEW; END $$ LANGUAGE plpgsql"
+            f"NEW.unifier_rev := nextval('{seq}'); "
+            "IF TG_OP = 'UPDATE' AND NEW.unifier_version IS NOT DISTINCT FROM "
+            "OLD.unifier_version THEN NEW.unifier_echo := FALSE; END IF; "
+            "RETURN NEW; END $$ LANGUAGE plpgsql"
         )
         self._exec(f"DROP TRIGGER IF EXISTS {self._q(t + '_unifier_rev')} ON {self._q(t)}")
         self._exec(
@@ -247,13 +255,18 @@ class TableDestination:
             self._exec(f"INSERT INTO {self._q(seq)} VALUES (0)")
         bump = (
             f"UPDATE {self._q(seq)} SET n = n + 1; UPDATE {self._q(t)} SET unifier_rev = "
-            f"(SELECT n FROM {self._q(seq)}) WHERE rowid = NEW.rowid;"
+            f"(SELECT n FROM {self._q(seq)}){{echo}} WHERE rowid = NEW.rowid;"
         )
+        # Anyone's write that leaves our version as it was is not ours: not an echo.
+        ours = (", unifier_echo = CASE WHEN NEW.unifier_version IS OLD.unifier_version "
+                "THEN 0 ELSE NEW.unifier_echo END")  # fmt: skip
         cols = ", ".join(self._q(c) for c in self.columns) or "id"
-        for name, when in (("ins", "AFTER INSERT"), ("upd", f"AFTER UPDATE OF {cols}")):
+        for name, when, echo in (("ins", "AFTER INSERT", ""),
+                                 ("upd", f"AFTER UPDATE OF {cols}", ours)):  # fmt: skip
             trig = self._q(f"{t}_unifier_{name}")
             self._exec(f"DROP TRIGGER IF EXISTS {trig}")
-            self._exec(f"CREATE TRIGGER {trig} {when} ON {self._q(t)} BEGIN {bump} END")
+            body = bump.format(echo=echo)
+            self._exec(f"CREATE TRIGGER {trig} {when} ON {self._q(t)} BEGIN {body} END")
 
     # --- reading ---------------------------------------------------------------
     def _select_rows(self, where: str, keys: list[str]) -> list[_Row]:
@@ -321,23 +334,32 @@ class TableDestination:
             rows.update({r.id: r for r in self._select_rows("id", named) if r.id not in rows})
             state = self._state(rows)
             w = _Writes()
+            # Rows by the profile they were linked to, in this batch too (a row changes
+            # hands on a merge): candidates, checked again below.
+            held: dict[str, list[_Row]] = {}
+            for r in rows.values():
+                held.setdefault(r.profile_id or "", []).append(r)
             for pid, op in latest.items():
                 names = op.identifiers.get(ri, ()) if isinstance(op, ProfileUpdate) and ri else ()
-                linked = [
-                    r
-                    for r in rows.values()
-                    if not r.gone and (r.profile_id == pid or r.id in names)
-                ]
+                maybe = held.get(pid, []) + [rows[n] for n in names if n in rows]
+                linked = list(
+                    {id(r): r for r in maybe
+                     if not r.gone and (r.profile_id == pid or r.id in names)}.values()
+                )  # fmt: skip
                 if isinstance(op, ProfileRemoved):
                     self._removed(op, linked, w, done)
+                    if op.merged_into:
+                        held.setdefault(op.merged_into, []).extend(linked)
                 elif not in_scope(self.dest, op):
                     self._out_of_scope(linked, w, done, now_ms)
                 elif not linked:
                     row = self._insert(op, w, done, now_ms)
                     rows[row.id] = row
+                    held.setdefault(pid, []).append(row)
                 else:
                     for row in linked:
                         self._update(op, row, state, w, done, now_ms)
+                    held.setdefault(pid, []).extend(linked)
             self._flush(w)
         return done
 
@@ -366,7 +388,7 @@ class TableDestination:
     def _insert(self, op: ProfileUpdate, w: _Writes, done: Applied, now_ms: int) -> _Row:
         cells = {c: wanted(s, op, None, self.region) for c, s in self.dest.fields.items()}
         row = _Row(op.profile_id, cells, op.profile_id, True, op.version, False)
-        w.inserts.append((op.profile_id, *cells.values(), op.profile_id, True, op.version))
+        w.inserts.append((op.profile_id, *cells.values(), op.profile_id, True, op.version, True))
         for c, v in cells.items():
             if v is not None:
                 w.record(op.profile_id, c, v, op.version, now_ms)
@@ -388,12 +410,15 @@ class TableDestination:
             return
         last_seen = _last_seen_ms(op)
         sets: dict[str, Cell] = {}
+        unread = False  # an edit of the app's not read yet: the poll must still see the row
         for c, spec in self.dest.fields.items():
             cur = row.cells.get(c)
+            seen = state.get((row.id, c))
+            if writable(spec) and cur != (seen[0] if seen else None):
+                unread = True
             want = wanted(spec, op, cur, self.region)
             if want == cur:
                 continue
-            seen = state.get((row.id, c))
             if self._hold(spec, cur, seen, last_seen, now_ms):
                 done.held += 1
                 continue
@@ -404,7 +429,7 @@ class TableDestination:
         row.cells.update(sets)
         row.profile_id, row.version, row.removed = op.profile_id, op.version, False
         w.updates.setdefault(tuple(sets), []).append(
-            (*sets.values(), op.profile_id, op.version, row.id)
+            (*sets.values(), op.profile_id, op.version, not unread, row.id)
         )
         for c, v in sets.items():
             w.record(row.id, c, v, op.version, now_ms)
@@ -455,14 +480,16 @@ class TableDestination:
                     self._exec(f"DELETE FROM {table} WHERE {key} IN ({marks})", part)
         if w.inserts:
             names = ", ".join(
-                ["id", *cols, "unifier_profile_id", "unifier_created", "unifier_version"]
-            )
-            marks = ", ".join("?" * (len(cols) + 4))
+                ["id", *cols, "unifier_profile_id", "unifier_created", "unifier_version",
+                 "unifier_echo"]
+            )  # fmt: skip
+            marks = ", ".join("?" * (len(cols) + 5))
             self._many(f"INSERT INTO {t} ({names}) VALUES ({marks})", w.inserts)
         for sets, params in w.updates.items():
             assigns = ", ".join(
                 [*(f"{self._q(c)} = ?" for c in sets),
-                 "unifier_profile_id = ?", "unifier_version = ?", "unifier_removed_at = NULL"]
+                 "unifier_profile_id = ?", "unifier_version = ?", "unifier_echo = ?",
+                 "unifier_removed_at = NULL"]
             )  # fmt: skip
             self._many(f"UPDATE {t} SET {assigns} WHERE id = ?", params)
         self._many(f"UPDATE {t} SET unifier_profile_id = ? WHERE id = ?", w.relinks)
@@ -501,25 +528,37 @@ class TableDestination:
             f"SELECT id, {cols}, unifier_profile_id, unifier_created, unifier_version, "
             f"unifier_removed_at, unifier_rev FROM {self._q(self.t)} WHERE "
         )
+        # Rows that hold only our own writes (``unifier_echo``) are not read; the
+        # highest revision there is moves the cursor past them.
         if self.dialect == "postgres":
             # PostgreSQL commits out of sequence order: a revision below one already
             # read may commit later. Revisions read in the last ``lookback_s`` are
             # remembered; the ones between them are read again until they age out.
             window = sorted(rev for _, rev in self._marks if rev > since)
             hi = window[-1] if window else since
+            top = self._exec(f"SELECT max(unifier_rev) FROM {self._q(self.t)}").fetchone()[0]
             rows = self._exec(
-                select + "unifier_rev > ? ORDER BY unifier_rev LIMIT ?", (hi, limit)
+                select + "unifier_rev > ? AND NOT unifier_echo ORDER BY unifier_rev LIMIT ?",
+                (hi, limit),
             ).fetchall()
             if window:
                 rows += self._exec(
-                    select + "unifier_rev > ? AND unifier_rev <= ? AND NOT (unifier_rev = ANY(?))",
+                    select + "unifier_rev > ? AND unifier_rev <= ? AND NOT unifier_echo "
+                    "AND NOT (unifier_rev = ANY(?))",
                     (since, hi, window),
                 ).fetchall()
-        else:  # one writer at a time: revisions commit in order
+        else:  # one writer at a time: revisions commit in order; one snapshot for both
+            self.conn.execute("BEGIN")
+            top = self._exec(f"SELECT max(unifier_rev) FROM {self._q(self.t)}").fetchone()[0]
             rows = self._exec(
-                select + "unifier_rev > ? ORDER BY unifier_rev LIMIT ?", (since, limit)
+                select + "unifier_rev > ? AND unifier_echo = 0 ORDER BY unifier_rev LIMIT ?",
+                (since, limit),
             ).fetchall()
+            self.conn.execute("COMMIT")
         out = Polled(cursor=since, rows_read=len(rows))
+        if len(rows) < limit and top is not None and int(top) > since:
+            out.cursor = int(top)  # everything up to it was read
+            out.revs.append(int(top))
         state = self._state(str(r[0]) for r in rows)
         if self.dialect == "postgres":
             self.conn.commit()

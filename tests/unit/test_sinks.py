@@ -94,11 +94,13 @@ def test_a_changed_profile_a_tombstone_and_a_merge_reach_the_topics() -> None:
     ]
     assert [membership_from(v) for _, _, v in sent[3:5] if v] == batch.memberships
     assert orjson.loads(sent[5][2] or b"")["segment"] == "broken"
-    assert [h["x-source-offset"] for h in sent_headers[:2]] == [b"41", b"-1"]
+    # the tombstone says where the profile went (a follower re-keys its copy)
+    assert sent_headers[0] == {"x-removed": b"merged", "x-merged-into": b"p_a"}
+    assert [h["x-source-offset"] for h in sent_headers[1:3]] == [b"41", b"-1"]
     # on the profile's partition as the stages route it, not the producer's hash of the key
     assert partitions[3:5] == [partition_for("p_a", 4), partition_for("p_b", 4)]
-    assert sent_headers[2]["x-dlq-reason"] == b"segment broken v2: INVALID_ARGUMENT: divide by zero"
-    assert sent_headers[2]["x-dlq-stage"] == b"segments"
+    assert sent_headers[3]["x-dlq-reason"] == b"segment broken v2: INVALID_ARGUMENT: divide by zero"
+    assert sent_headers[3]["x-dlq-stage"] == b"segments"
     merge = merge_from(sent[0][2])
     assert isinstance(merge, ProfileMerge)
     assert (merge.loser, merge.winner, merge.identifier_type) == ("p_b", "p_a", "email")
@@ -107,7 +109,10 @@ def test_a_changed_profile_a_tombstone_and_a_merge_reach_the_topics() -> None:
     assert update.view() == VIEW
     assert update.changed_fields == ("traits.first_name",)
     assert update.updated_at_ms == 1000
-    assert update_from(sent[2][1], sent[2][2]) == ProfileRemoved("p_b")
+    assert update_from(sent[2][1], sent[2][2], sent_headers[0]) == ProfileRemoved(
+        "p_b", "merged", "p_a"
+    )
+    assert update_from(sent[2][1], sent[2][2]) == ProfileRemoved("p_b")  # an older record
     assert delivery.counts == {"merges": 1, "updates": 2, "memberships": 2, "dead_letters": 1}
     assert delivery.written == 6
 
