@@ -169,7 +169,9 @@ def _live(settings: Settings, group: str, rate: int, seconds: float, start: int)
     }
 
 
-def run(profiles: int, tmp: Path, rate: int, live_s: float) -> dict[str, Any]:
+def run(
+    profiles: int, tmp: Path, rate: int, live_s: float, only: list[str] | None = None
+) -> dict[str, Any]:
     from serve.lag import LagProbe
     from unifier.postgres import local_postgres
     from unifier.processes import free_port
@@ -215,11 +217,15 @@ def run(profiles: int, tmp: Path, rate: int, live_s: float) -> dict[str, Any]:
             "webhook": lambda: _backfill(settings, profiles, "hook"),
         }
         for name, measure in targets.items():
+            if only and name not in only:
+                continue
             out[name] = measure()
             print(name, out[name], flush=True)
-        out["webhook"]["events_received"] = receiver.events
-        out["live_sqlite"] = _live(settings, "lite", rate, live_s, profiles)
-        print("live", out["live_sqlite"], flush=True)
+        if "webhook" in out:
+            out["webhook"]["events_received"] = receiver.events
+        if not only or "live" in only:
+            out["live_sqlite"] = _live(settings, "lite", rate, live_s, profiles)
+            print("live", out["live_sqlite"], flush=True)
     receiver.close()
     return out
 
@@ -263,6 +269,10 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=400, help="live part: events/s")
     parser.add_argument("--live-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--only", nargs="+", choices=["sqlite", "postgres", "webhook", "live"],
+        help="measure only these (prints; bench/results/ is written by a full run)",
+    )  # fmt: skip
     args = parser.parse_args()
     report: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -271,7 +281,10 @@ def main() -> None:
         "commit": _commit(),
     }
     with tempfile.TemporaryDirectory(prefix="bench-destinations-") as tmp:
-        report["run"] = run(args.profiles, Path(tmp), args.rate, args.live_seconds)
+        report["run"] = run(args.profiles, Path(tmp), args.rate, args.live_seconds, args.only)
+    if args.only:
+        print(json.dumps(report, indent=1))
+        return
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "destinations.json").write_text(json.dumps(report, indent=1))
     (RESULTS / "destinations.md").write_text(markdown(report))

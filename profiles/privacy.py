@@ -373,14 +373,14 @@ class Sealer:
             for v in values
         ]
         parsed = [parse(v) for v in values]
-        wanted = {(unb64(p.token), p.gen) for p in parsed if p is not None}
+        tokens = [unb64(p.token) if p is not None else b"" for p in parsed]
+        wanted = {(t, p.gen) for t, p in zip(tokens, parsed, strict=True) if p is not None}
         keys = self._opening_keys(wanted) if wanted else {}
         out = []
-        for value, p in zip(values, parsed, strict=True):
+        for value, p, token in zip(values, parsed, tokens, strict=True):
             if p is None:
                 out.append(value)
                 continue
-            token = unb64(p.token)
             aead = keys.get((token, p.gen))
             if aead is None:
                 out.append(ERASED)

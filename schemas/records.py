@@ -192,9 +192,12 @@ def update_from(
     key: bytes | None,
     value: bytes | None,
     headers: Any = None,
+    *,
+    explained: bool = True,
 ) -> ProfileUpdate | ProfileRemoved:
     """A ``profile-updates`` record (``headers``: a client's, as a list of pairs or a
-    dict; a tombstone's say why the profile went)."""
+    dict; a tombstone's say why the profile went). ``explained=False``: the
+    explanation (``why``) is left empty, unread (a reader that never shows it)."""
     if key is None:
         raise FeedError("a profile-updates record without a key")
     if value is None:
@@ -215,7 +218,7 @@ def update_from(
             r["traits"],
             orjson.loads(r["computed_json"]),
             tuple(r["changed_fields"]),
-            orjson.loads(r["why_json"]),
+            orjson.loads(r["why_json"]) if explained else {},
             tuple(r["segments"]),
         )
     except (DecodeError, orjson.JSONDecodeError, KeyError) as exc:

@@ -34,7 +34,6 @@ from config.kafkalog import client_logger
 from config.settings import Settings
 from producers.kafka import TouchpointProducer
 from profiles.configured import identity_rules
-from profiles.privacy import open_document
 from profiles.routing import validate_event
 from profiles.touchpoint import InvalidTouchpoint
 from schemas.records import FeedError, ProfileRemoved, ProfileUpdate, update_from
@@ -168,6 +167,9 @@ class Syncer:
                 # The embedded broker joins in session.timeout/2 (ENVIRONMENT.md, trap 1).
                 "session.timeout.ms": 6000,
                 "heartbeat.interval.ms": 1000,
+                # Larger fetches: a backfill reads whole partitions, not 1 MB at a time.
+                "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                "fetch.max.bytes": 64 * 1024 * 1024,
                 "logger": client_logger(),
             }
         )
@@ -226,7 +228,7 @@ class Syncer:
         stamps: list[float] = []
         for m in msgs:
             try:
-                ops.append(update_from(m.key(), m.value(), m.headers()))
+                ops.append(update_from(m.key(), m.value(), m.headers(), explained=False))
             except FeedError as exc:  # a record we cannot read: say so, go on
                 log.error("skipped %s[%s]@%s: %s", m.topic(), m.partition(), m.offset(), exc)
                 continue
@@ -240,18 +242,23 @@ class Syncer:
         explanation, which no destination sends, is left out)."""
         if self._sealer is None:
             return ops
-        updates = [op for op in ops if isinstance(op, ProfileUpdate)]
-        docs = [{"identifiers": dict(u.identifiers), "traits": dict(u.traits)} for u in updates]
-        opened = iter(open_document(docs, self._sealer.open_many))
-        out: list[ProfileUpdate | ProfileRemoved] = []
+        sealed: dict[str, Any] = {}
         for op in ops:
             if isinstance(op, ProfileUpdate):
-                doc = next(opened)
-                out.append(
-                    replace(op, identifiers=doc["identifiers"], traits=doc["traits"], why={})
-                )
-            else:
+                for values in op.identifiers.values():
+                    sealed.update((v, None) for v in values if v.startswith("~"))
+                for v in op.traits.values():
+                    if isinstance(v, str) and v.startswith("~"):
+                        sealed[v] = None
+        plain = dict(zip(sealed, self._sealer.open_many(list(sealed)), strict=True))
+        out: list[ProfileUpdate | ProfileRemoved] = []
+        for op in ops:
+            if not isinstance(op, ProfileUpdate):
                 out.append(op)
+                continue
+            ids = {t: sorted(plain.get(v, v) for v in vs) for t, vs in op.identifiers.items()}
+            traits = {k: plain.get(v, v) if isinstance(v, str) else v for k, v in op.traits.items()}
+            out.append(replace(op, identifiers=ids, traits=traits, why={}))
         return out
 
     def deliver(self, msgs: list[Message]) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,11 +63,11 @@ class FieldSpec(BaseModel):
             )
         return v
 
-    @property
+    @cached_property
     def kind(self) -> str:
         return self.source.split(".", 1)[0]
 
-    @property
+    @cached_property
     def key(self) -> str:
         return self.source.split(".", 1)[1] if "." in self.source else ""
 

@@ -206,8 +206,8 @@ class TableDestination:
             )
             self._exec(
                 f"CREATE TABLE IF NOT EXISTS {self._q(t + '_unifier_log')} ("
-                "row_id TEXT NOT NULL, col TEXT NOT NULL, value TEXT, version BIGINT NOT NULL, "
-                "at_ms BIGINT NOT NULL)"
+                "row_id TEXT NOT NULL, fields TEXT NOT NULL, n INTEGER NOT NULL, "
+                "version BIGINT NOT NULL, at_ms BIGINT NOT NULL)"
             )
             self._exec(
                 f"CREATE INDEX IF NOT EXISTS {self._q(t + '_unifier_log_row')} "
@@ -506,7 +506,7 @@ class TableDestination:
             state,
         )
         self._many(
-            f"INSERT INTO {self._q(self.t + '_unifier_log')} (row_id, col, value, version, at_ms) "
+            f"INSERT INTO {self._q(self.t + '_unifier_log')} (row_id, fields, n, version, at_ms) "
             "VALUES (?, ?, ?, ?, ?)",
             log,
         )
@@ -635,15 +635,16 @@ class TableDestination:
         return out
 
     def last_writes(self, n: int) -> list[tuple[Any, ...]]:
-        """The ``n`` latest recorded writes: (row, column, value, version, at_ms)."""
+        """The ``n`` latest recorded field writes: (row, column, value, version, at_ms)."""
         got = self._exec(
-            f"SELECT row_id, col, value, version, at_ms FROM {self._q(self.t + '_unifier_log')} "
+            f"SELECT row_id, fields, version, at_ms FROM {self._q(self.t + '_unifier_log')} "
             "ORDER BY at_ms DESC LIMIT ?",
             (n,),
         ).fetchall()
         if self.dialect == "postgres":
             self.conn.commit()
-        return [tuple(r) for r in got]
+        out = [(r[0], c, _dumps(v), r[2], r[3]) for r in got for c, v in orjson.loads(r[1]).items()]
+        return out[:n]
 
     def counts(self) -> dict[str, int]:
         """Rows, rows we created, rows marked removed, writes recorded, the cursor."""
@@ -658,7 +659,10 @@ class TableDestination:
                 "writes": self.writes_logged(), "cursor": self.cursor()}  # fmt: skip
 
     def writes_logged(self) -> int:
-        n = self._exec(f"SELECT count(*) FROM {self._q(self.t + '_unifier_log')}").fetchone()[0]
+        """Fields written since the table was set up (every row write is logged)."""
+        n = self._exec(
+            f"SELECT coalesce(sum(n), 0) FROM {self._q(self.t + '_unifier_log')}"
+        ).fetchone()[0]
         if self.dialect == "postgres":
             self.conn.commit()
         return int(n)
@@ -677,12 +681,20 @@ class _Writes:
         self.relinks: list[tuple[str, str]] = []
         self.marks: list[tuple[str, str]] = []
         self.state: list[tuple[Any, ...]] = []
-        self.log: list[tuple[Any, ...]] = []
+        self._logged: dict[str, tuple[dict[str, Cell], int, int]] = {}
 
     def record(self, row_id: str, col: str, value: Cell, version: int, now_ms: int) -> None:
-        text = _dumps(value)
-        self.state.append((row_id, col, text, "unifier", version, now_ms, None))
-        self.log.append((row_id, col, text, version, now_ms))
+        self.state.append((row_id, col, _dumps(value), "unifier", version, now_ms, None))
+        fields = self._logged.setdefault(row_id, ({}, version, now_ms))[0]
+        fields[col] = value
+
+    @property
+    def log(self) -> list[tuple[Any, ...]]:
+        """One log row per row written: its fields, how many, the version, when."""
+        return [
+            (row_id, _dumps(fields), len(fields), version, at)  # type: ignore[arg-type]
+            for row_id, (fields, version, at) in self._logged.items()
+        ]
 
 
 def _last_seen_ms(op: ProfileUpdate) -> int:
