@@ -92,6 +92,84 @@ def _post(url: str, events: list[dict[str, Any]]) -> None:
         ) from None
 
 
+#: The demo's "CRM": a SQLite table kept in two-way sync (README "Destinations").
+DEMO_DESTINATIONS = """
+[destinations.crm]
+kind = "sqlite"
+url = "{path}"
+table = "customers"
+mode = "mirror"
+row_identifier = "crm_id"
+
+[destinations.crm.fields]
+email = "identifiers.email"
+phone = "identifiers.phone"
+first_name = "traits.first_name"
+last_name = "traits.last_name"
+email_opt_in = "consent.email_marketing"
+"""
+
+
+def _two_way(settings: Settings, profile: dict[str, Any], status: Console) -> str:
+    """Mirror the profiles into the SQLite "CRM", edit one row there as a clerk would,
+    and show the edit coming back unified. Returns the profile's id."""
+    import sqlite3
+
+    from unifier.sync import Syncer, destinations_of
+
+    crm = settings.state_dir / "crm.db"
+    toml = settings.state_dir / "destinations.toml"
+    toml.write_text(DEMO_DESTINATIONS.format(path=crm))
+    settings = settings.model_copy(update={"destinations_path": toml})
+    syncer = Syncer(settings, destinations_of(settings, "default"), group="default")
+    table = syncer.tables[0]
+    try:
+        pid = profile["profile_id"]
+        deadline = time.monotonic() + 60
+        while pid not in {r["unifier_profile_id"] for r in table.rows().values()}:
+            if time.monotonic() > deadline:
+                raise StackError("the sync did not mirror the profiles within 60s")
+            syncer.step()
+        rows = table.rows()
+        status.print(
+            f"[green]✓[/] sync: {len(rows)} profiles mirrored into the CRM table "
+            f"{crm.name}:customers (unifier sync, two-way)"
+        )
+        row_id = next(r for r, row in rows.items() if row["unifier_profile_id"] == pid)
+        before = table.writes_logged()
+        clerk = sqlite3.connect(crm, isolation_level=None, timeout=30)
+        clerk.execute(
+            "UPDATE customers SET first_name = ?, phone = ? WHERE id = ?",
+            ("Alexandra", "(415) 555-0142", row_id),
+        )
+        clerk.close()
+        status.print(
+            f"  a clerk edits row {row_id} in the CRM: first_name 'Alexandra', "
+            "phone '(415) 555-0142'"
+        )
+        view = RedisProfileView.for_settings(settings)
+        with contextlib.closing(view):
+            deadline = time.monotonic() + 60
+            while True:
+                syncer.step()
+                now = view.get(pid) or {}
+                named = now.get("traits", {}).get("first_name") == "Alexandra"
+                if named and "+14155550142" in now.get("identifiers", {}).get("phone", []):
+                    break
+                if time.monotonic() > deadline:
+                    raise StackError("the CRM's edit did not come back within 60s")
+        for _ in range(10):  # the update it caused reaches the sync too
+            syncer.step()
+        echo = table.writes_logged() - before
+        status.print(
+            f"[green]✓[/] the edit came back unified: {pid} has first_name 'Alexandra' and "
+            f"phone +14155550142 (from source 'crm'); {echo} writes echoed back to the CRM"
+        )
+        return str(pid)
+    finally:
+        syncer.close()
+
+
 def _score(profile: dict[str, Any]) -> tuple[int, int]:
     return len(profile["identifiers"]), profile["computed"]["event_count"]
 
@@ -165,6 +243,13 @@ def run_demo(people: int, show: int, console: Console, status: Console) -> None:
             view = RedisProfileView.for_settings(settings)
             with contextlib.closing(view):
                 profiles = sorted(view.scan(), key=_score, reverse=True)
+            if profiles:
+                spinner.update("two-way sync with a SQLite CRM")
+                edited = _two_way(settings, profiles[0], status)
+                view = RedisProfileView.for_settings(settings)
+                with contextlib.closing(view):
+                    profiles = sorted(view.scan(), key=_score, reverse=True)
+                    profiles.sort(key=lambda p: p["profile_id"] != edited)
             spinner.update("stopping the stack")
         clusters = [
             {f"{t}:{v}" for t, values in p["identifiers"].items() for v in values} for p in profiles
