@@ -210,7 +210,7 @@ def run(
             f'purpose = "crm"\n[destinations.hook.fields]\n{FIELDS}\n'
         )
         settings = base.model_copy(update={"destinations_path": toml})
-        os.environ.setdefault("UNIFIER_WEBHOOK_SECRET", "bench-secret")
+        os.environ.setdefault("SYNC_WEBHOOK_SECRET", "bench-secret")
         targets: dict[str, Callable[[], dict[str, Any]]] = {
             "sqlite": lambda: _backfill(settings, profiles, "lite"),
             "postgres": lambda: _backfill(settings, profiles, "pg"),

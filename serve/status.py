@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
-from serve.lag import ARCHIVE, LagProbe, PartitionLag, stages
+from serve.lag import ARCHIVE, SYNC, LagProbe, PartitionLag, stages
 from sinks.redis_view import DEFINITIONS_KEY, segment_key, view_state_sync
 
 #: Worker counters the page charts as rates: name -> (metric, label filter).
@@ -219,6 +219,8 @@ class StatusSampler:
         names = [stage for stage, _topic, _n in stages(self.settings)]
         if samples and ARCHIVE in samples[-1].lag:  # an archiver runs (or ran)
             names.append(ARCHIVE)
+        if samples:  # sync groups (unifier sync), as destinations.toml names them
+            names += sorted(s for s in samples[-1].lag if s.startswith(SYNC))
         lag_series: dict[str, list[int]] = {stage: [] for stage in names}
         for before, after in itertools.pairwise(samples):
             dt = max(after.at - before.at, 1e-6)

@@ -95,7 +95,7 @@ class Destination(BaseModel):
     # that does not show it may overwrite it (see sinks.destinations.table).
     settle_s: float = Field(60.0, gt=0)
     # webhook
-    secret_env: str = "UNIFIER_WEBHOOK_SECRET"
+    secret_env: str = "SYNC_WEBHOOK_SECRET"
     batch_events: int = Field(500, gt=0)
     timeout_s: float = Field(10.0, gt=0)
     park_after_s: float = Field(10.0, gt=0)  # a failing request's retries before parking

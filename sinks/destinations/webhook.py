@@ -41,7 +41,7 @@ import orjson
 
 from profiles.profile import iso
 from schemas.records import ProfileRemoved, ProfileUpdate
-from sinks.destinations.config import Destination
+from sinks.destinations.config import Destination, DestinationError
 from sinks.destinations.fields import in_scope, wanted
 
 SIGNATURE_HEADER = "X-Unifier-Signature"
@@ -153,6 +153,11 @@ class WebhookClient:
         self.name = dest.name
         env = os.environ.get(dest.secret_env, "")
         self.secret = secret if secret is not None else env.encode()
+        if not self.secret:
+            raise DestinationError(
+                f"destinations.{dest.name}: no signing secret; set {dest.secret_env} "
+                "(the variable its secret_env names) to the secret the receiver checks"
+            )
         self._clock = clock
         url = urlsplit(dest.url)
         self._https = url.scheme == "https"

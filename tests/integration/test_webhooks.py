@@ -151,7 +151,7 @@ def start_sync(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         **os.environ,
         **settings.env(),
         "UNIFIER_DESTINATIONS_PATH": str(settings.destinations_path),
-        "UNIFIER_WEBHOOK_SECRET": SECRET.decode(),
+        "SYNC_WEBHOOK_SECRET": SECRET.decode(),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "unifier", "sync", "run"],

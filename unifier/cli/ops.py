@@ -130,17 +130,23 @@ def _serve_status(settings: Settings, sampler: StatusSampler, host: str, port: i
 
 # --- lag ---------------------------------------------------------------------------
 def _lag_table(rows: list[Any], caught_up: bool = True) -> Table:
-    from serve.lag import ARCHIVE
+    from serve.lag import ARCHIVE, SYNC, pipeline_stage
 
-    stages = [r for r in rows if r.stage != ARCHIVE]  # the archiver is no pipeline stage
+    stages = [r for r in rows if pipeline_stage(r)]  # the archiver, syncs: followers
     total = sum(r.lag for r in stages)
     oldest = max((r.lag_seconds or 0.0 for r in stages), default=0.0)
     archive = sum(r.lag for r in rows if r.stage == ARCHIVE)
+    syncs: dict[str, int] = {}
+    for r in rows:
+        if r.stage.startswith(SYNC):
+            syncs[r.stage] = syncs.get(r.stage, 0) + r.lag
+    behind = "".join(f"; {s} {n} records behind" for s, n in sorted(syncs.items()) if n)
     table = Table(
         "stage", "topic", "partition", "committed", "end", "lag", "lag (s)", "owner",
         caption=f"total lag: {total} records, oldest {oldest:.1f}s"
         + ("" if caught_up else " - not caught up")
-        + (f"; archiver {archive} records behind" if archive else ""),
+        + (f"; archiver {archive} records behind" if archive else "")
+        + behind,
     )  # fmt: skip
     for row in rows:
         table.add_row(

@@ -61,6 +61,8 @@ def run(
         start_http_server(metrics_port, addr="127.0.0.1")
     try:
         syncer = Syncer(settings, dests, group=group, from_beginning=from_beginning)
+    except DestinationError as exc:
+        raise fail(str(exc)) from None
     except Exception as exc:
         raise fail(f"could not open the destinations: {exc}") from None
     install_signals(syncer)
