@@ -27,7 +27,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from prometheus_client import Counter, Histogram
 
 from config.kafkalog import client_logger
@@ -127,6 +134,7 @@ class Syncer:
         *,
         group: str,
         from_beginning: bool = False,
+        since_ms: int | None = None,
         batch_records: int = 2000,
         base: Path | None = None,
         clock: Callable[[], float] = time.time,
@@ -154,6 +162,7 @@ class Syncer:
         self._producer: TouchpointProducer | None = None
         self._stop = threading.Event()
         self._from_beginning = from_beginning
+        self._since_ms = since_ms
         self.stats = SyncStats()
         # The latest change-to-destination latencies (s), for the bench and tests.
         self.latencies: deque[float] = deque(maxlen=100_000)
@@ -176,7 +185,16 @@ class Syncer:
         self._consumer.subscribe([settings.topic_profile_updates], on_assign=self._on_assign)
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        if self._from_beginning:  # the first assignment only: a rebalance resumes
+        # A replay starts on the first assignment only: after a rebalance, it resumes.
+        if self._since_ms is not None:
+            asked = [TopicPartition(tp.topic, tp.partition, self._since_ms) for tp in parts]
+            found = consumer.offsets_for_times(asked, timeout=15)
+            for tp, at in zip(parts, found, strict=True):
+                # -1: nothing that recent in the partition: start at its end
+                tp.offset = at.offset if at.offset >= 0 else OFFSET_END
+            self._since_ms = None
+            consumer.assign(parts)
+        elif self._from_beginning:
             self._from_beginning = False
             for tp in parts:
                 tp.offset = OFFSET_BEGINNING

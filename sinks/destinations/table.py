@@ -214,6 +214,11 @@ class TableDestination:
                 f"ON {self._q(t + '_unifier_log')} (row_id)"
             )
             self._exec(
+                f"CREATE TABLE IF NOT EXISTS {self._q(t + '_segments')} ("
+                "row_id TEXT NOT NULL, segment TEXT NOT NULL, since_ms BIGINT NOT NULL, "
+                "PRIMARY KEY (row_id, segment))"
+            )
+            self._exec(
                 f"CREATE TABLE IF NOT EXISTS {self._q(t + '_unifier_cursor')} ("
                 "name TEXT PRIMARY KEY, rev BIGINT NOT NULL)"
             )
@@ -376,6 +381,7 @@ class TableDestination:
 
     def _out_of_scope(self, linked: list[_Row], w: _Writes, done: Applied, now_ms: int) -> None:
         for row in linked:
+            w.members[row.id] = (set(), row.version)
             if self.dest.mode == "mirror" and row.created:
                 row.gone = True
                 w.deletes.append(row.id)
@@ -389,6 +395,7 @@ class TableDestination:
         cells = {c: wanted(s, op, None, self.region) for c, s in self.dest.fields.items()}
         row = _Row(op.profile_id, cells, op.profile_id, True, op.version, False)
         w.inserts.append((op.profile_id, *cells.values(), op.profile_id, True, op.version, True))
+        w.members[row.id] = (set(op.segments), op.version)
         for c, v in cells.items():
             if v is not None:
                 w.record(op.profile_id, c, v, op.version, now_ms)
@@ -408,6 +415,7 @@ class TableDestination:
         if row.profile_id == op.profile_id and op.version < row.version:
             done.skipped_stale += 1
             return
+        w.members[row.id] = (set(op.segments), op.version)
         last_seen = _last_seen_ms(op)
         sets: dict[str, Cell] = {}
         unread = False  # an edit of the app's not read yet: the poll must still see the row
@@ -475,6 +483,7 @@ class TableDestination:
                     t,
                     self._q(self.t + "_unifier_state"),
                     self._q(self.t + "_unifier_log"),
+                    self._q(self.t + "_segments"),
                 ):
                     key = "id" if table == t else "row_id"
                     self._exec(f"DELETE FROM {table} WHERE {key} IN ({marks})", part)
@@ -495,6 +504,47 @@ class TableDestination:
         self._many(f"UPDATE {t} SET unifier_profile_id = ? WHERE id = ?", w.relinks)
         self._many(f"UPDATE {t} SET unifier_removed_at = ? WHERE id = ?", w.marks)
         self._record(w.state, w.log)
+        self._memberships(w)
+
+    def _memberships(self, w: _Writes) -> None:
+        """``TABLE_segments``: one row per (row, segment) it is in, as its profile is."""
+        gone = set(w.deletes)
+        wanted_ = {r: segs for r, (segs, _) in w.members.items() if r not in gone}
+        if not wanted_:
+            return
+        seg = self._q(self.t + "_segments")
+        have: dict[str, set[str]] = {}
+        ids = sorted(wanted_)
+        for at in range(0, len(ids), CHUNK):
+            part = ids[at : at + CHUNK]
+            marks = ", ".join("?" * len(part))
+            for row_id, segment in self._exec(
+                f"SELECT row_id, segment FROM {seg} WHERE row_id IN ({marks})", part
+            ).fetchall():
+                have.setdefault(row_id, set()).add(segment)
+        now_ms = int(self._clock() * 1000)
+        enter = [(r, s, now_ms) for r, segs in wanted_.items() for s in segs - have.get(r, set())]
+        leave = [(r, s) for r, segs in wanted_.items() for s in have.get(r, set()) - segs]
+        self._many(f"INSERT INTO {seg} (row_id, segment, since_ms) VALUES (?, ?, ?)", enter)
+        self._many(f"DELETE FROM {seg} WHERE row_id = ? AND segment = ?", leave)
+        # The row now reflects that version (a replay of an older one is skipped), also
+        # when only its segments changed.
+        moved = {r for r, _, _ in enter} | {r for r, _ in leave}
+        self._many(
+            f"UPDATE {self._q(self.t)} SET unifier_version = ? "
+            "WHERE id = ? AND unifier_version < ?",
+            [(w.members[r][1], r, w.members[r][1]) for r in sorted(moved)],
+        )
+
+    def segments(self) -> dict[str, set[str]]:
+        """Row id -> the segments it is in (``TABLE_segments``)."""
+        got = self._exec(f"SELECT row_id, segment FROM {self._q(self.t + '_segments')}").fetchall()
+        if self.dialect == "postgres":
+            self.conn.commit()
+        out: dict[str, set[str]] = {}
+        for row_id, segment in got:
+            out.setdefault(row_id, set()).add(segment)
+        return out
 
     def _record(self, state: list[tuple[Any, ...]], log: list[tuple[Any, ...]]) -> None:
         st = self._q(self.t + "_unifier_state")
@@ -680,6 +730,8 @@ class _Writes:
         self.deletes: list[str] = []
         self.relinks: list[tuple[str, str]] = []
         self.marks: list[tuple[str, str]] = []
+        # row -> the segments it should be in, and the profile version that says so
+        self.members: dict[str, tuple[set[str], int]] = {}
         self.state: list[tuple[Any, ...]] = []
         self._logged: dict[str, tuple[dict[str, Cell], int, int]] = {}
 

@@ -244,3 +244,19 @@ def test_table_and_profile_agree_after_any_interleaving_and_writes_are_bounded(
     assert t.rows()["p_1"]["first_name"] == pipe.value
     assert t.writes_logged() - start_writes <= web
     t.close()
+
+
+def test_a_table_keeps_its_rows_segments_and_drops_them_with_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "crm.db"
+    t = TableDestination(dest(), lambda: sqlite3.connect(path, isolation_level=None),
+                         dialect="sqlite")  # fmt: skip
+    t.setup()
+    t.apply([update("p_1", 1, segments=("vip", "new")), update("p_2", 1, segments=("new",))])
+    assert t.segments() == {"p_1": {"vip", "new"}, "p_2": {"new"}}
+    t.apply([update("p_1", 2, segments=("vip",))])
+    assert t.segments() == {"p_1": {"vip"}, "p_2": {"new"}}
+    t.apply([update("p_1", 1, segments=())])  # older than what the row holds: a replay
+    assert t.segments()["p_1"] == {"vip"}
+    t.apply([ProfileRemoved("p_2", "erased")])
+    assert t.segments() == {"p_1": {"vip"}} and set(t.rows()) == {"p_1"}
+    t.close()

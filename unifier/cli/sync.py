@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime
 from typing import Annotated
 
 import orjson
@@ -36,6 +37,13 @@ def run(
             "destination; rows that already hold the values are not written again)",
         ),
     ] = False,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Replay the changes recorded at or after this time (ISO 8601 with a zone): "
+            "a destination that missed them, or lost its copy"
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port")
     ] = None,
@@ -50,6 +58,10 @@ def run(
 
     settings = settings_of(ctx)
     logs.configure(settings.log_level, settings.log_format)
+    if since is not None and since.tzinfo is None:
+        raise fail("--since needs a time zone, e.g. 2026-12-01T00:00:00Z")
+    if since is not None and from_beginning:
+        raise fail("--since and --from-beginning: choose one")
     try:
         dests = destinations_of(settings, group, destination or ())
         check_identifiers(settings, dests)
@@ -60,7 +72,10 @@ def run(
 
         start_http_server(metrics_port, addr="127.0.0.1")
     try:
-        syncer = Syncer(settings, dests, group=group, from_beginning=from_beginning)
+        since_ms = None if since is None else int(since.timestamp() * 1000)
+        syncer = Syncer(
+            settings, dests, group=group, from_beginning=from_beginning, since_ms=since_ms
+        )
     except DestinationError as exc:
         raise fail(str(exc)) from None
     except Exception as exc:
