@@ -314,6 +314,13 @@ class Sealer:
         head = SEALED_BYTES + token + gen.to_bytes(4, "big") + nonce
         return head + aead.encrypt(nonce, data, token)
 
+    def discard_bytes(self, blob: bytes) -> None:
+        """Destroy the key ``seal_bytes`` made for this blob (it was only a while in
+        transit, e.g. a webhook's parked events now delivered)."""
+        if blob.startswith(SEALED_BYTES):
+            at = len(SEALED_BYTES)
+            self.store.destroy([blob[at : at + 16]])
+
     def open_bytes(self, blob: bytes) -> bytes | None:
         """What ``seal_bytes`` sealed; None when its key is gone; other bytes as they are."""
         if not blob.startswith(SEALED_BYTES):

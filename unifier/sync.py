@@ -33,6 +33,7 @@ from confluent_kafka import (
     Consumer,
     KafkaException,
     Message,
+    Producer,
     TopicPartition,
 )
 from prometheus_client import Counter, Histogram
@@ -47,6 +48,7 @@ from schemas.records import FeedError, ProfileRemoved, ProfileUpdate, update_fro
 from sinks.destinations.config import Destination, DestinationError, load_destinations
 from sinks.destinations.table import Applied, TableDestination, open_table
 from sinks.keys import sealer_for
+from streams.dlq import dlq_headers
 from streams.topology import topology
 from unifier.webhook_sync import WebhookSync
 
@@ -160,6 +162,8 @@ class Syncer:
             if d.kind == "webhook"
         ]
         self._producer: TouchpointProducer | None = None
+        self._dlq: Producer | None = None
+        self._sources: list[Message] = []
         self._stop = threading.Event()
         self._from_beginning = from_beginning
         self._since_ms = since_ms
@@ -227,11 +231,19 @@ class Syncer:
         if good:
             self.deliver(good)
         for h in self.hooks:
-            h.retry_step()
+            try:
+                h.retry_step()
+            except Exception as exc:  # a rebalance, the broker away: the next step again
+                log.error("webhook %s: retry loop: %s", h.name, exc)
         if self.tables and time.monotonic() >= self._next_poll:
             self._next_poll = time.monotonic() + min(d.poll_s for d in self.dests)
             if self._leads():
-                self.take_edits()
+                try:
+                    self.take_edits()
+                except Exception as exc:  # the database away: read them next time
+                    log.error("reading the apps' edits: %s; again in %.0f s", exc, 1.0)
+                    for t in self.tables:
+                        self._reconnect(t)
         return len(good)
 
     def _leads(self) -> bool:
@@ -244,14 +256,73 @@ class Syncer:
     def _ops(self, msgs: list[Message]) -> tuple[list[ProfileUpdate | ProfileRemoved], list[float]]:
         ops: list[ProfileUpdate | ProfileRemoved] = []
         stamps: list[float] = []
+        self._sources = []
         for m in msgs:
             try:
                 ops.append(update_from(m.key(), m.value(), m.headers(), explained=False))
-            except FeedError as exc:  # a record we cannot read: say so, go on
-                log.error("skipped %s[%s]@%s: %s", m.topic(), m.partition(), m.offset(), exc)
+            except FeedError as exc:  # a record we cannot read: a dead letter, go on
+                self._dead_letter(m, "sync", f"unreadable profile-updates record: {exc}")
                 continue
             stamps.append(m.timestamp()[1] / 1000)
+            self._sources.append(m)
         return self._opened(ops), stamps
+
+    def _dead_letter(self, m: Message, stage: str, reason: str) -> None:
+        """The record as it was on profile-updates (sealed) to the dead-letter topic."""
+        if self._dlq is None:
+            self._dlq = Producer(
+                {"bootstrap.servers": self.settings.bootstrap_servers, "logger": client_logger()}
+            )
+        headers = dlq_headers(stage, reason[:1000], m.topic() or "", m.partition() or 0,
+                              m.offset() or 0)  # fmt: skip
+        self._dlq.produce(self.settings.topic_dlq, key=m.key(), value=m.value(),
+                          headers=headers)  # type: ignore[arg-type]  # fmt: skip
+        if self._dlq.flush(30):
+            raise KafkaException("a dead letter was not delivered")
+        log.error("dead-lettered %s[%s]@%s: %s", m.topic(), m.partition(), m.offset(),
+                  reason[:300])  # fmt: skip
+
+    def _apply(self, t: TableDestination, ops: list[ProfileUpdate | ProfileRemoved]) -> Applied:
+        """A batch into one table. A database that is down holds it (retried each second);
+        a change the database refuses (a constraint of the app's table, a value it will
+        not take) is found by applying the batch's changes one at a time, and goes to
+        the dead letters with the database's reason."""
+        while True:
+            try:
+                return t.apply(ops)
+            except Exception as exc:
+                FAILURES.labels(t.name).inc()
+                self._reconnect(t)
+                if not _refused(exc):
+                    log.error("destination %s: %s; retrying in 1 s", t.name, exc)
+                    if self._stop.wait(1.0):
+                        raise
+                    continue
+                log.error("destination %s refused a change (%s); one at a time", t.name, exc)
+                return self._one_by_one(t, ops)
+
+    def _one_by_one(
+        self, t: TableDestination, ops: list[ProfileUpdate | ProfileRemoved]
+    ) -> Applied:
+        total = Applied()
+        for op, m in zip(ops, self._sources, strict=True):
+            while True:
+                try:
+                    done = t.apply([op])
+                    break
+                except Exception as exc:
+                    self._reconnect(t)
+                    if _refused(exc):
+                        self._dead_letter(m, f"sync:{t.name}", f"{t.name} refused it: {exc}")
+                        done = Applied()
+                        break
+                    log.error("destination %s: %s; retrying in 1 s", t.name, exc)
+                    if self._stop.wait(1.0):
+                        raise
+            for f in ("rows_inserted", "rows_updated", "rows_deleted", "rows_marked",
+                      "fields_written", "skipped_stale", "held", "profiles"):  # fmt: skip
+                setattr(total, f, getattr(total, f) + getattr(done, f))
+        return total
 
     def _opened(
         self, ops: list[ProfileUpdate | ProfileRemoved]
@@ -282,17 +353,7 @@ class Syncer:
     def deliver(self, msgs: list[Message]) -> None:
         ops, stamps = self._ops(msgs)
         for t in self.tables:
-            while True:  # a destination that is down holds the batch (back-pressure)
-                try:
-                    done = t.apply(ops)
-                    break
-                except Exception as exc:
-                    FAILURES.labels(t.name).inc()
-                    log.error("destination %s: %s; retrying in 1 s", t.name, exc)
-                    self._reconnect(t)
-                    if self._stop.wait(1.0):
-                        raise
-            self._count(t.name, done, stamps)
+            self._count(t.name, self._apply(t, ops), stamps)
         for h in self.hooks:
             while True:
                 try:
@@ -398,10 +459,18 @@ class Syncer:
         if self._producer is not None:
             self._producer.close(10.0)
             self._producer = None
+        if self._dlq is not None:
+            self._dlq.flush(10)
         for t in self.tables:
             t.close()
         for h in self.hooks:
             h.close()
+
+
+def _refused(exc: BaseException) -> bool:
+    """A database's answer that will not change if asked again (sqlite3's and
+    psycopg's IntegrityError and DataError), as opposed to being away."""
+    return any(k.__name__ in ("IntegrityError", "DataError") for k in type(exc).__mro__)
 
 
 def install_signals(syncer: Syncer) -> None:

@@ -207,10 +207,26 @@ class WebhookSync:
                 to_park += ready
                 parked |= {e["profile_id"] for e in ready}
             else:
-                self._dead_letter(ready, outcome.reason, now_ms, 1)
+                self._refused(ready, outcome, now_ms)
         if to_park:
             self._park(to_park, now_ms, "not delivered in time")
         self.state.save(told)
+
+    def _refused(self, events: list[dict[str, Any]], outcome: Outcome, now_ms: int) -> None:
+        """A 4xx that will not get better: halves until the refused events are alone;
+        those go to the dead letters, the others are delivered."""
+        if len(events) == 1:
+            self._dead_letter(events, outcome.reason, now_ms, 1)
+            return
+        for half in (events[: len(events) // 2], events[len(events) // 2 :]):
+            again = self.client.post(half)
+            if again.ok:
+                self.delivered += len(half)
+                HOOK_EVENTS.labels(self.name, "delivered").inc(len(half))
+            elif retryable(again):  # the receiver went away meanwhile: park these
+                self._park(half, now_ms, again.reason)
+            else:
+                self._refused(half, again, now_ms)
 
     def _send(self, events: list[dict[str, Any]], stop: Any, deadline: float) -> Outcome:
         backoff = Backoff(max_s=self.dest.max_backoff_s)
@@ -325,7 +341,7 @@ class WebhookSync:
         first_ms = int(headers.get(FIRST_FAILURE, b"0") or 0)
         attempts = int(headers.get(ATTEMPTS, b"1") or 1) + backoff.attempt
         raw = self._open(msg.value() or b"", headers)
-        if raw is None:  # its key was destroyed: an erased person's; nothing to send
+        if raw is None:  # its key is gone (already settled, or erased): nothing to send
             self.state.unpark_if_last(pid, msg.partition() or 0, msg.offset() or 0)
             return True
         events = orjson.loads(raw)
@@ -339,6 +355,8 @@ class WebhookSync:
         else:
             self._dead_letter(events, outcome.reason, first_ms, attempts)
         self.state.unpark_if_last(pid, msg.partition() or 0, msg.offset() or 0)
+        if self._sealer is not None:  # settled: its key was only for the wait
+            self._sealer.discard_bytes(msg.value() or b"")
         return True
 
     def close(self) -> None:

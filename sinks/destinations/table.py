@@ -230,7 +230,8 @@ class TableDestination:
     def _existing_columns(self) -> set[str]:
         if self.dialect == "postgres":
             rows = self._exec(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                "AND table_schema = current_schema()",
                 (self.t,),
             ).fetchall()
             return {r[0] for r in rows}
@@ -242,7 +243,7 @@ class TableDestination:
         self._exec(f"CREATE SEQUENCE IF NOT EXISTS {self._q(seq)}")
         self._exec(
             f"CREATE OR REPLACE FUNCTION {self._q(fn)}() RETURNS trigger AS $$ BEGIN "
-            f"NEW.unifier_rev := nextval('{seq}'); "
+            f"NEW.unifier_rev := nextval('\"{seq}\"'); "
             "IF TG_OP = 'UPDATE' AND NEW.unifier_version IS NOT DISTINCT FROM "
             "OLD.unifier_version THEN NEW.unifier_echo := FALSE; END IF; "
             "RETURN NEW; END $$ LANGUAGE plpgsql"
@@ -356,7 +357,7 @@ class TableDestination:
                     if op.merged_into:
                         held.setdefault(op.merged_into, []).extend(linked)
                 elif not in_scope(self.dest, op):
-                    self._out_of_scope(linked, w, done, now_ms)
+                    self._out_of_scope(op, linked, w, done, now_ms)
                 elif not linked:
                     row = self._insert(op, w, done, now_ms)
                     rows[row.id] = row
@@ -370,17 +371,27 @@ class TableDestination:
 
     def _removed(self, op: ProfileRemoved, linked: list[_Row], w: _Writes, done: Applied) -> None:
         for row in linked:
-            if op.reason == "erased" or row.created or op.merged_into is None:
+            if op.reason == "erased" or row.created:
                 row.gone = True
                 w.deletes.append(row.id)
                 done.rows_deleted += 1
-            else:  # the app's row now belongs to the survivor
+            elif op.merged_into is not None:  # the app's row now belongs to the survivor
                 row.profile_id = op.merged_into
                 w.relinks.append((op.merged_into, row.id))
                 done.rows_updated += 1
+            # else: a tombstone that does not say where it went (written before the
+            # reason was): the app's row is left as it is
 
-    def _out_of_scope(self, linked: list[_Row], w: _Writes, done: Applied, now_ms: int) -> None:
+    def _out_of_scope(
+        self, op: ProfileUpdate, linked: list[_Row], w: _Writes, done: Applied, now_ms: int
+    ) -> None:
         for row in linked:
+            if row.profile_id == op.profile_id and op.version < row.version:
+                done.skipped_stale += 1  # a replay of an older state
+                continue
+            if row.profile_id != op.profile_id:  # the app's row, named by the profile:
+                row.profile_id = op.profile_id  # linked, so an erasure finds it
+                w.relinks.append((op.profile_id, row.id))
             w.members[row.id] = (set(), row.version)
             if self.dest.mode == "mirror" and row.created:
                 row.gone = True
@@ -546,13 +557,18 @@ class TableDestination:
             out.setdefault(row_id, set()).add(segment)
         return out
 
-    def _record(self, state: list[tuple[Any, ...]], log: list[tuple[Any, ...]]) -> None:
+    def _record(
+        self, state: list[tuple[Any, ...]], log: list[tuple[Any, ...]], keep_newer: bool = False
+    ) -> None:
+        """``keep_newer``: a record made after this one (a write of ours, by another
+        sync process, between the poll and now) stands."""
         st = self._q(self.t + "_unifier_state")
+        guard = f" WHERE {st}.at_ms <= excluded.at_ms" if keep_newer else ""
         self._many(
             f"INSERT INTO {st} (row_id, col, value, by_whom, version, at_ms, pending_ms) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (row_id, col) DO UPDATE SET "
             "value = excluded.value, by_whom = excluded.by_whom, version = excluded.version, "
-            "at_ms = excluded.at_ms, pending_ms = excluded.pending_ms",
+            "at_ms = excluded.at_ms, pending_ms = excluded.pending_ms" + guard,
             state,
         )
         self._many(
@@ -570,23 +586,26 @@ class TableDestination:
             self.conn.commit()
         return int(row[0]) if row else 0
 
-    def poll(self, limit: int = 5000) -> Polled:
-        """The app's edits past the cursor (see the module docstring)."""
-        since = self.cursor()
+    def _read(
+        self, since: int, limit: int
+    ) -> tuple[list[Any], int | None, dict[tuple[str, str], tuple[Cell, str, int | None]]]:
+        """Rows changed past ``since`` (not our own writes), the highest revision, and
+        what was recorded of those rows — in one snapshot (a peer's write committed in
+        between would look like an app's edit)."""
         cols = ", ".join(self._q(c) for c in self.columns)
         select = (
             f"SELECT id, {cols}, unifier_profile_id, unifier_created, unifier_version, "
             f"unifier_removed_at, unifier_rev FROM {self._q(self.t)} WHERE "
         )
-        # Rows that hold only our own writes (``unifier_echo``) are not read; the
-        # highest revision there is moves the cursor past them.
+        top_sql = f"SELECT max(unifier_rev) FROM {self._q(self.t)}"
         if self.dialect == "postgres":
+            self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             # PostgreSQL commits out of sequence order: a revision below one already
             # read may commit later. Revisions read in the last ``lookback_s`` are
             # remembered; the ones between them are read again until they age out.
             window = sorted(rev for _, rev in self._marks if rev > since)
             hi = window[-1] if window else since
-            top = self._exec(f"SELECT max(unifier_rev) FROM {self._q(self.t)}").fetchone()[0]
+            top = self._exec(top_sql).fetchone()[0]
             rows = self._exec(
                 select + "unifier_rev > ? AND NOT unifier_echo ORDER BY unifier_rev LIMIT ?",
                 (hi, limit),
@@ -597,21 +616,29 @@ class TableDestination:
                     "AND NOT (unifier_rev = ANY(?))",
                     (since, hi, window),
                 ).fetchall()
-        else:  # one writer at a time: revisions commit in order; one snapshot for both
+            state = self._state(str(r[0]) for r in rows)
+            self.conn.commit()
+        else:  # one writer at a time: revisions commit in order
             self.conn.execute("BEGIN")
-            top = self._exec(f"SELECT max(unifier_rev) FROM {self._q(self.t)}").fetchone()[0]
+            top = self._exec(top_sql).fetchone()[0]
             rows = self._exec(
                 select + "unifier_rev > ? AND unifier_echo = 0 ORDER BY unifier_rev LIMIT ?",
                 (since, limit),
             ).fetchall()
+            state = self._state(str(r[0]) for r in rows)
             self.conn.execute("COMMIT")
+        return rows, top, state
+
+    def poll(self, limit: int = 5000) -> Polled:
+        """The app's edits past the cursor (see the module docstring). Rows that hold
+        only our own writes (``unifier_echo``) are not read; the highest revision
+        there is moves the cursor past them."""
+        since = self.cursor()
+        rows, top, state = self._read(since, limit)
         out = Polled(cursor=since, rows_read=len(rows))
         if len(rows) < limit and top is not None and int(top) > since:
             out.cursor = int(top)  # everything up to it was read
             out.revs.append(int(top))
-        state = self._state(str(r[0]) for r in rows)
-        if self.dialect == "postgres":
-            self.conn.commit()
         now_ms = int(self._clock() * 1000)
         for r in rows:
             row, rev = self._row(r[:-1]), int(r[-1])
@@ -656,7 +683,7 @@ class TableDestination:
                 floor = max(floor, self._marks.popleft()[1])
             cursor = floor  # what is younger than the lookback is read again
         with self._tx():
-            self._record(state, [])
+            self._record(state, [], keep_newer=True)
             self._exec(
                 f"INSERT INTO {self._q(self.t + '_unifier_cursor')} (name, rev) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET rev = excluded.rev",

@@ -17,10 +17,11 @@ request's id) and ``X-Unifier-Signature: t=UNIX_SECONDS,v1=HEX`` where ``HEX`` i
 HMAC-SHA256, keyed by the secret (``secret_env``), of ``"{t}." + body``. A receiver
 recomputes it and refuses a mismatch or a ``t`` too old (``verify``).
 
-**Failures.** A 2xx delivers. 408, 429 and 5xx, a timeout or a refused connection
-are retried with exponential backoff (``Retry-After`` is honoured, up to
-``max_backoff_s``); another 4xx will not get better and dead-letters the events
-with the answer as the reason. Parking and dead-lettering are the sync process's
+**Failures.** A 2xx delivers. 401, 403, 408, 429 and 5xx, a timeout or a refused
+connection are retried with exponential backoff (``Retry-After`` is honoured, up to
+``max_backoff_s``); another 4xx (400, 413…) will not get better: the request is split
+in halves until the events it refuses are alone, and those are dead-lettered with the
+answer as the reason. Parking and dead-lettering are the sync process's
 (``unifier.sync``): events that still fail after ``park_after_s`` leave the way.
 """
 
@@ -46,7 +47,9 @@ from sinks.destinations.fields import in_scope, wanted
 
 SIGNATURE_HEADER = "X-Unifier-Signature"
 DELIVERY_HEADER = "X-Unifier-Delivery"
-RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: Answers worth asking again: the receiver is busy or down, or refuses our signature
+#: (a secret being rotated on one side is fixed in configuration, not by dropping).
+RETRYABLE = frozenset({401, 403, 408, 425, 429, 500, 502, 503, 504})
 
 
 def sign(secret: bytes, body: bytes, t: int) -> str:
@@ -108,8 +111,10 @@ def events_for(
             return [], None  # merged away before it was ever sent
         version = (known.version if known else 0) + 1
         ev: dict[str, Any] = {"type": "profile.erased"}
-        if op.reason != "erased":
+        if op.reason != "erased" and op.merged_into is not None:
             ev = {"type": "profile.merged", "merged_into": op.merged_into}
+        elif op.reason != "erased":  # a tombstone that does not say where it went
+            ev = {"type": "profile.removed", "reason": "merged"}
         ev.update(profile_id=pid, version=version, at=at,
                   id=event_id(dest.name, pid, version, ev["type"]))  # fmt: skip
         return [ev], None

@@ -154,6 +154,9 @@ def test_webhook_events_follow_a_profile_through_its_life() -> None:
     assert merged[0]["type"] == "profile.merged" and merged[0]["merged_into"] == "p_2"
     assert gone is None
     assert events_for(d, ProfileRemoved("p_1", "merged", "p_2"), None, 0) == ([], None)
+    # a tombstone written before they said where the profile went: removed, not merged
+    untold = events_for(d, ProfileRemoved("p_1", "merged", None), k, 0)[0][0]
+    assert (untold["type"], untold["reason"]) == ("profile.removed", "merged")
     assert events_for(d, ProfileRemoved("p_1", "erased"), None, 0)[0][0]["type"] == "profile.erased"
     ids = [e["id"] for e in events_for(d, update(version=5), None, 0)[0]]
     assert ids == [e["id"] for e in events_for(d, update(version=5), None, 99)[0]]

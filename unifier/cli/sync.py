@@ -67,6 +67,10 @@ def run(
         check_identifiers(settings, dests)
     except DestinationError as exc:
         raise fail(str(exc)) from None
+    groups = {d.group for d in dests}
+    if len(groups) > 1:  # one consumer group per process: its offsets are the group's
+        raise fail(f"--destination names destinations of groups {sorted(groups)}; one at a time")
+    group = groups.pop()
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
