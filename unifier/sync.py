@@ -167,6 +167,10 @@ class Syncer:
         self._stop = threading.Event()
         self._from_beginning = from_beginning
         self._since_ms = since_ms
+        # Partitions replayed from a time, whose first records may still be older:
+        # brokers answer a time with an offset at batch granularity (the embedded one
+        # does), so records before it are skipped until the first at or after it.
+        self._skip_before: dict[int, int] = {}
         self.stats = SyncStats()
         # The latest change-to-destination latencies (s), for the bench and tests.
         self.latencies: deque[float] = deque(maxlen=100_000)
@@ -196,6 +200,7 @@ class Syncer:
             for tp, at in zip(parts, found, strict=True):
                 # -1: nothing that recent in the partition: start at its end
                 tp.offset = at.offset if at.offset >= 0 else OFFSET_END
+                self._skip_before[tp.partition] = self._since_ms
             self._since_ms = None
             consumer.assign(parts)
         elif self._from_beginning:
@@ -225,6 +230,12 @@ class Syncer:
         """One batch out, and the inbound poll when it is due; how many records."""
         msgs = self._consumer.consume(num_messages=self._batch, timeout=timeout)
         good = [m for m in msgs if m.error() is None]
+        if self._skip_before:
+            kept = self._after_since(good)
+            skipped = [m for m in good if m not in kept]
+            if skipped:  # older than the replay asked for: passed over for good
+                self._commit(skipped)
+            good = kept
         for m in msgs:
             if m.error() is not None:
                 log.warning("consumer: %s", m.error())
@@ -245,6 +256,17 @@ class Syncer:
                     for t in self.tables:
                         self._reconnect(t)
         return len(good)
+
+    def _after_since(self, msgs: list[Message]) -> list[Message]:
+        out = []
+        for m in msgs:
+            floor = self._skip_before.get(m.partition() or 0)
+            if floor is not None:
+                if m.timestamp()[1] < floor:
+                    continue
+                del self._skip_before[m.partition() or 0]
+            out.append(m)
+        return out
 
     def _leads(self) -> bool:
         """Whether this process reads the apps' edits: the one holding partition 0."""

@@ -723,6 +723,22 @@ class TableDestination:
         out = [(r[0], c, _dumps(v), r[2], r[3]) for r in got for c, v in orjson.loads(r[1]).items()]
         return out[:n]
 
+    def recorded(self, needle: str) -> int:
+        """How many records beside the table (state, log, segments) hold ``needle`` or
+        belong to a row that does (tests and audits: nothing of an erased person)."""
+        n = 0
+        for kept, cols in (("_unifier_state", "row_id || ' ' || coalesce(value, '')"),
+                           ("_unifier_log", "row_id || ' ' || fields"),
+                           ("_segments", "row_id")):  # fmt: skip
+            got = self._exec(
+                f"SELECT count(*) FROM {self._q(self.t + kept)} WHERE {cols} LIKE ?",
+                (f"%{needle}%",),
+            ).fetchone()[0]
+            n += int(got)
+        if self.dialect == "postgres":
+            self.conn.commit()
+        return n
+
     def counts(self) -> dict[str, int]:
         """Rows, rows we created, rows marked removed, writes recorded, the cursor."""
         t = self._q(self.t)
