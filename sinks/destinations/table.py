@@ -141,6 +141,30 @@ class TableDestination:
         else:
             self.conn.executemany(text, rows)
 
+    def _insert_rows(
+        self,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+        suffix: str = "",
+    ) -> None:
+        """``INSERT INTO table (columns) VALUES …`` for many rows (``columns``: name and
+        PostgreSQL type). PostgreSQL takes them as one statement over arrays (``unnest``:
+        a backfill's rows cost one round of parameter handling per column, not per
+        row); SQLite as an executemany."""
+        if not rows:
+            return
+        names = ", ".join(self._q(c) for c, _ in columns)
+        if self.dialect != "postgres":
+            marks = ", ".join("?" * len(columns))
+            self.conn.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) {suffix}", rows)
+            return
+        arrays = ", ".join(f"%s::{ty}[]" for _, ty in columns)
+        transposed = [list(col) for col in zip(*rows, strict=True)]
+        self.conn.execute(
+            f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {suffix}", transposed
+        )
+
     @contextmanager
     def _tx(self) -> Iterator[None]:
         if self.dialect == "postgres":
@@ -504,7 +528,15 @@ class TableDestination:
                  "unifier_echo"]
             )  # fmt: skip
             marks = ", ".join("?" * (len(cols) + 5))
-            self._many(f"INSERT INTO {t} ({names}) VALUES ({marks})", w.inserts)
+            kinds = [("id", "text")]
+            kinds += [(c, "boolean" if s.kind == "consent" else "text")
+                      for c, s in self.dest.fields.items()]  # fmt: skip
+            kinds += [("unifier_profile_id", "text"), ("unifier_created", "boolean"),
+                      ("unifier_version", "bigint"), ("unifier_echo", "boolean")]  # fmt: skip
+            if self.dialect == "postgres":
+                self._insert_rows(t, kinds, w.inserts)
+            else:
+                self._many(f"INSERT INTO {t} ({names}) VALUES ({marks})", w.inserts)
         for sets, params in w.updates.items():
             assigns = ", ".join(
                 [*(f"{self._q(c)} = ?" for c in sets),
@@ -536,7 +568,8 @@ class TableDestination:
         now_ms = int(self._clock() * 1000)
         enter = [(r, s, now_ms) for r, segs in wanted_.items() for s in segs - have.get(r, set())]
         leave = [(r, s) for r, segs in wanted_.items() for s in have.get(r, set()) - segs]
-        self._many(f"INSERT INTO {seg} (row_id, segment, since_ms) VALUES (?, ?, ?)", enter)
+        self._insert_rows(seg, [("row_id", "text"), ("segment", "text"), ("since_ms", "bigint")],
+                          enter)  # fmt: skip
         self._many(f"DELETE FROM {seg} WHERE row_id = ? AND segment = ?", leave)
         # The row now reflects that version (a replay of an older one is skipped), also
         # when only its segments changed.
@@ -564,18 +597,23 @@ class TableDestination:
         sync process, between the poll and now) stands."""
         st = self._q(self.t + "_unifier_state")
         guard = f" WHERE {st}.at_ms <= excluded.at_ms" if keep_newer else ""
-        self._many(
-            f"INSERT INTO {st} (row_id, col, value, by_whom, version, at_ms, pending_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (row_id, col) DO UPDATE SET "
-            "value = excluded.value, by_whom = excluded.by_whom, version = excluded.version, "
+        # One record per (row, column) in a statement: the last one made stands.
+        last = list({(r[0], r[1]): r for r in state}.values())
+        self._insert_rows(
+            st,
+            [("row_id", "text"), ("col", "text"), ("value", "text"), ("by_whom", "text"),
+             ("version", "bigint"), ("at_ms", "bigint"), ("pending_ms", "bigint")],
+            last,
+            "ON CONFLICT (row_id, col) DO UPDATE SET value = excluded.value, "
+            "by_whom = excluded.by_whom, version = excluded.version, "
             "at_ms = excluded.at_ms, pending_ms = excluded.pending_ms" + guard,
-            state,
-        )
-        self._many(
-            f"INSERT INTO {self._q(self.t + '_unifier_log')} (row_id, fields, n, version, at_ms) "
-            "VALUES (?, ?, ?, ?, ?)",
+        )  # fmt: skip
+        self._insert_rows(
+            self._q(self.t + "_unifier_log"),
+            [("row_id", "text"), ("fields", "text"), ("n", "integer"), ("version", "bigint"),
+             ("at_ms", "bigint")],
             log,
-        )
+        )  # fmt: skip
 
     # --- inbound ---------------------------------------------------------------
     def cursor(self) -> int:
