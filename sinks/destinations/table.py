@@ -123,6 +123,7 @@ class TableDestination:
         self.conn: Any = connect()
         self.t = dest.table
         self.columns = list(dest.fields)
+        self._held: dict[str, ProfileUpdate] = {}  # row -> an update it kept cells from
         self._marks: deque[tuple[float, int]] = deque()  # (time read, revision): lookback
 
     # --- SQL helpers -----------------------------------------------------------
@@ -395,6 +396,7 @@ class TableDestination:
 
     def _removed(self, op: ProfileRemoved, linked: list[_Row], w: _Writes, done: Applied) -> None:
         for row in linked:
+            self._held.pop(row.id, None)
             if op.reason == "erased" or row.created:
                 row.gone = True
                 w.deletes.append(row.id)
@@ -413,6 +415,7 @@ class TableDestination:
             if row.profile_id == op.profile_id and op.version < row.version:
                 done.skipped_stale += 1  # a replay of an older state
                 continue
+            self._held.pop(row.id, None)
             if row.profile_id != op.profile_id:  # the app's row, named by the profile:
                 row.profile_id = op.profile_id  # linked, so an erasure finds it
                 w.relinks.append((op.profile_id, row.id))
@@ -449,10 +452,13 @@ class TableDestination:
     ) -> None:
         if row.profile_id == op.profile_id and op.version < row.version:
             done.skipped_stale += 1
+            if self._held.get(row.id) is op:  # a newer update wrote the row since
+                del self._held[row.id]
             return
         w.members[row.id] = (set(op.segments), op.version)
         last_seen = _last_seen_ms(op)
         sets: dict[str, Cell] = {}
+        held = False
         unread = False  # an edit of the app's not read yet: the poll must still see the row
         for c, spec in self.dest.fields.items():
             cur = row.cells.get(c)
@@ -464,8 +470,16 @@ class TableDestination:
                 continue
             if self._hold(spec, cur, seen, last_seen, now_ms):
                 done.held += 1
+                held = held or spec.owner == "unifier"
                 continue
             sets[c] = want
+        # A cell kept for an edit of the app's: this update is tried again after the
+        # next poll, unless a newer one comes first (the edit may never reach the
+        # profile: reverted before it was read, or refused).
+        if held:
+            self._held[row.id] = op
+        else:
+            self._held.pop(row.id, None)
         relink = row.profile_id != op.profile_id
         if not sets and not relink and not row.removed:
             return
@@ -727,6 +741,13 @@ class TableDestination:
                 "ON CONFLICT (name) DO UPDATE SET rev = excluded.rev",
                 ("inbound", cursor),
             )
+        # Updates that kept cells for an edit: a row edited now waits for the update
+        # its edit makes; the others are tried again (the edit was reverted before it
+        # was read, or the settle time passed).
+        edited = {e.row_id for e in polled.edits} - set(refused)
+        again = [op for row_id, op in self._held.items() if row_id not in edited]
+        if again:  # each row keeps its entry only if it still keeps cells
+            self.apply(again)
 
     # --- reading for people and tests -----------------------------------------
     def rows(self) -> dict[str, dict[str, Any]]:
