@@ -233,3 +233,84 @@ name = "traits.first_name"
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_webhook_gets_only_consenting_profiles_and_their_removal_and_erasure(
+    topics: Settings, workers: EmbeddedStack, tmp_path: Path
+) -> None:
+    """Ann consents; Ben never answers (never sent); Cyd consents, then withdraws
+    (`profile.removed`, reason consent); Dee consents, then is erased
+    (`profile.erased`, nothing of hers after it)."""
+    from serve.privacy import find_subject, request_erasure
+    from unifier.sync import Syncer, destinations_of
+
+    receiver = Receiver()
+    receiver.rng = random.Random(0)
+    receiver.decide = lambda body, sig: (  # type: ignore[method-assign]
+        receiver.accepted.extend(orjson.loads(body)["events"]) or 200,
+        {},
+    )
+    path = tmp_path / "destinations.toml"
+    path.write_text(
+        f'[destinations.mailer]\nkind = "webhook"\nurl = "{receiver.url}"\n'
+        'purpose = "email_marketing"\n[destinations.mailer.fields]\n'
+        'email = "identifiers.email"\n'
+    )
+    settings = topics.model_copy(update={"destinations_path": path})
+    workers.start_worker()
+    who = {n: f"{n}@consent-hooks.example" for n in ("ann", "ben", "cyd", "dee")}
+
+    def event(n: str, i: int, consent: bool | None) -> dict[str, Any]:
+        doc: dict[str, Any] = {"event_id": f"{n}-{i}", "type": "signed_up", "source": "web",
+                               "occurred_at": _iso(time.time() - 600 + i),
+                               "identifiers": {"email": who[n]}}  # fmt: skip
+        if consent is not None:
+            doc["consent"] = {"email_marketing": consent}
+        return doc
+
+    send(settings, [event("ann", 0, True), event("ben", 0, None), event("cyd", 0, True),
+                    event("dee", 0, True)])  # fmt: skip
+    caught_up(settings)
+    os.environ["SYNC_WEBHOOK_SECRET"] = SECRET.decode()
+    syncer = Syncer(settings, destinations_of(settings, "default"), group="default")
+    try:
+
+        def pump(until: Any) -> None:
+            deadline = time.monotonic() + 60
+            while not until() and time.monotonic() < deadline:
+                syncer.step()
+
+        def emails() -> set[str]:
+            return {e["data"]["email"] for e in receiver.accepted if "data" in e}
+
+        pump(lambda: len(emails()) >= 3)
+        send(settings, [event("cyd", 1, False)])
+        dee = find_subject(settings, ("email", who["dee"]), None)
+        assert dee.profile_id is not None
+        request_erasure(settings, dee, reason="test")
+        caught_up(settings)
+        by: dict[str, list[str]] = {}
+
+        def done() -> bool:
+            by.clear()
+            for e in receiver.accepted:
+                by.setdefault(e["profile_id"], []).append(e["type"])
+            return any(t[-1:] == ["profile.removed"] for t in by.values()) and any(
+                t[-1:] == ["profile.erased"] for t in by.values()
+            )
+
+        pump(done)
+        for _ in range(10):
+            syncer.step()
+        done()
+    finally:
+        syncer.close()
+        receiver.close()
+    profiles = {e["profile_id"]: e["data"]["email"] for e in receiver.accepted if "data" in e}
+    named = {email: pid for pid, email in profiles.items()}
+    assert who["ben"] not in named  # never consented: never sent
+    assert set(named) == {who["ann"], who["cyd"], who["dee"]}
+    assert by[named[who["ann"]]] == ["profile.updated"]
+    cyd = [e for e in receiver.accepted if e["profile_id"] == named[who["cyd"]]]
+    assert [e["type"] for e in cyd][-1] == "profile.removed" and cyd[-1]["reason"] == "consent"
+    assert by[named[who["dee"]]][-1] == "profile.erased"
