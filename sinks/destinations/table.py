@@ -150,9 +150,9 @@ class TableDestination:
         suffix: str = "",
     ) -> None:
         """``INSERT INTO table (columns) VALUES …`` for many rows (``columns``: name and
-        PostgreSQL type). PostgreSQL takes them as one statement over arrays (``unnest``:
-        a backfill's rows cost one round of parameter handling per column, not per
-        row); SQLite as an executemany."""
+        PostgreSQL type), ``suffix`` an ``ON CONFLICT`` clause. PostgreSQL takes them
+        by ``COPY`` (into a temporary table first when there is a suffix): a backfill's
+        rows are not a statement, nor a parameter list, each. SQLite: executemany."""
         if not rows:
             return
         names = ", ".join(self._q(c) for c, _ in columns)
@@ -160,11 +160,18 @@ class TableDestination:
             marks = ", ".join("?" * len(columns))
             self.conn.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) {suffix}", rows)
             return
-        arrays = ", ".join(f"%s::{ty}[]" for _, ty in columns)
-        transposed = [list(col) for col in zip(*rows, strict=True)]
-        self.conn.execute(
-            f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {suffix}", transposed
-        )
+        with self.conn.cursor() as cur:
+            target = table
+            if suffix:
+                target = "unifier_load_" + "".join(ch for ch in table if ch.isalnum() or ch == "_")
+                types = ", ".join(f"{self._q(c)} {ty}" for c, ty in columns)
+                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {target} ({types})")
+            with cur.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            if suffix:
+                cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {target} {suffix}")
+                cur.execute(f"TRUNCATE {target}")
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
