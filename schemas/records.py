@@ -44,8 +44,8 @@ def update_record(
         "updated_at": now_ms,
         "identifiers": view["identifiers"],
         "traits": view["traits"],
-        "first_seen": _ms(first) if first else 0,
-        "last_seen": _ms(last) if last else 0,
+        "first_seen": iso_ms(first) if first else 0,
+        "last_seen": iso_ms(last) if last else 0,
         "event_count": computed["event_count"],
         "computed_json": orjson.dumps(computed, option=ORJSON_OPTS).decode(),
         "changed_fields": changed,
@@ -54,7 +54,8 @@ def update_record(
     }
 
 
-def _ms(stamp: str) -> int:
+def iso_ms(stamp: str) -> int:
+    """A view's time (``2026-11-22T10:00:00.000Z``) in milliseconds."""
     from datetime import datetime
 
     return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)

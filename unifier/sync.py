@@ -231,11 +231,9 @@ class Syncer:
         msgs = self._consumer.consume(num_messages=self._batch, timeout=timeout)
         good = [m for m in msgs if m.error() is None]
         if self._skip_before:
-            kept = self._after_since(good)
-            skipped = [m for m in good if m not in kept]
+            good, skipped = self._after_since(good)
             if skipped:  # older than the replay asked for: passed over for good
                 self._commit(skipped)
-            good = kept
         for m in msgs:
             if m.error() is not None:
                 log.warning("consumer: %s", m.error())
@@ -257,16 +255,19 @@ class Syncer:
                         self._reconnect(t)
         return len(good)
 
-    def _after_since(self, msgs: list[Message]) -> list[Message]:
-        out = []
+    def _after_since(self, msgs: list[Message]) -> tuple[list[Message], list[Message]]:
+        """The records to deliver, and those before the replay's time (skipped)."""
+        kept: list[Message] = []
+        skipped: list[Message] = []
         for m in msgs:
             floor = self._skip_before.get(m.partition() or 0)
             if floor is not None:
                 if m.timestamp()[1] < floor:
+                    skipped.append(m)
                     continue
                 del self._skip_before[m.partition() or 0]
-            out.append(m)
-        return out
+            kept.append(m)
+        return kept, skipped
 
     def _leads(self) -> bool:
         """Whether this process reads the apps' edits: the one holding partition 0."""
@@ -341,9 +342,7 @@ class Syncer:
                     log.error("destination %s: %s; retrying in 1 s", t.name, exc)
                     if self._stop.wait(1.0):
                         raise
-            for f in ("rows_inserted", "rows_updated", "rows_deleted", "rows_marked",
-                      "fields_written", "skipped_stale", "held", "profiles"):  # fmt: skip
-                setattr(total, f, getattr(total, f) + getattr(done, f))
+            total.add(done)
         return total
 
     def _opened(
@@ -396,18 +395,13 @@ class Syncer:
         self.stats.records += len(msgs)
 
     def _reconnect(self, t: TableDestination) -> None:
-        with contextlib.suppress(Exception):  # it is broken already
-            t.conn.close()
         try:
-            t.conn = t._connect()
+            t.reconnect()
         except Exception as exc:
             log.error("destination %s: cannot connect: %s", t.name, exc)
 
     def _count(self, name: str, done: Applied, stamps: list[float]) -> None:
-        total = self.stats.applied.setdefault(name, Applied())
-        for f in ("rows_inserted", "rows_updated", "rows_deleted", "rows_marked",
-                  "fields_written", "skipped_stale", "held", "profiles"):  # fmt: skip
-            setattr(total, f, getattr(total, f) + getattr(done, f))
+        self.stats.applied.setdefault(name, Applied()).add(done)
         DELIVERED.labels(name).inc(done.profiles)
         for kind in ("inserted", "updated", "deleted", "marked"):
             n = getattr(done, f"rows_{kind}")

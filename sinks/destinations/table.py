@@ -30,18 +30,19 @@ taken twice) and the cursor, after the touchpoints were delivered.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from schemas.records import ProfileRemoved, ProfileUpdate
+from schemas.records import ProfileRemoved, ProfileUpdate, iso_ms
 from sinks.destinations.config import Destination, FieldSpec
 from sinks.destinations.fields import Cell, cell, edit_event, in_scope, wanted, writable
 
@@ -61,6 +62,10 @@ class Applied:
     skipped_stale: int = 0  # updates older than what the row holds (a replay)
     held: int = 0  # fields not written: the app's edit waits to be taken in, or it owns them
     profiles: int = 0
+
+    def add(self, other: Applied) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     @property
     def writes(self) -> int:
@@ -132,6 +137,20 @@ class TableDestination:
 
     def _exec(self, text: str, params: Sequence[Any] = ()) -> Any:
         return self.conn.execute(self._sql(text), params)
+
+    def _fetch(self, text: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A read on its own: PostgreSQL's transaction ends with it, so the next read
+        sees what others committed since (psycopg opens one on the first statement)."""
+        got = self._exec(text, params).fetchall()
+        if self.dialect == "postgres":
+            self.conn.commit()
+        return list(got)
+
+    def reconnect(self) -> None:
+        """A new connection in place of a broken one (the sync process retries)."""
+        with contextlib.suppress(Exception):  # it is broken already
+            self.conn.close()
+        self.conn = self._connect()
 
     def _many(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
@@ -603,9 +622,7 @@ class TableDestination:
 
     def segments(self) -> dict[str, set[str]]:
         """Row id -> the segments it is in (``TABLE_segments``)."""
-        got = self._exec(f"SELECT row_id, segment FROM {self._q(self.t + '_segments')}").fetchall()
-        if self.dialect == "postgres":
-            self.conn.commit()
+        got = self._fetch(f"SELECT row_id, segment FROM {self._q(self.t + '_segments')}")
         out: dict[str, set[str]] = {}
         for row_id, segment in got:
             out.setdefault(row_id, set()).add(segment)
@@ -638,12 +655,10 @@ class TableDestination:
 
     # --- inbound ---------------------------------------------------------------
     def cursor(self) -> int:
-        row = self._exec(
+        got = self._fetch(
             f"SELECT rev FROM {self._q(self.t + '_unifier_cursor')} WHERE name = ?", ("inbound",)
-        ).fetchone()
-        if self.dialect == "postgres":
-            self.conn.commit()
-        return int(row[0]) if row else 0
+        )
+        return int(got[0][0]) if got else 0
 
     def _read(
         self, since: int, limit: int
@@ -760,12 +775,10 @@ class TableDestination:
     def rows(self) -> dict[str, dict[str, Any]]:
         """Every row: id -> cells and our columns."""
         cols = ", ".join(self._q(c) for c in self.columns)
-        got = self._exec(
+        got = self._fetch(
             f"SELECT id, {cols}, unifier_profile_id, unifier_created, unifier_version, "
             f"unifier_removed_at FROM {self._q(self.t)}"
-        ).fetchall()
-        if self.dialect == "postgres":
-            self.conn.commit()
+        )
         out = {}
         for r in got:
             row = self._row(r)
@@ -779,13 +792,11 @@ class TableDestination:
 
     def last_writes(self, n: int) -> list[tuple[Any, ...]]:
         """The ``n`` latest recorded field writes: (row, column, value, version, at_ms)."""
-        got = self._exec(
+        got = self._fetch(
             f"SELECT row_id, fields, version, at_ms FROM {self._q(self.t + '_unifier_log')} "
             "ORDER BY at_ms DESC LIMIT ?",
             (n,),
-        ).fetchall()
-        if self.dialect == "postgres":
-            self.conn.commit()
+        )
         out = [(r[0], c, _dumps(v), r[2], r[3]) for r in got for c, v in orjson.loads(r[1]).items()]
         return out[:n]
 
@@ -796,35 +807,27 @@ class TableDestination:
         for kept, cols in (("_unifier_state", "row_id || ' ' || coalesce(value, '')"),
                            ("_unifier_log", "row_id || ' ' || fields"),
                            ("_segments", "row_id")):  # fmt: skip
-            got = self._exec(
+            got = self._fetch(
                 f"SELECT count(*) FROM {self._q(self.t + kept)} WHERE {cols} LIKE ?",
                 (f"%{needle}%",),
-            ).fetchone()[0]
-            n += int(got)
-        if self.dialect == "postgres":
-            self.conn.commit()
+            )
+            n += int(got[0][0])
         return n
 
     def counts(self) -> dict[str, int]:
         """Rows, rows we created, rows marked removed, writes recorded, the cursor."""
         t = self._q(self.t)
-        got = self._exec(
+        [got] = self._fetch(
             f"SELECT count(*), coalesce(sum(CASE WHEN unifier_created THEN 1 ELSE 0 END), 0), "
             f"count(unifier_removed_at) FROM {t}"
-        ).fetchone()
-        if self.dialect == "postgres":
-            self.conn.commit()
+        )
         return {"rows": int(got[0]), "created": int(got[1]), "removed": int(got[2]),
                 "writes": self.writes_logged(), "cursor": self.cursor()}  # fmt: skip
 
     def writes_logged(self) -> int:
         """Fields written since the table was set up (every row write is logged)."""
-        n = self._exec(
-            f"SELECT coalesce(sum(n), 0) FROM {self._q(self.t + '_unifier_log')}"
-        ).fetchone()[0]
-        if self.dialect == "postgres":
-            self.conn.commit()
-        return int(n)
+        got = self._fetch(f"SELECT coalesce(sum(n), 0) FROM {self._q(self.t + '_unifier_log')}")
+        return int(got[0][0])
 
     def close(self) -> None:
         self.conn.close()
@@ -860,11 +863,7 @@ class _Writes:
 
 def _last_seen_ms(op: ProfileUpdate) -> int:
     stamp = op.computed.get("last_seen")
-    if not isinstance(stamp, str):
-        return 0
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
+    return iso_ms(stamp) if isinstance(stamp, str) else 0
 
 
 def open_table(dest: Destination, region: str = "US", base: Path | None = None) -> TableDestination:
