@@ -47,19 +47,39 @@ def facts_from(raw: list[Any]) -> EventFacts:
     if len(raw) > 5 and raw[5] is not None:
         purchase = Purchase(raw[5][0], Decimal(raw[5][1]), tuple(raw[5][2]))
     consent = tuple((c[0], bool(c[1])) for c in raw[6]) if len(raw) > 6 else ()
-    campaign = (raw[7][0], raw[7][1]) if len(raw) > 7 else None
+    campaign = (raw[7][0], raw[7][1]) if len(raw) > 7 and raw[7] is not None else None
     return EventFacts(
         raw[0], raw[1], raw[2], raw[3], tuple((n, v) for n, v in raw[4]), purchase, consent,
         campaign,
     )  # fmt: skip
 
 
-def entry_of(e: EventFacts) -> bytes:
-    return orjson.dumps(facts_to(e))
+#: Where a ledger entry keeps the identifiers its event linked (after the facts).
+_IDS_AT = 8
+
+
+def entry_of(e: EventFacts, ids: tuple[str, ...] = ()) -> bytes:
+    """A ledger entry: the event's facts, and the identifiers (graph keys, sealed) it
+    was applied with, anchor first — what a split needs to send each event where its
+    identifiers go (``profiles.graph.split``)."""
+    raw = facts_to(e)
+    if ids:
+        if len(raw) < _IDS_AT:
+            raw += [None, [], None][len(raw) - 5 :]
+        raw.append(list(ids))
+    return orjson.dumps(raw)
 
 
 def entry_facts(entry: bytes) -> EventFacts:
     return facts_from(orjson.loads(entry))
+
+
+def entry_ids(entry: bytes) -> tuple[EventFacts, tuple[str, ...]]:
+    """An entry's facts and identifiers (none for an entry written before they were
+    kept)."""
+    raw = orjson.loads(entry)
+    ids = tuple(raw[_IDS_AT]) if len(raw) > _IDS_AT else ()
+    return facts_from(raw), ids
 
 
 class Ledger:
@@ -111,6 +131,12 @@ class Ledger:
 
     def events(self) -> Iterator[EventFacts]:
         return (entry_facts(e) for e in self.entries())
+
+    def events_with_ids(self) -> Iterator[tuple[bytes, EventFacts, tuple[str, ...]]]:
+        """Each entry as stored, its facts and its identifiers."""
+        for entry in self.entries():
+            facts, ids = entry_ids(entry)
+            yield entry, facts, ids
 
     def adopt(self, other: Ledger, skip: Callable[[bytes], bool] | None = None) -> None:
         """Take the other ledger's entries: its sealed chunks whole when nothing is

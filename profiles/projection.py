@@ -13,7 +13,7 @@ from typing import Any
 from profiles.computed import computed_of, computed_signature, signature_parts
 from profiles.graph.messages import Merged, Out
 from profiles.graph.node import ProfileNode
-from profiles.graph.state import ProfileState, ident_type
+from profiles.graph.state import PART_SEP, ProfileState, ident_type
 from profiles.segments import members_of
 from profiles.traits import DEFAULT_TRAIT_RULES, TraitRules, pick_traits
 
@@ -23,12 +23,24 @@ REDIRECT_VERSION = 2**53
 
 def version_of(state: ProfileState) -> int:
     """Grows with every change a live profile can see: all its parts only grow."""
-    return len(state.seen) + len(state.held) + len(state.refused) + len(state.merged)
+    return state.size()
+
+
+def redirect_version(merged_into: str) -> int:
+    """A redirect's version: above any live one, and higher when it points to a part
+    split off its survivor (``profiles.graph.split``: a redirect only ever moves to
+    such a part), so the moved redirect replaces the first. Even steps: a float (Lua's
+    numbers) holds them exactly above 2**53."""
+    return REDIRECT_VERSION + 2 * merged_into.count(PART_SEP)
 
 
 def redirect_view(profile_id: str, merged_into: str) -> dict[str, Any]:
-    """What a merged-away id reads as: the survivor's id, at the final version."""
-    return {"profile_id": profile_id, "merged_into": merged_into, "version": REDIRECT_VERSION}
+    """What a merged-away id reads as: the survivor's id, at a final version."""
+    return {
+        "profile_id": profile_id,
+        "merged_into": merged_into,
+        "version": redirect_version(merged_into),
+    }
 
 
 def shown(nodes: Mapping[str, ProfileNode]) -> list[tuple[str, ProfileNode]]:

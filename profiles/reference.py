@@ -10,11 +10,11 @@ refused and recorded — the outcome then depends on order by nature.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from profiles.facts import facts_of
-from profiles.graph.state import ProfileState
+from profiles.graph.state import Block, ProfileState
 from profiles.rules import Ident, IdentityRules, key, usable
 from profiles.standardize import DEFAULT_INDEX
 from profiles.touchpoint import Touchpoint
@@ -39,8 +39,14 @@ class Reference:
 
 
 def reference_clusters(
-    events: Iterable[Touchpoint], rules: IdentityRules, region: str, limits: bool = True
+    events: Iterable[Touchpoint],
+    rules: IdentityRules,
+    region: str,
+    limits: bool = True,
+    blocks: Sequence[Block] = (),
 ) -> Reference:
+    """``blocks``: splits' blocks, in force from the start (``profiles.graph.split``):
+    an event does not link its anchor with an identifier a block keeps apart from it."""
     parent: dict[Ident, Ident] = {}
     counts: dict[Ident, Counter[str]] = {}
     refused: list[RefusedLink] = []
@@ -67,6 +73,9 @@ def reference_clusters(
             ra, rb = find(anchor), find(ident)
             if ra == rb:
                 continue
+            if blocks and _blocked(blocks, key(anchor), key(ident)):
+                refused.append(RefusedLink(tp.event_id, ident, anchor, "split"))
+                continue
             if limits:
                 merged = counts[ra] + counts[rb]
                 broken = sorted(
@@ -90,21 +99,27 @@ def reference_clusters(
     return Reference(clusters, refused, dropped)
 
 
+def _blocked(blocks: Sequence[Block], a: str, b: str) -> bool:
+    return any((a in one and b in two) or (a in two and b in one) for _, one, two in blocks)
+
+
 def reference_states(
     touchpoints: Iterable[Touchpoint],
     rules: IdentityRules,
     region: str,
     aliases: Mapping[str, str] | None = None,
+    blocks: Sequence[Block] = (),
 ) -> list[ProfileState]:
     """One ``ProfileState`` per reference cluster, each with every event anchored in it
     folded in, single-threaded: what the product must show (exact without limits)."""
     tps = list(touchpoints)
     index = DEFAULT_INDEX if aliases is None else aliases
-    ref = reference_clusters(tps, rules, region, limits=bool(rules.limits))
+    ref = reference_clusters(tps, rules, region, limits=bool(rules.limits), blocks=blocks)
     where = ref.cluster_of()
     states = [ProfileState(held=set(c)) for c in ref.clusters]
     for tp in tps:
         ids, _ = usable(tp.identifiers, rules, region)
         if ids:
-            states[where[key(ids[0])]].fold(facts_of(tp, index))
+            keys = tuple(key(i) for i in ids)
+            states[where[keys[0]]].fold(facts_of(tp, index), keys)
     return states

@@ -28,8 +28,11 @@ from profiles.graph.messages import (
     Observe,
     Offer,
     ProfileMsg,
+    Readdress,
     Release,
     Repoint,
+    Spawn,
+    Split,
 )
 from profiles.graph.node import ProfileNode
 from profiles.graph.state import UNKNOWN_TIME, ProfileState, Refusal, Reservation
@@ -49,6 +52,15 @@ def _state_parts(s: ProfileState) -> dict[str, Any]:
         "rf": sorted([r.event_id, r.ident, r.other, r.rule] for r in s.refused),
         "lk": {k: list(v) for k, v in s.linked_by.items()},
         "mg": sorted(list(m) for m in s.merged),
+        **(
+            {
+                "bk": {n: [sorted(a), sorted(b)] for n, (_, a, b) in sorted(s.blocks.items())},
+                "sp": sorted(s.splits),
+                "bs": s.base,
+            }
+            if s.splits or s.base
+            else {}
+        ),
     }
 
 
@@ -61,6 +73,9 @@ def _state_of(d: dict[str, Any], seen: array[int], ledger: Ledger) -> ProfileSta
         refused={Refusal(*r) for r in d["rf"]},
         linked_by={k: (v[0], v[1], v[2]) for k, v in d["lk"].items()},
         merged={(m[0], m[1], m[2]) for m in d["mg"]},
+        blocks={n: (n, frozenset(a), frozenset(b)) for n, (a, b) in d.get("bk", {}).items()},
+        splits=set(d.get("sp", ())),
+        base=d.get("bs", 0),
     )
 
 
@@ -114,8 +129,11 @@ def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911, PLR0912 - a branch p
             d["po"] = True
         return _with_refused(d, m.refused)
     if isinstance(m, Claim):
-        return {"k": "clm", "i": m.ident, "p": m.profile, "e": m.event_id, "cl": m.claim,
-                "t": m.time_ms}  # fmt: skip
+        d = {"k": "clm", "i": m.ident, "p": m.profile, "e": m.event_id, "cl": m.claim,
+             "t": m.time_ms}  # fmt: skip
+        if m.moved_to:
+            d["mt"] = m.moved_to
+        return d
     if isinstance(m, Granted):
         return {"k": "grt", "p": m.profile, "i": m.ident, "e": m.event_id}
     if isinstance(m, Merge):
@@ -134,7 +152,17 @@ def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911, PLR0912 - a branch p
         return {"k": "den", "p": m.profile, "i": m.ident, "e": m.event_id, "o": m.owner,
                 "r": m.rule, "cl": m.claim}  # fmt: skip
     if isinstance(m, Repoint):
-        return {"k": "rpt", "i": m.ident, "o": m.old, "n": m.new}
+        d = {"k": "rpt", "i": m.ident, "o": m.old, "n": m.new}
+        if m.moved:
+            d["mv"] = True
+        return d
+    if isinstance(m, Split):
+        return {"k": "spl", "p": m.profile, "n": m.name, "d": list(m.detach), "r": m.rule}
+    if isinstance(m, Spawn):
+        return {"k": "spw", "p": m.profile, "src": m.source, "n": m.name,
+                "s": state_to(m.state), "pd": _reservations(m.pending)}  # fmt: skip
+    if isinstance(m, Readdress):
+        return {"k": "rdr", "p": m.profile, "to": m.to, "n": m.name}
     if isinstance(m, Evaluate):
         return {"k": "evl", "p": m.profile}
     if isinstance(m, Erase):
@@ -168,7 +196,9 @@ _READERS: dict[str, Any] = {
     "app": lambda d: Apply(
         d["p"], tuple(d["ids"]), facts_from(d["e"]), d["g"], _refused_from(d), d.get("po", False)
     ),
-    "clm": lambda d: Claim(d["i"], d["p"], d["e"], d["cl"], d.get("t", UNKNOWN_TIME)),
+    "clm": lambda d: Claim(
+        d["i"], d["p"], d["e"], d["cl"], d.get("t", UNKNOWN_TIME), d.get("mt", "")
+    ),
     "grt": lambda d: Granted(d["p"], d["i"], d["e"]),
     "mrg": lambda d: Merge(
         d["l"], d["w"], d["v"], d["c"], d["e"], d["cl"], d.get("t", UNKNOWN_TIME)
@@ -187,7 +217,12 @@ _READERS: dict[str, Any] = {
     "ans": lambda d: Answer(d["l"], d["w"], d["ok"], d["v"], d["c"], d["e"], d["cl"], d["r"]),
     "rel": lambda d: Release(d["p"], d["i"], d["cl"]),
     "den": lambda d: Denied(d["p"], d["i"], d["e"], d["o"], d["r"], d["cl"]),
-    "rpt": lambda d: Repoint(d["i"], d["o"], d["n"]),
+    "rpt": lambda d: Repoint(d["i"], d["o"], d["n"], d.get("mv", False)),
+    "spl": lambda d: Split(d["p"], d["n"], tuple(d["d"]), d.get("r", "")),
+    "spw": lambda d: Spawn(
+        d["p"], d["src"], d["n"], state_from(d["s"]), frozenset(_reservations_from(d["pd"]))
+    ),
+    "rdr": lambda d: Readdress(d["p"], d["to"], d["n"]),
     "evl": lambda d: Evaluate(d["p"]),
     "ers": lambda d: Erase(d["p"], d["rc"], d["sp"], d["f"], tuple(d.get("ids", ()))),
     "fgt": lambda d: Forget(d["i"], d["p"], d["rc"], d["sp"]),
@@ -238,6 +273,8 @@ def node_to(node: ProfileNode) -> bytes:
             "sg": node.segments,
             "sm": node.segment_moves,
             **({"er": list(node.erased)} if node.erased is not None else {}),
+            **({"mv": node.moved, "mc": sorted(node.moved_claims)} if node.moved else {}),
+            **({"sw": node.spawned} if node.spawned is not None else {}),
         }
     )
     seen = s.seen if sys.byteorder == "little" else _swapped(s.seen)  # joined without a copy
@@ -271,6 +308,9 @@ def node_from(data: bytes, load: Callable[[int], bytes] | None = None) -> Profil
         segments=d.get("sg") or {},  # absent: stored before segments
         segment_moves=d.get("sm", 0),
         erased=(d["er"][0], d["er"][1]) if "er" in d else None,
+        moved=d.get("mv") or {},
+        moved_claims=set(d.get("mc", ())),
+        spawned=d.get("sw"),
     )
 
 

@@ -5,8 +5,9 @@ Layout (all keys under ``unifier:``):
   documented profile form). Written by a Lua script that refuses an older
   version, so a lagging writer can never move the view backwards.
 - ``unifier:id:<type>:<normalized value>`` — the profile id that holds the identifier.
-  Written in the same script, and only ever to a smaller id: every profile that ever
-  held an identifier ends up merged into one, and a merge keeps the smaller id, so the
+  Written in the same script, and only ever to a smaller id (``rank``): every profile
+  that ever held an identifier ends up merged into one, a merge keeps the smaller id,
+  and a split moves an identifier to a part, smaller than the profile it left — so the
   smallest holder is the one that lasts. A write from a profile merged away since (a
   record replayed after a restart, a lagging worker) cannot take the key back.
 - A profile merged into another keeps ``unifier:profile:<id>`` as a redirect
@@ -43,10 +44,17 @@ PREFIX = "unifier:"
 PIPELINE_PROFILES = 500
 
 # Identifier keys name the smallest profile id that has held them (see the module
-# docstring). Byte order, as Python orders profile ids: Lua's `<` on strings follows
-# the server's locale.
+# docstring), in the order of ``profiles.graph.state.rank``: more splits behind an id
+# (``~`` in it) first, then byte order, as Python orders strings (Lua's `<` on strings
+# follows the server's locale).
 _INDEX = """
+local function splits(s)
+  local _, n = string.gsub(s, "~", "")
+  return n
+end
 local function smaller(a, b)
+  local sa, sb = splits(a), splits(b)
+  if sa ~= sb then return sa > sb end
   local n = math.min(#a, #b)
   for i = 1, n do
     local x, y = string.byte(a, i), string.byte(b, i)

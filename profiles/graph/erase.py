@@ -58,7 +58,7 @@ def parse_marker(value: str) -> tuple[str, bool] | None:
 
 def _version(node: ProfileNode) -> int:
     s = node.state
-    return len(s.seen) + len(s.held) + len(s.refused) + len(s.merged) + node.segment_moves
+    return s.size() + node.segment_moves
 
 
 def erase(table: dict[str, ProfileNode], node: ProfileNode, key: str, msg: Erase) -> list[Out]:
@@ -70,7 +70,10 @@ def erase(table: dict[str, ProfileNode], node: ProfileNode, key: str, msg: Erase
         (name, entry[1], entry[2]) for name, entry in sorted(node.segments.items()) if entry[0]
     )
     version = _version(node) + 1
-    table[key] = ProfileNode(erased=(msg.receipt, msg.suppress))
+    # (What it split off stays: a message about those is their part's.)
+    table[key] = ProfileNode(
+        erased=(msg.receipt, msg.suppress), moved=node.moved, moved_claims=node.moved_claims
+    )
     out: list[Out] = [("identity", i, Forget(i, key, msg.receipt, msg.suppress)) for i in ids]
     out += [
         ("profile", lo, Erase(lo, msg.receipt, msg.suppress, follow=False, ids=ids))

@@ -17,7 +17,7 @@ from profiles.graph.messages import (
     Out,
     Repoint,
 )
-from profiles.graph.state import Key, profile_for
+from profiles.graph.state import Key, ordered, profile_for, rank
 
 
 # An identity table value is the owner's profile id, then (space-separated) the other
@@ -98,15 +98,23 @@ def handle_identity(
         return _claim(table, msg, max_claimants)
     if isinstance(msg, Repoint):
         owner, claimants = _entry(table, msg.ident)
-        if owner == msg.old:
-            # The old owner still counts as a profile that held it.
-            _store(table, msg.ident, msg.new, [*claimants, msg.old])
+        # An identifier only ever passes to a smaller profile (a merge's winner, a part
+        # split off its holder): the smaller of two owners is the later one, whatever
+        # order the re-points arrive in.
+        if owner is not None and not owner.startswith(MARK) and rank(msg.new) < rank(owner):
+            # The old owner still counts as a profile that held it — not when a split
+            # moved it: the identifier did not meet another person.
+            _store(table, msg.ident, msg.new, claimants if msg.moved else [*claimants, owner])
         return []
     raise TypeError(f"not an identity message: {msg!r}")
 
 
 def _claim(table: MutableMapping[Key, str], msg: Claim, max_claimants: int | None) -> list[Out]:
     owner, claimants = _entry(table, msg.ident)
+    if msg.moved_to and (owner is None or owner == msg.profile):
+        # The claimer split it off to a part whose re-point has not arrived: the part's.
+        _store(table, msg.ident, msg.moved_to, claimants)
+        owner = msg.moved_to
     if owner is None:
         table[msg.ident] = owner = msg.profile
     if owner == msg.profile:
@@ -117,6 +125,6 @@ def _claim(table: MutableMapping[Key, str], msg: Claim, max_claimants: int | Non
             denied = Denied(msg.profile, msg.ident, msg.event_id, owner, rule, msg.claim)
             return [("profile", msg.profile, denied)]
         _store(table, msg.ident, owner, [*claimants, msg.profile])
-    winner, loser = sorted((owner, msg.profile))
+    winner, loser = ordered(owner, msg.profile)
     merge = Merge(loser, winner, msg.ident, msg.profile, msg.event_id, msg.claim, msg.time_ms)
     return [("profile", loser, merge)]

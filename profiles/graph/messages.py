@@ -36,6 +36,9 @@ class Claim:  # -> identity[ident]
     event_id: str
     claim: str  # the claim's id: every answer to it names it (see Reservation)
     time_ms: int = UNKNOWN_TIME  # the event's time: orders how identifiers joined
+    # The claimer split the identifier off to this part: if the identity partition
+    # still names the claimer (the part's re-point is on its way), the part owns it.
+    moved_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class Repoint:  # -> identity[ident]
     ident: Key
     old: str
     new: str
+    moved: bool = False  # a split moved it: ``old`` does not count as another claimant
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,39 @@ class Erase:  # -> profile[profile]: erase it (a privacy request); see profiles.
     # Identifiers whose index entries may still name it: a profile merged away held
     # some of its survivor's, and a late write of its old view may have offered them.
     ids: tuple[Key, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Split:  # -> profile[profile]: split it (``profiles.graph.split``)
+    profile: str
+    name: str  # the request's id: names the parts, the block, and makes it idempotent
+    detach: tuple[Key, ...]  # the identifiers to take away (with what hangs on them)
+    rule: str = ""  # why, for the record: "split", "block email", "limit email=2"…
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:  # -> profile[profile]: a part split off ``source`` starts here
+    profile: str
+    source: str
+    name: str
+    state: ProfileState
+    pending: frozenset[Reservation]
+
+
+@dataclass(frozen=True, slots=True)
+class Readdress:  # -> profile[profile]: a redirect now points to a part of its survivor
+    profile: str
+    to: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SplitOff:  # -> the profile-merges output: identifiers left ``source`` for ``part``
+    source: str
+    part: str
+    ids: tuple[Key, ...]
+    name: str
+    rule: str = ""
 
 
 #: ``Forget.profile`` of an identifier a privacy request named itself.
@@ -161,10 +198,23 @@ class Shredded:  # -> the identity stage's key store: destroy an identifier's ke
     suppress: bool
 
 
-ProfileMsg = Apply | Granted | Merge | Offer | Answer | Release | Denied | Evaluate | Erase
+ProfileMsg = (
+    Apply
+    | Granted
+    | Merge
+    | Offer
+    | Answer
+    | Release
+    | Denied
+    | Evaluate
+    | Erase
+    | Split
+    | Spawn
+    | Readdress
+)
 IdentityMsg = Observe | Claim | Repoint | Forget
 # (stage, key, message): stage "identity" or "profile" (a message for that partition),
-# "merges" (a Merged for the output topic) or "refused" (key = the rule, for metrics)
+# "merges" (a Merged or SplitOff for the output topic) or "refused" (key = the rule, for metrics)
 Out = tuple[str, Key, Any]
 
 

@@ -27,6 +27,13 @@ class ProfileNode:
     # The node keeps nothing else; messages that reach it are answered by
     # ``profiles.graph.erase``.
     erased: tuple[str, bool] | None = None
+    # Split (``profiles.graph.split``): where the identifiers it split off went (a
+    # message about one of them is passed on there, whatever this node became since),
+    # the claims whose reservations went with them, and the split that made this node
+    # (a part: the split delivered again makes it once).
+    moved: dict[Key, str] = field(default_factory=dict)
+    moved_claims: set[str] = field(default_factory=set)
+    spawned: str | None = None
 
     def reserved(self) -> set[Key]:
         return {ident for ident, _ in self.pending}

@@ -22,12 +22,17 @@ from profiles.graph.messages import (
     Offer,
     Out,
     ProfileMsg,
+    Readdress,
     Release,
     Repoint,
+    Spawn,
+    Split,
+    SplitOff,
     _counted,
 )
 from profiles.graph.node import ProfileNode
-from profiles.graph.state import Key, ProfileState, Refusal, ident_type
+from profiles.graph.split import SPLIT_RULE, plan_split
+from profiles.graph.state import Key, ProfileState, Refusal, ident_type, ordered, rank
 from profiles.rules import IdentityRules
 
 
@@ -50,6 +55,12 @@ def handle_profile(
     node = table.get(key)
     if node is None:
         node = table[key] = ProfileNode()
+    if node.moved:  # about an identifier split off: its part's, whatever this node is now
+        passed = pass_on(node, key, msg)
+        if passed is not None:
+            return passed
+    if isinstance(msg, Spawn | Readdress):
+        return _spawn(node, key, msg) if isinstance(msg, Spawn) else _readdress(node, msg)
     if node.erased is not None:
         return at_erased(node, key, msg, shared_rule(rules.max_claimants or 0))
     if isinstance(msg, Answer) and (node.redirect is not None or node.offering != msg.claim):
@@ -62,7 +73,7 @@ def handle_profile(
     return _live(table, node, key, msg, rules)
 
 
-def _live(
+def _live(  # noqa: PLR0911 - a branch per kind of message
     table: dict[str, ProfileNode],
     node: ProfileNode,
     key: str,
@@ -79,6 +90,8 @@ def _live(
         return _answer(table, node, key, msg, rules)
     if isinstance(msg, Merge):
         return _merge(node, key, msg)
+    if isinstance(msg, Split):
+        return _split(node, key, msg)
     return _settle(node, msg)
 
 
@@ -115,7 +128,8 @@ def _merge(node: ProfileNode, key: str, msg: Merge) -> list[Out]:
 
 
 def _target(msg: ProfileMsg) -> str:
-    if isinstance(msg, Apply | Granted | Release | Denied | Evaluate | Erase):
+    if isinstance(msg, Apply | Granted | Release | Denied | Evaluate | Erase | Split | Spawn
+                  | Readdress):  # fmt: skip
         return msg.profile
     if isinstance(msg, Merge | Answer):
         return msg.loser
@@ -142,13 +156,13 @@ def _at_redirect(
             ("identity", msg.ident, Repoint(msg.ident, key, to)),
             ("profile", to, Granted(to, msg.ident, msg.event_id)),
         ]
-    if isinstance(msg, Release | Denied | Offer):
+    if isinstance(msg, Release | Denied | Offer | Split):
         forwarded = replace(msg, winner=to) if isinstance(msg, Offer) else replace(msg, profile=to)
         return [("profile", to, forwarded)]
     if isinstance(msg, Merge):
         if msg.winner == to:
             return []
-        winner, loser = sorted((to, msg.winner))
+        winner, loser = ordered(to, msg.winner)
         merge = Merge(loser, winner, msg.via, msg.claimer, msg.event_id, msg.claim, msg.time_ms)
         return [("profile", loser, merge)]
     raise AssertionError(f"{msg!r} reached redirect {key}")  # Answers were dropped above
@@ -168,7 +182,7 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
     if msg.granted_anchor and anchor not in state.held:
         state.held.add(anchor)
         node.settle()  # a loser may have handed over its claim of it
-    state.fold(msg.event)
+    state.fold(msg.event, msg.ids)
     time_ms = msg.event.time_ms
     if msg.granted_anchor:
         state.link(anchor, msg.event.event_id, "first seen", time_ms)
@@ -176,6 +190,10 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
     reserved = node.reserved()
     for ident in msg.ids[1:]:
         if ident in state.held or ident in reserved:
+            continue
+        if state.blocks and state.blocked(anchor, ident) is not None:
+            state.refused.add(Refusal(msg.event.event_id, ident, anchor, SPLIT_RULE))
+            out.append(_counted(SPLIT_RULE))
             continue
         broken = _over_limit(state.held | reserved | {ident}, rules)
         if broken is not None:
@@ -187,7 +205,8 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
         node.pending.add((ident, claim))
         reserved.add(ident)
         state.link(ident, msg.event.event_id, f"seen with {anchor}", time_ms)
-        claim_msg = Claim(ident, msg.profile, msg.event.event_id, claim, time_ms)
+        moved_to = node.moved.get(ident, "")
+        claim_msg = Claim(ident, msg.profile, msg.event.event_id, claim, time_ms, moved_to)
         out.append(("identity", ident, claim_msg))
     return out
 
@@ -219,7 +238,21 @@ def _offer(node: ProfileNode, key: str, msg: Offer, rules: IdentityRules) -> lis
             Answer(msg.loser, key, True, msg.via, msg.claimer, msg.event_id, msg.claim),
         ),
         ("merges", key, Merged(msg.loser, key, msg.via, msg.event_id)),
+        *_claims_of_moved(node, key, msg),
     ]
+
+
+def _claims_of_moved(node: ProfileNode, key: str, msg: Offer) -> list[Out]:
+    """The loser had claimed an identifier this profile split off: a link with its part
+    (the answer to the claim may never say so — it goes to the loser, whose redirect
+    leads here, where the identifier is not). This profile merges with the part."""
+    out: list[Out] = []
+    for ident, claim in sorted(msg.pending):
+        to = node.moved.get(ident)
+        if to is not None:
+            event_id = msg.state.linked_by.get(ident, (msg.event_id, "", 0))[0]
+            out.append(("profile", key, Merge(key, to, ident, key, event_id, claim)))
+    return out
 
 
 def _decided(state: ProfileState, msg: Offer) -> str | None:
@@ -250,3 +283,95 @@ def _answer(
     for held in held_back:  # replayed in order: here, or along the new redirect
         out += handle_profile(table, held, rules)
     return out
+
+
+# --- splits (profiles.graph.split) ---------------------------------------------------
+
+
+def _split(node: ProfileNode, key: str, msg: Split) -> list[Out]:
+    """Split a live profile: it keeps the rest, each part starts as a profile of its own
+    (``Spawn``), and the profile remembers where the identifiers went."""
+    if msg.name in node.state.splits:
+        return []  # asked again (a re-delivery): done once
+    plan = plan_split(key, node.state, node.pending, msg.detach, msg.name)
+    if plan is None:
+        return [("dropped", "split: nothing to detach", None)]
+    node.state = plan.main.state
+    node.pending = plan.main.pending
+    node.moved_claims |= plan.moved_claims
+    out: list[Out] = []
+    for part in plan.parts:
+        node.moved.update(dict.fromkeys(part.ids, part.profile))
+        spawn = Spawn(part.profile, key, msg.name, part.state, frozenset(part.pending))
+        out.append(("profile", part.profile, spawn))
+        moved = tuple(sorted(part.ids))
+        out.append(("merges", key, SplitOff(key, part.profile, moved, msg.name, msg.rule)))
+    out += [
+        ("profile", loser, Readdress(loser, to, msg.name))
+        for loser, to in sorted(plan.readdress.items())
+    ]
+    return out
+
+
+def _spawn(node: ProfileNode, key: str, msg: Spawn) -> list[Out]:
+    """A part starts: it takes the state it was given (once), and the index of each
+    identifier it holds is pointed at it."""
+    if node.spawned == msg.name or node.erased is not None:
+        return []
+    node.spawned = msg.name
+    node.state.merge(msg.state.copy())
+    node.pending |= msg.pending
+    node.settle()
+    return [
+        ("identity", i, Repoint(i, msg.source, key, moved=True)) for i in sorted(msg.state.held)
+    ]
+
+
+def _readdress(node: ProfileNode, msg: Readdress) -> list[Out]:
+    """A profile merged away whose first identifier went to a part: its redirect names
+    the part (redirects only ever move to smaller ids, so a late one cannot undo this)."""
+    if node.redirect is not None and rank(msg.to) < rank(node.redirect):
+        node.redirect = msg.to
+    return []
+
+
+def pass_on(  # noqa: PLR0911 - a branch per kind of message
+    node: ProfileNode, key: str, msg: ProfileMsg
+) -> list[Out] | None:
+    """What a profile that split does with a message about an identifier it split off
+    (None: not about one, or about a claim it made itself since): the part gets it."""
+    moved = node.moved
+    if isinstance(msg, Apply):
+        anchor = msg.ids[0]
+        to = moved.get(anchor)
+        if to is None or anchor in node.state.held:
+            return None
+        return [("profile", to, replace(msg, profile=to))]
+    if isinstance(msg, Granted):  # a claim from before the split: the part's now
+        to = moved.get(msg.ident)
+        if to is None or msg.ident in node.state.held:
+            return None
+        return [
+            ("identity", msg.ident, Repoint(msg.ident, key, to, moved=True)),
+            ("profile", to, replace(msg, profile=to)),
+        ]
+    if isinstance(msg, Denied | Release):
+        to = moved.get(msg.ident)
+        if to is None or msg.claim not in node.moved_claims:
+            return None
+        return [("profile", to, replace(msg, profile=to))]
+    if isinstance(msg, Merge | Offer):
+        to = moved.get(msg.via)
+        theirs = msg.claimer != key  # claimed by another profile: it met the identifier
+        if to is None or not (theirs or msg.claim in node.moved_claims):
+            return None
+        if isinstance(msg, Offer):
+            return [("profile", to, replace(msg, winner=to))]
+        if msg.winner == to:  # the part is the owner the claim met: it holds it
+            return [
+                ("identity", msg.via, Repoint(msg.via, key, to, moved=True)),
+                ("profile", to, Granted(to, msg.via, msg.event_id)),
+            ]
+        winner, loser = ordered(to, msg.winner)
+        return [("profile", loser, replace(msg, loser=loser, winner=winner))]
+    return None

@@ -20,6 +20,24 @@ Key = str  # "type:value" for identifiers, "p_..." for profiles
 Reservation = tuple[Key, str]
 
 
+#: What joins a split profile's id to the part it names (``profiles.graph.split``).
+PART_SEP = "~"
+
+
+def rank(profile: str) -> tuple[int, str]:
+    """The total order of profile ids: a merge's winner is the smaller, a redirect
+    points to a smaller id, and a profile waits only on smaller ones. A part split off
+    a profile (``P~…``) is smaller than every id with fewer splits behind it — so a
+    profile's parts are smaller than it and than every profile that could be offering
+    itself to it — and ids with as many are in string order (as before splits)."""
+    return (-profile.count(PART_SEP), profile)
+
+
+def ordered(a: str, b: str) -> tuple[str, str]:
+    """(winner, loser) of two profile ids."""
+    return (a, b) if rank(a) <= rank(b) else (b, a)
+
+
 def ident_type(ident: Key) -> str:
     return ident.split(":", 1)[0]
 
@@ -38,6 +56,10 @@ class Refusal:
     rule: str
 
 
+#: A split's block (``profiles.graph.split``): its name, and the two sides it keeps
+#: apart — no event links an identifier of one side with one of the other again.
+Block = tuple[str, frozenset[Key], frozenset[Key]]
+
 #: How an identifier joined: (event id, how, that event's time in ms).
 Link = tuple[str, str, int]
 #: The time of an event not known where a link is recorded: sorts after every real one.
@@ -52,7 +74,18 @@ class ProfileState:
     an event), ``totals``, their aggregates (``profiles.totals``), and ``ledger``, the
     events themselves, appended and read back only on merges."""
 
-    __slots__ = ("held", "ledger", "linked_by", "merged", "refused", "seen", "totals")
+    __slots__ = (
+        "base",
+        "blocks",
+        "held",
+        "ledger",
+        "linked_by",
+        "merged",
+        "refused",
+        "seen",
+        "splits",
+        "totals",
+    )
     __hash__ = None  # type: ignore[assignment]  # mutable: compared, never hashed
 
     def __init__(
@@ -64,6 +97,9 @@ class ProfileState:
         refused: set[Refusal] | None = None,
         linked_by: dict[Key, Link] | None = None,
         merged: set[tuple[str, Key, str]] | None = None,
+        blocks: dict[str, Block] | None = None,
+        splits: set[str] | None = None,
+        base: int = 0,
     ) -> None:
         self.held: set[Key] = set() if held is None else held
         self.seen: array[int] = array("Q") if seen is None else seen
@@ -73,18 +109,38 @@ class ProfileState:
         # identifier -> how it joined: for `profiles why`
         self.linked_by: dict[Key, Link] = {} if linked_by is None else linked_by
         self.merged: set[tuple[str, Key, str]] = set() if merged is None else merged
+        # Splits: the blocks they left (by name), the splits this state went through (a
+        # split asked again does nothing), and what its version counts besides its parts
+        # (a split takes parts away, and a version must never go back).
+        self.blocks: dict[str, Block] = {} if blocks is None else blocks
+        self.splits: set[str] = set() if splits is None else splits
+        self.base = base
+
+    def blocked(self, a: Key, b: Key) -> str | None:
+        """The split that keeps ``a`` and ``b`` apart, if any."""
+        for name, one, two in self.blocks.values():
+            if (a in one and b in two) or (a in two and b in one):
+                return name
+        return None
+
+    def size(self) -> int:
+        """What a live profile's version counts (``profiles.projection.version_of``):
+        every part only grows, and a split adds to ``base`` what it took away."""
+        return len(self.seen) + len(self.held) + len(self.refused) + len(self.merged) + self.base
 
     def has(self, event_id: str) -> bool:
         return _holds(self.seen, event_hash(event_id))
 
-    def fold(self, event: EventFacts) -> bool:
+    def fold(self, event: EventFacts, ids: tuple[Key, ...] = ()) -> bool:
+        """Take an event applied with identifiers ``ids`` (anchor first); False when it
+        is held already."""
         h = event_hash(event.event_id)
         i = bisect_left(self.seen, h)
         if i < len(self.seen) and self.seen[i] == h:
             return False
         self.seen.insert(i, h)
         self.totals.fold(event)
-        self.ledger.append(entry_of(event))
+        self.ledger.append(entry_of(event, ids))
         return True
 
     def event_ids(self) -> list[str]:
@@ -120,6 +176,10 @@ class ProfileState:
         for ident, (event_id, how, time_ms) in other.linked_by.items():
             self.link(ident, event_id, how, time_ms)
         self.merged |= other.merged
+        for name, block in other.blocks.items():
+            self.blocks.setdefault(name, block)
+        self.splits |= other.splits
+        self.base = max(self.base, other.base)
 
     def copy(self) -> ProfileState:
         return ProfileState(
@@ -130,6 +190,9 @@ class ProfileState:
             set(self.refused),
             dict(self.linked_by),
             set(self.merged),
+            dict(self.blocks),
+            set(self.splits),
+            self.base,
         )
 
     def __eq__(self, other: object) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import redis
 
+from profiles.graph.state import rank
 from sinks.redis_view import PREFIX, identifier_key, identifier_keys
 
 
@@ -146,7 +147,7 @@ class ViewModel:
             if pid in self.erased:  # a tombstone refuses the write whole
                 continue
             for key in identifier_keys(view):
-                if key not in self.index or pid < self.index[key]:
+                if key not in self.index or rank(pid) < rank(self.index[key]):
                     self.index[key] = pid
             old = self.profiles.get(pid)
             if old is None or old["version"] <= view["version"]:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from profiles.facts import facts_of
 from profiles.graph.identity import handle_identity, known_anchor, owner_of
-from profiles.graph.messages import Erased, Merged, Observe, Offer, Release
+from profiles.graph.messages import Erased, Merged, Observe, Offer, Release, SplitOff
 from profiles.graph.node import ProfileNode
 from profiles.graph.profile import handle_profile
 from profiles.graph.state import ProfileState, ident_type
@@ -124,6 +124,7 @@ class Simulation:
         self.profiles: list[dict[str, ProfileNode]] = [{} for _ in range(profile_parts)]
         self.channels: dict[tuple[Node, Node], deque[Any]] = {}
         self.merges: list[Merged] = []
+        self.splits: list[SplitOff] = []
         self.counted: Counter[str] = Counter()  # refusals reported for metrics, by rule
         self.rng = random.Random(seed)
         self.delivered = 0
@@ -133,7 +134,10 @@ class Simulation:
     def send(self, source: Node, outs: list[tuple[str, str, Any]]) -> None:
         for stage, k, msg in outs:
             if stage == "merges":
-                self.merges.append(msg)
+                if isinstance(msg, Merged):
+                    self.merges.append(msg)
+                else:
+                    self.splits.append(msg)
                 continue
             if stage in ("refused", "dropped", "kept"):
                 self.counted[k] += 1

@@ -1,0 +1,206 @@
+"""Splitting a profile: what a wrong merge joined comes apart, exactly.
+
+A profile keeps every event with the identifiers it was applied with (its ledger), so
+the links that made it can be read back: an event links its anchor (first identifier)
+with each of its others, unless that link was refused. ``plan_split`` cuts the
+profile along the identifiers asked for:
+
+* the *rest* is the largest group (by events) of the identifiers not detached that
+  stay linked without them — it keeps the profile's id;
+* everything else — the detached identifiers, and what was linked to the rest only
+  through them — is the *split side*, one part per group still linked within it;
+* a **block** records the two sides: no event links an identifier of one with one of
+  the other again (the same evidence cannot merge them back; an event naming both
+  links each to its anchor's side only, its other link refused as ``split``);
+* each event goes to the part holding its anchor, and every part's state is made
+  again from its own events (traits, computed traits, counts); its reservations,
+  refusals, merges and explanations go with the identifiers they are about.
+
+Parts are named ``<profile>~<8 hex>`` (``profiles.graph.state.rank``: smaller than the
+profile, so a message that follows an identifier to its part never waits on a larger
+id). The profile keeps a map of the identifiers that left (``ProfileNode.moved``):
+what still reaches it about them — an event anchored on one, an answer to a claim
+that moved — is passed on to their part, until every index names the part.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from hashlib import blake2b
+
+from profiles.facts import EventFacts
+from profiles.graph.state import (
+    PART_SEP,
+    Block,
+    Key,
+    ProfileState,
+    Reservation,
+    profile_for,
+)
+from profiles.ledger import event_hash
+
+#: The refusal rule of a link a split's block refused.
+SPLIT_RULE = "split"
+
+
+def part_id(profile: str, name: str, n: int) -> str:
+    digest = blake2b(f"{name}/{n}".encode(), digest_size=4).hexdigest()
+    return f"{profile}{PART_SEP}{digest}"
+
+
+@dataclass
+class Part:
+    profile: str
+    ids: set[Key]  # held and reserved
+    state: ProfileState = field(default_factory=ProfileState)
+    pending: set[Reservation] = field(default_factory=set)
+
+
+@dataclass
+class SplitPlan:
+    main: Part  # keeps the profile's id
+    parts: list[Part]  # the others, each a new profile
+    block: Block
+    readdress: dict[str, str]  # profile merged away -> the part its redirect now names
+    moved_claims: set[str]  # claims whose reservations went to a part
+
+
+class _Groups:
+    """Union-find over identifiers."""
+
+    def __init__(self, nodes: Iterable[Key]) -> None:
+        self.parent = {n: n for n in nodes}
+
+    def find(self, x: Key) -> Key:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def join(self, a: Key, b: Key) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def groups(self) -> list[set[Key]]:
+        out: dict[Key, set[Key]] = {}
+        for n in self.parent:
+            out.setdefault(self.find(n), set()).add(n)
+        return sorted(out.values(), key=min)
+
+
+Event = tuple[bytes, EventFacts, tuple[Key, ...]]
+
+
+def links(state: ProfileState, nodes: set[Key], events: list[Event]) -> list[tuple[Key, Key]]:
+    """The links the profile's events made between its identifiers: each event's anchor
+    with each of its others, but those refused (by a rule, a block, another profile)."""
+    refused = {(r.event_id, r.ident) for r in state.refused}
+    out = []
+    for _entry, facts, ids in events:
+        if not ids or ids[0] not in nodes:
+            continue
+        anchor = ids[0]
+        for ident in ids[1:]:
+            if ident not in nodes or (facts.event_id, ident) in refused:
+                continue
+            if state.blocks and state.blocked(anchor, ident) is not None:
+                continue
+            out.append((anchor, ident))
+    return out
+
+
+def plan_split(
+    profile: str,
+    state: ProfileState,
+    pending: Iterable[Reservation],
+    detach: Iterable[Key],
+    name: str,
+) -> SplitPlan | None:
+    """How ``profile`` splits when ``detach`` leaves it; None when there is nothing to
+    split (none of them is its own, or every identifier it has would leave)."""
+    pending = set(pending)
+    nodes = state.held | {ident for ident, _ in pending}
+    gone = set(detach) & nodes
+    if not gone or gone == nodes:
+        return None
+    events = list(state.ledger.events_with_ids())
+    edges = links(state, nodes, events)
+    # The rest: groups of the identifiers that stay, linked without the detached ones.
+    staying = _Groups(nodes - gone)
+    for a, b in edges:
+        if a not in gone and b not in gone:
+            staying.join(a, b)
+    anchored: dict[Key, int] = {}
+    for _entry, _facts, ids in events:
+        if ids and ids[0] in nodes:
+            anchored[ids[0]] = anchored.get(ids[0], 0) + 1
+    # (Groups come in order of their smallest identifier: the first of equals wins.)
+    rest = max(staying.groups(), key=lambda g: (sum(anchored.get(i, 0) for i in g), len(g)))
+    side = nodes - rest
+    # The split side: groups still linked within it.
+    split = _Groups(side)
+    for a, b in edges:
+        if a in side and b in side:
+            split.join(a, b)
+    block: Block = (name, frozenset(side), frozenset(rest))
+    return _plan(profile, state, pending, events, name, rest, split.groups(), block)
+
+
+def _plan(
+    profile: str,
+    state: ProfileState,
+    pending: set[Reservation],
+    events: list[Event],
+    name: str,
+    main_ids: set[Key],
+    groups: list[set[Key]],
+    block: Block,
+) -> SplitPlan:
+    main = Part(profile, set(main_ids))
+    parts = [Part(part_id(profile, name, n), g) for n, g in enumerate(groups, 1)]
+    where: dict[Key, Part] = {i: p for p in (main, *parts) for i in p.ids}
+    # Events: with the part of their anchor (one applied before identifiers were kept
+    # with events stays with the rest).
+    taken: dict[str, list[tuple[bytes, EventFacts]]] = {p.profile: [] for p in (main, *parts)}
+    event_part: dict[str, Part] = {}
+    for entry, facts, ids in events:
+        part = where.get(ids[0], main) if ids else main
+        taken[part.profile].append((entry, facts))
+        event_part[facts.event_id] = part
+    for part in (main, *parts):
+        s = part.state
+        hashes = []
+        for entry, facts in taken[part.profile]:
+            hashes.append(event_hash(facts.event_id))
+            s.totals.fold(facts)
+            s.ledger.append(entry)
+        s.seen = array("Q", sorted(hashes))
+        s.held = state.held & part.ids
+        s.linked_by = {i: v for i, v in state.linked_by.items() if i in part.ids}
+        s.blocks = {**state.blocks, name: block}
+        s.splits = state.splits | {name}
+    for r in state.refused:
+        part = event_part.get(r.event_id) or where.get(r.ident, main)
+        part.state.refused.add(r)
+    for m in state.merged:
+        where.get(m[1], main).state.merged.add(m)
+    moved_claims = set()
+    for ident, claim in pending:
+        part = where[ident]
+        part.pending.add((ident, claim))
+        if part is not main:
+            moved_claims.add(claim)
+    # A version never goes back: the rest counts on from where the whole profile was.
+    main.state.base = state.size() + 1 - main.state.size()
+    founders = {profile_for(i): where[i] for i in main.ids.union(*(p.ids for p in parts))}
+    readdress = {}
+    for loser, via, _event in state.merged:
+        part = founders.get(loser) or where.get(via, main)
+        if part is not main:
+            readdress[loser] = part.profile
+    return SplitPlan(main, parts, block, readdress, moved_claims)

@@ -1,0 +1,149 @@
+"""Splitting a profile, under every interleaving Kafka allows (the simulator of
+test_graph): split then go on equals the reference computed with the split's block in
+force from the start — clusters, events, traits — and the same events again do not
+merge the parts back."""
+
+from __future__ import annotations
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from profiles.graph.messages import Split
+from profiles.graph.state import ProfileState
+from profiles.graph.split import plan_split
+from profiles.projection import view_of
+from profiles.reference import reference_clusters, reference_states
+from profiles.touchpoint import Touchpoint
+from tests.unit.test_graph import (
+    UNLIMITED,
+    Simulation,
+    batches,
+    check_settled,
+    check_view,
+    crashes,
+    parts,
+    redelivery,
+    rollbacks,
+    shortcuts,
+)
+from tests.unit.test_reference import event_lists
+
+OPS = ("ops", 0)
+
+
+def _content(view: dict) -> dict:  # type: ignore[type-arg]
+    """What the reference must agree on: identifiers, traits, computed traits but the
+    merge bookkeeping (how the graph got there)."""
+    computed = {
+        k: v for k, v in view["computed"].items() if k not in ("merged_from", "refused_links")
+    }
+    return {"identifiers": view["identifiers"], "traits": view["traits"], "computed": computed}
+
+
+def _renumbered(events: list[Touchpoint], prefix: str, start: int) -> list[Touchpoint]:
+    return [
+        Touchpoint(f"{prefix}{n}", tp.type, tp.source, start + n, tp.identifiers)
+        for n, tp in enumerate(events)
+    ]
+
+
+@settings(max_examples=250, deadline=None)
+@given(
+    event_lists,
+    event_lists,
+    parts,
+    st.integers(0, 2**32),
+    redelivery,
+    crashes,
+    rollbacks,
+    batches,
+    shortcuts,
+    st.data(),
+)
+def test_split_then_continue_equals_the_reference_with_the_block_from_the_start(
+    first, later, parts, seed, again, crash, rollback, batch, shortcut, data
+) -> None:  # type: ignore[no-untyped-def]
+    later = _renumbered(later, "f", 1000)
+    sim = Simulation(UNLIMITED, parts[1], parts[2], seed, again, crash, rollback, batch, shortcut)
+    sim.feed(first, parts[0])
+    sim.run()
+    candidates = sorted((p, n) for p, n in sim.live().items() if len(n.state.held) >= 2)
+    assume(candidates)
+    pid, node = data.draw(st.sampled_from(candidates))
+    held = sorted(node.state.held)
+    detach = data.draw(st.lists(st.sampled_from(held), min_size=1, max_size=len(held) - 1,
+                                unique=True))  # fmt: skip
+    # The split and the later events in flight together, and every event sent again.
+    sim.send(OPS, [("profile", pid, Split(pid, "s1", tuple(detach), "split"))])
+    sim.feed(later + first, parts[0])
+    sim.run()
+
+    events = first + later
+    check_settled(sim, events)
+    check_view(sim)
+    blocks = {b for n in sim.live().values() for b in n.state.blocks.values()}
+    assert len(blocks) == 1
+    [block] = blocks
+    assert set(detach) <= block[1]
+    ref = reference_clusters(events, UNLIMITED, "US", limits=False, blocks=[block])
+    assert sim.clusters() == set(ref.clusters)
+    expected = {
+        frozenset(s.held): _content(view_of("-", _node(s)))
+        for s in reference_states(events, UNLIMITED, "US", blocks=[block])
+    }
+    for key, n in sim.live().items():
+        if n.state.held:
+            assert _content(view_of(key, n)) == expected[frozenset(n.state.held)]
+    # Downstream heard of the split: once per part (again after a crash), naming what
+    # moved; and the detached identifiers are in none of the profile's parts that stayed.
+    assert {s.source for s in sim.splits} == {pid}
+    moved = {i for s in sim.splits for i in s.ids}
+    assert set(detach) <= moved
+    assert not moved & block[2]
+
+
+def _node(state: ProfileState):  # type: ignore[no-untyped-def]
+    from profiles.graph.node import ProfileNode
+
+    return ProfileNode(state=state)
+
+
+def test_a_split_is_done_once_and_keeps_its_version_growing() -> None:
+    def ev(n: int, **ids: str) -> Touchpoint:
+        return Touchpoint(f"e{n}", "x", "web", n, ids)
+
+    # Ana and Bo merged through a family email; Bo's phone came with it.
+    events = [
+        ev(1, user_id="ana", email="ana@mail.example.org"),
+        ev(2, email="family@mail.example.org", user_id="ana"),
+        ev(3, email="family@mail.example.org", anonymous_id="bo-phone"),
+        ev(4, anonymous_id="bo-phone", loyalty_id="L1"),
+    ]
+    sim = Simulation(UNLIMITED, 2, 2, seed=1)
+    sim.feed(events, 1)
+    sim.run()
+    [(pid, node)] = sim.live().items()
+    before = view_of(pid, node)["version"]
+    split = Split(pid, "s1", ("email:family@mail.example.org",), "split")
+    sim.send(OPS, [("profile", pid, split), ("profile", pid, split)])
+    sim.run()
+    clusters = sim.clusters()
+    assert clusters == {
+        frozenset({"user_id:ana", "email:ana@mail.example.org"}),
+        frozenset({"email:family@mail.example.org", "anonymous_id:bo-phone", "loyalty_id:L1"}),
+    }
+    live = sim.live()
+    assert view_of(pid, live[pid])["version"] > before
+    assert len(sim.splits) == 1
+    # The same events again do not merge them back.
+    sim.feed(events, 1)
+    sim.run()
+    assert sim.clusters() == clusters
+    check_settled(sim, events)
+    check_view(sim)
+
+
+def test_nothing_to_detach_is_no_split() -> None:
+    state = ProfileState(held={"email:a@x.org"})
+    assert plan_split("p_1", state, (), ["email:b@x.org"], "s") is None
+    assert plan_split("p_1", state, (), ["email:a@x.org"], "s") is None  # all of it
