@@ -66,7 +66,7 @@ def view_of(
 ) -> dict[str, Any]:
     """The documented read form (``unifier profiles get``, the API, Redis)."""
     if node.redirect is not None:
-        return redirect_view(profile_id, node.redirect)
+        return redirect_view(profile_id, node.shown_as or node.redirect)
     s = node.state
     ids: dict[str, list[str]] = {}
     for ident in sorted(s.held):

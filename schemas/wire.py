@@ -133,16 +133,24 @@ def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911, PLR0912 - a branch p
              "t": m.time_ms}  # fmt: skip
         if m.moved_to:
             d["mt"] = m.moved_to
+        if m.anchor:
+            d["an"] = m.anchor
         return d
     if isinstance(m, Granted):
         return {"k": "grt", "p": m.profile, "i": m.ident, "e": m.event_id}
     if isinstance(m, Merge):
-        return {"k": "mrg", "l": m.loser, "w": m.winner, "v": m.via, "c": m.claimer,
-                "e": m.event_id, "cl": m.claim, "t": m.time_ms}  # fmt: skip
+        d = {"k": "mrg", "l": m.loser, "w": m.winner, "v": m.via, "c": m.claimer,
+             "e": m.event_id, "cl": m.claim, "t": m.time_ms}  # fmt: skip
+        if m.anchor:
+            d["an"] = m.anchor
+        return d
     if isinstance(m, Offer):
-        return {"k": "ofr", "w": m.winner, "l": m.loser, "s": state_to(m.state),
-                "pd": _reservations(m.pending), "v": m.via, "c": m.claimer, "e": m.event_id,
-                "cl": m.claim, "t": m.time_ms}  # fmt: skip
+        d = {"k": "ofr", "w": m.winner, "l": m.loser, "s": state_to(m.state),
+             "pd": _reservations(m.pending), "v": m.via, "c": m.claimer, "e": m.event_id,
+             "cl": m.claim, "t": m.time_ms}  # fmt: skip
+        if m.anchor:
+            d["an"] = m.anchor
+        return d
     if isinstance(m, Answer):
         return {"k": "ans", "l": m.loser, "w": m.winner, "ok": m.accepted, "v": m.via,
                 "c": m.claimer, "e": m.event_id, "cl": m.claim, "r": m.rule}  # fmt: skip
@@ -197,11 +205,11 @@ _READERS: dict[str, Any] = {
         d["p"], tuple(d["ids"]), facts_from(d["e"]), d["g"], _refused_from(d), d.get("po", False)
     ),
     "clm": lambda d: Claim(
-        d["i"], d["p"], d["e"], d["cl"], d.get("t", UNKNOWN_TIME), d.get("mt", "")
+        d["i"], d["p"], d["e"], d["cl"], d.get("t", UNKNOWN_TIME), d.get("mt", ""), d.get("an", "")
     ),
     "grt": lambda d: Granted(d["p"], d["i"], d["e"]),
     "mrg": lambda d: Merge(
-        d["l"], d["w"], d["v"], d["c"], d["e"], d["cl"], d.get("t", UNKNOWN_TIME)
+        d["l"], d["w"], d["v"], d["c"], d["e"], d["cl"], d.get("t", UNKNOWN_TIME), d.get("an", "")
     ),
     "ofr": lambda d: Offer(
         d["w"],
@@ -213,6 +221,7 @@ _READERS: dict[str, Any] = {
         d["e"],
         d["cl"],
         d.get("t", UNKNOWN_TIME),
+        d.get("an", ""),
     ),
     "ans": lambda d: Answer(d["l"], d["w"], d["ok"], d["v"], d["c"], d["e"], d["cl"], d["r"]),
     "rel": lambda d: Release(d["p"], d["i"], d["cl"]),
@@ -275,6 +284,7 @@ def node_to(node: ProfileNode) -> bytes:
             **({"er": list(node.erased)} if node.erased is not None else {}),
             **({"mv": node.moved, "mc": sorted(node.moved_claims)} if node.moved else {}),
             **({"sw": node.spawned} if node.spawned is not None else {}),
+            **({"sa": node.shown_as} if node.shown_as is not None else {}),
         }
     )
     seen = s.seen if sys.byteorder == "little" else _swapped(s.seen)  # joined without a copy
@@ -311,6 +321,7 @@ def node_from(data: bytes, load: Callable[[int], bytes] | None = None) -> Profil
         moved=d.get("mv") or {},
         moved_claims=set(d.get("mc", ())),
         spawned=d.get("sw"),
+        shown_as=d.get("sa"),
     )
 
 

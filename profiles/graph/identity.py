@@ -126,5 +126,7 @@ def _claim(table: MutableMapping[Key, str], msg: Claim, max_claimants: int | Non
             return [("profile", msg.profile, denied)]
         _store(table, msg.ident, owner, [*claimants, msg.profile])
     winner, loser = ordered(owner, msg.profile)
-    merge = Merge(loser, winner, msg.ident, msg.profile, msg.event_id, msg.claim, msg.time_ms)
+    merge = Merge(
+        loser, winner, msg.ident, msg.profile, msg.event_id, msg.claim, msg.time_ms, msg.anchor
+    )
     return [("profile", loser, merge)]

@@ -39,6 +39,7 @@ class Claim:  # -> identity[ident]
     # The claimer split the identifier off to this part: if the identity partition
     # still names the claimer (the part's re-point is on its way), the part owns it.
     moved_to: str = ""
+    anchor: Key = ""  # the event's anchor: the link is (anchor, ident) — for splits' blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Merge:  # -> profile[loser]
     event_id: str
     claim: str
     time_ms: int = UNKNOWN_TIME
+    anchor: Key = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class Offer:  # -> profile[winner]
     event_id: str
     claim: str
     time_ms: int = UNKNOWN_TIME
+    anchor: Key = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,10 @@ class ProfileNode:
     moved: dict[Key, str] = field(default_factory=dict)
     moved_claims: set[str] = field(default_factory=set)
     spawned: str | None = None
+    # A redirect whose profile's first identifier went to a part: what its view names
+    # (reads land where that customer is now). ``redirect`` still routes: what reaches
+    # this node about an identifier it once held is the survivor's to pass on.
+    shown_as: str | None = None
 
     def reserved(self) -> set[Key]:
         return {ident for ident, _ in self.pending}

@@ -123,6 +123,7 @@ def _merge(node: ProfileNode, key: str, msg: Merge) -> list[Out]:
         msg.event_id,
         msg.claim,
         msg.time_ms,
+        msg.anchor,
     )
     return [("profile", msg.winner, offer)]
 
@@ -163,7 +164,7 @@ def _at_redirect(
         if msg.winner == to:
             return []
         winner, loser = ordered(to, msg.winner)
-        merge = Merge(loser, winner, msg.via, msg.claimer, msg.event_id, msg.claim, msg.time_ms)
+        merge = replace(msg, loser=loser, winner=winner)
         return [("profile", loser, merge)]
     raise AssertionError(f"{msg!r} reached redirect {key}")  # Answers were dropped above
 
@@ -206,7 +207,9 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
         reserved.add(ident)
         state.link(ident, msg.event.event_id, f"seen with {anchor}", time_ms)
         moved_to = node.moved.get(ident, "")
-        claim_msg = Claim(ident, msg.profile, msg.event.event_id, claim, time_ms, moved_to)
+        claim_msg = Claim(
+            ident, msg.profile, msg.event.event_id, claim, time_ms, moved_to, anchor
+        )
         out.append(("identity", ident, claim_msg))
     return out
 
@@ -222,6 +225,11 @@ def _offer(node: ProfileNode, key: str, msg: Offer, rules: IdentityRules) -> lis
         return [("profile", msg.loser, again)]
     theirs = {ident for ident, _ in msg.pending}
     rule = _over_limit(node.state.held | node.reserved() | msg.state.held | theirs, rules)
+    if msg.anchor and (
+        node.state.blocked(msg.anchor, msg.via) or msg.state.blocked(msg.anchor, msg.via)
+    ):
+        # A claim made before its claimer knew of a split that keeps the two apart.
+        rule = SPLIT_RULE
     if rule is not None:
         node.state.refused.add(Refusal(msg.event_id, msg.via, msg.loser, rule))
         answer = Answer(msg.loser, key, False, msg.via, msg.claimer, msg.event_id, msg.claim, rule)
@@ -249,10 +257,26 @@ def _claims_of_moved(node: ProfileNode, key: str, msg: Offer) -> list[Out]:
     out: list[Out] = []
     for ident, claim in sorted(msg.pending):
         to = node.moved.get(ident)
-        if to is not None:
-            event_id = msg.state.linked_by.get(ident, (msg.event_id, "", 0))[0]
-            out.append(("profile", key, Merge(key, to, ident, key, event_id, claim)))
+        if to is None:
+            continue
+        event_id = msg.state.linked_by.get(ident, (msg.event_id, "", 0))[0]
+        anchor = _anchor_of(msg.state, event_id)
+        if anchor and node.state.blocked(anchor, ident):
+            node.pending.discard((ident, claim))
+            node.state.refused.add(Refusal(event_id, ident, anchor, SPLIT_RULE))
+            out.append(_counted(SPLIT_RULE))
+            continue
+        out.append(("profile", key, Merge(key, to, ident, key, event_id, claim, anchor=anchor)))
     return out
+
+
+def _anchor_of(state: ProfileState, event_id: str) -> Key:
+    """The anchor an event of this state was applied with ("" if not known). Reads the
+    ledger: only for the rare claim that meets a split."""
+    for _entry, facts, ids in state.ledger.events_with_ids():
+        if facts.event_id == event_id:
+            return ids[0] if ids else ""
+    return ""
 
 
 def _decided(state: ProfileState, msg: Offer) -> str | None:
@@ -328,10 +352,11 @@ def _spawn(node: ProfileNode, key: str, msg: Spawn) -> list[Out]:
 
 
 def _readdress(node: ProfileNode, msg: Readdress) -> list[Out]:
-    """A profile merged away whose first identifier went to a part: its redirect names
-    the part (redirects only ever move to smaller ids, so a late one cannot undo this)."""
-    if node.redirect is not None and rank(msg.to) < rank(node.redirect):
-        node.redirect = msg.to
+    """A profile merged away whose first identifier went to a part: its view names the
+    part (only ever a smaller id, so a late one cannot undo a later one)."""
+    shown = node.shown_as or node.redirect
+    if shown is not None and rank(msg.to) < rank(shown):
+        node.shown_as = msg.to
     return []
 
 

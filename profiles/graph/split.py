@@ -122,7 +122,7 @@ def plan_split(
     name: str,
 ) -> SplitPlan | None:
     """How ``profile`` splits when ``detach`` leaves it; None when there is nothing to
-    split (none of them is its own, or every identifier it has would leave)."""
+    split (none of them is its own, or every identifier it holds would leave)."""
     pending = set(pending)
     nodes = state.held | {ident for ident, _ in pending}
     gone = set(detach) & nodes
@@ -140,7 +140,12 @@ def plan_split(
         if ids and ids[0] in nodes:
             anchored[ids[0]] = anchored.get(ids[0], 0) + 1
     # (Groups come in order of their smallest identifier: the first of equals wins.)
-    rest = max(staying.groups(), key=lambda g: (sum(anchored.get(i, 0) for i in g), len(g)))
+    rest = max(
+        staying.groups(),
+        key=lambda g: (sum(anchored.get(i, 0) for i in g), len(g & state.held), len(g)),
+    )
+    if not rest & state.held:
+        return None  # every identifier it holds would leave: nothing stays to split from
     side = nodes - rest
     # The split side: groups still linked within it.
     split = _Groups(side)
