@@ -86,8 +86,8 @@ def view_of(
 
 
 def why_of(node: ProfileNode) -> dict[str, Any]:
-    """How each identifier came to the profile, the merges it went through, and the
-    links it refused (``unifier profiles why``)."""
+    """How each identifier came to the profile, the merges it went through, the links
+    it refused, and the splits that keep identifiers apart (``unifier profiles why``)."""
     s = node.state
     return {
         "identifiers": [
@@ -103,6 +103,16 @@ def why_of(node: ProfileNode) -> dict[str, Any]:
             {"event_id": r.event_id, "identifier": r.ident, "other": r.other, "rule": r.rule}
             for r in sorted(s.refused, key=lambda r: (r.event_id, r.ident))
         ],
+        **(
+            {
+                "splits": [
+                    {"split": name, "apart": sorted(one), "from": sorted(two)}
+                    for name, one, two in sorted(s.blocks.values())
+                ]
+            }
+            if s.blocks
+            else {}
+        ),
     }
 
 

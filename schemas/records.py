@@ -2,7 +2,8 @@
 
 * ``ProfileUpdate`` (``profile-updates``, compacted, keyed by profile id): the full
   profile after every change, with what changed; a tombstone when merged away.
-* ``ProfileMerge`` (``profile-merges``): one record per profile merged into another.
+* ``ProfileMerge`` (``profile-merges``): one record per profile merged into another,
+  and (kind split) one per part split off a profile.
 
 Both are Avro (``schemas/*.avsc``) through ``schemas.codec``; ``decode_update`` and
 ``decode_merge`` turn them back into typed records for readers (``serve.feed``,
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from profiles.graph.messages import Merged
+from profiles.graph.messages import Merged, SplitOff
 from profiles.segments import Transition
 from schemas.codec import (
     CODEC,
@@ -95,6 +96,28 @@ def membership_from(value: bytes) -> Transition:
         r["definition_version"],
         r["profile_version"],
         r["seq"],
+    )
+
+
+def split_record(split: SplitOff) -> bytes:
+    """A ``profile-merges`` record of kind split: ``loser`` is the profile split (it
+    stays), ``winner`` the part that starts, ``moved`` what went there; ``event_id``
+    the split's request id."""
+    first = split.ids[0] if split.ids else ":"
+    id_type, _, value = first.partition(":")
+    return CODEC.encode(
+        PROFILE_MERGE,
+        {
+            "loser": split.source,
+            "winner": split.part,
+            "identifier_type": id_type,
+            "identifier_value": value,
+            "event_id": split.name,
+            "merged_at": int(time.time() * 1000),
+            "kind": "split",
+            "moved": list(split.ids),
+            "rule": split.rule,
+        },
     )
 
 
@@ -175,11 +198,17 @@ def removal_headers(reason: str, merged_into: str | None = None) -> list[tuple[s
 
 @dataclass(frozen=True, slots=True)
 class ProfileMerge:
+    """kind "merge": ``loser`` was merged into ``winner``; kind "split": ``loser`` was
+    split and ``moved`` identifiers (``type:value``) went to the new ``winner``."""
+
     loser: str
     winner: str
     identifier_type: str  # the type of the identifier that linked them (its value is PII)
     event_id: str
     merged_at_ms: int
+    kind: str = "merge"
+    moved: tuple[str, ...] = ()
+    rule: str = ""
 
 
 Change = ProfileUpdate | ProfileRemoved | ProfileMerge
@@ -232,7 +261,14 @@ def merge_from(value: bytes | None) -> ProfileMerge:
     except DecodeError as exc:
         raise FeedError(f"profile-merges record: {exc}") from None
     return ProfileMerge(
-        r["loser"], r["winner"], r["identifier_type"], r["event_id"], _millis(r["merged_at"])
+        r["loser"],
+        r["winner"],
+        r["identifier_type"],
+        r["event_id"],
+        _millis(r["merged_at"]),
+        r.get("kind", "merge"),
+        tuple(r.get("moved", ())),
+        r.get("rule", ""),
     )
 
 

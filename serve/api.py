@@ -8,6 +8,7 @@
     POST /v1/privacy/erasures              erase a person (admin): a receipt id
     GET /v1/privacy/erasures/{receipt}     an erasure's steps (admin)
     GET /v1/privacy/export?type=&value=    everything held about a person (admin)
+    POST /v1/identity/splits               split a wrong merge (admin): a split id
     GET /health                            the process answers
     GET /ready                             ... Redis answers and the view is complete
     GET /openapi.json                      the OpenAPI document of all this
@@ -100,7 +101,7 @@ def _check_key(request: web.Request) -> web.Response | None:
     if key is None:
         return _error(401, "unknown API key")
     scopes = keys[key]
-    needed = "admin" if request.path.startswith("/v1/privacy/") else "read"
+    needed = "admin" if request.path.startswith(("/v1/privacy/", "/v1/identity/")) else "read"
     if needed not in scopes:
         return _error(403, f"this API key has no {needed} scope")
     request[SCOPES] = frozenset(scopes)
@@ -258,6 +259,57 @@ async def erase(request: web.Request) -> web.Response:
                   "status": f"/v1/privacy/erasures/{receipt}"}, 202)  # fmt: skip
 
 
+# --- identity corrections (admin) -----------------------------------------------------
+
+
+def _split_asked(doc: Any) -> tuple[str, list[tuple[str, str]], str] | None:
+    """(profile id, (type, value) pairs, reason) of a split request; None if malformed."""
+    if not isinstance(doc, dict):
+        return None
+    pid, detach, reason = doc.get("profile_id"), doc.get("detach"), doc.get("reason", "")
+    if not isinstance(pid, str) or not pid or not isinstance(reason, str):
+        return None
+    if not isinstance(detach, list) or not detach:
+        return None
+    pairs = []
+    for d in detach:
+        if not isinstance(d, dict):
+            return None
+        id_type, value = d.get("type"), d.get("value")
+        if not isinstance(id_type, str) or not isinstance(value, str):
+            return None
+        pairs.append((id_type, value))
+    return pid, pairs, reason
+
+
+async def split(request: web.Request) -> web.Response:
+    """Split a profile: {"profile_id", "detach": [{"type", "value"}...], "reason"} -> 202
+    with the split's id; the workers make the parts within seconds."""
+    from serve.identity import SplitRefused, request_split
+
+    try:
+        asked = _split_asked(await request.json(loads=orjson.loads))
+    except ValueError:
+        asked = None
+    if asked is None:
+        return _error(
+            400,
+            'give profile_id and detach: [{"type": ..., "value": ...}, ...]; reason is a string',
+        )
+    settings, actor = request.app[SETTINGS], f"api:{request.get(KEY_NAME, '?')}"
+    loop = asyncio.get_running_loop()
+    pid, pairs, reason = asked
+    try:
+        sent = await loop.run_in_executor(None, request_split, settings, pid, pairs, actor, reason)
+    except IdentifierRefused as exc:
+        return _error(400, str(exc))
+    except SplitRefused as exc:
+        return _error(404 if str(exc).startswith("no profile") else 409, str(exc))
+    except privacy.PrivacyError as exc:
+        return _error(503, str(exc))
+    return _json({"split": sent.split, "profile_id": sent.profile_id}, 202)
+
+
 def _scanned(app: web.Application) -> Any:
     def done(scan: asyncio.Future[int]) -> None:
         app[SCANS].discard(scan)
@@ -375,6 +427,7 @@ def create_api(settings: Settings) -> web.Application:
     app.router.add_post("/v1/privacy/erasures", erase)
     app.router.add_get("/v1/privacy/erasures/{receipt}", erasure_status)
     app.router.add_get("/v1/privacy/export", export)
+    app.router.add_post("/v1/identity/splits", split)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/openapi.json", openapi)
@@ -425,7 +478,8 @@ _SEGMENT = {
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Bad request", 401: "No or unknown API key",
             403: "The key lacks the scope (read; admin for privacy requests)",
-            404: "Not found", 503: "Profile store or broker unreachable"}  # fmt: skip
+            404: "Not found", 409: "Cannot be done as asked (the message says why)",
+            503: "Profile store or broker unreachable"}  # fmt: skip
     return {
         str(c): {
             "description": text[c],
@@ -458,6 +512,23 @@ _RECEIPT = {
         "receipt": {"type": "string"},
         "profile_id": {"type": "string", "nullable": True},
         "status": {"type": "string"},
+    },
+}
+_SPLIT = {
+    "type": "object",
+    "required": ["profile_id", "detach"],
+    "properties": {
+        "profile_id": {"type": "string"},
+        "detach": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["type", "value"],
+                "properties": {"type": {"type": "string"}, "value": {"type": "string"}},
+            },
+        },
+        "reason": {"type": "string", "maxLength": 200},
     },
 }
 _PID = {"name": "profile_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -599,6 +670,36 @@ OPENAPI: dict[str, Any] = {
                         "content": {"application/json": {"schema": _RECEIPT}},
                     },
                     **_errors(400, 401, 403, 404, 503),
+                },
+            }
+        },
+        "/v1/identity/splits": {
+            "post": {
+                "summary": "Split a wrong merge (admin): the detached identifiers, and what "
+                "is linked to the rest only through them, become their own profile(s); 202 "
+                "with the split's id",
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _SPLIT}},
+                },
+                "responses": {
+                    "202": {
+                        "description": "Sent: the workers split it within seconds",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["split", "profile_id"],
+                                    "properties": {
+                                        "split": {"type": "string"},
+                                        "profile_id": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_errors(400, 401, 403, 404, 409, 503),
                 },
             }
         },

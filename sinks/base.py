@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from profiles.graph.messages import Erased, Merged
+from profiles.graph.messages import Erased, Merged, SplitOff
 from profiles.segments import EvalError, Transition
 
 
@@ -56,6 +56,7 @@ class ChangeBatch:
 
     changes: list[ProfileChange] = field(default_factory=list)
     merges: list[Merged] = field(default_factory=list)  # profiles merged into another
+    splits: list[SplitOff] = field(default_factory=list)  # parts split off a profile
     # Profiles that entered or left a segment, and evaluations that failed.
     memberships: list[Transition] = field(default_factory=list)
     segment_errors: list[EvalError] = field(default_factory=list)
@@ -65,7 +66,7 @@ class ChangeBatch:
     erased: list[Erased] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.changes or self.merges or self.memberships or self.erased)
+        return bool(self.changes or self.merges or self.splits or self.memberships or self.erased)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from schemas.records import (
     merge_record,
     receipt_step,
     removal_headers,
+    split_record,
 )
 from sinks.base import ChangeBatch, Delivery
 
@@ -83,6 +84,8 @@ class ProfileTopicsSink:
         now_ms = int(self._clock() * 1000)
         for merge in batch.merges:
             await self._queue(self.merges_topic, merge.loser, merge_record(merge), "merges")
+        for split in batch.splits:
+            await self._queue(self.merges_topic, split.source, split_record(split), "merges")
         for change in batch.changes:
             if not change.publish:
                 continue

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from profiles.graph.messages import Erased, Merged, Out, Shredded
+from profiles.graph.messages import Erased, Merged, Out, Shredded, SplitOff
 from profiles.routing import partition_for
 from schemas.wire import WireError, decode_messages, encode_messages
 from streams import metrics
@@ -41,6 +41,7 @@ class Grouped:
     identity: dict[int, list[Any]] = field(default_factory=dict)  # by partition
     profile: dict[int, list[Any]] = field(default_factory=dict)  # by partition
     merges: list[Merged] = field(default_factory=list)
+    splits: list[SplitOff] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)  # rule -> links refused
     # Privacy: profiles erased (for the sinks), identifiers whose keys go, shared
     # identifiers kept (receipt, identifier), and messages dropped (why -> how many).
@@ -58,7 +59,10 @@ def group(outs: list[Out], partitions: int) -> Grouped:
         elif stage == "profile":
             g.profile.setdefault(partition_for(key, partitions), []).append(msg)
         elif stage == "merges":
-            g.merges.append(msg)
+            if isinstance(msg, Merged):
+                g.merges.append(msg)
+            else:
+                g.splits.append(msg)
         elif stage == "refused":
             g.refused[key] += 1
         elif stage == "erased":
@@ -101,6 +105,8 @@ def send_internal(
 def count_internal(stage: str, grouped: Grouped) -> None:
     """Metrics of a batch's delivered messages: merges, refusals, messages out."""
     metrics.MERGES.inc(len(grouped.merges))
+    if grouped.splits:
+        metrics.SPLITS.inc(len(grouped.splits))
     metrics.count_refusals(grouped.refused)
     for why, n in grouped.dropped.items():
         metrics.PRIVACY_DROPPED.labels(why=why).inc(n)

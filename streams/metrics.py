@@ -16,6 +16,10 @@ MERGES = Counter(
     "unifier_identity_merges",
     "Profiles merged into another (one per merged-away profile)",
 )
+SPLITS = Counter(
+    "unifier_identity_splits",
+    "Parts split off a profile (one per new profile a split made)",
+)
 REFUSED = Counter(
     "unifier_identity_refused_links",
     "Links between identifiers or profiles refused by an identity rule",

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from profiles.graph.messages import Apply, Erased, Evaluate, Merged
+from profiles.graph.messages import Apply, Erased, Evaluate, Merged, SplitOff
 from profiles.graph.node import ProfileNode
 from profiles.graph.profile import handle_profile
 from profiles.projection import (
@@ -121,13 +121,21 @@ def changes_of(
         change_of(key, node, cache, views[key], rules, afters.get(key)) for key, node in touched
     ]
     merges = [m for kind, _key, m in outs if kind == "merges" and isinstance(m, Merged)]
+    splits = [m for kind, _key, m in outs if kind == "merges" and isinstance(m, SplitOff)]
     erased = [m for kind, _key, m in outs if kind == "erased" and isinstance(m, Erased)]
     exits = [
         Transition(e.profile, name, False, now_ms, version, e.version, seq + 1)
         for e in erased
         for name, version, seq in e.segments
     ]
-    batch = ChangeBatch(changes, merges, result.transitions + exits, result.errors, erased=erased)
+    batch = ChangeBatch(
+        changes,
+        merges,
+        memberships=result.transitions + exits,
+        segment_errors=result.errors,
+        erased=erased,
+        splits=splits,
+    )
     return batch, result.dues
 
 

@@ -45,7 +45,7 @@ def _over_limit(ids: Iterable[Key], rules: IdentityRules) -> str | None:
     return None
 
 
-def handle_profile(
+def handle_profile(  # noqa: PLR0911 - where each kind of message goes
     table: dict[str, ProfileNode], msg: ProfileMsg, rules: IdentityRules
 ) -> list[Out]:
     if isinstance(msg, Evaluate):
@@ -207,9 +207,7 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
         reserved.add(ident)
         state.link(ident, msg.event.event_id, f"seen with {anchor}", time_ms)
         moved_to = node.moved.get(ident, "")
-        claim_msg = Claim(
-            ident, msg.profile, msg.event.event_id, claim, time_ms, moved_to, anchor
-        )
+        claim_msg = Claim(ident, msg.profile, msg.event.event_id, claim, time_ms, moved_to, anchor)
         out.append(("identity", ident, claim_msg))
     return out
 

@@ -54,3 +54,13 @@ def report_load(result: LoadResult, verb: str, unit: str) -> None:
         raise typer.Exit(2)
     if result.rejected:
         raise typer.Exit(1)
+
+
+def actor() -> str:
+    """Who asked, for audit records: ``cli:<login>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"

@@ -14,7 +14,7 @@ import orjson
 import typer
 
 from config.settings import Settings
-from unifier.cli.common import err, fail, out, settings_of
+from unifier.cli.common import actor, err, fail, out, settings_of
 
 privacy_app = typer.Typer(
     help="Privacy requests: erasure, access export, suppression, keys.", no_args_is_help=True
@@ -45,15 +45,6 @@ def _identifier(
         return asked[0], lookup_key(settings, *asked)
     except IdentifierRefused as exc:
         raise fail(str(exc)) from None
-
-
-def _actor() -> str:
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 @privacy_app.command("erase")
@@ -101,7 +92,7 @@ def privacy_erase(
         subject = find_subject(settings, asked, profile_id)
         if subject.profile_id is None and asked is None:
             raise fail(f"no profile {profile_id}", 1)
-        receipt = request_erasure(settings, subject, suppress, reason, _actor())
+        receipt = request_erasure(settings, subject, suppress, reason, actor())
         letters = shred_dead_letters(settings, subject, receipt)
     except (PrivacyError, TimeoutError, OSError) as exc:
         raise fail(str(exc)) from None
@@ -174,7 +165,7 @@ def privacy_unsuppress(
              "anonymous_id": anonymous_id, "loyalty_id": loyalty_id}  # fmt: skip
     asked = _identifier(settings, named, id_type, value, None)
     assert asked is not None
-    if not unsuppress(settings, asked, _actor()):
+    if not unsuppress(settings, asked, actor()):
         err.print(f"that {asked[0]} is not suppressed")
         raise typer.Exit(1)
     err.print(f"{asked[0]} no longer suppressed: new events with it are applied")
@@ -208,7 +199,7 @@ def privacy_export(
         if subject.profile_id is None:
             err.print("no profile holds it")
             raise typer.Exit(1)
-        doc = access_export(settings, subject.profile_id, _actor())
+        doc = access_export(settings, subject.profile_id, actor())
     except (PrivacyError, TimeoutError, OSError) as exc:
         raise fail(str(exc)) from None
     output.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")

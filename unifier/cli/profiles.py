@@ -1,9 +1,10 @@
-"""Commands that read unified profiles from the Redis view: ``profiles get``, ``profiles
-why`` and ``profiles export``."""
+"""Commands about unified profiles: ``profiles get``, ``profiles why`` and ``profiles
+export`` read the Redis view; ``profiles split`` corrects a wrong merge."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,12 +12,14 @@ import orjson
 import typer
 
 from config.settings import Settings
-from unifier.cli.common import err, fail, out, settings_of
+from unifier.cli.common import actor, err, fail, out, settings_of
 
 if TYPE_CHECKING:
     from serve.view import RedisProfileView
 
-profiles_app = typer.Typer(help="Read unified profiles from the view.", no_args_is_help=True)
+profiles_app = typer.Typer(
+    help="Read unified profiles from the view; split a wrong merge.", no_args_is_help=True
+)
 
 
 # --- get ---------------------------------------------------------------------------
@@ -154,6 +157,76 @@ def _print_why(profile_id: str, profile: dict[str, Any], why: dict[str, Any]) ->
             highlight=False,
             markup=False,
         )
+    for split in why.get("splits", []):
+        out.print(
+            f"  split {split['split']}: {', '.join(split['apart'])} kept apart from "
+            f"{', '.join(split['from'])}",
+            highlight=False,
+            markup=False,
+        )
+
+
+# --- split -------------------------------------------------------------------------
+@profiles_app.command("split")
+def profiles_split(
+    ctx: typer.Context,
+    profile_id: Annotated[str, typer.Argument(help="The profile to split")],
+    detach: Annotated[
+        list[str],
+        typer.Option(
+            "--detach",
+            metavar="TYPE=VALUE",
+            help="An identifier to take away, with what is linked to the rest only "
+            "through it (repeat for several)",
+        ),
+    ],
+    reason: Annotated[str, typer.Option(help="Why (a ticket number; no personal data)")] = "",
+    wait_s: Annotated[
+        float, typer.Option("--wait", help="Seconds to wait for the workers (0: do not)")
+    ] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="The result as JSON")] = False,
+) -> None:
+    """Split a wrong merge: the detached identifiers, and what was linked to the rest
+    only through them, become their own profile(s), each event going with the
+    identifiers it carried; the link is blocked, so the same events never merge them
+    again. Prints the split's id, then the profile and its new parts. Exit 1 if the
+    workers had not finished within --wait, 2 if the split cannot be asked for."""
+    from profiles.lookup import IdentifierRefused
+    from serve.identity import SplitRefused, request_split, wait_split
+    from serve.privacy import PrivacyError
+
+    settings = settings_of(ctx)
+    pairs = []
+    for item in detach:
+        id_type, sep, value = item.partition("=")
+        if not sep or not id_type or not value:
+            raise fail(f"--detach takes TYPE=VALUE (got {item.split('=', 1)[0]!r}...)")
+        pairs.append((id_type.strip(), value))
+    started = time.monotonic()
+    try:
+        asked = request_split(settings, profile_id, pairs, actor(), reason)
+    except (SplitRefused, IdentifierRefused) as exc:
+        raise fail(str(exc)) from None
+    except (PrivacyError, OSError) as exc:
+        raise fail(f"the split was not sent: {exc}", 1) from None
+    sys.stdout.write(asked.split + "\n")
+    if wait_s <= 0:
+        return
+    done = wait_split(settings, asked, wait_s)
+    if done is None:
+        err.print(f"not done after {wait_s:.0f}s: `unifier profiles why {asked.profile_id}`")
+        raise typer.Exit(1)
+    if as_json:
+        sys.stdout.write(orjson.dumps(done, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for doc in [done["profile"], *done["parts"]]:
+            if doc is None:
+                continue
+            ids = ", ".join(f"{t}={v}" for t, vs in doc["identifiers"].items() for v in vs)
+            events = doc["computed"].get("event_count", 0)
+            out.print(f"{doc['profile_id']}: {ids} ({events} events)", highlight=False,
+                      markup=False)  # fmt: skip
+    err.print(f"split in {time.monotonic() - started:.1f}s (split {asked.split})")
 
 
 # --- export ------------------------------------------------------------------------
