@@ -295,3 +295,41 @@ def test_an_admin_erases_through_the_api_and_every_read_is_audited(
     assert ("api:privacy-desk", "erase", pid) in seen
     text = orjson.dumps(records).decode()
     assert "eve@example.org" not in text and PII not in text and ADMIN not in text
+
+
+def test_an_admin_splits_a_wrong_merge_through_the_api(
+    topics: Settings, workers: EmbeddedStack, api: str
+) -> None:
+    from serve.privacy import read_audit
+    from tests.support.http import post_json
+
+    settings = topics
+    workers.start_worker()
+    send(settings, [ev(1, "signed_in", email="ann@example.org", anonymous_id="kiosk-1"),
+                    ev(2, "pos_sale", loyalty_id="LC-77", anonymous_id="kiosk-1")])  # fmt: skip
+    caught_up(settings)
+    [both] = exported(settings).values()
+    pid = both["profile_id"]
+    body = {"profile_id": pid, "detach": [{"type": "loyalty_id", "value": "LC-77"}],
+            "reason": "ticket 9"}  # fmt: skip
+    assert post_json(f"{api}/v1/identity/splits", body, KEY)[0] == 403  # read is not admin
+    bad = {"profile_id": pid, "detach": [{"type": "email", "value": "nobody@example.org"}]}
+    status, answer = post_json(f"{api}/v1/identity/splits", bad, ADMIN)
+    assert status == 409 and "does not hold email=n***@example.org" in answer["error"], answer
+    assert post_json(f"{api}/v1/identity/splits", {"profile_id": pid}, ADMIN)[0] == 400
+    status, answer = post_json(f"{api}/v1/identity/splits", body, ADMIN)
+    assert status == 202 and answer["profile_id"] == pid, answer
+
+    def parted() -> bool:
+        status, found = get_json(f"{api}/v1/profiles?type=loyalty_id&value=LC-77", PII)
+        return status == 200 and found["profile_id"] != pid
+
+    wait_until(parted, 30, "the split")
+    status, kept = get_json(f"{api}/v1/profiles/{pid}", PII)
+    assert status == 200 and "loyalty_id" not in kept["identifiers"]
+    assert kept["computed"]["event_count"] == 1
+    records = [r for r in read_audit(settings, 0) if r["action"] == "split"]
+    assert [(r["actor"], r["profile"], r["split"]) for r in records] == [
+        ("api:privacy-desk", pid, answer["split"])
+    ]
+    assert "LC-77" not in orjson.dumps(records).decode()

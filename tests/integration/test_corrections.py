@@ -1,0 +1,194 @@
+"""Identity corrections on the real broker and Redis: splitting wrong merges while
+events for both parts are in flight and a worker is killed, held against the
+reference with the split's block in force from the start."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from config.settings import Settings
+from producers.kafka import TouchpointProducer
+from profiles.configured import identity_rules
+from profiles.reference import reference_clusters
+from profiles.rules import key, usable
+from profiles.touchpoint import Touchpoint
+from schemas.records import ProfileMerge, merge_from
+from tests.integration.test_pipeline import caught_up, exported
+from tests.support.kafka import consume_all
+from unifier.cli import app
+from unifier.processes import free_port
+from unifier.stack import EmbeddedStack
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_795_000_000_000
+HOUSEHOLDS = 12
+
+
+def send(settings: Settings, events: list[Touchpoint]) -> None:
+    with TouchpointProducer(settings) as producer:
+        producer.send_many(events)
+    assert producer.report.ok
+
+
+def cli(settings: Settings, *args: str) -> Any:
+    return CliRunner().invoke(app, list(args), env=settings.env())
+
+
+class Household:
+    """Ana (email, phone) and Bo (loyalty card, phone), wrongly merged through the
+    store's tablet, which each of them used once (its anonymous id)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.email = f"ana.{n}@corrections.example"
+        self.ana_phone = f"+1415555{n:04d}"
+        self.card = f"LC-{n:05d}"
+        self.bo_phone = f"+1628555{n:04d}"
+        self.tablet = f"tablet-{n}"
+        self._seq = 0
+
+    def _ev(self, ids: dict[str, str], kind: str = "page_viewed") -> Touchpoint:
+        self._seq += 1
+        return Touchpoint(f"h{self.n}-{self._seq}", kind, "web", T0 + self._seq * 1000, ids,
+                          {"first_name": "Ana" if "email" in ids else "Bo"})  # fmt: skip
+
+    def ana(self) -> Touchpoint:
+        return self._ev({"email": self.email, "phone": self.ana_phone})
+
+    def bo(self) -> Touchpoint:
+        return self._ev({"loyalty_id": self.card, "phone": self.bo_phone}, "pos_sale")
+
+    def wrong(self) -> list[Touchpoint]:
+        return [self._ev({"email": self.email, "anonymous_id": self.tablet}),
+                self._ev({"loyalty_id": self.card, "anonymous_id": self.tablet})]  # fmt: skip
+
+
+def test_a_split_with_events_in_flight_and_a_worker_kill_ends_at_the_reference(
+    topics: Settings, workers: EmbeddedStack
+) -> None:
+    settings = topics
+    port = free_port()
+    workers.settings = settings.model_copy(update={"worker_metrics_port": port})
+    workers.start_worker()
+    homes = [Household(n) for n in range(HOUSEHOLDS)]
+    first = [e for h in homes for e in (h.ana(), h.ana(), h.bo(), h.bo(), *h.wrong())]
+    send(settings, first)
+    caught_up(settings)
+    merged = {h.n: _holder(settings, "email", h.email) for h in homes}
+    for h in homes:  # the wrong merge happened: Bo's card is in Ana's profile
+        assert _holder(settings, "loyalty_id", h.card) == merged[h.n]
+
+    # Split every household while events for both of them, and the wrong events
+    # again, are on their way; the worker is killed in the middle.
+    later = [e for h in homes for e in (h.ana(), h.bo(), h.bo())]
+    again = [e for e in first if "anonymous_id" in e.identifiers]
+    send(settings, later[: len(later) // 2])
+    for h in homes:
+        done = cli(settings, "profiles", "split", merged[h.n], "--detach",
+                   f"loyalty_id={h.card}", "--reason", "T-42", "--wait", "0")  # fmt: skip
+        assert done.exit_code == 0, done.output
+    workers.kill_one("worker")
+    send(settings, later[len(later) // 2 :] + again)
+    workers.start_worker()
+    caught_up(settings)
+
+    events = first + later
+    rules = identity_rules(settings)
+    blocks = [
+        (f"h{h.n}",
+         frozenset({f"loyalty_id:{h.card}", f"phone:{h.bo_phone}"}),
+         frozenset({f"email:{h.email}", f"phone:{h.ana_phone}", f"anonymous_id:{h.tablet}"}))
+        for h in homes
+    ]  # fmt: skip
+    ref = reference_clusters(events, rules, "US", blocks=blocks)
+    profiles = exported(settings)
+    got = {frozenset(f"{t}:{v}" for t, vs in p["identifiers"].items() for v in vs)
+           for p in profiles.values()}  # fmt: skip
+    assert got == set(ref.clusters)
+    assert len(got) == 2 * HOUSEHOLDS
+    # Every event counted once, in the profile of its anchor.
+    where = ref.cluster_of()
+    expected = Counter(
+        frozenset(ref.clusters[where[key(usable(e.identifiers, rules, "US")[0][0])]])
+        for e in events
+    )
+    counted = {
+        frozenset(f"{t}:{v}" for t, vs in p["identifiers"].items() for v in vs):
+        p["computed"]["event_count"] for p in profiles.values()
+    }  # fmt: skip
+    assert counted == dict(expected)
+    for h in homes:
+        ana, bo = profiles[merged[h.n]], profiles[_holder(settings, "loyalty_id", h.card)]
+        assert ana["traits"]["first_name"] == "Ana" and bo["traits"]["first_name"] == "Bo"
+        assert bo["profile_id"].startswith(merged[h.n] + "~")
+
+    # Downstream learns it: one split record per household, naming what moved.
+    splits = [m for m in _merges(settings) if m.kind == "split"]
+    assert len({m.event_id for m in splits}) == HOUSEHOLDS
+    assert {m.loser for m in splits} == set(merged.values())
+    # The why says what keeps them apart, and the wrong event sent again was refused
+    # where it landed (Bo's part: his card anchors it).
+    for pid in (merged[0], _holder(settings, "loyalty_id", homes[0].card)):
+        why = cli(settings, "profiles", "why", pid, "--json")
+        assert why.exit_code == 0, why.output
+        [kept] = orjson.loads(why.stdout)["splits"]
+        assert kept["apart"] == sorted(
+            [f"loyalty_id:{homes[0].card}", f"phone:{homes[0].bo_phone}"]
+        )
+    refused = [r for r in orjson.loads(why.stdout)["refused"] if r["rule"] == "split"]
+    assert [r["identifier"] for r in refused] == [f"anonymous_id:{homes[0].tablet}"]
+    shown = cli(settings, "profiles", "why", pid)
+    assert f"kept apart from anonymous_id:{homes[0].tablet}" in shown.output
+
+
+def _holder(settings: Settings, id_type: str, value: str) -> str:
+    done = cli(settings, "profiles", "get", f"--{id_type.replace('_', '-')}", value)
+    assert done.exit_code == 0, done.output
+    return str(orjson.loads(done.stdout)["profile_id"])
+
+
+def _merges(settings: Settings) -> list[ProfileMerge]:
+    return [
+        merge_from(m.value())
+        for m in consume_all(settings, settings.topic_profile_merges, settings.internal_partitions)
+    ]
+
+
+def test_a_split_asked_wrongly_says_why(topics: Settings, workers: EmbeddedStack) -> None:
+    settings = topics
+    port = free_port()
+    workers.settings = settings.model_copy(update={"worker_metrics_port": port})
+    workers.start_worker()
+    h = Household(0)
+    send(settings, [h.ana(), h.bo(), *h.wrong()])
+    caught_up(settings)
+    pid = _holder(settings, "email", h.email)
+    not_held = cli(settings, "profiles", "split", pid, "--detach", "email=zed@corrections.example")
+    assert not_held.exit_code == 2 and "does not hold email=z***@corrections.example" in (
+        not_held.output
+    )
+    assert "zed@" not in not_held.output  # masked
+    held = [("email", h.email), ("phone", h.ana_phone), ("loyalty_id", h.card),
+            ("phone", h.bo_phone), ("anonymous_id", h.tablet)]  # fmt: skip
+    everything = [f"--detach={t}={v}" for t, v in held]
+    all_of_it = cli(settings, "profiles", "split", pid, *everything)
+    assert all_of_it.exit_code == 2 and "nothing would stay" in all_of_it.output
+    assert (
+        cli(settings, "profiles", "split", "p_nobody", "--detach", "email=a@b.org").exit_code == 2
+    )
+    bad = cli(settings, "profiles", "split", pid, "--detach", "email")
+    assert bad.exit_code == 2 and "TYPE=VALUE" in bad.output
+    # Done right, it waits and shows both.
+    done = cli(settings, "profiles", "split", pid, "--detach", f"loyalty_id={h.card}", "--json")
+    assert done.exit_code == 0, done.output
+    result = orjson.loads(done.stdout.split("\n", 1)[1])
+    assert result["profile"]["identifiers"]["email"] == [h.email]
+    [part] = result["parts"]
+    assert part["identifiers"]["loyalty_id"] == [h.card]
+    assert part["computed"]["event_count"] == 2  # Bo's sale and his tablet visit
