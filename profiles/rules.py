@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from config.settings import DEFAULT_MAX_CLAIMANTS
 from profiles.identifiers import DEFAULT_LIMITS, NO_EMAIL_RULES, EmailRules, normalize_all
-from profiles.sealed import is_sealed, unusable_reason
+from profiles.sealed import is_sealed, token_of, unusable_reason
 
 DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
     "test@test.com",
@@ -62,6 +62,10 @@ class IdentityRules:
         re.compile(p, re.IGNORECASE) for p in DEFAULT_BLOCKED_PATTERNS
     )
     max_claimants: int | None = DEFAULT_MAX_CLAIMANTS
+    # Identifiers an operator marked since (``unifier identity block``): mark key
+    # (``mark_of``) -> BLOCKED or SHARED. Blocked ones are dropped from events like the
+    # block list's; shared ones link nothing (``profiles.graph.identity``).
+    marks: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -109,6 +113,18 @@ class IdentityRules:
 
 Ident = tuple[str, str]  # (type, normalized value)
 
+#: Marks an operator can put on one identifier (``IdentityRules.marks``).
+BLOCKED = "block list"
+SHARED = "marked shared"
+
+
+def mark_of(graph_key: str) -> str:
+    """What marks are keyed by: ``type:~TOKEN`` for a sealed identifier (whatever its
+    key's generation), the graph key itself for a plain one."""
+    id_type, _, value = graph_key.partition(":")
+    token = token_of(value) if value.startswith("~") else None
+    return f"{id_type}:~{token}" if token is not None else graph_key
+
 
 def key(ident: Ident) -> str:
     """The table key of an identifier: ``type:value``."""
@@ -126,19 +142,25 @@ def usable(
     known = {t: v for t, v in raw.items() if t in rules.priorities}
     dropped: list[tuple[str, str]] = []
     ids = []
+    marks = rules.marks
     for id_type, value in list(known.items()):
         if value.startswith("~"):
             if (reason := unusable_reason(value)) is not None:
                 dropped.append((id_type, reason))
                 del known[id_type]
             elif is_sealed(value):
-                ids.append((id_type, value))
+                if marks and marks.get(mark_of(f"{id_type}:{value}")) == BLOCKED:
+                    dropped.append((id_type, BLOCKED))
+                else:
+                    ids.append((id_type, value))
                 del known[id_type]
     good, bad = normalize_all(known, region, rules.email)
     dropped += [(r.id_type, r.reason) for r in bad]
     dropped += [(t, "unknown identifier type") for t in raw if t not in rules.priorities]
     for id_type, value in good.items():
         rule = rules.blocked(value)
+        if rule is None and marks and marks.get(f"{id_type}:{value}") == BLOCKED:
+            rule = BLOCKED
         if rule is None:
             ids.append((id_type, value))
         else:

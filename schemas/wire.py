@@ -20,6 +20,7 @@ from profiles.graph.messages import (
     Apply,
     Claim,
     Denied,
+    Disown,
     Erase,
     Evaluate,
     Forget,
@@ -164,8 +165,13 @@ def message_to(m: Any) -> dict[str, Any]:  # noqa: PLR0911, PLR0912 - a branch p
         if m.moved:
             d["mv"] = True
         return d
+    if isinstance(m, Disown):
+        return {"k": "dsn", "i": m.ident, "p": m.profile}
     if isinstance(m, Split):
-        return {"k": "spl", "p": m.profile, "n": m.name, "d": list(m.detach), "r": m.rule}
+        d = {"k": "spl", "p": m.profile, "n": m.name, "d": list(m.detach), "r": m.rule}
+        if m.kind != "detach":
+            d["kd"], d["lm"] = m.kind, [list(x) for x in m.limits]
+        return d
     if isinstance(m, Spawn):
         return {"k": "spw", "p": m.profile, "src": m.source, "n": m.name,
                 "s": state_to(m.state), "pd": _reservations(m.pending)}  # fmt: skip
@@ -227,11 +233,19 @@ _READERS: dict[str, Any] = {
     "rel": lambda d: Release(d["p"], d["i"], d["cl"]),
     "den": lambda d: Denied(d["p"], d["i"], d["e"], d["o"], d["r"], d["cl"]),
     "rpt": lambda d: Repoint(d["i"], d["o"], d["n"], d.get("mv", False)),
-    "spl": lambda d: Split(d["p"], d["n"], tuple(d["d"]), d.get("r", "")),
+    "spl": lambda d: Split(
+        d["p"],
+        d["n"],
+        tuple(d["d"]),
+        d.get("r", ""),
+        d.get("kd", "detach"),
+        tuple((t, int(n)) for t, n in d.get("lm", ())),
+    ),
     "spw": lambda d: Spawn(
         d["p"], d["src"], d["n"], state_from(d["s"]), frozenset(_reservations_from(d["pd"]))
     ),
     "rdr": lambda d: Readdress(d["p"], d["to"], d["n"]),
+    "dsn": lambda d: Disown(d["i"], d["p"]),
     "evl": lambda d: Evaluate(d["p"]),
     "ers": lambda d: Erase(d["p"], d["rc"], d["sp"], d["f"], tuple(d.get("ids", ()))),
     "fgt": lambda d: Forget(d["i"], d["p"], d["rc"], d["sp"]),

@@ -83,8 +83,8 @@ class _Shortcut:
         if not SHORTCUT or partition_for(first.anchor, self.partitions) not in mine:
             return None
         raw = self.table.data.get(first.anchor)
-        if raw is None or b" " in raw or raw[:1] == b"!":
-            return None  # unowned, contested or erased: the partition decides
+        if raw is None or b" " in raw or raw[:1] in (b"!", b"#"):
+            return None  # unowned, contested, erased or let go: the partition decides
         return known_anchor(raw.decode(), first, self.max_claimants)
 
 

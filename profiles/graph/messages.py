@@ -137,11 +137,27 @@ class Erase:  # -> profile[profile]: erase it (a privacy request); see profiles.
 
 
 @dataclass(frozen=True, slots=True)
+class Disown:  # -> identity[ident]: its holder let it go (a rule now blocks it)
+    ident: Key
+    profile: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unindexed:  # -> the sinks: identifiers a profile no longer holds, and no profile does
+    profile: str
+    ids: tuple[Key, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Split:  # -> profile[profile]: split it (``profiles.graph.split``)
     profile: str
     name: str  # the request's id: names the parts, the block, and makes it idempotent
-    detach: tuple[Key, ...]  # the identifiers to take away (with what hangs on them)
+    # detach: the identifiers to take away (with what hangs on them); block, shared: the
+    # identifiers a rule now marks so; limit: none (``limits`` says the new ones).
+    detach: tuple[Key, ...]
     rule: str = ""  # why, for the record: "split", "block email", "limit email=2"…
+    kind: str = "detach"  # detach | block | shared | limit (profiles.graph.split)
+    limits: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +231,9 @@ ProfileMsg = (
     | Spawn
     | Readdress
 )
-IdentityMsg = Observe | Claim | Repoint | Forget
+IdentityMsg = Observe | Claim | Repoint | Forget | Disown
 # (stage, key, message): stage "identity" or "profile" (a message for that partition),
-# "merges" (a Merged or SplitOff for the output topic) or "refused" (key = the rule, for metrics)
+# "merges" (a Merged or SplitOff for the output topic), "unindexed" (an Unindexed) or "refused" (key = the rule, for metrics)
 Out = tuple[str, Key, Any]
 
 

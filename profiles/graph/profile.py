@@ -13,6 +13,7 @@ from profiles.graph.messages import (
     Apply,
     Claim,
     Denied,
+    Disown,
     Erase,
     Evaluate,
     Granted,
@@ -28,10 +29,11 @@ from profiles.graph.messages import (
     Spawn,
     Split,
     SplitOff,
+    Unindexed,
     _counted,
 )
 from profiles.graph.node import ProfileNode
-from profiles.graph.split import SPLIT_RULE, plan_split
+from profiles.graph.split import SPLIT_RULE, plan_recluster, plan_split
 from profiles.graph.state import Key, ProfileState, Refusal, ident_type, ordered, rank
 from profiles.rules import IdentityRules
 
@@ -315,13 +317,22 @@ def _split(node: ProfileNode, key: str, msg: Split) -> list[Out]:
     (``Spawn``), and the profile remembers where the identifiers went."""
     if msg.name in node.state.splits:
         return []  # asked again (a re-delivery): done once
-    plan = plan_split(key, node.state, node.pending, msg.detach, msg.name)
+    if msg.kind == "detach":
+        plan = plan_split(key, node.state, node.pending, msg.detach, msg.name)
+    else:
+        plan = plan_recluster(key, node.state, node.pending, msg.name, msg.kind, msg.detach,
+                              dict(msg.limits))  # fmt: skip
     if plan is None:
-        return [("dropped", "split: nothing to detach", None)]
+        node.state.splits.add(msg.name)  # nothing to do: done
+        return [("dropped", "split: nothing changes", None)]
+    kept = plan.main.state.held.union(*(part.state.held for part in plan.parts))
+    dropped = tuple(sorted(node.state.held - kept))  # a rule now blocks them
     node.state = plan.main.state
     node.pending = plan.main.pending
     node.moved_claims |= plan.moved_claims
-    out: list[Out] = []
+    out: list[Out] = [("identity", i, Disown(i, key)) for i in dropped]
+    if dropped:
+        out.append(("unindexed", key, Unindexed(key, dropped)))
     for part in plan.parts:
         node.moved.update(dict.fromkeys(part.ids, part.profile))
         spawn = Spawn(part.profile, key, msg.name, part.state, frozenset(part.pending))

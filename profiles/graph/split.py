@@ -26,7 +26,8 @@ that moved — is passed on to their part, until every index names the part.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
@@ -37,6 +38,7 @@ from profiles.graph.state import (
     Key,
     ProfileState,
     Reservation,
+    ident_type,
     profile_for,
 )
 from profiles.ledger import event_hash
@@ -62,7 +64,7 @@ class Part:
 class SplitPlan:
     main: Part  # keeps the profile's id
     parts: list[Part]  # the others, each a new profile
-    block: Block
+    block: Block | None  # the split's block (a rule applied to the past needs none)
     readdress: dict[str, str]  # profile merged away -> the part its redirect now names
     moved_claims: set[str]  # claims whose reservations went to a part
 
@@ -156,6 +158,93 @@ def plan_split(
     return _plan(profile, state, pending, events, name, rest, split.groups(), block)
 
 
+#: The kinds of identity rules a profile can be split by after the fact
+#: (``plan_recluster``).
+RULE_KINDS = ("block", "shared", "limit")
+
+
+def plan_recluster(
+    profile: str,
+    state: ProfileState,
+    pending: Iterable[Reservation],
+    name: str,
+    kind: str,
+    marked: Iterable[Key] = (),
+    limits: Mapping[str, int] | None = None,
+) -> SplitPlan | None:
+    """How ``profile`` comes apart under an identity rule it was merged without — its
+    events linked again as the graph would have linked them with the rule in force:
+
+    * ``block``: the ``marked`` identifiers link nothing and leave the profile (an event
+      that carried one is anchored on its next identifier; one that carried nothing else
+      stays with the rest);
+    * ``shared``: the same, but each stays with the part its first event went to;
+    * ``limit``: events in time order, a link refused when it would give a part more
+      identifiers of a type than ``limits`` allow.
+
+    None when nothing would change."""
+    pending = set(pending)
+    nodes = state.held | {ident for ident, _ in pending}
+    off = set(marked) & nodes if kind in ("block", "shared") else set()
+    if kind in ("block", "shared") and not off:
+        return None
+    refused = {(r.event_id, r.ident) for r in state.refused}
+    events = sorted(state.ledger.events_with_ids(), key=lambda e: (e[1].time_ms, e[1].event_id))
+    groups = _Groups(nodes - off)
+    counts: dict[Key, Counter[str]] = {n: Counter({ident_type(n): 1}) for n in nodes - off}
+
+    def anchor_of(ids: tuple[Key, ...]) -> Key | None:
+        return next((i for i in ids if i in nodes and i not in off), None)
+
+    first_of: dict[Key, Key] = {}  # a marked shared identifier -> its first event's anchor
+    for _entry, facts, ids in events:
+        anchor = anchor_of(ids)
+        if anchor is None:
+            continue
+        for ident in ids:
+            if ident in off:
+                first_of.setdefault(ident, anchor)
+        for ident in ids[ids.index(anchor) + 1 :]:
+            if ident not in nodes or ident in off or (facts.event_id, ident) in refused:
+                continue
+            if state.blocks and state.blocked(anchor, ident) is not None:
+                continue
+            ra, rb = groups.find(anchor), groups.find(ident)
+            if ra == rb:
+                continue
+            if limits and _over(counts[ra] + counts[rb], limits):
+                continue
+            groups.join(ra, rb)
+            root = groups.find(ra)
+            counts[root] = counts.pop(ra, Counter()) + counts.pop(rb, Counter())
+    found = groups.groups()
+    if kind == "shared":
+        at = {i: g for g in found for i in g}
+        for ident in sorted(off):
+            anchor = first_of.get(ident)
+            if anchor is None:
+                found.append({ident})
+            else:
+                at[anchor].add(ident)
+    anchored: dict[Key, int] = {}
+    for _entry, _facts, ids in events:
+        anchor = anchor_of(ids)
+        if anchor is not None:
+            anchored[anchor] = anchored.get(anchor, 0) + 1
+    held = [g for g in found if g & state.held]
+    if not held:
+        return None
+    rest = max(held, key=lambda g: (sum(anchored.get(i, 0) for i in g), len(g & state.held)))
+    others = [g for g in found if g is not rest]
+    if not others and not (kind == "block" and off & state.held):
+        return None
+    return _plan(profile, state, pending, events, name, rest, others, None, anchor_of)
+
+
+def _over(counts: Counter[str], limits: Mapping[str, int]) -> bool:
+    return any(n > limits[t] for t, n in counts.items() if t in limits)
+
+
 def _plan(
     profile: str,
     state: ProfileState,
@@ -164,7 +253,8 @@ def _plan(
     name: str,
     main_ids: set[Key],
     groups: list[set[Key]],
-    block: Block,
+    block: Block | None,
+    anchor_of: Callable[[tuple[Key, ...]], Key | None] = lambda ids: ids[0] if ids else None,
 ) -> SplitPlan:
     main = Part(profile, set(main_ids))
     parts = [Part(part_id(profile, name, n), g) for n, g in enumerate(groups, 1)]
@@ -174,7 +264,8 @@ def _plan(
     taken: dict[str, list[tuple[bytes, EventFacts]]] = {p.profile: [] for p in (main, *parts)}
     event_part: dict[str, Part] = {}
     for entry, facts, ids in events:
-        part = where.get(ids[0], main) if ids else main
+        anchor = anchor_of(ids)
+        part = where.get(anchor, main) if anchor is not None else main
         taken[part.profile].append((entry, facts))
         event_part[facts.event_id] = part
     for part in (main, *parts):
@@ -187,7 +278,7 @@ def _plan(
         s.seen = array("Q", sorted(hashes))
         s.held = state.held & part.ids
         s.linked_by = {i: v for i, v in state.linked_by.items() if i in part.ids}
-        s.blocks = {**state.blocks, name: block}
+        s.blocks = {**state.blocks, name: block} if block is not None else dict(state.blocks)
         s.splits = state.splits | {name}
     for r in state.refused:
         part = event_part.get(r.event_id) or where.get(r.ident, main)
@@ -196,7 +287,7 @@ def _plan(
         where.get(m[1], main).state.merged.add(m)
     moved_claims = set()
     for ident, claim in pending:
-        part = where[ident]
+        part = where.get(ident, main)  # (an identifier a rule took away: its answer settles it)
         part.pending.add((ident, claim))
         if part is not main:
             moved_claims.add(claim)

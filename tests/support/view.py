@@ -156,6 +156,14 @@ class ViewModel:
                 if pid in whys and "merged_into" not in view:
                     self.whys[pid] = dict(whys[pid])
 
+    def unindex(self, profile_id: str, ids: Iterable[str]) -> None:
+        """Identifiers the profile let go (a rule blocks them): their index keys go if
+        they name it (sinks.redis_view)."""
+        for ident in ids:
+            key = identifier_key(*ident.split(":", 1))
+            if self.index.get(key) == profile_id:
+                del self.index[key]
+
     def erase(self, profile_id: str, ids: Iterable[str]) -> None:
         """An erased profile goes, with the index keys that name it, and leaves a
         tombstone (sinks.redis_view)."""

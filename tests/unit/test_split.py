@@ -5,6 +5,8 @@ merge the parts back."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +15,7 @@ from profiles.graph.split import plan_split
 from profiles.graph.state import ProfileState
 from profiles.projection import view_of
 from profiles.reference import reference_clusters, reference_states
+from profiles.rules import BLOCKED, mark_of, usable
 from profiles.touchpoint import Touchpoint
 from tests.unit.test_graph import (
     UNLIMITED,
@@ -148,3 +151,38 @@ def test_nothing_to_detach_is_no_split() -> None:
     state = ProfileState(held={"email:a@x.org"})
     assert plan_split("p_1", state, (), ["email:b@x.org"], "s") is None
     assert plan_split("p_1", state, (), ["email:a@x.org"], "s") is None  # all of it
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_lists, event_lists, parts, st.integers(0, 2**32), redelivery, crashes, rollbacks,
+       batches, shortcuts, st.data())  # fmt: skip
+def test_blocking_an_identifier_afterwards_splits_what_merged_only_through_it(
+    first, later, parts, seed, again, crash, rollback, batch, shortcut, data
+) -> None:  # type: ignore[no-untyped-def]
+    """A store's phone typed in for everyone goes on the block list after the fact: the
+    profiles it alone joined come apart, exactly as if it had been blocked from the
+    start, whatever arrives meanwhile."""
+    later = _renumbered(later, "f", 1000)
+    sim = Simulation(UNLIMITED, parts[1], parts[2], seed, again, crash, rollback, batch, shortcut)
+    sim.feed(first, parts[0])
+    sim.run()
+    candidates = sorted((p, n) for p, n in sim.live().items() if len(n.state.held) >= 2)
+    assume(candidates)
+    pid, node = data.draw(st.sampled_from(candidates))
+    blocked = data.draw(st.sampled_from(sorted(node.state.held)))
+    sim.rules = replace(UNLIMITED, marks={mark_of(blocked): BLOCKED})  # every worker learns it
+    split = Split(pid, "r1", (blocked,), f"block {blocked.split(':')[0]}", "block")
+    sim.send(OPS, [("profile", pid, split)])
+    sim.feed(later + first, parts[0])
+    sim.run()
+
+    events = first + later
+    # Counted once each: every event with an identifier still usable, and those applied
+    # before the block that carried only the blocked one (they stay with the profile).
+    counted = {e.event_id for e in events if usable(e.identifiers, sim.rules, "US")[0]}
+    before = {e.event_id for e in first if usable(e.identifiers, UNLIMITED, "US")[0]}
+    check_settled(sim, events, counted | before)
+    check_view(sim)
+    ref = reference_clusters(events, sim.rules, "US", limits=False)
+    assert sim.clusters() == set(ref.clusters)
+    assert not any(blocked in c for c in sim.clusters())
