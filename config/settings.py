@@ -104,6 +104,11 @@ class Settings(BaseSettings):
         "unifier.privacy",
         description="Privacy request receipts, one record per step (compacted)",
     )
+    topic_identity_rules: str = Field(
+        "unifier.identity-rules",
+        description="Identity rules changed at run time (compacted): identifiers marked "
+        "blocked or shared, lowered limits (`unifier identity`)",
+    )
     topic_audit: str = Field(
         "unifier.audit",
         description="Audit trail (append-only): privacy actions and reads of profiles "

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from config.settings import DEFAULT_MAX_CLAIMANTS
 from profiles.identifiers import DEFAULT_LIMITS, NO_EMAIL_RULES, EmailRules, normalize_all
@@ -166,3 +167,29 @@ def usable(
         else:
             dropped.append((id_type, rule))
     return rules.by_priority(ids), dropped
+
+
+# --- rules changed at run time (``unifier identity``) ---------------------------------
+#: Record keys on the identity-rules topic (compacted): ``mark|<mark key>`` (value:
+#: {"mark": BLOCKED or SHARED, ...}) and ``limit|<type>`` (value: {"limit": N, ...}).
+MARK_PREFIX, LIMIT_PREFIX = "mark|", "limit|"
+
+
+def rule_key(kind: str, what: str) -> str:
+    """A rule record's key: ``kind`` "mark" (``what``: a mark key) or "limit" (a type)."""
+    return f"{MARK_PREFIX if kind == 'mark' else LIMIT_PREFIX}{what}"
+
+
+def rules_with(base: IdentityRules, records: Mapping[str, Mapping[str, Any]]) -> IdentityRules:
+    """The configured rules with the operators' changes (the identity-rules topic's
+    latest record per key, decoded); a record this version does not know is skipped."""
+    marks = dict(base.marks)
+    limits = dict(base.limits)
+    for k, value in records.items():
+        if k.startswith(MARK_PREFIX) and value.get("mark") in (BLOCKED, SHARED):
+            marks[k.removeprefix(MARK_PREFIX)] = str(value["mark"])
+        elif k.startswith(LIMIT_PREFIX) and isinstance(value.get("limit"), int):
+            limits[k.removeprefix(LIMIT_PREFIX)] = int(value["limit"])
+    if marks == base.marks and limits == base.limits:
+        return base
+    return replace(base, marks=marks, limits=limits)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from profiles.graph.messages import Erased, Merged, SplitOff
+from profiles.graph.messages import Erased, Merged, SplitOff, Unindexed
 from profiles.segments import EvalError, Transition
 
 
@@ -64,9 +64,18 @@ class ChangeBatch:
     source_offsets: dict[int, int] = field(default_factory=dict)
     # Profiles (and redirects) erased by a privacy request: every copy goes.
     erased: list[Erased] = field(default_factory=list)
+    # Identifiers profiles let go (a rule blocks them): their index keys go.
+    unindexed: list[Unindexed] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.changes or self.merges or self.splits or self.memberships or self.erased)
+        return bool(
+            self.changes
+            or self.merges
+            or self.splits
+            or self.memberships
+            or self.erased
+            or self.unindexed
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ import orjson
 import redis
 import redis.asyncio as aredis
 
-from profiles.graph.messages import Erased
+from profiles.graph.messages import Erased, Unindexed
 from profiles.projection import redirect_view
 from profiles.sealed import token_of
 from schemas.codec import ORJSON_OPTS
@@ -135,6 +135,15 @@ end
 return 1
 """
 )
+
+# KEYS identifier keys a profile let go (a rule blocks them now), ARGV[1] its id: each is
+# removed if it names it.
+_UNINDEX = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+end
+return 1
+"""
 
 # KEYS the identifier keys of one profile, ARGV[1] its id (`unifier view rebuild`).
 _INDEX_ONLY = _INDEX + "index(1, ARGV[1])\nreturn 1\n"
@@ -300,6 +309,20 @@ class AsyncRedisWriter:
         self._r = client
         self._script = client.register_script(_WRITE_IF_NEWER)
         self._erase = client.register_script(_ERASE)
+        self._unindex = client.register_script(_UNINDEX)
+
+    async def unindex(self, dropped: Iterable[Unindexed]) -> int:
+        """Remove the index keys of identifiers their profile let go, if they name it."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.scripts.add(self._unindex)  # type: ignore[arg-type]
+        n = 0
+        for u in dropped:
+            keys = [identifier_key(*i.split(":", 1)) for i in u.ids]
+            pipe.pipeline_execute_command("EVALSHA", self._unindex.sha, len(keys), *keys, u.profile)
+            n += 1
+        if n:
+            await pipe.execute()
+        return n
 
     async def erase(self, erased: Iterable[Erased]) -> int:
         """Remove erased profiles: their hashes, the index keys that name them, their
@@ -388,6 +411,7 @@ class RedisViewSink:
         self._whys: dict[str, dict[str, Any]] = {}
         self._same: dict[str, int] = {}  # explanation and index unchanged: read version
         self._erased: list[Erased] = []
+        self._unindexed: list[Unindexed] = []
         self._max_delay = max_delay_s
 
     @classmethod
@@ -406,18 +430,22 @@ class RedisViewSink:
         # the loser's table afterwards. The loser writes the same redirect later.
         self._views += [redirect_view(m.loser, m.winner) for m in batch.merges]
         self._erased += batch.erased
+        self._unindexed += batch.unindexed
 
     async def flush(self) -> Delivery:
         views, self._views = self._views, []
         whys, self._whys = self._whys, {}
         same, self._same = self._same, {}
         erased, self._erased = self._erased, []
-        if not views and not erased:
+        dropped, self._unindexed = self._unindexed, []
+        if not views and not erased and not dropped:
             return Delivery(self.name)
         started = time.perf_counter()
         written = await self._retrying(lambda: self._writer.write(views, whys, same))
         if erased:  # after the views: a redirect written by this batch goes too
             await self._retrying(lambda: self._writer.erase(erased))
+        if dropped:
+            await self._retrying(lambda: self._writer.unindex(dropped))
         return Delivery(self.name, written, len(views) - written, time.perf_counter() - started)
 
     async def _retrying(self, call: Callable[[], Awaitable[int]]) -> int:

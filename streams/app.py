@@ -24,6 +24,7 @@ from streams.messages import send_batches
 from streams.patches import fetch, flush, offsets, recovery
 from streams.privacy import ErasureLedger, Shredder
 from streams.producer import DeliveryFailed, FastProducer, ProducedTopic
+from streams.rules import LiveRules
 from streams.segments import TICK_S, Definitions, Mirror, Published, Scheduler
 from streams.snapshots import Snapshots
 from streams.topology import Topology, topology
@@ -107,18 +108,21 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> dict[str, 
         **{f"purpose:{p}": ProducedTopic(producer, t.name) for p, t in topo.purposes.items()},
     }
     ledger = ErasureLedger(settings.bootstrap_servers, topo.erasures.name)
+    rules = LiveRules(
+        identity_rules(settings), settings.bootstrap_servers, topo.identity_rules.name
+    )
 
     @app.on_before_shutdown.connect
     async def close_producer(app: Any, **kwargs: Any) -> None:
         ledger.stop()
+        rules.stop()
         producer.close()
 
     stages = {s.name: s for s in topo.stages}
     take = settings.stage_batch_records, settings.stage_batch_wait_s
-    rules = identity_rules(settings)
     max_bytes = settings.max_record_bytes
     route.register(
-        app, settings, topics["route"], produced, topics["dlq"], tables["identity"], ledger
+        app, settings, topics["route"], produced, topics["dlq"], tables["identity"], ledger, rules
     )
     shredder = Shredder(settings, produced["erasures"], produced["privacy"])
     identity.register(

@@ -21,6 +21,7 @@ from streams.batches import batches
 from streams.messages import count_internal, group, messages_in, send_internal
 from streams.privacy import Shredder
 from streams.producer import ProducedTopic
+from streams.rules import LiveRules
 from streams.state import ChangelogTable, Overlay, StrTable, writing
 from streams.topology import Stage
 
@@ -32,7 +33,7 @@ def register(
     stage: Stage,
     topics: dict[str, Any],
     table: Any,
-    rules: IdentityRules,
+    rules: IdentityRules | LiveRules,
     take: tuple[int, float],
     max_bytes: int,
     produced: dict[str, ProducedTopic],
@@ -47,8 +48,9 @@ def register(
     async def handle(manual: Any, events: list[Any]) -> None:
         writes = Overlay(strings)
         outs = []
+        now = rules.current if isinstance(rules, LiveRules) else rules
         for msg in await messages_in(events, stage.name, topics["dlq"], log):
-            outs += handle_identity(writes, msg, rules.max_claimants)
+            outs += handle_identity(writes, msg, now.max_claimants, now.marks)
         grouped = group(outs, partitions)
         if shredder is not None:  # keys gone before the table says so
             if grouped.shredded:

@@ -53,27 +53,21 @@ class Grouped:
 
 def group(outs: list[Out], partitions: int) -> Grouped:
     g = Grouped()
+    listed: dict[str, list[Any]] = {"erased": g.erased, "shredded": g.shredded}
+    counted = {"refused": g.refused, "dropped": g.dropped}
     for stage, key, msg in outs:
-        if stage == "identity":
-            g.identity.setdefault(partition_for(key, partitions), []).append(msg)
-        elif stage == "profile":
-            g.profile.setdefault(partition_for(key, partitions), []).append(msg)
+        if stage in ("identity", "profile"):
+            by_partition = g.identity if stage == "identity" else g.profile
+            by_partition.setdefault(partition_for(key, partitions), []).append(msg)
         elif stage == "merges":
-            if isinstance(msg, Merged):
-                g.merges.append(msg)
-            else:
-                g.splits.append(msg)
-        elif stage == "refused":
-            g.refused[key] += 1
-        elif stage == "erased":
-            g.erased.append(msg)
-        elif stage == "shredded":
-            g.shredded.append(msg)
+            (g.merges if isinstance(msg, Merged) else g.splits).append(msg)
+        elif stage in listed:
+            listed[stage].append(msg)
+        elif stage in counted:
+            counted[stage][key] += 1
         elif stage == "kept":
             g.kept.append((key, msg))
-        elif stage == "dropped":
-            g.dropped[key] += 1
-        else:
+        elif stage != "unindexed":  # (the profile stage hands those to the sinks)
             raise ValueError(f"unknown output stage {stage!r}")
     return g
 

@@ -40,6 +40,7 @@ from streams import metrics
 from streams.batches import batches
 from streams.messages import count_internal, group, messages_in, send_internal
 from streams.producer import FastProducer, ProducedTopic
+from streams.rules import LiveRules
 from streams.segments import (
     Definitions,
     PassResult,
@@ -135,6 +136,7 @@ def changes_of(
         segment_errors=result.errors,
         erased=erased,
         splits=splits,
+        unindexed=[m for kind, _key, m in outs if kind == "unindexed"],
     )
     return batch, result.dues
 
@@ -222,7 +224,7 @@ def register(
     stage: Stage,
     topics: dict[str, Any],
     table: Any,
-    rules: tuple[IdentityRules, TraitRules],
+    rules: tuple[IdentityRules | LiveRules, TraitRules],
     sinks: Sinks,
     take: tuple[int, float],
     max_bytes: int,
@@ -230,7 +232,7 @@ def register(
     segments: SegmentRuntime | None = None,
 ) -> Any:
     """The profile agent, consuming ``topics[stage.name]``."""
-    identity_rules, trait_rules = rules
+    live_rules, trait_rules = rules
     partitions = stage.partitions
     read = as_read(trait_rules)
     producer = produced["profile"].producer
@@ -247,8 +249,9 @@ def register(
             segments.scheduler.handled(sum(1 for m in messages if isinstance(m, Evaluate)))
         cache = NodeCache(changelog, read)
         outs = []
+        now = live_rules.current if isinstance(live_rules, LiveRules) else live_rules
         for msg in messages:
-            outs += handle_profile(cache, msg, identity_rules)
+            outs += handle_profile(cache, msg, now)
         catalog = segments.definitions.catalog if segments is not None else None
         published_before = segments.published if segments is not None else None
         now_ms = int(time.time() * 1000)

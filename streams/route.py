@@ -27,6 +27,7 @@ from profiles.configured import identity_rules, trait_alias_index
 from profiles.graph.identity import known_anchor
 from profiles.graph.messages import Apply, Observe
 from profiles.routing import observe, partition_for
+from profiles.rules import IdentityRules
 from profiles.touchpoint import InvalidTouchpoint, Touchpoint
 from schemas.codec import DecodeError, UnknownSchema, decode_touchpoints, encode_touchpoint
 from schemas.resolve import Resolver
@@ -36,6 +37,7 @@ from streams.dlq import dead_letter
 from streams.messages import send_batches
 from streams.privacy import ErasureLedger, Intake, wait_for
 from streams.producer import ProducedTopic
+from streams.rules import LiveRules
 
 log = logging.getLogger("unifier.route")
 
@@ -64,11 +66,8 @@ class _Shortcut:
     """Whether an event's anchor is in this worker's own identity table (see the module
     docstring), and whom it belongs to."""
 
-    def __init__(
-        self, app: Any, topic: str, table: Any, partitions: int, max_claimants: int | None
-    ) -> None:
-        self.app, self.topic, self.table = app, topic, table
-        self.partitions, self.max_claimants = partitions, max_claimants
+    def __init__(self, app: Any, topic: str, table: Any, partitions: int) -> None:
+        self.app, self.topic, self.table, self.partitions = app, topic, table, partitions
 
     def owned(self) -> frozenset[int]:
         """The identity partitions whose table this worker holds up to date now."""
@@ -79,13 +78,22 @@ class _Shortcut:
             tp.partition for tp in app.assignor.assigned_actives() if tp.topic == self.topic
         )
 
-    def owner_of(self, first: Observe, mine: frozenset[int]) -> Apply | None:
+    def owner_of(self, first: Observe, mine: frozenset[int], rules: IdentityRules) -> Apply | None:
         if not SHORTCUT or partition_for(first.anchor, self.partitions) not in mine:
             return None
         raw = self.table.data.get(first.anchor)
         if raw is None or b" " in raw or raw[:1] in (b"!", b"#"):
             return None  # unowned, contested, erased or let go: the partition decides
-        return known_anchor(raw.decode(), first, self.max_claimants)
+        return known_anchor(raw.decode(), first, rules.max_claimants, rules.marks)
+
+
+async def _read_first(ledger: ErasureLedger | None, live: LiveRules | None) -> None:
+    """Before the first event: the erasure ledger (a replay must not bring an erased
+    person back) and the identity rules (nor link what an operator blocked since)."""
+    for follower in (ledger, live):
+        if follower is not None:
+            follower.start()
+            await wait_for(follower.ready, follower.topic)
 
 
 def register(
@@ -96,21 +104,24 @@ def register(
     dlq: Any,
     identity_table: Any,
     ledger: ErasureLedger | None = None,
+    live: LiveRules | None = None,
 ) -> Any:
-    """The route agent, consuming the input topic (``ledger``: the erasure ledger, read
-    to its end before the first event is routed)."""
+    """The route agent, consuming the input topic (``ledger``: the erasure ledger, and
+    ``live``: the identity rules changed at run time, each read to its end before the
+    first event is routed)."""
     identity, profile = out["identity"], out["profile"]
-    rules = identity_rules(settings)
+    configured = identity_rules(settings)
     region, aliases = settings.default_phone_region, trait_alias_index(settings)
     partitions = settings.internal_partitions
     max_bytes = settings.max_record_bytes
     resolver = Resolver(settings)
     intake = Intake(settings, ledger)  # seals what a third party sent; drops the erased
 
-    shortcut = _Shortcut(app, identity.name, identity_table, partitions, rules.max_claimants)
+    shortcut = _Shortcut(app, identity.name, identity_table, partitions)
 
     async def route_record(event: Any) -> dict[int, list[Any]]:
         groups: dict[int, list[Any]] = {}
+        rules = live.current if live is not None else configured
         try:
             touchpoints = await decode(resolver, event.value)
         except DecodeError as exc:
@@ -131,7 +142,7 @@ def register(
                 )
                 mine = shortcut.owned()
                 continue
-            apply = shortcut.owner_of(first, mine)
+            apply = shortcut.owner_of(first, mine, rules)
             if apply is None:
                 groups.setdefault(partition_for(first.anchor, partitions), []).append(first)
             else:  # the profile partition's numbers follow the identity ones
@@ -152,9 +163,7 @@ def register(
         # events it never forwarded. Unacked records are re-delivered after a restart;
         # the graph folds each event id once.
         manual = stream.noack()
-        if ledger is not None:  # a replay must not bring an erased person back
-            ledger.start()
-            await wait_for(ledger.ready, ledger.topic)
+        await _read_first(ledger, live)
         async for events in batches(
             manual, settings.stage_batch_records, settings.stage_batch_wait_s
         ):

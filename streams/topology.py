@@ -74,6 +74,7 @@ class Topology:
     segments: TopicSpec
     segment_membership: TopicSpec
     erasures: TopicSpec
+    identity_rules: TopicSpec
     privacy: TopicSpec
     audit: TopicSpec
     purposes: dict[str, TopicSpec]  # consent purpose -> its output (sinks.consent)
@@ -99,6 +100,7 @@ class Topology:
             self.schemas,
             self.segments,
             self.erasures,
+            self.identity_rules,
             self.privacy,
             self.audit,
             *self.purposes.values(),
@@ -146,6 +148,9 @@ def topology(settings: Settings) -> Topology:
     )
     erasures = TopicSpec(
         s.topic_erasures, 1, dict(_COMPACT), "erasure ledger: erased identifiers' tokens"
+    )
+    identity_rules = TopicSpec(
+        s.topic_identity_rules, 1, dict(_COMPACT), "identity rules changed at run time"
     )
     privacy = TopicSpec(s.topic_privacy, 1, dict(_COMPACT), "privacy request receipts")
     audit = TopicSpec(
@@ -206,6 +211,7 @@ def topology(settings: Settings) -> Topology:
         segments,
         membership,
         erasures,
+        identity_rules,
         privacy,
         audit,
         purposes,

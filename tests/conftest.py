@@ -52,6 +52,7 @@ def settings(
         topic_segments=f"t{tag}.segments",
         topic_segment_membership=f"t{tag}.segment-membership",
         topic_erasures=f"t{tag}.erasures",
+        topic_identity_rules=f"t{tag}.identity-rules",
         topic_privacy=f"t{tag}.privacy",
         topic_audit=f"t{tag}.audit",
         **(

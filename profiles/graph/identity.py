@@ -75,7 +75,7 @@ def known_anchor(
     return Apply(owner, msg.ids, msg.event, False, msg.refused, pass_over=shared)
 
 
-def handle_identity(
+def handle_identity(  # noqa: PLR0911 - where each kind of message goes
     table: MutableMapping[Key, str],
     msg: IdentityMsg,
     max_claimants: int | None = None,

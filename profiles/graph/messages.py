@@ -233,7 +233,8 @@ ProfileMsg = (
 )
 IdentityMsg = Observe | Claim | Repoint | Forget | Disown
 # (stage, key, message): stage "identity" or "profile" (a message for that partition),
-# "merges" (a Merged or SplitOff for the output topic), "unindexed" (an Unindexed) or "refused" (key = the rule, for metrics)
+# "merges" (a Merged or SplitOff for the output topic), "unindexed" (an Unindexed) or
+# "refused" (key = the rule, for metrics)
 Out = tuple[str, Key, Any]
 
 

@@ -188,35 +188,12 @@ def plan_recluster(
     off = set(marked) & nodes if kind in ("block", "shared") else set()
     if kind in ("block", "shared") and not off:
         return None
-    refused = {(r.event_id, r.ident) for r in state.refused}
     events = sorted(state.ledger.events_with_ids(), key=lambda e: (e[1].time_ms, e[1].event_id))
-    groups = _Groups(nodes - off)
-    counts: dict[Key, Counter[str]] = {n: Counter({ident_type(n): 1}) for n in nodes - off}
 
     def anchor_of(ids: tuple[Key, ...]) -> Key | None:
         return next((i for i in ids if i in nodes and i not in off), None)
 
-    first_of: dict[Key, Key] = {}  # a marked shared identifier -> its first event's anchor
-    for _entry, facts, ids in events:
-        anchor = anchor_of(ids)
-        if anchor is None:
-            continue
-        for ident in ids:
-            if ident in off:
-                first_of.setdefault(ident, anchor)
-        for ident in ids[ids.index(anchor) + 1 :]:
-            if ident not in nodes or ident in off or (facts.event_id, ident) in refused:
-                continue
-            if state.blocks and state.blocked(anchor, ident) is not None:
-                continue
-            ra, rb = groups.find(anchor), groups.find(ident)
-            if ra == rb:
-                continue
-            if limits and _over(counts[ra] + counts[rb], limits):
-                continue
-            groups.join(ra, rb)
-            root = groups.find(ra)
-            counts[root] = counts.pop(ra, Counter()) + counts.pop(rb, Counter())
+    groups, first_of = _relink(state, nodes, off, events, anchor_of, limits)
     found = groups.groups()
     if kind == "shared":
         at = {i: g for g in found for i in g}
@@ -239,6 +216,40 @@ def plan_recluster(
     if not others and not (kind == "block" and off & state.held):
         return None
     return _plan(profile, state, pending, events, name, rest, others, None, anchor_of)
+
+
+def _relink(
+    state: ProfileState,
+    nodes: set[Key],
+    off: set[Key],
+    events: list[Event],
+    anchor_of: Callable[[tuple[Key, ...]], Key | None],
+    limits: Mapping[str, int] | None,
+) -> tuple[_Groups, dict[Key, Key]]:
+    """The events' links again, but through ``off``, in time order, within ``limits``;
+    and for each identifier of ``off`` the anchor of the first event that carried it."""
+    refused = {(r.event_id, r.ident) for r in state.refused}
+    groups = _Groups(nodes - off)
+    counts: dict[Key, Counter[str]] = {n: Counter({ident_type(n): 1}) for n in nodes - off}
+    first_of: dict[Key, Key] = {}
+    for _entry, facts, ids in events:
+        anchor = anchor_of(ids)
+        if anchor is None:
+            continue
+        for ident in ids:
+            if ident in off:
+                first_of.setdefault(ident, anchor)
+        for ident in ids[ids.index(anchor) + 1 :]:
+            if ident not in nodes or ident in off or (facts.event_id, ident) in refused:
+                continue
+            if state.blocks and state.blocked(anchor, ident) is not None:
+                continue
+            ra, rb = groups.find(anchor), groups.find(ident)
+            if ra == rb or (limits and _over(counts[ra] + counts[rb], limits)):
+                continue
+            groups.join(ra, rb)
+            counts[groups.find(ra)] = counts.pop(ra) + counts.pop(rb)
+    return groups, first_of
 
 
 def _over(counts: Counter[str], limits: Mapping[str, int]) -> bool:
