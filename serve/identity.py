@@ -1,4 +1,6 @@
-"""Identity corrections asked from outside the workers: split a profile.
+"""Identity corrections asked from outside the workers: split a profile, and change the
+identity rules (block an identifier, mark one shared, lower a limit) with the profiles
+merged against the new rule split as if it had always held.
 
 ``request_split`` checks the request against the view (the profile exists, holds every
 identifier named, keeps at least one), sends a ``Split`` to the profile's partition
@@ -12,16 +14,20 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from config.settings import Settings
 from profiles.graph.messages import Split
 from profiles.lookup import lookup_key
 from profiles.privacy import mask
 from profiles.routing import partition_for
+from profiles.rules import BLOCKED, mark_of, rule_key
 from schemas.wire import encode_messages
-from serve.privacy import _Out, _sealer, audit, graph_key
+from serve.privacy import _Out, _sealer, audit, graph_key, read_compacted
 from serve.view import RedisProfileView
 
 
@@ -105,3 +111,182 @@ def wait_split(settings: Settings, asked: SplitAsked, timeout_s: float) -> dict[
             time.sleep(0.1)
     finally:
         view.close()
+
+
+# --- identity rules changed at run time ----------------------------------------------
+
+
+def _rules_copy(settings: Settings) -> Any:
+    """Where the rules topic is kept on disk too: the embedded broker's log lives in
+    memory, and ``unifier stack up`` publishes them again from here (``restore_rules``)."""
+    return settings.state_dir / "identity-rules.json"
+
+
+def read_rules(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The rule changes in force: record key -> record (the identity-rules topic)."""
+    raw = read_compacted(settings, settings.topic_identity_rules)
+    return {k: orjson.loads(v) for k, v in raw.items()}
+
+
+def publish_rule(
+    settings: Settings, key: str, record: dict[str, Any] | None, actor: str, reason: str
+) -> None:
+    """Put a rule change on the identity-rules topic (None: lift it), keep the copy on
+    disk and write the audit record."""
+    out = _Out(settings)
+    value = None if record is None else orjson.dumps(record)
+    out.send(settings.topic_identity_rules, key.encode(), value, 0)
+    kind, _, what = key.partition("|")
+    audit(settings, out, actor, "identity-rule", rule=kind, what=what.split(":~")[0],
+          lifted=record is None, reason=reason[:200])  # fmt: skip
+    out.flush()
+    path = _rules_copy(settings)
+    kept = orjson.loads(path.read_bytes()) if path.exists() else {}
+    if record is None:
+        kept.pop(key, None)
+    else:
+        kept[key] = record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(kept, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+
+def restore_rules(settings: Settings) -> int:
+    """Publish the rules again from the copy on disk when their topic came back empty
+    (the embedded broker restarted); how many."""
+    path = _rules_copy(settings)
+    kept = orjson.loads(path.read_bytes()) if path.exists() else {}
+    if not kept or read_compacted(settings, settings.topic_identity_rules):
+        return 0
+    out = _Out(settings)
+    for key, record in kept.items():
+        out.send(settings.topic_identity_rules, key.encode(), orjson.dumps(record), 0)
+    out.flush()
+    return len(kept)
+
+
+def mark_key(settings: Settings, id_type: str, normalized: str) -> tuple[str, str]:
+    """(the mark key of an identifier, its graph key now)."""
+    graph = graph_key(settings, _sealer(settings), id_type, normalized)
+    return mark_of(graph), graph
+
+
+@dataclass
+class RuleSent:
+    rule: str  # "block email", "shared phone", "limit email=2"
+    split: str  # the id of the splits sent ("" when none)
+    profiles: list[str] = field(default_factory=list)  # the profiles asked to split
+    before: dict[str, dict[str, Any]] = field(default_factory=dict)  # their views then
+
+
+#: How long workers take to read a rule change (their follower polls every 0.2 s): a
+#: split sent after it meets workers that drop the identifier from new events already.
+RULE_SETTLE_S = 1.0
+
+
+def mark_identifier(
+    settings: Settings, id_type: str, raw: str, mark: str, actor: str = "cli", reason: str = ""
+) -> RuleSent:
+    """Block an identifier (``mark`` BLOCKED) or mark it shared (SHARED) from now on,
+    and split the profile that holds it along what it alone linked."""
+    normalized = lookup_key(settings, id_type, raw)
+    key, graph = mark_key(settings, id_type, normalized)
+    record = {"mark": mark, "type": id_type, "at": int(time.time() * 1000), "by": actor,
+              "reason": reason[:200]}  # fmt: skip
+    publish_rule(settings, rule_key("mark", key), record, actor, reason)
+    kind = "block" if mark == BLOCKED else "shared"
+    sent = RuleSent(f"{kind} {id_type}", new_split_id())
+    view = RedisProfileView.for_settings(settings)
+    try:
+        holder = view.lookup(id_type, normalized)
+    finally:
+        view.close()
+    if holder is None or sum(len(v) for v in holder["identifiers"].values()) < 2:
+        return sent
+    time.sleep(RULE_SETTLE_S)
+    _send_splits(settings, [holder], sent, kind, (graph,), (), actor)
+    return sent
+
+
+def lower_limit(
+    settings: Settings,
+    id_type: str,
+    limit: int,
+    actor: str = "cli",
+    reason: str = "",
+    progress: Callable[[int], None] | None = None,
+) -> RuleSent:
+    """At most ``limit`` identifiers of ``id_type`` per profile from now on, and the
+    profiles that hold more split as if it had always been so."""
+    if limit < 1:
+        raise SplitRefused("a limit is 1 or more")
+    record = {"limit": limit, "type": id_type, "at": int(time.time() * 1000), "by": actor,
+              "reason": reason[:200]}  # fmt: skip
+    publish_rule(settings, rule_key("limit", id_type), record, actor, reason)
+    sent = RuleSent(f"limit {id_type}={limit}", new_split_id())
+    view = RedisProfileView.for_settings(settings)
+    over = []
+    try:
+        for n, profile in enumerate(view.scan(), 1):
+            if len(profile.get("identifiers", {}).get(id_type, [])) > limit:
+                over.append(profile)
+            if progress is not None and n % 1000 == 0:
+                progress(n)
+    finally:
+        view.close()
+    if over:
+        time.sleep(RULE_SETTLE_S)
+        _send_splits(settings, over, sent, "limit", (), ((id_type, limit),), actor)
+    return sent
+
+
+def _send_splits(
+    settings: Settings,
+    profiles: list[dict[str, Any]],
+    sent: RuleSent,
+    kind: str,
+    marked: tuple[str, ...],
+    limits: tuple[tuple[str, int], ...],
+    actor: str,
+) -> None:
+    out = _Out(settings)
+    for profile in profiles:
+        pid = profile["profile_id"]
+        message = encode_messages([Split(pid, sent.split, marked, sent.rule, kind, limits)])
+        out.send(settings.topic_profile_ops, pid.encode(), message,
+                 partition_for(pid, settings.internal_partitions))  # fmt: skip
+        sent.profiles.append(pid)
+        sent.before[pid] = profile
+    audit(settings, out, actor, "split", split=sent.split, rule=sent.rule,
+          profiles=len(profiles))  # fmt: skip
+    out.flush()
+
+
+def wait_rule(settings: Settings, sent: RuleSent, timeout_s: float) -> dict[str, list[str]] | None:
+    """Once the workers applied it (each profile's version moved on): for each profile
+    asked to split, the profiles its former identifiers are in now (None if not by
+    then)."""
+    view = RedisProfileView.for_settings(settings)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            seen = {pid: view.get(pid) for pid in sent.before}
+            if all(
+                now is not None and now["version"] > sent.before[pid]["version"]
+                for pid, now in seen.items()
+            ):
+                return {pid: sorted(_holders(view, before)) for pid, before in sent.before.items()}
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.2)
+    finally:
+        view.close()
+
+
+def _holders(view: RedisProfileView, before: dict[str, Any]) -> set[str]:
+    found = set()
+    for id_type, values in before.get("identifiers", {}).items():
+        for value in values:
+            profile = view.lookup(id_type, value)
+            if profile is not None:
+                found.add(profile["profile_id"])
+    return found

@@ -56,7 +56,6 @@ class ChangeBatch:
 
     changes: list[ProfileChange] = field(default_factory=list)
     merges: list[Merged] = field(default_factory=list)  # profiles merged into another
-    splits: list[SplitOff] = field(default_factory=list)  # parts split off a profile
     # Profiles that entered or left a segment, and evaluations that failed.
     memberships: list[Transition] = field(default_factory=list)
     segment_errors: list[EvalError] = field(default_factory=list)
@@ -64,6 +63,7 @@ class ChangeBatch:
     source_offsets: dict[int, int] = field(default_factory=dict)
     # Profiles (and redirects) erased by a privacy request: every copy goes.
     erased: list[Erased] = field(default_factory=list)
+    splits: list[SplitOff] = field(default_factory=list)  # parts split off a profile
     # Identifiers profiles let go (a rule blocks them): their index keys go.
     unindexed: list[Unindexed] = field(default_factory=list)
 

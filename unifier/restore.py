@@ -22,6 +22,7 @@ from config.settings import Settings
 from producers.archive import MANIFEST, Manifest, Replayed, replay
 from producers.journal import read_journal, replay_journal
 from profiles.segments import Definition
+from serve.identity import restore_rules
 from serve.privacy import restore_ledger
 from sinks.redis_view import DEFINITIONS_KEY, PREFIX
 from streams.patches.recovery import true_ends
@@ -97,8 +98,10 @@ def restore_from_archive(settings: Settings, progress: bool = False) -> Replayed
     empty and they are not; None when there was nothing to do. Records in both (most
     of the journal) are applied once: the stages are idempotent by event id."""
     definitions = restore_definitions(settings)  # before the view (and they) are cleared
-    # Before any replay: the route drops what the ledger says is erased.
+    # Before any replay: the route drops what the ledger says is erased, and links by the
+    # identity rules as operators changed them.
     restore_ledger(settings)
+    restore_rules(settings)
     journal = has_journal(settings)
     if not (archived_records(settings) or journal) or any(topic_ends(settings).values()):
         return Replayed(definitions=definitions) if definitions else None

@@ -143,8 +143,8 @@ def _marked(table: MutableMapping[Key, str], msg: Observe | Claim, mark: str) ->
     (its owner's own claim of one marked shared, an event it alone anchors)."""
     owner, _ = _entry(table, msg.anchor if isinstance(msg, Observe) else msg.ident)
     if isinstance(msg, Claim):
-        if mark == SHARED and owner == msg.profile:
-            return None
+        if mark == SHARED and owner == msg.profile and not msg.moved_to:
+            return None  # its holder's own (not one that split it off since)
         denied = Denied(msg.profile, msg.ident, msg.event_id, owner or "", mark, msg.claim)
         return [("profile", msg.profile, denied)]
     rest = msg.ids[1:]

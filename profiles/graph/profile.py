@@ -322,8 +322,9 @@ def _split(node: ProfileNode, key: str, msg: Split) -> list[Out]:
     else:
         plan = plan_recluster(key, node.state, node.pending, msg.name, msg.kind, msg.detach,
                               dict(msg.limits))  # fmt: skip
-    if plan is None:
-        node.state.splits.add(msg.name)  # nothing to do: done
+    if plan is None:  # nothing to do: done (its version moves, so who asked sees it done)
+        node.state.splits.add(msg.name)
+        node.state.base += 1
         return [("dropped", "split: nothing changes", None)]
     kept = plan.main.state.held.union(*(part.state.held for part in plan.parts))
     dropped = tuple(sorted(node.state.held - kept))  # a rule now blocks them

@@ -5,6 +5,7 @@ reference with the split's block in force from the start."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -15,7 +16,7 @@ from config.settings import Settings
 from producers.kafka import TouchpointProducer
 from profiles.configured import identity_rules
 from profiles.reference import reference_clusters
-from profiles.rules import key, usable
+from profiles.rules import BLOCKED, key, usable
 from profiles.touchpoint import Touchpoint
 from schemas.records import ProfileMerge, merge_from
 from tests.integration.test_pipeline import caught_up, exported
@@ -192,3 +193,67 @@ def test_a_split_asked_wrongly_says_why(topics: Settings, workers: EmbeddedStack
     [part] = result["parts"]
     assert part["identifiers"]["loyalty_id"] == [h.card]
     assert part["computed"]["event_count"] == 2  # Bo's sale and his tablet visit
+
+
+STORE_PHONE = "+14155550199"
+
+
+def _shop(n_customers: int) -> list[Touchpoint]:
+    """Customers who each signed up online (email, card) and bought at the till, where
+    the clerk typed the store's own phone for most of them; a few couples share a card
+    too (a real link, which must survive)."""
+    events = []
+    seq = 0
+
+    def ev(ids: dict[str, str], kind: str) -> Touchpoint:
+        nonlocal seq
+        seq += 1
+        return Touchpoint(f"s{seq}", kind, "pos" if kind == "pos_sale" else "web",
+                          T0 + seq * 1000, ids)  # fmt: skip
+
+    for n in range(n_customers):
+        card = f"LC-{n // 2 if n < 6 else n:05d}"  # customers 0-5 share a card in pairs
+        events.append(ev({"email": f"c{n}@shop.example", "loyalty_id": card}, "signed_up"))
+        till = {"loyalty_id": card, "phone": STORE_PHONE if n % 4 else f"+1628555{n:04d}"}
+        events.append(ev(till, "pos_sale"))
+    return events
+
+
+@pytest.mark.no_identity_limits  # (so the store's phone can join them all first)
+def test_blocking_a_shared_phone_afterwards_splits_exactly_what_it_alone_merged(
+    topics: Settings, workers: EmbeddedStack
+) -> None:
+    settings = topics
+    workers.start_worker()
+    events = _shop(16)
+    send(settings, events)
+    caught_up(settings)
+    blob = _holder(settings, "phone", STORE_PHONE)
+    assert sum(len(v) for v in exported(settings)[blob]["identifiers"].values()) > 20
+
+    done = cli(settings, "identity", "block", f"phone={STORE_PHONE}", "--reason", "T-7",
+               "--json")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    applied = orjson.loads(done.stdout)
+    assert applied["rule"] == "block phone" and list(applied["profiles"]) == [blob]
+    caught_up(settings)
+
+    rules = identity_rules(settings)
+    blocked = replace(rules, marks={f"phone:{STORE_PHONE}": BLOCKED})
+    ref = reference_clusters(events, blocked, "US")
+    got = {frozenset(f"{t}:{v}" for t, vs in p["identifiers"].items() for v in vs)
+           for p in exported(settings).values()}  # fmt: skip
+    assert got == set(ref.clusters)
+    assert len(got) == 16 - 3  # the three couples sharing a card stay together
+    assert cli(settings, "profiles", "get", "--phone", STORE_PHONE).exit_code == 1
+    # From now on the phone links nothing: a new customer typed in with it stays apart.
+    till = {"loyalty_id": "LC-99999", "phone": STORE_PHONE}
+    online = {"email": "new@shop.example", "loyalty_id": "LC-99999"}
+    send(settings, [Touchpoint("new-1", "pos_sale", "pos", T0 + 10**6, till),
+                    Touchpoint("new-2", "signed_up", "web", T0 + 10**6 + 1, online)])  # fmt: skip
+    caught_up(settings)
+    new = exported(settings)[_holder(settings, "email", "new@shop.example")]
+    assert new["identifiers"] == {"email": ["new@shop.example"], "loyalty_id": ["LC-99999"]}
+    rules_now = cli(settings, "identity", "rules", "--json")
+    assert rules_now.exit_code == 0 and "block list" in rules_now.stdout
+    assert STORE_PHONE not in rules_now.stdout  # kept by token, not in clear

@@ -15,7 +15,7 @@ from profiles.graph.split import plan_split
 from profiles.graph.state import ProfileState
 from profiles.projection import view_of
 from profiles.reference import reference_clusters, reference_states
-from profiles.rules import BLOCKED, mark_of, usable
+from profiles.rules import BLOCKED, SHARED, mark_of, usable
 from profiles.touchpoint import Touchpoint
 from tests.unit.test_graph import (
     UNLIMITED,
@@ -186,3 +186,49 @@ def test_blocking_an_identifier_afterwards_splits_what_merged_only_through_it(
     ref = reference_clusters(events, sim.rules, "US", limits=False)
     assert sim.clusters() == set(ref.clusters)
     assert not any(blocked in c for c in sim.clusters())
+
+
+def test_a_lowered_limit_splits_in_time_order_and_a_shared_mark_keeps_the_identifier() -> None:
+    def ev(n: int, **ids: str) -> Touchpoint:
+        return Touchpoint(f"e{n}", "x", "web", n, ids)
+
+    # Three emails joined through one device, in this order.
+    events = [
+        ev(1, email="a@mail.example.org", anonymous_id="dev"),
+        ev(2, email="b@mail.example.org", anonymous_id="dev"),
+        ev(3, email="c@mail.example.org", anonymous_id="dev"),
+        ev(4, email="c@mail.example.org"),
+    ]
+    sim = Simulation(UNLIMITED, 2, 2, seed=3)
+    sim.feed(events, 1)
+    sim.run()
+    [(pid, _node)] = sim.live().items()
+    split = Split(pid, "r1", (), "limit email=2", "limit", (("email", 2),))
+    sim.send(OPS, [("profile", pid, split)])
+    sim.run()
+    assert sim.clusters() == {
+        frozenset({"email:a@mail.example.org", "email:b@mail.example.org", "anonymous_id:dev"}),
+        frozenset({"email:c@mail.example.org"}),
+    }
+    counts = {frozenset(n.state.held): len(n.state.seen) for n in sim.live().values()}
+    assert sorted(counts.values()) == [2, 2]  # e3 went with its anchor, c@
+    check_settled(sim, events)
+    check_view(sim)
+
+    # Marked shared after the fact: the device stays with its first event's profile and
+    # links nothing.
+    sim = Simulation(UNLIMITED, 2, 2, seed=3)
+    sim.feed(events, 1)
+    sim.run()
+    [(pid, _node)] = sim.live().items()
+    sim.rules = replace(UNLIMITED, marks={"anonymous_id:dev": SHARED})
+    sim.send(OPS, [("profile", pid, Split(pid, "r2", ("anonymous_id:dev",), "", "shared"))])
+    sim.feed(events, 1)  # the same events again: nothing links through it
+    sim.run()
+    assert sim.clusters() == {
+        frozenset({"email:a@mail.example.org", "anonymous_id:dev"}),
+        frozenset({"email:b@mail.example.org"}),
+        frozenset({"email:c@mail.example.org"}),
+    }
+    check_settled(sim, events)
+    check_view(sim)

@@ -40,6 +40,7 @@ def test_topic_creation_and_lag_read_the_topology() -> None:
         settings.topic_schemas,
         settings.topic_segments,
         settings.topic_erasures,
+        settings.topic_identity_rules,
         settings.topic_privacy,
         *(t.changelog for t in topo.tables.values()),
     }

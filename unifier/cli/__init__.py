@@ -16,7 +16,18 @@ from pydantic import ValidationError
 
 from config.settings import Settings
 from profiles.configured import check
-from unifier.cli import archive, dlq, ingest, ops, privacy, profiles, segments, stack, sync
+from unifier.cli import (
+    archive,
+    dlq,
+    identity,
+    ingest,
+    ops,
+    privacy,
+    profiles,
+    segments,
+    stack,
+    sync,
+)
 from unifier.cli.common import err, fail, out, settings_of
 
 __all__ = ["app", "err", "fail", "main", "out", "settings_of"]
@@ -64,6 +75,7 @@ app.add_typer(stack.topics_app, name="topics")
 app.add_typer(profiles.profiles_app, name="profiles")
 app.add_typer(segments.segments_app, name="segments")
 app.add_typer(privacy.privacy_app, name="privacy")
+app.add_typer(identity.identity_app, name="identity")
 app.add_typer(sync.sync_app, name="sync")
 app.add_typer(ingest.import_app, name="import")
 app.add_typer(ops.view_app, name="view")
