@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from profiles.graph.messages import Merged, SplitOff
+from profiles.sealed import token_of
 from profiles.segments import Transition
 from schemas.codec import (
     CODEC,
@@ -119,6 +120,37 @@ def split_record(split: SplitOff) -> bytes:
             "rule": split.rule,
         },
     )
+
+
+def _audited_id(ident: str) -> dict[str, str]:
+    """An identifier on the audit trail: its type, and its token when sealed (a keyed
+    hash: the value is not there)."""
+    id_type, _, value = ident.partition(":")
+    token = token_of(value) if value.startswith("~") else None
+    return {"identifier_type": id_type, **({"identifier": f"~{token}"} if token else {})}
+
+
+def identity_audit(batch: Any, now_ms: int) -> list[tuple[str, bytes]]:
+    """The audit records of what a batch of the profile stage did to identities: each
+    merge, split and refused link, with its evidence (event, rule), no personal data.
+    (key: the action; the ``unifier audit`` topic's form, see ``serve.privacy.audit``.)"""
+    out = []
+
+    def record(action: str, **what: Any) -> None:
+        doc = {"at": now_ms, "actor": "worker", "action": action, **what}
+        out.append((action, orjson.dumps(doc)))
+
+    for m in batch.merges:
+        record("merge", profile=m.winner, other=m.loser, event_id=m.event_id, **_audited_id(m.via))
+    for s in batch.splits:
+        record("split", profile=s.source, other=s.part, split=s.name, rule=s.rule or "split",
+               identifiers=len(s.ids))  # fmt: skip
+    for profile, r in batch.refusals:
+        other = r.other if r.other.startswith("p_") else _audited_id(r.other).get(
+            "identifier", r.other.split(":", 1)[0])  # fmt: skip
+        record("refused", profile=profile, other=other, event_id=r.event_id, rule=r.rule,
+               **_audited_id(r.ident))  # fmt: skip
+    return out
 
 
 def merge_record(merge: Merged) -> bytes:

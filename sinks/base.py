@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from profiles.graph.messages import Erased, Merged, SplitOff, Unindexed
+from profiles.graph.state import Refusal
 from profiles.segments import EvalError, Transition
 
 
@@ -66,6 +67,8 @@ class ChangeBatch:
     splits: list[SplitOff] = field(default_factory=list)  # parts split off a profile
     # Identifiers profiles let go (a rule blocks them): their index keys go.
     unindexed: list[Unindexed] = field(default_factory=list)
+    # Links refused, each recorded in a profile (profile id, the refusal): the audit trail.
+    refusals: list[tuple[str, Refusal]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -75,6 +78,7 @@ class ChangeBatch:
             or self.memberships
             or self.erased
             or self.unindexed
+            or self.refusals
         )
 
 

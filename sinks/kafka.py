@@ -22,6 +22,7 @@ from profiles.routing import partition_for
 from profiles.segments import EvalError
 from schemas.records import (
     encode_update,
+    identity_audit,
     membership_record,
     merge_record,
     receipt_step,
@@ -68,6 +69,7 @@ class ProfileTopicsSink:
         dlq_topic: str | None = None,
         partitions: int = 1,
         receipts_topic: str | None = None,
+        audit_topic: str | None = None,
     ) -> None:
         self._send = send
         self.updates_topic = updates_topic
@@ -76,16 +78,14 @@ class ProfileTopicsSink:
         self.dlq_topic = dlq_topic
         self.partitions = partitions
         self.receipts_topic = receipts_topic
+        self.audit_topic = audit_topic
         self._clock = clock
         self._pending: list[Awaitable[Any]] = []
         self._counts = _zero()
 
     async def write(self, batch: ChangeBatch) -> None:
         now_ms = int(self._clock() * 1000)
-        for merge in batch.merges:
-            await self._queue(self.merges_topic, merge.loser, merge_record(merge), "merges")
-        for split in batch.splits:
-            await self._queue(self.merges_topic, split.source, split_record(split), "merges")
+        await self._identity(batch, now_ms)
         for change in batch.changes:
             if not change.publish:
                 continue
@@ -126,6 +126,17 @@ class ProfileTopicsSink:
                 )  # fmt: skip
                 headers = segment_error_headers(e)
                 await self._queue(self.dlq_topic, e.profile_id, value, "dead_letters", headers)
+
+    async def _identity(self, batch: ChangeBatch, now_ms: int) -> None:
+        """Merges and splits on profile-merges; with them, refused links on the audit
+        trail."""
+        for merge in batch.merges:
+            await self._queue(self.merges_topic, merge.loser, merge_record(merge), "merges")
+        for split in batch.splits:
+            await self._queue(self.merges_topic, split.source, split_record(split), "merges")
+        if self.audit_topic is not None:
+            for action, value in identity_audit(batch, now_ms):
+                await self._queue(self.audit_topic, action, value, "audit", [], 0)
 
     async def _queue(
         self,

@@ -105,6 +105,7 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> dict[str, 
         "dlq": ProducedTopic(producer, topo.dlq.name),
         "erasures": ProducedTopic(producer, topo.erasures.name),
         "privacy": ProducedTopic(producer, topo.privacy.name),
+        "audit": ProducedTopic(producer, topo.audit.name),
         **{f"purpose:{p}": ProducedTopic(producer, t.name) for p, t in topo.purposes.items()},
     }
     ledger = ErasureLedger(settings.bootstrap_servers, topo.erasures.name)
@@ -275,6 +276,7 @@ def profile_sinks(
         topo.segment_membership.name: produced["membership"],
         topo.dlq.name: produced["dlq"],
         topo.privacy.name: produced["privacy"],
+        topo.audit.name: produced["audit"],
         **{t.name: produced[f"purpose:{p}"] for p, t in topo.purposes.items()},
     }
 
@@ -300,6 +302,7 @@ def profile_sinks(
                 dlq_topic=topo.dlq.name,
                 partitions=topo.segment_membership.partitions,
                 receipts_topic=topo.privacy.name,
+                audit_topic=topo.audit.name,
             ),
             # Outputs that serve a consent purpose: only the profiles that consented.
             *(

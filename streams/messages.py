@@ -67,7 +67,7 @@ def group(outs: list[Out], partitions: int) -> Grouped:
             counted[stage][key] += 1
         elif stage == "kept":
             g.kept.append((key, msg))
-        elif stage != "unindexed":  # (the profile stage hands those to the sinks)
+        elif stage not in ("unindexed", "audit"):  # (the profile stage's sinks get those)
             raise ValueError(f"unknown output stage {stage!r}")
     return g
 

@@ -137,6 +137,7 @@ def changes_of(
         erased=erased,
         splits=splits,
         unindexed=[m for kind, _key, m in outs if kind == "unindexed"],
+        refusals=[(key, m) for kind, key, m in outs if kind == "audit"],
     )
     return batch, result.dues
 

@@ -196,6 +196,7 @@ def topology(settings: Settings) -> Topology:
                 merges.name,
                 membership.name,
                 privacy.name,
+                audit.name,
                 *(t.name for t in purposes.values()),
             ),
         ),

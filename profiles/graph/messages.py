@@ -233,8 +233,9 @@ ProfileMsg = (
 )
 IdentityMsg = Observe | Claim | Repoint | Forget | Disown
 # (stage, key, message): stage "identity" or "profile" (a message for that partition),
-# "merges" (a Merged or SplitOff for the output topic), "unindexed" (an Unindexed) or
-# "refused" (key = the rule, for metrics)
+# "merges" (a Merged or SplitOff for the output topic), "unindexed" (an Unindexed),
+# "audit" (a Refusal recorded in profile ``key``: the audit trail) or "refused" (key = the
+# rule, for metrics)
 Out = tuple[str, Key, Any]
 
 

@@ -97,6 +97,16 @@ def _live(  # noqa: PLR0911 - a branch per kind of message
     return _settle(node, msg)
 
 
+def refuse(state: ProfileState, key: str, refusal: Refusal, counted: bool = True) -> list[Out]:
+    """Record a refused link in the profile ``key``; the outputs: its count (metrics,
+    unless counted where it was refused) and, the first time, its audit record."""
+    out = [_counted(refusal.rule)] if counted else []
+    if refusal not in state.refused:
+        state.refused.add(refusal)
+        out.append(("audit", key, refusal))
+    return out
+
+
 def _settle(node: ProfileNode, msg: ProfileMsg) -> list[Out]:
     """A claim answered: granted, denied (a shared identifier) or released."""
     if isinstance(msg, Granted):
@@ -104,8 +114,9 @@ def _settle(node: ProfileNode, msg: ProfileMsg) -> list[Out]:
         node.settle()
     elif isinstance(msg, Denied):
         node.pending.discard((msg.ident, msg.claim))
-        node.state.refused.add(Refusal(msg.event_id, msg.ident, msg.owner, msg.rule))
-        return [_counted(msg.rule)]
+        return refuse(
+            node.state, msg.profile, Refusal(msg.event_id, msg.ident, msg.owner, msg.rule)
+        )
     elif isinstance(msg, Release):
         node.pending.discard((msg.ident, msg.claim))
     return []
@@ -189,19 +200,20 @@ def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
     time_ms = msg.event.time_ms
     if msg.granted_anchor:
         state.link(anchor, msg.event.event_id, "first seen", time_ms)
-    state.refused.update(msg.refused)
+    for carried in msg.refused:  # links refused on the way here (a shared anchor passed over)
+        out += refuse(state, msg.profile, carried, counted=False)
     reserved = node.reserved()
     for ident in msg.ids[1:]:
         if ident in state.held or ident in reserved:
             continue
         if state.blocks and state.blocked(anchor, ident) is not None:
-            state.refused.add(Refusal(msg.event.event_id, ident, anchor, SPLIT_RULE))
-            out.append(_counted(SPLIT_RULE))
+            out += refuse(
+                state, msg.profile, Refusal(msg.event.event_id, ident, anchor, SPLIT_RULE)
+            )
             continue
         broken = _over_limit(state.held | reserved | {ident}, rules)
         if broken is not None:
-            state.refused.add(Refusal(msg.event.event_id, ident, anchor, broken))
-            out.append(_counted(broken))
+            out += refuse(state, msg.profile, Refusal(msg.event.event_id, ident, anchor, broken))
             continue
         node.claims += 1
         claim = f"{msg.profile}.{node.claims}"
@@ -231,9 +243,9 @@ def _offer(node: ProfileNode, key: str, msg: Offer, rules: IdentityRules) -> lis
         # A claim made before its claimer knew of a split that keeps the two apart.
         rule = SPLIT_RULE
     if rule is not None:
-        node.state.refused.add(Refusal(msg.event_id, msg.via, msg.loser, rule))
         answer = Answer(msg.loser, key, False, msg.via, msg.claimer, msg.event_id, msg.claim, rule)
-        return [("profile", msg.loser, answer), _counted(rule)]
+        refused = Refusal(msg.event_id, msg.via, msg.loser, rule)
+        return [("profile", msg.loser, answer), *refuse(node.state, key, refused)]
     node.state.merge(msg.state)
     node.pending |= msg.pending
     node.settle()
@@ -263,8 +275,7 @@ def _claims_of_moved(node: ProfileNode, key: str, msg: Offer) -> list[Out]:
         anchor = _anchor_of(msg.state, event_id)
         if anchor and node.state.blocked(anchor, ident):
             node.pending.discard((ident, claim))
-            node.state.refused.add(Refusal(event_id, ident, anchor, SPLIT_RULE))
-            out.append(_counted(SPLIT_RULE))
+            out += refuse(node.state, key, Refusal(event_id, ident, anchor, SPLIT_RULE))
             continue
         out.append(("profile", key, Merge(key, to, ident, key, event_id, claim, anchor=anchor)))
     return out

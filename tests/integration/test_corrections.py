@@ -146,6 +146,23 @@ def test_a_split_with_events_in_flight_and_a_worker_kill_ends_at_the_reference(
     assert [r["identifier"] for r in refused] == [f"anonymous_id:{homes[0].tablet}"]
     shown = cli(settings, "profiles", "why", pid)
     assert f"kept apart from anonymous_id:{homes[0].tablet}" in shown.output
+    # The audit trail has each request (who, why), what the workers did with it, and the
+    # links refused since — with their evidence, without personal data.
+    trail = cli(settings, "audit", "--action", "split", "--action", "refused", "--action",
+                "merge", "--json")  # fmt: skip
+    assert trail.exit_code == 0, trail.output
+    records = [orjson.loads(line) for line in trail.stdout.splitlines()]
+    asked = [r for r in records if r["action"] == "split" and r["actor"].startswith("cli:")]
+    made = [r for r in records if r["action"] == "split" and r["actor"] == "worker"]
+    assert len(asked) == len(made) == HOUSEHOLDS
+    assert {r["reason"] for r in asked} == {"T-42"}
+    assert {r["split"] for r in made} == {r["split"] for r in asked}
+    refusals = [r for r in records if r["action"] == "refused" and r["rule"] == "split"]
+    assert {r["event_id"] for r in refusals} >= {e.event_id for e in again if "loyalty_id" in
+                                                 e.identifiers}  # fmt: skip
+    merges = [r for r in records if r["action"] == "merge"]
+    assert len(merges) >= HOUSEHOLDS and all(r["event_id"] for r in merges)
+    assert not any(h.card in trail.stdout or h.email in trail.stdout for h in homes)
 
 
 def _holder(settings: Settings, id_type: str, value: str) -> str:

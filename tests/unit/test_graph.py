@@ -139,6 +139,7 @@ class Simulation:
         self.shredded: set[str] = set()  # identifiers whose keys an erasure destroyed
         self.erased: list[Erased] = []
         self.unindexed: list[Unindexed] = []
+        self.audited: list[tuple[str, Any]] = []
 
     def send(self, source: Node, outs: list[tuple[str, str, Any]]) -> None:
         for stage, k, msg in outs:
@@ -147,6 +148,9 @@ class Simulation:
                     self.merges.append(msg)
                 else:
                     self.splits.append(msg)
+                continue
+            if stage == "audit":  # the audit trail (the profile stage's sinks)
+                self.audited.append((k, msg))
                 continue
             if stage in ("refused", "dropped", "kept"):
                 self.counted[k] += 1

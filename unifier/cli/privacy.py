@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -252,23 +252,40 @@ def privacy_keys(ctx: typer.Context) -> None:
 def audit(
     ctx: typer.Context,
     since: Annotated[
-        datetime, typer.Option(help="From this time (ISO 8601 with a zone, or a date)")
-    ],
+        datetime | None,
+        typer.Option(help="From this time (ISO 8601 with a zone, or a date) [default: a day ago]"),
+    ] = None,
+    action: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only these actions (repeat): erase, export, read, split, merge, "
+            "refused, identity-rule…"
+        ),
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="Only records about this profile")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
 ) -> None:
-    """The audit trail: privacy requests and reads of profiles through the API — who,
-    when, which profile; no personal data."""
+    """The audit trail: privacy requests, reads of profiles through the API, and every
+    change of identity — merges, splits, refused links and rule changes, each with its
+    evidence (event, rule) and who or what made it. No personal data."""
     from serve.privacy import read_audit
 
+    if since is None:
+        since = datetime.now(UTC) - timedelta(days=1)
     if since.tzinfo is None:
         raise fail("--since needs a time zone, e.g. 2026-12-01T00:00:00Z")
     n = 0
     for record in read_audit(settings_of(ctx), int(since.timestamp() * 1000)):
+        if action and record.get("action") not in action:
+            continue
+        if profile and profile not in (record.get("profile"), record.get("other")):
+            continue
         n += 1
         if as_json:
             sys.stdout.write(orjson.dumps(record).decode() + "\n")
             continue
         at = datetime.fromtimestamp(record["at"] / 1000).astimezone().isoformat(timespec="seconds")
         what = " ".join(f"{k}={v}" for k, v in record.items() if k not in ("at", "actor", "action"))
-        out.print(f"{at}  {record.get('actor', '?'):<20} {record.get('action', '?'):<10} {what}")
+        out.print(f"{at}  {record.get('actor', '?'):<20} {record.get('action', '?'):<10} {what}",
+                  highlight=False, markup=False)  # fmt: skip
     err.print(f"{n} audit records")
