@@ -60,6 +60,7 @@ class Sample:
     partitions: list[PartitionLag] = field(default_factory=list)
     view: str | None = None  # None: complete; else why not (streams.heal)
     segments: dict[str, int] = field(default_factory=dict)  # segment -> members
+    quality: dict[str, Any] = field(default_factory=dict)  # serve.quality's report (no DLQ)
 
 
 def expand(url: str) -> list[str]:
@@ -130,6 +131,26 @@ class StatusSampler:
         self._up = Gauge(
             "unifier_workers_up", "Workers whose /metrics answered", registry=self.registry
         )
+        self._completeness = Gauge(
+            "unifier_quality_completeness",
+            "Share of profiles that have each trait (data quality)",
+            ["trait"],
+            registry=self.registry,
+        )
+        self._duplicates = Gauge(
+            "unifier_quality_duplicate_candidates",
+            "Groups of unmerged profiles that share a name and postal code or birth date",
+            registry=self.registry,
+        )
+        self._profiles = Gauge(
+            "unifier_quality_profiles", "Live profiles (data quality)", registry=self.registry
+        )
+        self._freshness = Gauge(
+            "unifier_quality_freshness_seconds",
+            "Age of the newest event from each source",
+            ["source"],
+            registry=self.registry,
+        )
         self._members = Gauge(
             "unifier_segment_members",
             "Profiles in each segment (from the Redis view)",
@@ -168,7 +189,26 @@ class StatusSampler:
             self._members.labels(name).set(members)
         sample = Sample(time.time(), lag, lag_s, counters, up, len(targets), rows, view)
         sample.segments = segments
+        sample.quality = self._quality()
         return sample
+
+    def _quality(self) -> dict[str, Any]:
+        """The data-quality KPIs (``serve.quality``), as gauges too; {} if Redis is away."""
+        from serve.quality import quality_report
+
+        try:
+            q = quality_report(self.settings, with_dead_letters=False)
+        except (redis.RedisError, OSError):
+            return {}
+        self._completeness.clear()
+        for trait, c in q["completeness"].items():
+            self._completeness.labels(trait).set(c["share"])
+        self._duplicates.set(q["duplicates"]["groups"])
+        self._profiles.set(q["profiles"]["count"])
+        self._freshness.clear()
+        for source, f in q["freshness"].items():
+            self._freshness.labels(source).set(f["age_s"])
+        return q
 
     def _view(self) -> tuple[str | None, dict[str, int]]:
         """Whether the Redis view is complete (Redis away: said so, not raised), and
@@ -253,6 +293,7 @@ class StatusSampler:
                 {"segment": name, "members": n}
                 for name, n in (latest.segments.items() if latest else ())
             ],
+            "quality": latest.quality if latest else {},
             "series": {**series, "lag": lag_series},
         }
 

@@ -69,6 +69,8 @@ class ChangeBatch:
     unindexed: list[Unindexed] = field(default_factory=list)
     # Links refused, each recorded in a profile (profile id, the refusal): the audit trail.
     refusals: list[tuple[str, Refusal]] = field(default_factory=list)
+    # Source -> the time (ms) of the newest event the batch applied from it.
+    newest: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(

@@ -16,8 +16,11 @@ import redis.asyncio as aredis
 
 from config.settings import Settings
 from profiles.configured import check, identity_rules, trait_rules
+from profiles.quality import default_secret
 from sinks.consent import PurposeTopicSink
 from sinks.kafka import ProfileTopicsSink
+from sinks.keys import sealer_for
+from sinks.quality import QualitySink
 from sinks.redis_view import RedisViewSink, write_definitions
 from streams import heal, identity, metrics, ops, profile, route
 from streams.messages import send_batches
@@ -310,8 +313,20 @@ def profile_sinks(
                 for purpose, spec in topo.purposes.items()
             ),
         ],
-        views=[lambda: RedisViewSink.from_url(settings.redis_url)],
+        views=[
+            lambda: RedisViewSink.from_url(settings.redis_url),
+            lambda: quality_sink(settings),
+        ],
     )
+
+
+def quality_sink(settings: Settings) -> QualitySink:
+    """The data-quality KPIs' sink: match keys hashed with the key store's secret (the
+    tokens' own), or one derived from the app id when nothing is sealed."""
+    sealer = sealer_for(settings)
+    secret = sealer.store.hmac_key() if sealer is not None else default_secret(settings.app_id)
+    client = aredis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    return QualitySink(client, secret, sealer)
 
 
 def create_app(settings: Settings) -> Any:

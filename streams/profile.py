@@ -142,6 +142,20 @@ def changes_of(
     return batch, result.dues
 
 
+def newest_events(
+    messages: list[Any],
+    newest: dict[str, int],
+    offsets: dict[int, tuple[int, int]],
+    last_offsets: dict[int, int],
+) -> None:
+    """Where a batch ends: the last input offset of each partition, and each source's
+    newest event (the quality KPIs' freshness)."""
+    last_offsets.update((p, last) for p, (_first, last) in offsets.items())
+    for msg in messages:
+        if isinstance(msg, Apply) and msg.event.time_ms > newest.get(msg.event.source, 0):
+            newest[msg.event.source] = msg.event.time_ms
+
+
 def observe_delivery(batch: ChangeBatch, messages: list[Any], cache: NodeCache) -> None:
     """Metrics of a handled batch: profiles founded, and how old each event was when
     its profile reached the view."""
@@ -257,7 +271,7 @@ def register(
         published_before = segments.published if segments is not None else None
         now_ms = int(time.time() * 1000)
         batch, dues = changes_of(cache, trait_rules, outs, catalog, now_ms, published_before)
-        batch.source_offsets.update((p, last) for p, (_first, last) in offsets.items())
+        newest_events(messages, batch.newest, offsets, batch.source_offsets)
         grouped = group(outs, partitions)
         send_internal(grouped, produced["identity"], produced["profile"], max_bytes)
         await _publish(stage.name, published, batch, producer)

@@ -133,6 +133,11 @@ def test_the_status_page_shows_what_the_stack_did(cli: Cli, tmp_path: Path, chro
             assert int(shown.attrs[chart]["data-points"]) >= 2, chart
             assert "peak" in shown.text[f"{chart}-peak"]
         assert shown.text["error"] == ""
+        quality = api["quality"]  # the data-quality panel: the KPIs the workers kept
+        assert quality["profiles"]["count"] > 0
+        assert shown.text["profiles-count"] == f"{quality['profiles']['count']:,}"
+        assert shown.text["dups"] == f"{quality['duplicates']['groups']:,}"
+        assert "newest from web" in shown.text["quality"]
         assert (tmp_path / "status.png").stat().st_size > 10_000  # a picture, not a blank
 
         # The broker gone: the page says so instead of showing stale numbers as fine.

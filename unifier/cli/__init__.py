@@ -24,6 +24,7 @@ from unifier.cli import (
     ops,
     privacy,
     profiles,
+    quality,
     segments,
     stack,
     sync,
@@ -76,6 +77,7 @@ app.add_typer(profiles.profiles_app, name="profiles")
 app.add_typer(segments.segments_app, name="segments")
 app.add_typer(privacy.privacy_app, name="privacy")
 app.add_typer(identity.identity_app, name="identity")
+app.add_typer(quality.quality_app, name="quality")
 app.add_typer(sync.sync_app, name="sync")
 app.add_typer(ingest.import_app, name="import")
 app.add_typer(ops.view_app, name="view")
