@@ -318,6 +318,13 @@ class Settings(BaseSettings):
 
     api_host: str = Field("127.0.0.1", description="Address the read API binds")
     api_port: int = Field(8090, ge=0, le=65535, description="Port of the read API")
+    api_max_wait_ms: int = Field(
+        10_000,
+        ge=0,
+        le=60_000,
+        description="Longest a read may wait for the version or event it asks for "
+        "(min_version, read_after)",
+    )
     api_keys: dict[SecretStr, list[str] | ApiKey] = Field(
         default_factory=dict,
         description='API key -> scopes, e.g. {"k-...": ["read"]}, or -> a name and scopes, '

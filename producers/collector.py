@@ -503,7 +503,12 @@ class _Collector:
             EVENTS.labels("refused").inc(_count_of(raw))
             return refused.response
         EVENTS.labels("accepted").inc(len(events))
-        return web.json_response({"success": True, "accepted": len(events)})
+        # A token to read your own write (the read API's ?read_after=): the newest of
+        # these events' times; a profile reflecting it has applied an event that new.
+        token = max((e.occurred_at_ms for e in events), default=0)
+        return web.json_response(
+            {"success": True, "accepted": len(events), "read_after": str(token)}
+        )
 
     def route(self, call: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:

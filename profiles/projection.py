@@ -14,6 +14,7 @@ from profiles.computed import computed_of, computed_signature, signature_parts
 from profiles.graph.messages import Merged, Out
 from profiles.graph.node import ProfileNode
 from profiles.graph.state import PART_SEP, ProfileState, ident_type
+from profiles.profile import iso
 from profiles.segments import members_of
 from profiles.traits import DEFAULT_TRAIT_RULES, TraitRules, pick_traits
 
@@ -82,6 +83,11 @@ def view_of(
         },
         "segments": members_of(node.segments),
         "version": version_of(s) + node.segment_moves,
+        # What it reflects: its newest event's time, and where in the log it was made.
+        "freshness": {
+            "event_time": None if s.totals.last is None else iso(s.totals.last[0]),
+            "position": node.position,
+        },
     }
 
 

@@ -299,6 +299,7 @@ def node_to(node: ProfileNode) -> bytes:
             **({"mv": node.moved, "mc": sorted(node.moved_claims)} if node.moved else {}),
             **({"sw": node.spawned} if node.spawned is not None else {}),
             **({"sa": node.shown_as} if node.shown_as is not None else {}),
+            **({"ps": node.position} if node.position is not None else {}),
         }
     )
     seen = s.seen if sys.byteorder == "little" else _swapped(s.seen)  # joined without a copy
@@ -336,6 +337,7 @@ def node_from(data: bytes, load: Callable[[int], bytes] | None = None) -> Profil
         moved_claims=set(d.get("mc", ())),
         spawned=d.get("sw"),
         shown_as=d.get("sa"),
+        position=d.get("ps"),
     )
 
 

@@ -2,6 +2,7 @@
 
     GET /v1/profiles/{id}                  a profile (a merged-away id answers with the survivor)
     GET /v1/profiles?type=email&value=...  the profile holding an identifier (normalized first)
+        both take ?min_version=N or ?read_after=TOKEN (and wait_ms): read your own write
     GET /v1/profiles/{id}/why              how its identifiers were linked, its merges, refusals
     GET /v1/segments                       the segments in force, with their member counts
     GET /v1/segments/{name}/members        a page of a segment's member ids (?cursor=&limit=)
@@ -29,6 +30,7 @@ import copy
 import hmac
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -39,6 +41,7 @@ from config.settings import Settings
 from profiles.configured import identifier_priorities
 from profiles.lookup import IdentifierRefused, UnknownIdentifierType, lookup_key
 from profiles.privacy import Sealer, mask, mask_view, open_document
+from schemas.records import iso_ms
 from serve import privacy
 from serve.privacy import Auditor
 from serve.view import AsyncRedisView
@@ -132,12 +135,73 @@ def _profile(request: web.Request, stored: bytes) -> web.Response:
     return _json(_shown(request, doc))
 
 
+#: How long a read waits for the version or the event it asks for, unless it says
+#: (at most ``Settings.api_max_wait_ms``).
+DEFAULT_WAIT_MS = 2_000
+
+
+def _fresh_enough(
+    request: web.Request,
+) -> tuple[Callable[[bytes], bool], float] | web.Response | None:
+    """What a read-your-write asks for (``min_version``: the profile at this version or
+    later; ``read_after``: a token the collector returned — the view has applied an event
+    at least that new), as a test of the stored view and how long to wait for it; None
+    when it asks for nothing; a 400 when it asks wrongly."""
+    q = request.query
+    if "min_version" not in q and "read_after" not in q:
+        return None
+    most = request.app[SETTINGS].api_max_wait_ms
+    try:
+        min_version = int(q.get("min_version", "0"))
+        after_ms = int(q.get("read_after", "0"))
+        wait_ms = int(q.get("wait_ms", str(min(DEFAULT_WAIT_MS, most))))
+    except ValueError:
+        return _error(400, "min_version, read_after and wait_ms are integers")
+    if min(min_version, after_ms, wait_ms) < 0 or wait_ms > most:
+        return _error(400, f"min_version, read_after >= 0; 0 <= wait_ms <= {most}")
+
+    def enough(stored: bytes) -> bool:
+        doc = orjson.loads(stored)
+        if int(doc.get("version", 0)) < min_version:
+            return False
+        if after_ms:
+            seen = (doc.get("freshness") or {}).get("event_time")
+            return seen is not None and iso_ms(seen) >= after_ms
+        return True
+
+    return enough, wait_ms / 1000
+
+
+async def _read(
+    request: web.Request, fetch: Callable[[], Awaitable[bytes | None]], missing: str
+) -> web.Response:
+    """A profile read, waiting (``_fresh_enough``) until the view is as fresh as asked:
+    409 with the version it has if it does not get there in time, 404 if there is none."""
+    asked = _fresh_enough(request)
+    if isinstance(asked, web.Response):
+        return asked
+    found = await fetch()
+    if asked is not None:
+        enough, wait_s = asked
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while found is None or not enough(found):
+            if asyncio.get_running_loop().time() >= deadline:
+                if found is None:
+                    break
+                version = orjson.loads(found).get("version")
+                response = _error(409, f"the view has version {version}, not yet what was asked")
+                response.headers["X-Profile-Version"] = str(version)
+                return response
+            await asyncio.sleep(0.05)
+            found = await fetch()
+    if found is None:
+        return _error(404, missing)
+    return _profile(request, found)
+
+
 async def get_profile(request: web.Request) -> web.Response:
     pid = request.match_info["profile_id"]
-    found = await request.app[VIEW].get_json(pid)
-    if found is None:
-        return _error(404, f"no profile {pid}")
-    return _profile(request, found)
+    return await _read(request, lambda: request.app[VIEW].get_json(pid), f"no profile {pid}")
 
 
 async def why_profile(request: web.Request) -> web.Response:
@@ -188,10 +252,10 @@ async def find_profile(request: web.Request) -> web.Response:
         return _error(400, exc.text(repr(id_type)))  # quoted as Python does
     except IdentifierRefused as exc:
         return _error(400, str(exc))
-    found = await request.app[VIEW].lookup_json(id_type, norm)
-    if found is None:
-        return _error(404, f"no profile with that {id_type}")
-    return _profile(request, found)
+    view = request.app[VIEW]
+    return await _read(
+        request, lambda: view.lookup_json(id_type, norm), f"no profile with that {id_type}"
+    )
 
 
 # --- privacy (admin) ------------------------------------------------------------------
@@ -460,8 +524,41 @@ _PROFILE = {
         "computed": {"type": "object"},
         "segments": {"type": "array", "items": {"type": "string"}},
         "version": {"type": "integer"},
+        "freshness": {
+            "type": "object",
+            "description": "What the view reflects: its newest event's time, and the "
+            "position (partition:offset) in the workers' log where it was made",
+            "properties": {
+                "event_time": {"type": "string", "nullable": True},
+                "position": {"type": "string", "nullable": True},
+            },
+        },
     },
 }
+_FRESH = [
+    {
+        "name": "min_version",
+        "in": "query",
+        "description": "Read your own write: wait (wait_ms) until the profile has this version "
+        "or a later one; 409 if it has not by then",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    {
+        "name": "read_after",
+        "in": "query",
+        "description": "Read your own write: the token the collector returned (read_after) — "
+        "wait until the profile reflects an event at least that new; 409 if not by then",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    {
+        "name": "wait_ms",
+        "in": "query",
+        "description": "How long to wait for min_version or read_after, in ms "
+        f"[{DEFAULT_WAIT_MS}, or the most allowed if less]; 400 above the most this "
+        "deployment allows (UNIFIER_API_MAX_WAIT_MS, 10 s by default)",
+        "schema": {"type": "integer", "minimum": 0, "maximum": 60_000},
+    },
+]
 _SEGMENT = {
     "type": "object",
     "required": ["name", "where", "description", "version", "members"],
@@ -546,10 +643,10 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "A profile by id (a merged-away id answers with the survivor)",
                 "security": _SECURED,
-                "parameters": [_PID],
+                "parameters": [_PID, *_FRESH],
                 "responses": {
                     **_ok({"$ref": "#/components/schemas/Profile"}, "The profile"),
-                    **_errors(401, 403, 404, 503),
+                    **_errors(400, 401, 403, 404, 409, 503),
                 },
             }
         },
@@ -573,10 +670,11 @@ OPENAPI: dict[str, Any] = {
                         "does (an email's case, a phone number's format). 400 when it cannot be.",
                         "schema": {"type": "string", "minLength": 1},
                     },
+                    *_FRESH,
                 ],
                 "responses": {
                     **_ok({"$ref": "#/components/schemas/Profile"}, "The profile"),
-                    **_errors(400, 401, 403, 404, 503),
+                    **_errors(400, 401, 403, 404, 409, 503),
                 },
             }
         },
@@ -784,6 +882,6 @@ OPENAPI: dict[str, Any] = {
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The document for this deployment: the identifier types it is configured with."""
     doc = copy.deepcopy(OPENAPI)
-    [type_param, _] = doc["paths"]["/v1/profiles"]["get"]["parameters"]
+    type_param = doc["paths"]["/v1/profiles"]["get"]["parameters"][0]
     type_param["schema"]["enum"] = sorted(identifier_priorities(settings))
     return doc

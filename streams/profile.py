@@ -29,9 +29,11 @@ from profiles.projection import (
     shown,
     signature_of,
     signature_with_view,
+    version_of,
     view_of,
     why_of,
 )
+from profiles.routing import partition_for
 from profiles.rules import IdentityRules
 from profiles.segments import Catalog, Transition
 from profiles.traits import TraitRules
@@ -140,6 +142,20 @@ def changes_of(
         refusals=[(key, m) for kind, key, m in outs if kind == "audit"],
     )
     return batch, result.dues
+
+
+def stamp(cache: NodeCache, offsets: dict[int, tuple[int, int]], partitions: int) -> None:
+    """Each live profile whose version the batch moved records where in the log that
+    happened (``ProfileNode.position``: the view's freshness)."""
+    for key, node in shown(cache):
+        if node.redirect is not None:
+            continue
+        before = cache.read.get(key)
+        version = version_of(node.state) + node.segment_moves
+        if before is None or before == WAS_REDIRECT or before["version"] != version:
+            p = partition_for(key, partitions)
+            if p in offsets:
+                node.position = f"{p}:{offsets[p][1]}"
 
 
 def newest_events(
@@ -267,8 +283,10 @@ def register(
         now = live_rules.current if isinstance(live_rules, LiveRules) else live_rules
         for msg in messages:
             outs += handle_profile(cache, msg, now)
-        catalog = segments.definitions.catalog if segments is not None else None
-        published_before = segments.published if segments is not None else None
+        stamp(cache, offsets, partitions)
+        catalog, published_before = (
+            (segments.definitions.catalog, segments.published) if segments else (None, None)
+        )
         now_ms = int(time.time() * 1000)
         batch, dues = changes_of(cache, trait_rules, outs, catalog, now_ms, published_before)
         newest_events(messages, batch.newest, offsets, batch.source_offsets)

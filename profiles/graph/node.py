@@ -38,6 +38,9 @@ class ProfileNode:
     # (reads land where that customer is now). ``redirect`` still routes: what reaches
     # this node about an identifier it once held is the survivor's to pass on.
     shown_as: str | None = None
+    # Where its view stands in the log: "partition:offset" of the profile stage's input
+    # record whose batch last changed its version (``streams.profile``).
+    position: str | None = None
 
     def reserved(self) -> set[Key]:
         return {ident for ident, _ in self.pending}

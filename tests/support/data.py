@@ -63,7 +63,11 @@ def comparable(views: Iterable[dict[str, Any]]) -> Comparable:
     out: Comparable = {}
     for view in views:
         ids = tuple(sorted(f"{t}:{v}" for t, vs in view["identifiers"].items() for v in vs))
-        body = {k: v for k, v in view.items() if k not in ("profile_id", "version", "segments")}
+        body = {
+            k: v
+            for k, v in view.items()
+            if k not in ("profile_id", "version", "segments", "freshness")
+        }
         body["computed"] = {
             k: v for k, v in view["computed"].items() if k not in ("merged_from", "refused_links")
         }

@@ -82,3 +82,12 @@ def metric(lines: list[str], name: str, **labels: str) -> float:
             found.append(float(value))
     assert len(found) <= 1, f"{name} {labels}: {len(found)} samples"
     return found[0] if found else 0.0
+
+
+def accepted(answer: tuple[int, Any]) -> tuple[int, Any]:
+    """A collector's answer without its read-your-write token (checked to be one)."""
+    status, body = answer
+    if isinstance(body, dict) and "read_after" in body:
+        body = dict(body)
+        assert str(body.pop("read_after")).isdigit(), body
+    return status, body
