@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from config.settings import Settings
+from profiles.configured import identity_rules
 from profiles.graph.messages import Split
 from profiles.lookup import lookup_key
 from profiles.privacy import mask
@@ -290,3 +291,101 @@ def _holders(view: RedisProfileView, before: dict[str, Any]) -> set[str]:
             if profile is not None:
                 found.add(profile["profile_id"])
     return found
+
+
+# --- preview --------------------------------------------------------------------------
+
+
+def stored_profiles(
+    settings: Settings, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Every live profile as the workers' table holds it (its changelog, read to its
+    end on every partition): profile id -> node, its events loadable."""
+    from schemas.wire import node_from
+    from serve.privacy import read_partition
+    from streams.topology import topology
+
+    changelog = topology(settings).tables["profiles"].changelog
+    records: dict[str, bytes | None] = {}
+    read = 0
+    for part in range(settings.internal_partitions):
+        for msg in read_partition(settings, changelog, part, timeout_s=600):
+            records[orjson.loads(msg.key() or b'""')] = msg.value()
+            read += 1
+            if progress is not None and read % 10_000 == 0:
+                progress(read)
+    nodes = {}
+    for key, value in records.items():
+        if "#" in key or value is None:
+            continue
+
+        def chunk(n: int, pid: str = key) -> bytes:
+            raw = records.get(f"{pid}#{n}")
+            if raw is None:
+                raise SplitRefused(f"part {n} of {pid}'s events is missing from the table")
+            return raw
+
+        node = node_from(value, chunk)
+        if node.redirect is None and node.erased is None and node.state.held:
+            nodes[key] = node
+    return nodes
+
+
+def preview(
+    settings: Settings,
+    marks: list[tuple[str, str, str]],
+    limits: dict[str, int],
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """What rules would do to the profiles there are, changing nothing: for each
+    profile a mark (``(type, raw value, BLOCKED or SHARED)``) or a lowered limit would
+    split, its parts (identifiers, events); and the refused links a raised limit would
+    no longer refuse (they may merge on the next event that carries them)."""
+    from profiles.graph.split import plan_recluster
+    from profiles.rules import SHARED
+
+    sealer = _sealer(settings) if settings.seal_pii else None
+    marked = {}
+    for id_type, raw, mark in marks:
+        key, _graph = mark_key(settings, id_type, lookup_key(settings, id_type, raw))
+        marked[key] = mark
+    configured = identity_rules(settings).limits
+    nodes = stored_profiles(settings, progress)
+    splits, merges = [], []
+    for pid, node in sorted(nodes.items()):
+        held_marks = {i: marked[mark_of(i)] for i in node.state.held if mark_of(i) in marked}
+        plans = []
+        for kind in ("block", "shared"):
+            wanted = BLOCKED if kind == "block" else SHARED
+            ids = tuple(i for i, m in held_marks.items() if m == wanted)
+            if ids:
+                plans.append(plan_recluster(pid, node.state, node.pending, "preview", kind, ids))
+        lowered = {t: n for t, n in limits.items() if n < configured.get(t, 10**9)}
+        if lowered and any(
+            sum(1 for i in node.state.held if i.split(":", 1)[0] == t) > n
+            for t, n in lowered.items()
+        ):
+            plans.append(plan_recluster(pid, node.state, node.pending, "preview", "limit",
+                                        (), lowered))  # fmt: skip
+        for plan in plans:
+            if plan is not None:
+                splits.append(_previewed(pid, plan, sealer))
+        raised = {t for t, n in limits.items() if n > configured.get(t, 10**9)}
+        for r in sorted(node.state.refused, key=lambda r: (r.event_id, r.ident)):
+            if r.rule.startswith("limit ") and r.rule[6:].split("=")[0] in raised:
+                merges.append({"profile_id": pid, "event_id": r.event_id, "rule": r.rule,
+                               "with": r.other})  # fmt: skip
+    return {"profiles_read": len(nodes), "would_split": splits, "may_merge": merges}
+
+
+def _previewed(pid: str, plan: Any, sealer: Any) -> dict[str, Any]:
+    def shown(part: Any) -> dict[str, Any]:
+        ids: dict[str, list[str]] = {}
+        for ident in sorted(part.state.held):
+            id_type, value = ident.split(":", 1)
+            ids.setdefault(id_type, []).append(value)
+        if sealer is not None:
+            ids = {t: sealer.open_many(vs) for t, vs in ids.items()}
+        return {"identifiers": ids, "events": len(part.state.seen)}
+
+    return {"profile_id": pid, "rest": shown(plan.main), "parts": [shown(p) for p in plan.parts]}

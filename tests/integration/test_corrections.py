@@ -248,6 +248,19 @@ def test_blocking_a_shared_phone_afterwards_splits_exactly_what_it_alone_merged(
     blob = _holder(settings, "phone", STORE_PHONE)
     assert sum(len(v) for v in exported(settings)[blob]["identifiers"].values()) > 20
 
+    # A dry run first: what the block would do, nothing changed.
+    rules = identity_rules(settings)
+    blocked = replace(rules, marks={f"phone:{STORE_PHONE}": BLOCKED})
+    ref = reference_clusters(events, blocked, "US")
+    dry = cli(settings, "identity", "preview", "--block", f"phone={STORE_PHONE}", "--json")
+    assert dry.exit_code == 0, dry.output
+    [would] = orjson.loads(dry.stdout)["would_split"]
+    assert would["profile_id"] == blob
+    parts = {frozenset(f"{t}:{v}" for t, vs in p["identifiers"].items() for v in vs)
+             for p in [would["rest"], *would["parts"]]}  # fmt: skip
+    assert parts <= set(ref.clusters) and len(parts) > 1
+    assert _holder(settings, "phone", STORE_PHONE) == blob  # unchanged
+
     done = cli(settings, "identity", "block", f"phone={STORE_PHONE}", "--reason", "T-7",
                "--json")  # fmt: skip
     assert done.exit_code == 0, done.output
@@ -255,9 +268,6 @@ def test_blocking_a_shared_phone_afterwards_splits_exactly_what_it_alone_merged(
     assert applied["rule"] == "block phone" and list(applied["profiles"]) == [blob]
     caught_up(settings)
 
-    rules = identity_rules(settings)
-    blocked = replace(rules, marks={f"phone:{STORE_PHONE}": BLOCKED})
-    ref = reference_clusters(events, blocked, "US")
     got = {frozenset(f"{t}:{v}" for t, vs in p["identifiers"].items() for v in vs)
            for p in exported(settings).values()}  # fmt: skip
     assert got == set(ref.clusters)

@@ -126,6 +126,78 @@ def identity_rules_cmd(ctx: typer.Context, as_json: AsJson = False) -> None:
                   highlight=False, markup=False)  # fmt: skip
 
 
+@identity_app.command("preview")
+def identity_preview(
+    ctx: typer.Context,
+    block: Annotated[
+        list[str] | None, typer.Option(metavar="TYPE=VALUE", help="Would block (repeat)")
+    ] = None,
+    shared: Annotated[
+        list[str] | None, typer.Option(metavar="TYPE=VALUE", help="Would mark shared (repeat)")
+    ] = None,
+    limit: Annotated[
+        list[str] | None, typer.Option(metavar="TYPE=N", help="Would set this limit (repeat)")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """A dry run: which profiles these rules would split (and into what), and which
+    refused links a raised limit would no longer refuse — reading the workers' tables,
+    changing nothing."""
+    from profiles.lookup import IdentifierRefused
+    from profiles.rules import BLOCKED, SHARED
+    from serve.identity import SplitRefused, preview
+    from serve.privacy import PrivacyError
+
+    marks = [(*_pair(b), BLOCKED) for b in block or []]
+    marks += [(*_pair(x), SHARED) for x in shared or []]
+    limits = {}
+    for item in limit or []:
+        id_type, raw = _pair(item)
+        if not raw.isdigit() or int(raw) < 1:
+            raise fail(f"a limit is a number, 1 or more (got {raw!r})")
+        limits[id_type] = int(raw)
+    if not marks and not limits:
+        raise fail("give at least one --block, --shared or --limit")
+    settings = settings_of(ctx)
+    try:
+        with _progress("reading the workers' tables") as advance:
+            found = preview(settings, marks, limits, advance)
+    except (IdentifierRefused, SplitRefused) as exc:
+        raise fail(str(exc)) from None
+    except (PrivacyError, OSError, TimeoutError) as exc:
+        raise fail(f"could not read the tables: {exc}", 1) from None
+    if as_json:
+        sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    for s in found["would_split"]:
+        parts = [s["rest"], *s["parts"]]
+        out.print(f"{s['profile_id']} would split in {len(parts)}:", highlight=False)
+        for part in parts:
+            ids = ", ".join(f"{t}={v}" for t, vs in part["identifiers"].items() for v in vs)
+            out.print(f"  {ids} ({part['events']} events)", highlight=False, markup=False)
+    for m in found["may_merge"]:
+        out.print(f"{m['profile_id']} may merge with {m['with']} (event {m['event_id']}, "
+                  f"refused by {m['rule']})", highlight=False, markup=False)  # fmt: skip
+    err.print(f"{found['profiles_read']:,} profiles read: {len(found['would_split'])} would "
+              f"split, {len(found['may_merge'])} refused links would not be refused")  # fmt: skip
+
+
+def _progress(what: str) -> Any:
+    """A transient count of the records read, on stderr when it is a terminal."""
+    from contextlib import contextmanager
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    @contextmanager
+    def shown() -> Any:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err,
+                      transient=True, disable=not err.is_terminal) as bar:  # fmt: skip
+            task = bar.add_task(what)
+            yield lambda n: bar.update(task, description=f"{what}: {n:,} records")
+
+    return shown()
+
+
 def _sent(ctx: typer.Context, send: Any) -> Any:
     from profiles.lookup import IdentifierRefused
     from serve.identity import SplitRefused
