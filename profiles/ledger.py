@@ -11,6 +11,7 @@ for (``load``).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from hashlib import blake2b
@@ -58,15 +59,22 @@ def facts_from(raw: list[Any]) -> EventFacts:
 _IDS_AT = 8
 
 
+def ident_hash(key: str) -> str:
+    """What a ledger entry keeps of an identifier: 48 bits of a hash of its graph key (8
+    characters, where a sealed key takes ~80) — a split only ever looks up identifiers
+    its profile holds (``profiles.graph.split``), a handful, among which it is unique."""
+    return base64.urlsafe_b64encode(blake2b(key.encode(), digest_size=6).digest()).decode()
+
+
 def entry_of(e: EventFacts, ids: tuple[str, ...] = ()) -> bytes:
-    """A ledger entry: the event's facts, and the identifiers (graph keys, sealed) it
-    was applied with, anchor first — what a split needs to send each event where its
-    identifiers go (``profiles.graph.split``)."""
+    """A ledger entry: the event's facts, and the identifiers it was applied with
+    (``ident_hash``), anchor first — what a split needs to send each event where its
+    identifiers go."""
     raw = facts_to(e)
     if ids:
         if len(raw) < _IDS_AT:
             raw += [None, [], None][len(raw) - 5 :]
-        raw.append(list(ids))
+        raw.append([ident_hash(i) for i in ids])
     return orjson.dumps(raw)
 
 
@@ -75,8 +83,8 @@ def entry_facts(entry: bytes) -> EventFacts:
 
 
 def entry_ids(entry: bytes) -> tuple[EventFacts, tuple[str, ...]]:
-    """An entry's facts and identifiers (none for an entry written before they were
-    kept)."""
+    """An entry's facts and its identifiers' hashes (``ident_hash``; none for an entry
+    written before they were kept)."""
     raw = orjson.loads(entry)
     ids = tuple(raw[_IDS_AT]) if len(raw) > _IDS_AT else ()
     return facts_from(raw), ids
@@ -133,7 +141,7 @@ class Ledger:
         return (entry_facts(e) for e in self.entries())
 
     def events_with_ids(self) -> Iterator[tuple[bytes, EventFacts, tuple[str, ...]]]:
-        """Each entry as stored, its facts and its identifiers."""
+        """Each entry as stored, its facts and its identifiers' hashes."""
         for entry in self.entries():
             facts, ids = entry_ids(entry)
             yield entry, facts, ids

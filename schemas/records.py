@@ -53,6 +53,7 @@ def update_record(
         "changed_fields": changed,
         "why_json": orjson.dumps(why, option=ORJSON_OPTS).decode(),
         "segments": view.get("segments", []),
+        "position": (view.get("freshness") or {}).get("position") or "",
     }
 
 
@@ -192,6 +193,7 @@ class ProfileUpdate:
     changed_fields: tuple[str, ...]
     why: Mapping[str, Any]
     segments: tuple[str, ...] = ()
+    position: str | None = None  # where in the workers' log it was made
 
     def view(self) -> dict[str, Any]:
         """The documented read form, as the API and Redis serve it."""
@@ -202,6 +204,10 @@ class ProfileUpdate:
             "computed": dict(self.computed),
             "segments": list(self.segments),
             "version": self.version,
+            "freshness": {
+                "event_time": self.computed.get("last_seen"),
+                "position": self.position,
+            },
         }
 
 
@@ -282,6 +288,7 @@ def update_from(
             tuple(r["changed_fields"]),
             orjson.loads(r["why_json"]) if explained else {},
             tuple(r["segments"]),
+            r.get("position") or None,
         )
     except (DecodeError, orjson.JSONDecodeError, KeyError) as exc:
         raise FeedError(f"profile-updates record for {key.decode()!r}: {exc}") from None

@@ -170,6 +170,93 @@ def _two_way(settings: Settings, profile: dict[str, Any], status: Console) -> st
         syncer.close()
 
 
+TABLET = "demo-store-tablet"
+
+
+def _why_lines(settings: Settings, pid: str) -> list[str]:
+    """``unifier profiles why`` for a profile, as the CLI prints it."""
+    from typer.testing import CliRunner
+
+    from unifier.cli import app
+
+    done = CliRunner().invoke(app, ["profiles", "why", pid], env=settings.env())
+    return done.output.rstrip().splitlines()
+
+
+def _fits(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two profiles can merge under the default per-type limits."""
+    from profiles.identifiers import DEFAULT_LIMITS
+
+    types = set(a["identifiers"]) | set(b["identifiers"]) | {"anonymous_id"}
+    counts = {t: len(a["identifiers"].get(t, [])) + len(b["identifiers"].get(t, [])) for t in types}
+    counts["anonymous_id"] += 1
+    return all(n <= DEFAULT_LIMITS.get(t, n) for t, n in counts.items())
+
+
+def _correction(settings: Settings, profiles: list[dict[str, Any]], status: Console) -> None:
+    """A wrong merge and its split: two customers typed in on the shop's tablet become
+    one profile; detaching the second one's email splits them again, exactly."""
+    from serve.identity import request_split, wait_split
+
+    with_email = [p for p in profiles[1:] if p["identifiers"].get("email")]
+    pair = next(((a, b) for a in with_email for b in with_email if a is not b and _fits(a, b)),
+                None)  # fmt: skip
+    if pair is None:
+        return
+    ana, bo = pair
+    ana_email, bo_email = ana["identifiers"]["email"][0], bo["identifiers"]["email"][0]
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    with Unifier(settings) as sdk:
+        for n, email in enumerate((ana_email, bo_email)):
+            ids = {"email": email, "anonymous_id": TABLET}
+            sdk.send({"event_id": f"demo-tablet-{n}", "type": "page_viewed", "source": "pos",
+                      "occurred_at": now, "identifiers": ids})  # fmt: skip
+        sdk.flush()
+    with LagProbe(settings) as probe:
+        probe.wait(timeout=120)
+    view = RedisProfileView.for_settings(settings)
+    with contextlib.closing(view):
+        merged = view.lookup("email", bo_email)
+    if merged is None or ana_email not in merged["identifiers"].get("email", []):
+        return  # (the rules refused the merge: nothing to show)
+    pid = merged["profile_id"]
+    status.print(f"[green]✓[/] a wrong merge: two customers typed in on the shop's tablet are "
+                 f"one profile now; `unifier profiles why {pid}`:")  # fmt: skip
+    for line in _why_lines(settings, pid):
+        status.print(f"    {line}", highlight=False, markup=False)
+    started = time.monotonic()
+    asked = request_split(settings, pid, [("email", bo_email)], "demo", "demo")
+    done = wait_split(settings, asked, 60)
+    if done is None:
+        raise StackError("the split was not done within 60s")
+    [part] = done["parts"]
+    status.print(f"[green]✓[/] split in {time.monotonic() - started:.2f}s (`unifier profiles "
+                 f"split {pid} --detach email=…`): {part['profile_id']} took the second "
+                 f"customer's {part['computed']['event_count']} events; `unifier profiles why "
+                 f"{pid}` now:")  # fmt: skip
+    for line in _why_lines(settings, pid):
+        status.print(f"    {line}", highlight=False, markup=False)
+
+
+def _quality(settings: Settings, status: Console) -> None:
+    """The data-quality KPIs the worker kept (``unifier quality report``)."""
+    from serve.quality import quality_report
+
+    q = quality_report(settings)
+    shares = ", ".join(
+        f"{t} {c['share'] * 100:.0f} %"
+        for t, c in sorted(q["completeness"].items(), key=lambda kv: -kv[1]["share"])[:6]
+    )
+    fresh = ", ".join(f"{s} {f['age_s']:,.0f} s" for s, f in q["freshness"].items())
+    status.print(
+        f"[green]✓[/] data quality (`unifier quality report`): {q['profiles']['count']} "
+        f"profiles; completeness {shares}; {q['duplicates']['groups']} duplicate candidate "
+        f"groups; today {q['today']['merges']} merges, {q['today']['splits']} splits; newest "
+        f"event per source: {fresh} ago",
+        highlight=False,
+    )
+
+
 def _score(profile: dict[str, Any]) -> tuple[int, int]:
     return len(profile["identifiers"]), profile["computed"]["event_count"]
 
@@ -244,6 +331,9 @@ def run_demo(people: int, show: int, console: Console, status: Console) -> None:
             with contextlib.closing(view):
                 profiles = sorted(view.scan(), key=_score, reverse=True)
             if profiles:
+                spinner.update("a wrong merge, and its split")
+                _correction(settings, profiles, status)
+                _quality(settings, status)
                 spinner.update("two-way sync with a SQLite CRM")
                 edited = _two_way(settings, profiles[0], status)
                 view = RedisProfileView.for_settings(settings)

@@ -35,6 +35,7 @@ from profiles.graph.messages import (
 from profiles.graph.node import ProfileNode
 from profiles.graph.split import SPLIT_RULE, plan_recluster, plan_split
 from profiles.graph.state import Key, ProfileState, Refusal, ident_type, ordered, rank
+from profiles.ledger import ident_hash
 from profiles.rules import IdentityRules
 
 
@@ -272,7 +273,7 @@ def _claims_of_moved(node: ProfileNode, key: str, msg: Offer) -> list[Out]:
         if to is None:
             continue
         event_id = msg.state.linked_by.get(ident, (msg.event_id, "", 0))[0]
-        anchor = _anchor_of(msg.state, event_id)
+        anchor = _anchor_of(msg.state, event_id, node.state.held | msg.state.held)
         if anchor and node.state.blocked(anchor, ident):
             node.pending.discard((ident, claim))
             out += refuse(node.state, key, Refusal(event_id, ident, anchor, SPLIT_RULE))
@@ -281,12 +282,12 @@ def _claims_of_moved(node: ProfileNode, key: str, msg: Offer) -> list[Out]:
     return out
 
 
-def _anchor_of(state: ProfileState, event_id: str) -> Key:
-    """The anchor an event of this state was applied with ("" if not known). Reads the
-    ledger: only for the rare claim that meets a split."""
+def _anchor_of(state: ProfileState, event_id: str, held: set[Key]) -> Key:
+    """The anchor an event of this state was applied with, among ``held`` ("" if not
+    known). Reads the ledger: only for the rare claim that meets a split."""
     for _entry, facts, ids in state.ledger.events_with_ids():
-        if facts.event_id == event_id:
-            return ids[0] if ids else ""
+        if facts.event_id == event_id and ids:
+            return next((k for k in held if ident_hash(k) == ids[0]), "")
     return ""
 
 

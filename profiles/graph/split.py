@@ -41,7 +41,7 @@ from profiles.graph.state import (
     ident_type,
     profile_for,
 )
-from profiles.ledger import event_hash
+from profiles.ledger import event_hash, ident_hash
 
 #: The refusal rule of a link a split's block refused.
 SPLIT_RULE = "split"
@@ -96,6 +96,15 @@ class _Groups:
 
 
 Event = tuple[bytes, EventFacts, tuple[Key, ...]]
+#: An identifier a profile does not hold, as an event's ids name it after ``keyed``.
+ELSEWHERE = "?"
+
+
+def keyed(entries: Iterable[Event], nodes: Iterable[Key]) -> list[Event]:
+    """The ledger's events with their identifiers' hashes turned back into the keys of
+    the profile's identifiers (``nodes``); one it does not hold reads as ELSEWHERE."""
+    by_hash = {ident_hash(n): n for n in nodes}
+    return [(e, f, tuple(by_hash.get(h, ELSEWHERE) for h in ids)) for e, f, ids in entries]
 
 
 def links(state: ProfileState, nodes: set[Key], events: list[Event]) -> list[tuple[Key, Key]]:
@@ -130,7 +139,7 @@ def plan_split(
     gone = set(detach) & nodes
     if not gone or gone == nodes:
         return None
-    events = list(state.ledger.events_with_ids())
+    events = keyed(state.ledger.events_with_ids(), nodes)
     edges = links(state, nodes, events)
     # The rest: groups of the identifiers that stay, linked without the detached ones.
     staying = _Groups(nodes - gone)
@@ -188,7 +197,9 @@ def plan_recluster(
     off = set(marked) & nodes if kind in ("block", "shared") else set()
     if kind in ("block", "shared") and not off:
         return None
-    events = sorted(state.ledger.events_with_ids(), key=lambda e: (e[1].time_ms, e[1].event_id))
+    events = sorted(
+        keyed(state.ledger.events_with_ids(), nodes), key=lambda e: (e[1].time_ms, e[1].event_id)
+    )
 
     def anchor_of(ids: tuple[Key, ...]) -> Key | None:
         return next((i for i in ids if i in nodes and i not in off), None)

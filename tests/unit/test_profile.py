@@ -121,6 +121,8 @@ def test_view_has_the_documented_form() -> None:
         },
         "segments": [],
         "version": 3,  # two events and one identifier
+        # Its newest event, and where the worker made it (the stage sets it).
+        "freshness": {"event_time": "2026-11-22T10:01:00.000Z", "position": None},
     }
 
 

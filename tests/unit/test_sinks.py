@@ -30,6 +30,7 @@ VIEW = {
                  "last_seen": "2026-11-22T10:00:00Z"},
     "segments": ["big_spenders"],
     "version": 3,
+    "freshness": {"event_time": "2026-11-22T10:00:00Z", "position": "1:42"},
 }  # fmt: skip
 
 
