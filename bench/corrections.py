@@ -137,11 +137,15 @@ def end_to_end(events: list[Touchpoint], tmp: Path) -> dict[str, Any]:
         stack.start_redis()
         ensure_topics(settings)
         stack.start_worker()
-        with TouchpointProducer(settings) as out:
-            out.send_many(events)
-        with LagProbe(settings) as probe:
-            if not probe.wait(timeout=1800):
-                raise RuntimeError("the worker did not catch up")
+        # The wrong merge first (the tablet's two visits), then the history grows on the
+        # merged profile — as it would in a shop, and so no merge has to offer a whole
+        # history at once.
+        for chunk in (events[:20], events[20:]):
+            with TouchpointProducer(settings) as out:
+                out.send_many(chunk)
+            with LagProbe(settings) as probe:
+                if not probe.wait(timeout=1800):
+                    raise RuntimeError("the worker did not catch up")
         view = RedisProfileView.for_settings(settings)
         try:
             merged = view.lookup("email", "ana@bench.example")

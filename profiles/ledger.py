@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from functools import lru_cache
 from hashlib import blake2b
 from typing import Any
 
@@ -59,6 +60,7 @@ def facts_from(raw: list[Any]) -> EventFacts:
 _IDS_AT = 8
 
 
+@lru_cache(maxsize=1 << 16)  # a profile's identifiers come back with every event
 def ident_hash(key: str) -> str:
     """What a ledger entry keeps of an identifier: 48 bits of a hash of its graph key (8
     characters, where a sealed key takes ~80) — a split only ever looks up identifiers
