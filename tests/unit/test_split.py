@@ -10,6 +10,7 @@ from dataclasses import replace
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from profiles.facts import facts_of
 from profiles.graph.messages import Split
 from profiles.graph.split import plan_split
 from profiles.graph.state import ProfileState
@@ -232,3 +233,30 @@ def test_a_lowered_limit_splits_in_time_order_and_a_shared_mark_keeps_the_identi
     }
     check_settled(sim, events)
     check_view(sim)
+
+
+def test_the_split_messages_and_node_fields_survive_the_wire() -> None:
+    from profiles.graph.messages import Disown, Readdress, Spawn
+    from profiles.graph.node import ProfileNode
+    from schemas.wire import decode_messages, encode_messages, node_from, node_to
+
+    state = ProfileState(held={"email:a@x.org", "phone:+14155550100"})
+    state.fold(facts_of(Touchpoint("e1", "x", "web", 5, {"email": "a@x.org"})),
+               ("email:a@x.org", "phone:+14155550100"))  # fmt: skip
+    state.blocks = {"s1": ("s1", frozenset({"email:a@x.org"}), frozenset({"phone:+1"}))}
+    state.splits, state.base = {"s1"}, 3
+    messages = [
+        Split("p_1", "s1", ("email:a@x.org",), "split"),
+        Split("p_1", "r1", (), "limit email=2", "limit", (("email", 2),)),
+        Spawn("p_1~ab", "p_1", "s1", state, frozenset({("phone:+1", "p_1.3")})),
+        Readdress("p_9", "p_1~ab", "s1"),
+        Disown("phone:+1", "p_1"),
+    ]
+    assert decode_messages(encode_messages(messages)) == messages
+    node = ProfileNode(state=state, moved={"phone:+1": "p_1~ab"}, moved_claims={"p_1.3"},
+                       spawned="s0", shown_as="p_1~cd", position="3:41")  # fmt: skip
+    again = node_from(node_to(node))
+    assert again.state == state and again.moved == node.moved
+    assert (again.moved_claims, again.spawned, again.shown_as, again.position) == (
+        {"p_1.3"}, "s0", "p_1~cd", "3:41")  # fmt: skip
+    assert again.state.blocked("email:a@x.org", "phone:+1") == "s1"
