@@ -122,6 +122,33 @@ def why_of(node: ProfileNode) -> dict[str, Any]:
     }
 
 
+def why_text(profile_id: str, profile: Mapping[str, Any], why: Mapping[str, Any]) -> list[str]:
+    """``why_of`` (opened) for people (``unifier profiles why``): a line per identifier,
+    merge, refused link and split; ``profile_id`` as asked (a merged-away id says so)."""
+    lines = []
+    if profile["profile_id"] != profile_id:
+        lines.append(f"{profile_id} was merged into {profile['profile_id']}")
+    lines.append(f"profile {profile['profile_id']}")
+    lines += [
+        f"  {e['identifier']}  {e['how']} (event {e['event_id']})"
+        for e in why.get("identifiers", [])
+    ]
+    lines += [
+        f"  merged {m['loser']} in: event {m['event_id']} linked them through {m['via']}"
+        for m in why.get("merges", [])
+    ]
+    lines += [
+        f"  refused: event {r['event_id']} would have linked {r['identifier']} "
+        f"(with {r['other']}): {r['rule']}"
+        for r in why.get("refused", [])
+    ]
+    lines += [
+        f"  split {s['split']}: {', '.join(s['apart'])} kept apart from {', '.join(s['from'])}"
+        for s in why.get("splits", [])
+    ]
+    return lines
+
+
 def signature_of(node: ProfileNode, rules: TraitRules = DEFAULT_TRAIT_RULES) -> dict[str, Any]:
     """What ``changed_fields`` compares, for a live profile, without making its view:
     two signatures differ in a field exactly when the two views do (times stay

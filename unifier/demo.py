@@ -175,12 +175,12 @@ TABLET = "demo-store-tablet"
 
 def _why_lines(settings: Settings, pid: str) -> list[str]:
     """``unifier profiles why`` for a profile, as the CLI prints it."""
-    from typer.testing import CliRunner
+    from profiles.projection import why_text
 
-    from unifier.cli import app
-
-    done = CliRunner().invoke(app, ["profiles", "why", pid], env=settings.env())
-    return done.output.rstrip().splitlines()
+    view = RedisProfileView.for_settings(settings)
+    with contextlib.closing(view):
+        found = view.why(pid)
+    return [] if found is None else why_text(pid, *found)
 
 
 def _fits(a: dict[str, Any], b: dict[str, Any]) -> bool:

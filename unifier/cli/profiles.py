@@ -133,37 +133,10 @@ def profiles_why(
 
 def _print_why(profile_id: str, profile: dict[str, Any], why: dict[str, Any]) -> None:
     """The explanation for people: one line per identifier, merge and refused link."""
-    if profile["profile_id"] != profile_id:
-        out.print(f"{profile_id} was merged into {profile['profile_id']}", highlight=False)
-    out.print(f"profile {profile['profile_id']}", highlight=False)
-    for entry in why.get("identifiers", []):
-        how = entry["how"]
-        out.print(
-            f"  {entry['identifier']}  {how} (event {entry['event_id']})",
-            highlight=False,
-            markup=False,
-        )
-    for merge in why.get("merges", []):
-        out.print(
-            f"  merged {merge['loser']} in: event {merge['event_id']} linked them through "
-            f"{merge['via']}",
-            highlight=False,
-            markup=False,
-        )
-    for refused in why.get("refused", []):
-        out.print(
-            f"  refused: event {refused['event_id']} would have linked {refused['identifier']} "
-            f"(with {refused['other']}): {refused['rule']}",
-            highlight=False,
-            markup=False,
-        )
-    for split in why.get("splits", []):
-        out.print(
-            f"  split {split['split']}: {', '.join(split['apart'])} kept apart from "
-            f"{', '.join(split['from'])}",
-            highlight=False,
-            markup=False,
-        )
+    from profiles.projection import why_text
+
+    for line in why_text(profile_id, profile, why):
+        out.print(line, highlight=False, markup=False)
 
 
 # --- split -------------------------------------------------------------------------
