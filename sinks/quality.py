@@ -17,17 +17,22 @@ only the difference to the totals, so a replayed batch counts nothing twice.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 import redis.asyncio as aredis
 
 from profiles.privacy import Sealer
 from profiles.quality import MATCH_TRAITS, tokens_of
 from sinks.base import ChangeBatch, Delivery
 from sinks.redis_view import PREFIX
+
+log = logging.getLogger("unifier.quality")
 
 Q = f"{PREFIX}quality:"
 COUNTS, DUPS, FRESH = f"{Q}counts", f"{Q}dups", f"{Q}fresh"
@@ -172,6 +177,22 @@ class QualitySink:
         if not pending and not +day and not newest:
             return Delivery(self.name)
         started = time.perf_counter()
+        delay = 0.1
+        while True:  # Redis away is back-pressure, as for the view (sinks.redis_view)
+            try:
+                results = await self._send(pending, day, newest)
+                break
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning("Redis write of the quality counts failed (%s); retrying in %.1fs",
+                            type(exc).__name__, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        written = sum(1 for r in results[1 : 1 + len(pending)] if r == 1)
+        return Delivery(self.name, written, len(pending) - written, time.perf_counter() - started)
+
+    async def _send(
+        self, pending: list[tuple[str, int, str]], day: Counter[str], newest: dict[str, int]
+    ) -> list[Any]:
         pipe = self._r.pipeline(transaction=False)
         for script in (self._count, self._fresh, self._snapshot):
             pipe.scripts.add(script)  # type: ignore[arg-type]
@@ -192,9 +213,7 @@ class QualitySink:
         if newest:
             args: list[Any] = [x for s, at in sorted(newest.items()) for x in (s, at)]
             pipe.pipeline_execute_command("EVALSHA", self._fresh.sha, 1, FRESH, *args)
-        results = await pipe.execute()
-        written = sum(1 for r in results[1 : 1 + len(pending)] if r == 1)
-        return Delivery(self.name, written, len(pending) - written, time.perf_counter() - started)
+        return list(await pipe.execute())
 
     async def close(self) -> None:
         await self._r.aclose()

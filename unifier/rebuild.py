@@ -33,6 +33,8 @@ from sinks.redis_view import DEFINITIONS_KEY, PREFIX, RedisWriter, profile_key
 
 BATCH = 500
 BOOKKEEPING = f"{PREFIX}view:".encode()
+#: The workers' data-quality counts (``sinks.quality``): theirs, not the log's view.
+QUALITY = f"{PREFIX}quality:".encode()
 
 
 @dataclass
@@ -48,12 +50,13 @@ class RebuildResult:
 def clear(client: redis.Redis) -> int:
     """Delete every key of the view (``unifier:*``) but the workers' bookkeeping of its
     completeness (``unifier:view:*``, ``streams.heal``: the rebuild that follows makes
-    it true again) and the segment definitions they keep there (not part of the log's
-    view: a rebuild would not bring them back); returns how many."""
+    it true again), the segment definitions and the data-quality counts they keep there
+    (not part of the log's view: a rebuild would not bring them back); returns how
+    many."""
     deleted = 0
     batch: list[Any] = []
     for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
-        if key.startswith(BOOKKEEPING) or key == DEFINITIONS_KEY.encode():
+        if key.startswith((BOOKKEEPING, QUALITY)) or key == DEFINITIONS_KEY.encode():
             continue
         batch.append(key)
         if len(batch) >= 1000:

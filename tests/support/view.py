@@ -53,12 +53,13 @@ def dump_as_read(url: str) -> dict[str, Any]:
 
 def dump(url: str) -> dict[str, Any]:
     """Every key of the view with its value (hashes as dicts): for exact comparisons.
-    Not the workers' bookkeeping of its completeness (``unifier:view:*``)."""
+    Not the workers' bookkeeping of its completeness (``unifier:view:*``) nor their
+    data-quality counts (``unifier:quality:*``)."""
     client = redis.Redis.from_url(url)
     try:
         out: dict[str, Any] = {}
         for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
-            if key.startswith(f"{PREFIX}view:".encode()):
+            if key.startswith((f"{PREFIX}view:".encode(), f"{PREFIX}quality:".encode())):
                 continue
             kind = client.type(key)
             if kind == b"hash":
