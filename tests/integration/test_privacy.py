@@ -292,7 +292,8 @@ def test_an_erased_person_is_nowhere_and_stays_erased_through_a_replay(
     assert back.exit_code == 0, back.output
     assert orjson.loads(back.stdout)["computed"]["event_count"] == 1
     audit = cli(again, "audit", "--since", "2020-01-01T00:00:00Z", "--json")
-    actions = [orjson.loads(line)["action"] for line in audit.stdout.splitlines()]
+    records = [orjson.loads(line) for line in audit.stdout.splitlines()]
+    actions = [r["action"] for r in records if r["actor"] != "worker"]  # (not the merges)
     assert actions[:3] == ["export", "erase", "unsuppress"] and not found_in(audit.stdout)
 
 
