@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the view")
+    redis_cluster: bool | None = Field(
+        None,
+        description="Whether UNIFIER_REDIS_URL is a node of a Redis Cluster (the others are "
+        "discovered from it); unset: the server is asked once at connect (INFO cluster)",
+    )
     state_dir: Path = Field(
         default_factory=_default_state_dir,
         description="Embedded stack state (pids, logs) and worker data",

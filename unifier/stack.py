@@ -9,6 +9,7 @@ fixtures (both through ``EmbeddedStack`` as a context manager).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -34,6 +35,8 @@ from unifier.processes import (
 )
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+#: Primaries of the embedded Redis Cluster (``unifier stack up --redis-cluster``).
+CLUSTER_SHARDS = 3
 
 
 def broker_binary() -> str:
@@ -80,6 +83,59 @@ def _redis_answers(settings: Settings) -> bool:
             client.close()
     except redis.RedisError:
         return False
+
+
+def _node_answers(host: str, port: int) -> bool:
+    try:
+        client = redis.Redis(host=host, port=port, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except redis.RedisError:
+        return False
+
+
+def _cluster_ok(host: str, port: int, shards: int) -> bool:
+    try:
+        client = redis.Redis(host=host, port=port, socket_timeout=1, decode_responses=True)
+        try:
+            info = client.execute_command("CLUSTER INFO")
+        finally:
+            client.close()
+    except redis.RedisError:
+        return False
+    info = _cluster_info(info)
+    return info.get("cluster_state") == "ok" and info.get("cluster_known_nodes") == str(shards)
+
+
+def _cluster_info(answer: object) -> dict[str, str]:
+    """CLUSTER INFO as a dict (redis-py parses it into one; some versions do not)."""
+    if isinstance(answer, dict):
+        return {str(k): str(v) for k, v in answer.items()}
+    text = answer.decode() if isinstance(answer, bytes) else str(answer)
+    return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+
+def form_cluster(host: str, ports: list[tuple[int, int]]) -> None:
+    """Make nodes started with cluster mode on into one cluster: they meet, and each
+    takes an equal range of the 16384 slots. ``ports``: (client port, cluster bus
+    port) of each. Nodes that already hold slots (a restart: their nodes.conf kept
+    them) are left as they are."""
+    clients = [redis.Redis(host=host, port=p, socket_timeout=5) for p, _ in ports]
+    try:
+        info = _cluster_info(clients[0].execute_command("CLUSTER INFO"))
+        if info.get("cluster_slots_assigned") == "16384":
+            return
+        for p, bus in ports[1:]:
+            clients[0].execute_command("CLUSTER MEET", host, p, bus)
+        per = 16384 // len(ports)
+        for i, client in enumerate(clients):
+            first, last = i * per, (16383 if i == len(ports) - 1 else (i + 1) * per - 1)
+            client.execute_command("CLUSTER ADDSLOTSRANGE", first, last)
+    finally:
+        for client in clients:
+            client.close()
 
 
 def _http_ok(url: str) -> bool:
@@ -147,38 +203,78 @@ class EmbeddedStack:
         return proc
 
     def start_redis(self) -> Proc:
+        """One Redis-compatible server on ``UNIFIER_REDIS_URL``'s port; with
+        ``settings.redis_cluster`` true, the first node of a cluster
+        (``start_redis_cluster``)."""
+        if self.settings.redis_cluster:
+            return self.start_redis_cluster()[0]
         host, port = self.settings.redis_address
         self._require_loopback(host, "UNIFIER_REDIS_URL")
         ensure_port_free(host, port, "the embedded Redis", "UNIFIER_REDIS_URL")
+        proc = self._spawn_redis("redis", host, port, [])
+        wait_until(
+            lambda: _redis_answers(self.settings),
+            20,
+            "the embedded Redis",
+            proc,
+            self._popens[proc.name],
+        )
+        return proc
+
+    def _spawn_redis(self, name: str, host: str, port: int, extra: list[str]) -> Proc:
         # Append-only persistence in the state dir (fsync once a second): a clean
         # restart keeps the view; a crash loses at most the last second of writes.
-        data = self.dir / "redis"
+        data = self.dir / name
         data.mkdir(parents=True, exist_ok=True)
-        proc, popen = spawn(
-            "redis",
-            [
-                redis_binary(),
-                "--port",
-                str(port),
-                "--bind",
-                host,
-                "--dir",
-                str(data),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--protected-mode",
-                "no",
-            ],
-            self.dir / "redis.log",
-            port=port,
-        )
+        argv = [redis_binary(), "--port", str(port), "--bind", host, "--dir", str(data)]
+        argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
+        argv += ["--protected-mode", "no", *extra]
+        proc, popen = spawn(name, argv, self.dir / f"{name}.log", port=port)
         self._track(proc, popen)
-        wait_until(lambda: _redis_answers(self.settings), 20, "the embedded Redis", proc, popen)
         return proc
+
+    def start_redis_cluster(self, shards: int = CLUSTER_SHARDS) -> list[Proc]:
+        """A Redis Cluster of ``shards`` primaries on loopback: the first on
+        ``UNIFIER_REDIS_URL``'s port, the others on free ports (clients discover them
+        from the first). Each keeps its slots and data in its own directory, so a
+        restart of the stack finds the same cluster again."""
+        host, port = self.settings.redis_address
+        self._require_loopback(host, "UNIFIER_REDIS_URL")
+        ensure_port_free(host, port, "the embedded Redis", "UNIFIER_REDIS_URL")
+        ports = self._cluster_ports(port, shards)
+        procs = []
+        for i, (p, bus) in enumerate(ports):
+            name = "redis" if i == 0 else f"redis-{i + 1}"
+            extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            extra += ["--cluster-port", str(bus), "--cluster-node-timeout", "5000"]
+            procs.append(self._spawn_redis(name, host, p, extra))
+        for proc, (p, _) in zip(procs, ports, strict=True):
+            answers = functools.partial(_node_answers, host, p)
+            wait_until(answers, 20, "the embedded Redis", proc, self._popens[proc.name])
+        form_cluster(host, ports)
+        wait_until(
+            lambda: all(_cluster_ok(host, p, shards) for p, _ in ports),
+            30,
+            "the embedded Redis Cluster",
+            procs[0],
+        )
+        (self.dir / "redis-cluster.json").write_text(json.dumps(ports))
+        return procs
+
+    def _cluster_ports(self, port: int, shards: int) -> list[tuple[int, int]]:
+        """(client port, cluster bus port) of each node: those of the cluster this state
+        directory last held when the first node's port is the same, else free ones."""
+        saved = self.dir / "redis-cluster.json"
+        if saved.exists():
+            ports = [tuple(p) for p in json.loads(saved.read_text())]
+            if len(ports) == shards and ports[0][0] == port:
+                return ports  # type: ignore[return-value]
+        out = [(port, free_port())]
+        while len(out) < shards:
+            p = free_port()
+            if p not in {q for pair in out for q in pair}:
+                out.append((p, free_port()))
+        return out
 
     def start_worker(
         self, name: str = "worker", wait: bool = True, ready_timeout: float = 90.0
@@ -253,7 +349,7 @@ class EmbeddedStack:
         # Collectors and workers first: both flush to the broker when they stop; then
         # the archiver, which reads the topic to its end before it stops.
         order = sorted(
-            self.procs, key=lambda n: (n in ("broker", "redis"), n == "redis", n == "archiver")
+            self.procs, key=lambda n: (n == "broker" or n.startswith("redis"), n.startswith("redis"), n == "archiver")
         )
         for name in order:
             was_alive = is_running(self.procs[name], self._popens.get(name))
