@@ -471,7 +471,7 @@ def create_api(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[SEALER] = sealer = sealer_for(settings)
-    app[VIEW] = AsyncRedisView.from_url(settings.redis_url, sealer)
+    app[VIEW] = AsyncRedisView.from_url(settings.redis_url, sealer, settings.redis_cluster)
 
     app[AUDIT] = Auditor(settings)
     app[SCANS] = set()

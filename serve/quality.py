@@ -8,19 +8,34 @@ import time
 from collections import Counter
 from typing import Any
 
-import redis
-
 from config.settings import Settings
 from profiles.profile import iso
 from profiles.quality import BUCKETS
 from serve.view import RedisProfileView
-from sinks.quality import COUNTS, DUP_PREFIX, DUPS, FRESH, day_key, snap_key, today
+from sinks.quality import FRESH, counts_key, day_key, dup_key, dups_key, snap_key, today
+from sinks.redisconn import ALL_TAGS, connect
 
 DAY_S = 86400
 
 
 def _ints(raw: dict[bytes, bytes]) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def _summed(hashes: list[dict[bytes, bytes]]) -> dict[str, int]:
+    """The buckets' counts added up."""
+    total: Counter[str] = Counter()
+    for raw in hashes:
+        total.update(_ints(raw))
+    return dict(total)
+
+
+def _dup_tokens(client: Any) -> list[str]:
+    """Every match token held by two profiles or more, from each bucket's ``dups``."""
+    pipe = client.pipeline(transaction=False)
+    for t in ALL_TAGS:
+        pipe.smembers(dups_key(t))
+    return sorted({m.decode() for found in pipe.execute() for m in found})
 
 
 def _reason(headers: dict[str, str]) -> str:
@@ -52,23 +67,26 @@ def quality_report(settings: Settings, with_dead_letters: bool = True) -> dict[s
     now = time.time()
     now_ms = int(now * 1000)
     date, yesterday = today(now), today(now - DAY_S)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    client = connect(settings.redis_url, settings.redis_cluster)
     try:
         pipe = client.pipeline(transaction=False)
-        pipe.hgetall(COUNTS)
-        pipe.hgetall(snap_key(date))
-        pipe.smembers(DUPS)
+        for t in ALL_TAGS:
+            pipe.hgetall(counts_key(t))
+        for t in ALL_TAGS:
+            pipe.hgetall(snap_key(date, t))
         pipe.hgetall(FRESH)
         pipe.hgetall(day_key(date))
         pipe.hgetall(day_key(yesterday))
-        counts_raw, snap_raw, dup_keys, fresh_raw, day_raw, yday_raw = pipe.execute()
+        found = pipe.execute()
+        n = len(ALL_TAGS)
+        counts, snap = _summed(found[:n]), _summed(found[n : 2 * n])
+        fresh_raw, day_raw, yday_raw = found[2 * n :]
         sizes = client.pipeline(transaction=False)
-        for k in sorted(dup_keys):
-            sizes.scard(DUP_PREFIX + k.decode())
+        for k in _dup_tokens(client):
+            sizes.scard(dup_key(k))
         dup_sizes = sizes.execute()
     finally:
         client.close()
-    counts, snap = _ints(counts_raw), _ints(snap_raw)
     profiles, profiles_then = counts.get("n", 0), snap.get("n", 0)
 
     def share(c: dict[str, int], token: str, n: int) -> float:
@@ -123,12 +141,11 @@ def _day_counts(day: dict[str, int]) -> dict[str, Any]:
 def duplicates(settings: Settings, limit: int = 100) -> list[list[dict[str, Any]]]:
     """Groups of live profiles that look like one person (same name and postal code, or
     name and birth date) but were not merged: the review list, largest groups first."""
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    client = connect(settings.redis_url, settings.redis_cluster)
     try:
-        keys = sorted(k.decode() for k in client.smembers(DUPS))  # type: ignore[union-attr]
         pipe = client.pipeline(transaction=False)
-        for k in keys:
-            pipe.smembers(DUP_PREFIX + k)
+        for k in _dup_tokens(client):
+            pipe.smembers(dup_key(k))
         members = [sorted(m.decode() for m in found) for found in pipe.execute()]
     finally:
         client.close()

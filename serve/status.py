@@ -37,7 +37,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
 from serve.lag import ARCHIVE, SYNC, LagProbe, PartitionLag, stages
-from sinks.redis_view import DEFINITIONS_KEY, segment_key, view_state_sync
+from sinks.redis_view import DEFINITIONS_KEY, segment_sizes_sync, view_state_sync
+from sinks.redisconn import connect
 
 #: Worker counters the page charts as rates: name -> (metric, label filter).
 RATES: dict[str, tuple[str, dict[str, str]]] = {
@@ -213,15 +214,15 @@ class StatusSampler:
     def _view(self) -> tuple[str | None, dict[str, int]]:
         """Whether the Redis view is complete (Redis away: said so, not raised), and
         the size of each segment in force."""
-        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+        try:
+            client = connect(self.settings.redis_url, self.settings.redis_cluster, timeout=2)
+        except (redis.RedisError, OSError):
+            return "Redis does not answer", {}
         try:
             state = view_state_sync(client, self.settings.internal_partitions)
             keys = client.hkeys(DEFINITIONS_KEY)
             names = sorted(k.decode() if isinstance(k, bytes) else k for k in keys)
-            pipe = client.pipeline(transaction=False)
-            for name in names:
-                pipe.scard(segment_key(name))
-            return state, dict(zip(names, (int(n) for n in pipe.execute()), strict=True))
+            return state, segment_sizes_sync(client, names)
         except (redis.RedisError, OSError):
             return "Redis does not answer", {}
         finally:

@@ -1,20 +1,40 @@
-"""The latest unified view, served from Redis.
+"""The latest unified view, served from Redis — one server or a Redis Cluster.
 
-Layout (all keys under ``unifier:``):
-- ``unifier:profile:<profile_id>`` — hash with ``version`` and ``json`` (the
-  documented profile form). Written by a Lua script that refuses an older
-  version, so a lagging writer can never move the view backwards.
+Layout (all keys under ``unifier:``; ``{t}`` is the hash tag of the profile's bucket,
+``sinks.redisconn``):
+- ``unifier:profile:{t}<profile_id>`` — hash with ``version`` and ``json`` (the
+  documented profile form). Written by a script that refuses an older version, so a
+  lagging writer can never move the view backwards.
 - ``unifier:id:<type>:<normalized value>`` — the profile id that holds the identifier.
-  Written in the same script, and only ever to a smaller id (``rank``): every profile
+  Written by its own script, and only ever to a smaller id (``rank``): every profile
   that ever held an identifier ends up merged into one, a merge keeps the smaller id,
   and a split moves an identifier to a part, smaller than the profile it left — so the
   smallest holder is the one that lasts. A write from a profile merged away since (a
   record replayed after a restart, a lagging worker) cannot take the key back.
-- A profile merged into another keeps ``unifier:profile:<id>`` as a redirect
+- A profile merged into another keeps its hash as a redirect
   (``{"profile_id", "merged_into"}``): reads follow it to the survivor.
+- ``unifier:segment:<name>:{t}`` — the members of a segment in bucket ``t``: written by
+  the profile's own script, so the sets always agree with the views.
 
-The worker writes whole batches in one pipeline (``RedisViewSink``, a
-``sinks.base.Sink``); readers are in ``serve.view``.
+**No script spans two slots**, so all of it runs on a Redis Cluster. What one script
+did across keys is now an order of writes, each atomic on its own key (one
+pipeline round per step, and a cluster runs a step's writes on every shard at once):
+
+1. redirects of profiles merged away, then
+2. live views (with their segment sets: same bucket), then
+3. identifier keys, offered only for views that were not erased.
+
+Why this order keeps the two promises without cross-slot atomicity:
+- *Versions never go backwards*: each profile hash guards its own version.
+- *A merged-away id resolves to its survivor, and a read never finds the loser once
+  the merge shows*: the loser's redirect is in place (step 1) before the survivor's
+  merged view (step 2), and an identifier key names a profile only once that
+  profile's hash exists (step 3 after 2). A redirect can name a survivor whose very
+  first view is being written in step 2 of the same batch: readers wait a moment for
+  it (``serve.view``) instead of answering "not found".
+
+The worker writes whole batches this way (``RedisViewSink``, a ``sinks.base.Sink``);
+readers are in ``serve.view``.
 """
 
 from __future__ import annotations
@@ -34,6 +54,15 @@ from profiles.projection import redirect_view
 from profiles.sealed import token_of
 from schemas.codec import ORJSON_OPTS
 from sinks.base import ChangeBatch, Delivery
+from sinks.redisconn import (
+    ALL_TAGS,
+    Call,
+    Lua,
+    connect_async,
+    run_scripts,
+    run_scripts_sync,
+    tag,
+)
 
 log = logging.getLogger("unifier.view")
 
@@ -43,11 +72,12 @@ PREFIX = "unifier:"
 # buffers) for long.
 PIPELINE_PROFILES = 500
 
-# Identifier keys name the smallest profile id that has held them (see the module
+# An identifier key names the smallest profile id that has held it (see the module
 # docstring), in the order of ``profiles.graph.state.rank``: more splits behind an id
 # (``~`` in it) first, then byte order, as Python orders strings (Lua's `<` on strings
-# follows the server's locale).
-_INDEX = """
+# follows the server's locale). KEYS[1] the identifier key, ARGV[1] the profile id.
+_INDEX = Lua(
+    """
 local function splits(s)
   local _, n = string.gsub(s, "~", "")
   return n
@@ -62,54 +92,56 @@ local function smaller(a, b)
   end
   return #a < #b
 end
-local function index(first, pid)
-  for i = first, #KEYS do
-    local cur = redis.call('GET', KEYS[i])
-    if not cur or smaller(pid, cur) then redis.call('SET', KEYS[i], pid) end
-  end
-end
+local cur = redis.call('GET', KEYS[1])
+if not cur or smaller(ARGV[1], cur) then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+return 0
 """
+)
 
 # A profile's segments are in its hash ('segs', names joined by newlines) and it is a
-# member of the set of each (segment_key): written with the view, so the sets always
-# agree with the views (an older view refused leaves them too). The set keys are not
-# among KEYS: one Redis server holds them all (a cluster needs hash tags, issue #22).
+# member of its bucket's set of each: ARGV prefix .. name .. ':' .. tag, the tag of
+# KEYS[1]'s bucket — one slot with the profile's hash.
 _SEGMENTS = """
 local function names(s)
   local t = {}
   for n in string.gmatch(s, "[^\\n]+") do t[n] = true end
   return t
 end
-local function move_segments(pid, new, prefix)
+local function move_segments(pid, new, prefix, tag)
   local old = names(redis.call('HGET', KEYS[1], 'segs') or '')
   local now = names(new)
-  for n in pairs(old) do if not now[n] then redis.call('SREM', prefix .. n, pid) end end
-  for n in pairs(now) do if not old[n] then redis.call('SADD', prefix .. n, pid) end end
+  for n in pairs(old) do
+    if not now[n] then redis.call('SREM', prefix .. n .. ':' .. tag, pid) end
+  end
+  for n in pairs(now) do
+    if not old[n] then redis.call('SADD', prefix .. n .. ':' .. tag, pid) end
+  end
   if new == '' then redis.call('HDEL', KEYS[1], 'segs')
   else redis.call('HSET', KEYS[1], 'segs', new) end
 end
 """
 
-# KEYS[1] profile hash, KEYS[2..] the identifier keys of its identifiers (none for a
-# redirect, or when they did not change); ARGV[1] version, ARGV[2] json, ARGV[3] why
-# ('' = none: a redirect keeps no explanation of the profile it was; '=' = unchanged,
-# kept), ARGV[4] the profile id, ARGV[5] with '=': the version the writer read the
-# profile at (Redis should hold it). 1 = written, 0 = older, ignored (its identifier
-# keys are still offered), 2 = '=' but Redis does not hold the version the writer read:
-# none or an older one (it lost writes), or a newer one (written before a crash from a
-# state the restarted worker's table never got: its explanation may be one the table
-# never had) — nothing written, send it whole. ARGV[6] its segments (newline-joined),
-# ARGV[7] the prefix of segment keys.
-_WRITE_IF_NEWER = (
-    _INDEX
-    + _SEGMENTS
+#: ``_WRITE_IF_NEWER``'s answers.
+WRITTEN, OLDER, LOST, ERASED = 1, 0, 2, 3
+
+# KEYS[1] profile hash; ARGV[1] version, ARGV[2] json, ARGV[3] why ('' = none: a
+# redirect keeps no explanation of the profile it was; '=' = unchanged, kept), ARGV[4]
+# the profile id, ARGV[5] with '=': the version the writer read the profile at (Redis
+# should hold it), ARGV[6] its segments (newline-joined), ARGV[7] the prefix of segment
+# keys, ARGV[8] the profile's hash tag. Answers WRITTEN; OLDER (ignored; its
+# identifier keys are still offered); ERASED (a tombstone: nothing written, and its
+# identifier keys are not offered); LOST when '=' but Redis does not hold the version
+# the writer read: none or an older one (it lost writes), or a newer one (written
+# before a crash from a state the restarted worker's table never got: its explanation
+# may be one the table never had) — nothing written, send it whole.
+_WRITE_IF_NEWER = Lua(
+    _SEGMENTS
     + """
-if redis.call('HEXISTS', KEYS[1], 'erased') == 1 then return 0 end
-index(2, ARGV[4])
+if redis.call('HEXISTS', KEYS[1], 'erased') == 1 then return 3 end
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
 if ARGV[3] == '=' and (not cur or tonumber(cur) ~= tonumber(ARGV[5])) then return 2 end
-move_segments(ARGV[4], ARGV[6], ARGV[7])
+move_segments(ARGV[4], ARGV[6], ARGV[7], ARGV[8])
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
 if ARGV[3] == '=' then return 1 end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3])
@@ -118,39 +150,41 @@ return 1
 """
 )
 
-# Erasure: KEYS[1] the profile hash, KEYS[2..] the index keys of its identifiers (each
-# removed only if it names this profile); ARGV[1] the profile id, ARGV[2] the prefix of
-# segment keys. It leaves its segments' sets. The hash becomes a tombstone ('erased',
-# no view): a write of the profile replayed later (a worker re-reading records after a
-# crash) is refused whole, index keys included.
-_ERASE = (
+# Erasure: KEYS[1] the profile hash; ARGV[1] the profile id, ARGV[2] the prefix of
+# segment keys, ARGV[3] its tag. It leaves its segments' sets. The hash becomes a
+# tombstone ('erased', no view): a write of the profile replayed later (a worker
+# re-reading records after a crash) is refused whole, index keys included. The index
+# keys that name it go next (``_DROP``).
+_ERASE = Lua(
     _SEGMENTS
     + """
-move_segments(ARGV[1], '', ARGV[2])
+move_segments(ARGV[1], '', ARGV[2], ARGV[3])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'erased', '1')
-for i = 2, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
-end
 return 1
 """
 )
 
-# KEYS identifier keys a profile let go (a rule blocks them now), ARGV[1] its id: each is
-# removed if it names it.
-_UNINDEX = """
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
-end
-return 1
+# KEYS[1] an identifier key, ARGV[1] a profile id: removed if it names that profile (an
+# erased profile's identifiers; one a rule made its profile let go).
+_DROP = Lua(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0
 """
+)
 
-# KEYS the identifier keys of one profile, ARGV[1] its id (`unifier view rebuild`).
-_INDEX_ONLY = _INDEX + "index(1, ARGV[1])\nreturn 1\n"
+PROFILE_PREFIX = f"{PREFIX}profile:"
 
 
 def profile_key(profile_id: str) -> str:
-    return f"{PREFIX}profile:{profile_id}"
+    return f"{PROFILE_PREFIX}{tag(profile_id)}{profile_id}"
+
+
+def profile_id_of(key: bytes | str) -> str:
+    """The profile id of a profile key (``profile_key``'s inverse)."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return text[len(PROFILE_PREFIX) :].split("}", 1)[1]
 
 
 def identifier_key(id_type: str, value: str) -> str:
@@ -161,19 +195,38 @@ def identifier_key(id_type: str, value: str) -> str:
     return f"{PREFIX}id:{id_type}:{value}"
 
 
-#: ``segment_key(name)``: the set of the ids of a segment's members.
+#: ``segment_keys(name)``: the sets of the ids of a segment's members, one per bucket.
 SEGMENT_PREFIX = f"{PREFIX}segment:"
 #: The definitions in force (segment name -> its JSON), as the workers hold them: what
 #: the read API lists (``GET /v1/segments``).
 DEFINITIONS_KEY = f"{PREFIX}segments"
 
 
-def segment_key(name: str) -> str:
-    return f"{SEGMENT_PREFIX}{name}"
+def segment_keys(name: str) -> list[str]:
+    """The member sets of a segment, one per bucket (``sinks.redisconn``)."""
+    return [f"{SEGMENT_PREFIX}{name}:{t}" for t in ALL_TAGS]
+
+
+def segment_sizes_sync(client: redis.Redis, names: Sequence[str]) -> dict[str, int]:
+    """How many members each segment has (its buckets' sets summed)."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        for key in segment_keys(name):
+            pipe.scard(key)
+    counts = pipe.execute()
+    n = len(ALL_TAGS)
+    return {name: sum(counts[i * n : (i + 1) * n]) for i, name in enumerate(names)}
+
+
+def segment_members_sync(client: redis.Redis, name: str, page: int = 1000) -> Iterable[str]:
+    """Every member id of a segment, a bucket at a time."""
+    for key in segment_keys(name):
+        for member in client.sscan_iter(key, count=page):
+            yield member.decode() if isinstance(member, bytes) else str(member)
 
 
 async def write_definitions(client: aredis.Redis, definitions: Mapping[str, bytes]) -> None:
-    """Replace the definitions readers see with these (one transaction)."""
+    """Replace the definitions readers see with these (one transaction: one key)."""
     pipe = client.pipeline(transaction=True)
     pipe.delete(DEFINITIONS_KEY)
     if definitions:
@@ -181,29 +234,38 @@ async def write_definitions(client: aredis.Redis, definitions: Mapping[str, byte
     await pipe.execute()
 
 
-# The view's completeness (``streams.heal``): a marker per profile partition, set by
-# the worker that owns it once all its profiles are in Redis — gone when Redis loses
-# its data.
-def marker_key(partition: int) -> str:
-    return f"{PREFIX}view:complete:{partition}"
+# The view's completeness (``streams.heal``): each bucket has a hash,
+# ``unifier:view:{t}``, where the worker that owns a profile partition marks it
+# complete (field ``c:<partition>``) once all its profiles are in Redis. A server (or
+# a cluster's shard) that lost its data lost the marks of its buckets with it.
+def marks_key(t: str) -> str:
+    return f"{PREFIX}view:{t}"
 
 
-def token_key(partition: int) -> str:
-    return f"{PREFIX}view:token:{partition}"
+def complete_field(partition: int) -> str:
+    return f"c:{partition}"
 
+
+def token_field(partition: int) -> str:
+    return f"t:{partition}"
+
+
+ALL_MARKS = [marks_key(t) for t in ALL_TAGS]
 
 #: While a worker rebuilds the view: {"done", "total"} profiles (expires if it stops).
 PROGRESS_KEY = f"{PREFIX}view:rebuilding"
 
 
-def missing_partitions(markers: list[Any], partitions: list[int]) -> list[int]:
-    return [p for p, m in zip(partitions, markers, strict=True) if m is None]
+def missing_from(marks: Sequence[Sequence[Any]], partitions: Sequence[int]) -> list[int]:
+    """The partitions some bucket has no mark of; ``marks``: each bucket's HMGET of
+    the partitions' complete fields."""
+    return [p for i, p in enumerate(partitions) if any(row[i] is None for row in marks)]
 
 
-def describe_view(markers: list[Any], progress: Any, partitions: int) -> str | None:
+def describe_view(missing: Sequence[int], progress: Any, partitions: int) -> str | None:
     """None when every partition's view is complete; else what a reader should be told
-    (``/ready``, the status page): from the markers and the rebuild's progress key."""
-    missing = missing_partitions(markers, list(range(partitions)))
+    (``/ready``, the status page): from the missing partitions and the rebuild's
+    progress key."""
     if not missing:
         return None
     if progress is not None:
@@ -212,19 +274,49 @@ def describe_view(markers: list[Any], progress: Any, partitions: int) -> str | N
     return f"view incomplete: {len(missing)} of {partitions} partitions not written yet"
 
 
-def _state_keys(partitions: int) -> list[str]:
-    return [*(marker_key(p) for p in range(partitions)), PROGRESS_KEY]
+def _marks_pipe(client: Any, partitions: Sequence[int]) -> Any:
+    pipe = client.pipeline(transaction=False)
+    fields = [complete_field(p) for p in partitions]
+    for key in ALL_MARKS:
+        pipe.hmget(key, fields)
+    return pipe
+
+
+async def missing_partitions(client: aredis.Redis, partitions: Sequence[int]) -> list[int]:
+    """The partitions whose view is not complete in every bucket (one round trip per shard)."""
+    if not partitions:
+        return []
+    return missing_from(await _marks_pipe(client, partitions).execute(), partitions)
+
+
+def missing_partitions_sync(client: redis.Redis, partitions: Sequence[int]) -> list[int]:
+    if not partitions:
+        return []
+    return missing_from(_marks_pipe(client, partitions).execute(), partitions)
 
 
 async def view_state(client: aredis.Redis, partitions: int) -> str | None:
-    """``describe_view`` of a Redis server, in one round trip."""
-    *markers, progress = await client.mget(_state_keys(partitions))
-    return describe_view(markers, progress, partitions)
+    """``describe_view`` of a Redis server or cluster."""
+    missing = await missing_partitions(client, range(partitions))
+    progress = await client.get(PROGRESS_KEY) if missing else None
+    return describe_view(missing, progress, partitions)
 
 
 def view_state_sync(client: redis.Redis, partitions: int) -> str | None:
-    *markers, progress = client.mget(_state_keys(partitions))
-    return describe_view(markers, progress, partitions)
+    missing = missing_partitions_sync(client, list(range(partitions)))
+    progress = client.get(PROGRESS_KEY) if missing else None
+    return describe_view(missing, progress, partitions)
+
+
+def mark_complete_sync(client: redis.Redis, partitions: Iterable[int], value: bytes) -> None:
+    """Mark partitions complete in every bucket (``unifier view rebuild``, tests)."""
+    mapping = {complete_field(p): value for p in partitions}
+    if not mapping:
+        return
+    pipe = client.pipeline(transaction=False)
+    for key in ALL_MARKS:
+        pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+    pipe.execute()
 
 
 #: ``write_args``'s ``why`` for a profile whose explanation did not change.
@@ -242,14 +334,16 @@ def write_args(view: Mapping[str, Any], why: Any, read_version: int = 0) -> list
         encoded: Any = "="
     else:
         encoded = orjson.dumps(why, option=ORJSON_OPTS) if why is not None else ""
+    pid = view["profile_id"]
     return [
         view["version"],
         orjson.dumps(view, option=ORJSON_OPTS),
         encoded,
-        view["profile_id"],
+        pid,
         read_version,
         "\n".join(view.get("segments", ())),
         SEGMENT_PREFIX,
+        tag(pid),
     ]
 
 
@@ -264,7 +358,58 @@ def identifier_keys(view: Mapping[str, Any]) -> list[str]:
 
 def applied(results: Sequence[Any]) -> int:
     """How many profile writes in a pipeline's results were applied (not older)."""
-    return sum(1 for r in results if r == 1)
+    return sum(1 for r in results if r == WRITTEN)
+
+
+class Plan:
+    """One batch of view writes as the ordered steps of the module docstring."""
+
+    def __init__(
+        self,
+        views: Iterable[Mapping[str, Any]],
+        whys: Mapping[str, Any],
+        same: Mapping[str, int],
+        index: bool = True,
+    ) -> None:
+        self.redirects: list[Mapping[str, Any]] = []
+        self.live: list[Mapping[str, Any]] = []
+        for view in views:
+            (self.redirects if "merged_into" in view else self.live).append(view)
+        self.whys, self.same, self.index = whys, same, index
+
+    def write_calls(self, views: Sequence[Mapping[str, Any]]) -> list[Call]:
+        calls: list[Call] = []
+        for view in views:
+            pid = view["profile_id"]
+            if pid in self.same:
+                args = write_args(view, KEEP, self.same[pid])
+            else:
+                args = write_args(view, self.whys.get(pid))
+            calls.append((_WRITE_IF_NEWER, [profile_key(pid)], args))
+        return calls
+
+    def index_calls(self, views: Sequence[Mapping[str, Any]], results: Sequence[Any]) -> list[Call]:
+        """Identifier keys of the views written or older — not erased, not lost (sent
+        whole again), not unchanged."""
+        if not self.index:
+            return []
+        calls: list[Call] = []
+        for view, r in zip(views, results, strict=True):
+            pid = view["profile_id"]
+            if r in (WRITTEN, OLDER) and pid not in self.same:
+                calls += [(_INDEX, [key], [pid]) for key in identifier_keys(view)]
+        return calls
+
+
+def _chunks(items: Sequence[Any], size: int = PIPELINE_PROFILES) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def index_calls(views: Iterable[Mapping[str, Any]]) -> list[Call]:
+    return [
+        (_INDEX, [key], [view["profile_id"]]) for view in views for key in identifier_keys(view)
+    ]
 
 
 class RedisWriter:
@@ -272,8 +417,6 @@ class RedisWriter:
 
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
-        self._script = client.register_script(_WRITE_IF_NEWER)
-        self._index = client.register_script(_INDEX_ONLY)
 
     def write(
         self,
@@ -281,77 +424,65 @@ class RedisWriter:
         whys: Mapping[str, Mapping[str, Any]] | None = None,
         index: bool = True,
     ) -> int:
-        pipe = self._r.pipeline(transaction=False)
-        whys = whys or {}
-        for view in profiles:
-            pid = view["profile_id"]
-            keys = [profile_key(pid), *(identifier_keys(view) if index else ())]
-            self._script(keys=keys, args=write_args(view, whys.get(pid)), client=pipe)
-        return applied(pipe.execute())
+        plan = Plan(profiles, whys or {}, {}, index)
+        done = 0
+        for part in _chunks(plan.redirects):
+            done += applied(run_scripts_sync(self._r, plan.write_calls(part)))
+        for part in _chunks(plan.live):
+            results = run_scripts_sync(self._r, plan.write_calls(part))
+            done += applied(results)
+            run_scripts_sync(self._r, plan.index_calls(part, results))
+        return done
 
     def index(self, views: Iterable[Mapping[str, Any]]) -> int:
         """Offer every identifier of these live views to the index; how many were offered."""
-        pipe = self._r.pipeline(transaction=False)
         offered = 0
-        for view in views:
-            keys = identifier_keys(view)
-            if keys:
-                self._index(keys=keys, args=[view["profile_id"]], client=pipe)
-                offered += len(keys)
-        pipe.execute()
+        for part in _chunks(list(views)):
+            calls = index_calls(part)
+            run_scripts_sync(self._r, calls)
+            offered += len(calls)
         return offered
 
 
 class AsyncRedisWriter:
-    """The worker's writer: one pipeline round-trip per batch of profiles."""
+    """The worker's writer: a few pipeline rounds per batch of profiles (the steps of
+    the module docstring)."""
 
     def __init__(self, client: aredis.Redis) -> None:
         self._r = client
-        self._script = client.register_script(_WRITE_IF_NEWER)
-        self._erase = client.register_script(_ERASE)
-        self._unindex = client.register_script(_UNINDEX)
 
     async def unindex(self, dropped: Iterable[Unindexed]) -> int:
         """Remove the index keys of identifiers their profile let go, if they name it."""
-        pipe = self._r.pipeline(transaction=False)
-        pipe.scripts.add(self._unindex)  # type: ignore[arg-type]
+        calls: list[Call] = []
         n = 0
         for u in dropped:
-            keys = [identifier_key(*i.split(":", 1)) for i in u.ids]
-            pipe.pipeline_execute_command("EVALSHA", self._unindex.sha, len(keys), *keys, u.profile)
+            calls += [(_DROP, [identifier_key(*i.split(":", 1))], [u.profile]) for i in u.ids]
             n += 1
-        if n:
-            await pipe.execute()
+        await run_scripts(self._r, calls)
         return n
 
     async def erase(self, erased: Iterable[Erased]) -> int:
-        """Remove erased profiles: their hashes, the index keys that name them, their
-        segment memberships."""
-        pipe = self._r.pipeline(transaction=False)
-        pipe.scripts.add(self._erase)  # type: ignore[arg-type]
-        n = 0
-        for e in erased:
-            keys = [profile_key(e.profile), *(identifier_key(*i.split(":", 1)) for i in e.ids)]
-            args = [e.profile, SEGMENT_PREFIX]
-            pipe.pipeline_execute_command("EVALSHA", self._erase.sha, len(keys), *keys, *args)
-            n += 1
-        if n:
-            await pipe.execute()
-        return n
+        """Remove erased profiles: their hashes (a tombstone stays), their segment
+        memberships, then the index keys that name them."""
+        erased = list(erased)
+        tombstones: list[Call] = [
+            (_ERASE, [profile_key(e.profile)], [e.profile, SEGMENT_PREFIX, tag(e.profile)])
+            for e in erased
+        ]
+        await run_scripts(self._r, tombstones)
+        drops: list[Call] = [
+            (_DROP, [identifier_key(*i.split(":", 1))], [e.profile]) for e in erased for i in e.ids
+        ]
+        await run_scripts(self._r, drops)
+        return len(erased)
 
     @property
     def client(self) -> aredis.Redis:
         return self._r
 
     @classmethod
-    def from_url(cls, url: str) -> AsyncRedisWriter:
-        return cls(aredis.Redis.from_url(url, socket_timeout=10))
-
-    def _pipeline(self) -> Any:
-        pipe = self._r.pipeline(transaction=False)
-        # redis-py loads it at execute if Redis lost it
-        pipe.scripts.add(self._script)  # type: ignore[arg-type]  # an AsyncScript, as it wants
-        return pipe
+    def from_url(cls, url: str, cluster: bool | None = None) -> AsyncRedisWriter:
+        return cls(connect_async(url, cluster))
 
     async def write(
         self,
@@ -362,36 +493,20 @@ class AsyncRedisWriter:
         """Write profiles (view form), their explanations (``whys`` by profile id) and
         their identifier index — but for the ids in ``same_identity``, whose index and
         explanation Redis has already; returns how many profile writes were applied
-        (older versions are skipped by the script). Commands are queued on the
-        pipeline directly: through ``Script.__call__`` each cost an await."""
-        whys = whys or {}
-        views = list(profiles)
-        done, lost = await self._write(views, whys, same_identity or {})
-        if lost:  # Redis lost them: written whole, index and explanation included
-            again, _ = await self._write(lost, whys, {})
-            done += again
-        return done
-
-    async def _write(
-        self, views: list[dict[str, Any]], whys: Mapping[str, Any], same: Mapping[str, int]
-    ) -> tuple[int, list[dict[str, Any]]]:
-        sha = self._script.sha
-        done, lost = 0, []
-        for start in range(0, len(views), PIPELINE_PROFILES):  # bounded round trips
-            part = views[start : start + PIPELINE_PROFILES]
-            pipe = self._pipeline()
-            for view in part:
-                pid = view["profile_id"]
-                if pid in same:
-                    keys, args = [profile_key(pid)], write_args(view, KEEP, same[pid])
-                else:
-                    keys = [profile_key(pid), *identifier_keys(view)]
-                    args = write_args(view, whys.get(pid))
-                pipe.pipeline_execute_command("EVALSHA", sha, len(keys), *keys, *args)
-            results = await pipe.execute()
+        (older versions are skipped by the script)."""
+        plan = Plan(profiles, whys or {}, same_identity or {})
+        done = 0
+        for part in _chunks(plan.redirects):
+            done += applied(await run_scripts(self._r, plan.write_calls(part)))
+        lost: list[Mapping[str, Any]] = []
+        for part in _chunks(plan.live):
+            results = await run_scripts(self._r, plan.write_calls(part))
             done += applied(results)
-            lost += [view for view, r in zip(part, results, strict=True) if r == 2]
-        return done, lost
+            await run_scripts(self._r, plan.index_calls(part, results))
+            lost += [view for view, r in zip(part, results, strict=True) if r == LOST]
+        if lost:  # Redis lost them: written whole, index and explanation included
+            done += await self.write([dict(v) for v in lost], whys, {})
+        return done
 
     async def close(self) -> None:
         await self._r.aclose()
@@ -415,8 +530,8 @@ class RedisViewSink:
         self._max_delay = max_delay_s
 
     @classmethod
-    def from_url(cls, url: str) -> RedisViewSink:
-        return cls(AsyncRedisWriter.from_url(url))
+    def from_url(cls, url: str, cluster: bool | None = None) -> RedisViewSink:
+        return cls(AsyncRedisWriter.from_url(url, cluster))
 
     async def write(self, batch: ChangeBatch) -> None:
         for change in batch.changes:

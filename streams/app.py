@@ -22,6 +22,7 @@ from sinks.kafka import ProfileTopicsSink
 from sinks.keys import sealer_for
 from sinks.quality import QualitySink
 from sinks.redis_view import RedisViewSink, write_definitions
+from sinks.redisconn import connect_async
 from streams import heal, identity, metrics, ops, profile, route
 from streams.messages import send_batches
 from streams.patches import fetch, flush, offsets, recovery
@@ -161,6 +162,7 @@ def _register_stages(app: Any, settings: Settings, topo: Topology) -> dict[str, 
         stage.partitions,
         stage.consumes,
         settings.redis_url,
+        settings.redis_cluster,
     )
     return tables
 
@@ -191,7 +193,7 @@ def _segments(
 
     async def mirror_write(records: dict[str, bytes]) -> None:
         if not client:
-            client.append(aredis.Redis.from_url(settings.redis_url, socket_timeout=10))
+            client.append(connect_async(settings.redis_url, settings.redis_cluster))
         await write_definitions(client[0], records)
 
     mirror = Mirror(definitions, mirror_write)
@@ -314,7 +316,7 @@ def profile_sinks(
             ),
         ],
         views=[
-            lambda: RedisViewSink.from_url(settings.redis_url),
+            lambda: RedisViewSink.from_url(settings.redis_url, settings.redis_cluster),
             lambda: quality_sink(settings),
         ],
     )
@@ -325,7 +327,7 @@ def quality_sink(settings: Settings) -> QualitySink:
     tokens' own), or one derived from the app id when nothing is sealed."""
     sealer = sealer_for(settings)
     secret = sealer.store.hmac_key() if sealer is not None else default_secret(settings.app_id)
-    client = aredis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    client = connect_async(settings.redis_url, settings.redis_cluster)
     return QualitySink(client, secret, sealer)
 
 

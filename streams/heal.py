@@ -1,20 +1,22 @@
 """A view that heals itself: the worker notices that Redis lost its data and writes its
 own profiles there again, with no operator.
 
-Each profile partition has a marker in Redis, ``unifier:view:complete:<partition>``,
-set by the worker that owns the partition once every profile of it is in the view.
-Redis restarted empty (or flushed, or a new server) has no markers: once a second
-the worker checks the markers of its partitions, and for each one missing it
+Each profile partition is marked complete in every bucket's ``unifier:view:{t}`` hash
+(``sinks.redis_view``) by the worker that owns the partition once every profile of it
+is in the view. Redis restarted empty (or flushed, or a new server, or one shard of a
+cluster that lost its data: the marks of its buckets went with it) lacks marks: once
+a second the worker checks the marks of its partitions, and for each one missing it
 rebuilds that partition's view from its own ``profiles`` table — views, redirects,
 explanations and identifier index, through the same write-if-newer script as the
 stage (``sinks.redis_view``), so it runs while events keep flowing: a live write of
 a newer version wins, a rebuild write of an older one is refused.
 
-A marker is set only if the rebuild's own token is still in Redis at the end (one
-script): Redis emptied again mid-way leaves the partition unmarked, and it is
-rebuilt again. Meanwhile ``/ready`` (the worker's and the read API's) says "view
-rebuilding (N of M)", from ``unifier:view:rebuilding`` (a short-lived key the
-rebuild refreshes), and ``unifier_view_rebuilds_total`` counts rebuilt partitions.
+A bucket's mark is set only if the rebuild's own token is still in that bucket's hash
+at the end (one script per bucket): a server or shard emptied again mid-way leaves
+the partition unmarked there, and it is rebuilt again. Meanwhile ``/ready`` (the
+worker's and the read API's) says "view rebuilding (N of M)", from
+``unifier:view:rebuilding`` (a short-lived key the rebuild refreshes), and
+``unifier_view_rebuilds_total`` counts rebuilt partitions.
 
 What it does not cover: a Redis that comes back with *part* of its data (an
 append-only file missing its last second) keeps its markers; profiles touched again
@@ -33,20 +35,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis.asyncio as aredis
 from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError
 
 from profiles.projection import shown, view_of, why_of
 from profiles.routing import partition_for
 from profiles.traits import TraitRules
 from schemas.wire import ledger_key, node_from
 from sinks.redis_view import (
+    ALL_MARKS,
     PROGRESS_KEY,
     AsyncRedisWriter,
-    marker_key,
+    complete_field,
     missing_partitions,
-    token_key,
+    token_field,
 )
+from sinks.redisconn import Call, Lua, run_scripts
 
 log = logging.getLogger("unifier.heal")
 
@@ -63,14 +67,16 @@ REBUILDING = Gauge(
     "Profiles left to write back to Redis by a rebuild under way (0: none)",
 )
 
-# KEYS[1] the rebuild token key, KEYS[2] the partition's marker; ARGV[1] the token,
-# ARGV[2] the marker's value. The marker is set only if the token is still there.
-_MARK = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('DEL', KEYS[1])
+# KEYS[1] a bucket's marks; ARGV[1] the token field, ARGV[2] the rebuild's token,
+# ARGV[3] the complete field, ARGV[4] its value. Set only if the token is still there.
+_MARK = Lua(
+    """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 """
+)
 
 
 @dataclass
@@ -82,12 +88,13 @@ class Healer:
     partitions: int
     owned: Callable[[], Iterable[int]]  # profile partitions assigned and recovered now
     url: str
+    cluster: bool | None = None
     progress: tuple[int, int] | None = None  # (done, total) while rebuilding
     _writer: AsyncRedisWriter | None = field(default=None, repr=False)
 
     def writer(self) -> AsyncRedisWriter:
         if self._writer is None:
-            self._writer = AsyncRedisWriter(aredis.Redis.from_url(self.url, socket_timeout=10))
+            self._writer = AsyncRedisWriter.from_url(self.url, self.cluster)
         return self._writer
 
     async def check(self) -> list[int]:
@@ -96,7 +103,7 @@ class Healer:
         if not owned:
             return []
         client = self.writer().client
-        missing = missing_partitions(await client.mget([marker_key(p) for p in owned]), owned)
+        missing = await missing_partitions(client, owned)
         if missing:
             await self.rebuild(missing)
         return missing
@@ -113,8 +120,10 @@ class Healer:
         complete if no one emptied Redis meanwhile. Returns the profiles written."""
         client = self.writer().client
         token = uuid.uuid4().hex
-        for p in partitions:
-            await client.set(token_key(p), token)
+        pipe = client.pipeline(transaction=False)
+        for key in ALL_MARKS:
+            pipe.hset(key, mapping={token_field(p): token for p in partitions})
+        await pipe.execute()
         keys = self._keys(set(partitions))
         log.warning(
             "the Redis view lacks profile partitions %s (Redis lost its data): "
@@ -136,11 +145,12 @@ class Healer:
                     orjson.dumps({"done": done, "total": len(keys)}),
                     ex=PROGRESS_TTL_S,
                 )
-            mark = client.register_script(_MARK)
+            value = orjson.dumps({"at": time.time(), "profiles": len(keys)})
             marked = []
             for p in partitions:
-                value = orjson.dumps({"at": time.time(), "profiles": len(keys)})
-                if await mark(keys=[token_key(p), marker_key(p)], args=[token, value]):
+                args = [token_field(p), token, complete_field(p), value]
+                calls: list[Call] = [(_MARK, [key], args) for key in ALL_MARKS]
+                if all(await run_scripts(client, calls)):
                     marked.append(p)
             REBUILDS.inc(len(marked))
             await client.delete(PROGRESS_KEY)
@@ -179,7 +189,13 @@ class Healer:
 
 
 def install(
-    app: Any, table: Any, rules: TraitRules, partitions: int, topic: str, url: str
+    app: Any,
+    table: Any,
+    rules: TraitRules,
+    partitions: int,
+    topic: str,
+    url: str,
+    cluster: bool | None = None,
 ) -> Healer:
     """Check the view's markers once a second on the worker's loop."""
 
@@ -188,13 +204,13 @@ def install(
             return []
         return [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic]
 
-    healer = Healer(table, rules, partitions, owned, url)
+    healer = Healer(table, rules, partitions, owned, url, cluster)
 
     @app.timer(interval=CHECK_INTERVAL_S)
     async def heal_view() -> None:
         try:
             await healer.check()
-        except (aredis.RedisError, OSError) as exc:  # Redis away: the next check retries
+        except (RedisError, OSError) as exc:  # Redis away: the next check retries
             log.debug("view check skipped: %s", exc)
         except Exception:  # the check must never take the worker down
             log.exception("view check failed")

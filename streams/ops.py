@@ -23,6 +23,7 @@ from prometheus_client import Gauge
 from config import httpmetrics
 from config.settings import Settings
 from sinks.redis_view import view_state
+from sinks.redisconn import connect_async
 
 log = logging.getLogger("unifier.ops")
 
@@ -78,7 +79,7 @@ def install(app: Any, settings: Settings, inputs: list[str]) -> None:
         reasons = not_ready(app, recovery)
         if not await _answers(broker_host, broker_port):
             reasons.append(f"broker {broker_host}:{broker_port} does not answer")
-        client = aredis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        client = connect_async(settings.redis_url, settings.redis_cluster, timeout=2)
         try:
             await client.ping()
             incomplete = await view_state(client, settings.internal_partitions)

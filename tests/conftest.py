@@ -5,10 +5,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from config.settings import Settings
-from tests.support.backends import kafka, redis_server
+from sinks.redisconn import connect
+from tests.support.backends import kafka, redis_cluster, redis_server
 from unifier.stack import EmbeddedStack
 from unifier.topics import ensure_topics
 
@@ -20,9 +20,23 @@ def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_single_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with redis_server(tmp_path_factory.mktemp("redis")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """One Redis server; for a test marked ``@both_redis`` (tests.support.backends),
+    once that and once a 3-shard Redis Cluster (started for the first such test)."""
+    kind = getattr(request, "param", "single")
+    return str(request.getfixturevalue(f"redis_{kind}_url"))
 
 
 @pytest.fixture
@@ -34,8 +48,8 @@ def settings(
     and the shared-identifier rule off, so the clusters do not depend on arrival
     order and equal the reference."""
     tag = uuid.uuid4().hex[:8]
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+    client = connect(redis_url)
+    client.flushdb()  # every shard of a cluster
     client.close()
     return Settings(
         bootstrap_servers=bootstrap_servers,

@@ -65,11 +65,10 @@ def _apply_segments(settings: Settings) -> None:
 
 
 def _segment_sizes(settings: Settings) -> str:
-    import redis
-
+    from sinks.redisconn import connect
     from unifier.segments import sizes
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url, settings.redis_cluster)
     try:
         counts = sizes(client, list(DEMO_SEGMENTS))
     finally:

@@ -29,7 +29,8 @@ from config.settings import Settings
 from profiles.projection import redirect_view
 from schemas.records import ProfileMerge, ProfileRemoved, ProfileUpdate
 from serve.feed import ProfileFeed
-from sinks.redis_view import DEFINITIONS_KEY, PREFIX, RedisWriter, profile_key
+from sinks.redis_view import DEFINITIONS_KEY, PREFIX, PROFILE_PREFIX, RedisWriter, profile_key
+from sinks.redisconn import connect
 
 BATCH = 500
 BOOKKEEPING = f"{PREFIX}view:".encode()
@@ -75,7 +76,7 @@ def rebuild(
     err: IO[str] = sys.stderr,
 ) -> RebuildResult:
     result = RebuildResult()
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    client = connect(settings.redis_url, settings.redis_cluster, timeout=30)
     writer = RedisWriter(client)
     show = err.isatty() if progress is None else progress
     try:
@@ -197,7 +198,7 @@ def _index(client: redis.Redis, writer: RedisWriter) -> tuple[int, int]:
         profiles += len(live)
         identifiers += writer.index(live)
 
-    for key in client.scan_iter(match=f"{PREFIX}profile:*", count=1000):
+    for key in client.scan_iter(match=f"{PROFILE_PREFIX}*", count=1000):
         keys.append(key)
         if len(keys) >= BATCH:
             run(keys)

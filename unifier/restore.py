@@ -15,7 +15,6 @@ stage drops what it says is erased, so an erased person does not come back).
 from __future__ import annotations
 
 import orjson
-import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from config.settings import Settings
@@ -25,6 +24,7 @@ from profiles.segments import Definition
 from serve.identity import restore_rules
 from serve.privacy import restore_ledger
 from sinks.redis_view import DEFINITIONS_KEY, PREFIX
+from sinks.redisconn import connect
 from streams.patches.recovery import true_ends
 
 
@@ -46,7 +46,7 @@ def topic_ends(settings: Settings) -> dict[int, int]:
 
 def clear_view(settings: Settings) -> int:
     """Every key of the view, its completeness markers included."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url, settings.redis_cluster)
     try:
         keys = list(client.scan_iter(match=f"{PREFIX}*", count=1000))
         for start in range(0, len(keys), 1000):
@@ -76,7 +76,7 @@ def restore_definitions(settings: Settings) -> int:
     memory."""
     from unifier.segments import Plan, publish, read_definitions
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url, settings.redis_cluster)
     try:
         kept = client.hgetall(DEFINITIONS_KEY)
     finally:

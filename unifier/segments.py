@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 
 from config.settings import Settings
 from profiles.segments import Definition, SegmentError, compile_segment
-from sinks.redis_view import segment_key
+from sinks.redis_view import segment_members_sync, segment_sizes_sync
 from streams.segments import DefinitionsLog, definition_value
 
 
@@ -111,12 +111,8 @@ def publish(settings: Settings, p: Plan, timeout_s: float = 15.0) -> None:
 
 
 def sizes(client: redis.Redis, names: list[str]) -> dict[str, int]:
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.scard(segment_key(name))
-    return dict(zip(names, (int(n) for n in pipe.execute()), strict=True))
+    return segment_sizes_sync(client, names)
 
 
 def members(client: redis.Redis, name: str, page: int = 1000) -> Iterator[str]:
-    for member in client.sscan_iter(segment_key(name), count=page):
-        yield member.decode() if isinstance(member, bytes) else str(member)
+    yield from segment_members_sync(client, name, page)

@@ -76,7 +76,7 @@ def _broker_answers(settings: Settings) -> bool:
 
 def _redis_answers(settings: Settings) -> bool:
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=1)
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=1)  # this node
         try:
             return bool(client.ping())
         finally:
@@ -268,7 +268,7 @@ class EmbeddedStack:
         if saved.exists():
             ports = [tuple(p) for p in json.loads(saved.read_text())]
             if len(ports) == shards and ports[0][0] == port:
-                return ports  # type: ignore[return-value]
+                return ports
         out = [(port, free_port())]
         while len(out) < shards:
             p = free_port()
@@ -349,7 +349,12 @@ class EmbeddedStack:
         # Collectors and workers first: both flush to the broker when they stop; then
         # the archiver, which reads the topic to its end before it stops.
         order = sorted(
-            self.procs, key=lambda n: (n == "broker" or n.startswith("redis"), n.startswith("redis"), n == "archiver")
+            self.procs,
+            key=lambda n: (
+                n == "broker" or n.startswith("redis"),
+                n.startswith("redis"),
+                n == "archiver",
+            ),
         )
         for name in order:
             was_alive = is_running(self.procs[name], self._popens.get(name))

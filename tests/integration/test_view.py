@@ -1,5 +1,9 @@
 """The view's write scripts on a real Redis server, against their rules in plain Python.
 
+Each runs on one server and on a 3-shard Redis Cluster, where no script may span two
+shards and the writer's steps replace one script's atomicity (module docstring of
+``sinks.redis_view``).
+
 The identity-graph simulator (tests/unit/test_graph.py) checks what the worker writes
 with ``ViewModel``; this checks that Redis, through sinks.redis_view's Lua scripts, ends
 where ``ViewModel`` ends, for any order of writes: a profile replaced only by a newer
@@ -13,16 +17,18 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from profiles.projection import redirect_view
 from serve.view import AsyncRedisView, RedisProfileView
-from sinks.redis_view import AsyncRedisWriter, RedisWriter
+from sinks.redis_view import AsyncRedisWriter, RedisWriter, profile_key
+from sinks.redisconn import connect
+from tests.support.backends import both_redis
 from tests.support.view import ViewModel, dump
 
-pytestmark = pytest.mark.integration
+# Every test here runs against one Redis server and against a 3-shard Redis Cluster.
+pytestmark = [pytest.mark.integration, both_redis]
 
 # Ids of different lengths and digits against letters: the script compares bytes.
 PIDS = ["p_0a", "p_1f", "p_a0", "p_b", "p_ff0"]
@@ -64,7 +70,7 @@ def redis_as_model(url: str) -> ViewModel:
 def test_redis_ends_where_the_rules_say_whatever_the_order(
     redis_url: str, batches: list[list[tuple[dict[str, Any], dict[str, Any] | None]]]
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     client.flushdb()
     model, sync, writer = ViewModel(), RedisWriter(client), AsyncRedisWriter.from_url(redis_url)
 
@@ -108,7 +114,7 @@ async def read_all(url: str) -> tuple[list[Any], list[Any]]:
 
 
 def test_a_profile_whose_trait_reads_like_a_redirect_is_not_followed(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     client.flushdb()
     tricky = '{"profile_id":"p_9","merged_into":"p_1"}'
     view = {"profile_id": "p_2", "identifiers": {"email": ["a@x.example"]}, "version": 1,
@@ -123,7 +129,7 @@ def test_an_identifier_key_keeps_the_survivor_when_a_merged_away_profile_writes_
 ) -> None:
     """What a reader notices: after p_1 absorbed p_2, a late write of p_2 (a record
     replayed after a restart) leaves the email pointing at p_1, the survivor."""
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     client.flushdb()
     writer = RedisWriter(client)
     email = {"email": ["ana@x.example"]}
@@ -144,7 +150,7 @@ def test_a_large_batch_is_written_whole_in_bounded_pipelines(
     import sinks.redis_view
 
     monkeypatch.setattr(sinks.redis_view, "PIPELINE_PROFILES", 3)
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     client.flushdb()
     views = [{"profile_id": f"p_{n:02d}", "identifiers": {"email": [f"{n}@x.example"]},
               "version": 1} for n in range(7)]  # fmt: skip
@@ -175,7 +181,7 @@ def test_an_unchanged_identity_is_not_rewritten_unless_redis_lost_the_profile(
     from sinks.base import ChangeBatch, ProfileChange
     from sinks.redis_view import RedisViewSink
 
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     client.flushdb()
     ids = {"email": ["ana@x.example"]}
     why = {"identifiers": [{"identifier": "email:ana@x.example", "event_id": "e1",
@@ -200,13 +206,13 @@ def test_an_unchanged_identity_is_not_rewritten_unless_redis_lost_the_profile(
         client.delete("unifier:id:email:ana@x.example")  # gone: shows nobody rewrote it
         asyncio.run(write(touch(2, False)))
         assert client.get("unifier:id:email:ana@x.example") is None
-        assert orjson.loads(client.hget("unifier:profile:p_1", "why") or b"") == why
-        assert int(client.hget("unifier:profile:p_1", "version") or 0) == 2
+        assert orjson.loads(client.hget(profile_key("p_1"), "why") or b"") == why
+        assert int(client.hget(profile_key("p_1"), "version") or 0) == 2
         client.flushdb()  # Redis restarted empty
         asyncio.run(write(touch(3, False)))
         view = RedisProfileView(client)
         assert view.lookup("email", "ana@x.example")["version"] == 3  # type: ignore[index]
-        assert orjson.loads(client.hget("unifier:profile:p_1", "why") or b"") == why
+        assert orjson.loads(client.hget(profile_key("p_1"), "why") or b"") == why
         # Redis came back with an older copy (it lost the last writes): whole again
         client.delete("unifier:id:email:ana@x.example")
         asyncio.run(write(touch(9, False, read=8)))
@@ -215,9 +221,122 @@ def test_an_unchanged_identity_is_not_rewritten_unless_redis_lost_the_profile(
         # but before its table's changelog arrived wrote version 9 from a state the
         # restarted worker never had, and its explanation may differ. A touch that
         # read the profile at 7 and leaves the identity as at 7 still sends it whole.
-        client.hset("unifier:profile:p_1", "why", b'{"stale":true}')
+        client.hset(profile_key("p_1"), "why", b'{"stale":true}')
         asyncio.run(write(touch(10, False, read=7)))
-        assert orjson.loads(client.hget("unifier:profile:p_1", "why") or b"") == why
-        assert int(client.hget("unifier:profile:p_1", "version") or 0) == 10
+        assert orjson.loads(client.hget(profile_key("p_1"), "why") or b"") == why
+        assert int(client.hget(profile_key("p_1"), "version") or 0) == 10
     finally:
         client.close()
+
+
+def _shard_of(redis_url: str, key: str) -> str:
+    """The shard (host:port) that owns a key; one name for one server."""
+    import redis
+
+    client = connect(redis_url)
+    try:
+        if isinstance(client, redis.RedisCluster):
+            node = client.get_node_from_key(key)
+            return f"{node.host}:{node.port}"
+        return "one server"
+    finally:
+        client.close()
+
+
+def test_a_merge_across_shards_never_reads_as_missing_or_as_the_loser(redis_url: str) -> None:
+    """A merge whose loser and survivor live on different shards (on a cluster): a
+    reader asking by any identifier of either, all the while, never gets "not found",
+    and once it has seen the merged profile it never gets the loser again. Half the
+    survivors are new in the merging batch (a first event that links to an old
+    profile): their loser's redirect names a profile whose view comes a step later."""
+    import threading
+
+    from profiles.graph.messages import Merged
+    from sinks.base import ChangeBatch, ProfileChange
+    from sinks.redis_view import RedisViewSink
+
+    client = connect(redis_url)
+    client.flushdb()
+    client.close()
+    pairs: list[tuple[str, str]] = []
+    n = 0
+    while len(pairs) < 40:  # loser and winner on different shards (any on one server)
+        loser, winner = f"p_{n:03d}b", f"p_{n:03d}a"
+        n += 1
+        shards = {_shard_of(redis_url, profile_key(loser)), _shard_of(redis_url, profile_key(winner))}
+        if len(shards) == 2 or shards == {"one server"}:
+            pairs.append((loser, winner))
+
+    def live(pid: str, emails: list[str], version: int) -> ProfileChange:
+        view = {"profile_id": pid, "identifiers": {"email": emails}, "version": version}
+        return ProfileChange(pid, view, {"identifiers": [], "merges": [], "refused": []})
+
+    async def write(batch: ChangeBatch) -> None:
+        sink = RedisViewSink.from_url(redis_url)
+        try:
+            await sink.write(batch)
+            await sink.flush()
+        finally:
+            await sink.close()
+
+    before = []
+    for i, (loser, winner) in enumerate(pairs):
+        before.append(live(loser, [f"{loser}@x.example"], 1))
+        if i % 2 == 0:  # the survivor exists before the merge
+            before.append(live(winner, [f"{winner}@x.example"], 1))
+    asyncio.run(write(ChangeBatch(before)))
+
+    current = [0]
+    stop = threading.Event()
+    reads = [0]
+    problems: list[str] = []
+
+    def reader() -> None:
+        async def run() -> None:
+            view = AsyncRedisView.from_url(redis_url)
+            seen_merged: set[int] = set()
+            try:
+                while not stop.is_set():
+                    i = current[0]
+                    loser, winner = pairs[i]
+                    asked = [loser] + ([winner] if i % 2 == 0 else [])
+                    for pid in asked:
+                        raw = await view.lookup_json("email", f"{pid}@x.example")
+                        reads[0] += 1
+                        if raw is None:
+                            problems.append(f"{pid}: not found")
+                            continue
+                        got = orjson.loads(raw)
+                        if got["profile_id"] == winner and got["version"] == 2:
+                            seen_merged.add(i)
+                        elif i in seen_merged:
+                            problems.append(f"{pid}: {got['profile_id']} after the merge showed")
+            finally:
+                await view.close()
+
+        asyncio.run(run())
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        for i, (loser, winner) in enumerate(pairs):
+            current[0] = i
+            start = reads[0]
+            while reads[0] < start + 3 and thread.is_alive():  # it reads the old state
+                stop.wait(0.001)
+            emails = [f"{loser}@x.example", f"{winner}@x.example"]
+            merged = ChangeBatch([live(winner, emails, 2)], [Merged(loser, winner, "email", "e")])
+            asyncio.run(write(merged))
+            start = reads[0]
+            while reads[0] < start + 6 and thread.is_alive():  # and the new
+                stop.wait(0.001)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert problems == []
+    assert reads[0] >= 9 * len(pairs)
+    # Afterwards every identifier of either reads as the survivor.
+    plain = RedisProfileView(connect(redis_url))
+    for loser, winner in pairs:
+        for pid in (loser, winner):
+            assert plain.lookup("email", f"{pid}@x.example")["profile_id"] == winner  # type: ignore[index]

@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from config.settings import Settings
 from unifier.processes import free_port
 from unifier.stack import EmbeddedStack
@@ -41,6 +43,23 @@ def kafka(state_dir: Path) -> Iterator[str]:
     with EmbeddedStack(settings, state_dir) as stack:
         stack.start_broker()
         yield settings.bootstrap_servers
+
+
+@contextlib.contextmanager
+def redis_cluster(state_dir: Path) -> Iterator[str]:
+    """Yields the URL of one node of a 3-shard Redis Cluster that lives for the block:
+    always the embedded server's (a cluster in containers needs a network the nodes
+    announce themselves on; the bundled server is the same code on loopback)."""
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", state_dir=state_dir, redis_cluster=True
+    )
+    with EmbeddedStack(settings, state_dir) as stack:
+        stack.start_redis_cluster()
+        yield settings.redis_url
+
+
+#: ``@both_redis``: run a test against one Redis server and against a Redis Cluster.
+both_redis = pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,15 @@ import orjson
 import redis
 
 from profiles.graph.state import rank
-from sinks.redis_view import PREFIX, identifier_key, identifier_keys
+from sinks.redis_view import (
+    PREFIX,
+    PROFILE_PREFIX,
+    SEGMENT_PREFIX,
+    identifier_key,
+    identifier_keys,
+    profile_id_of,
+)
+from sinks.redisconn import connect
 
 
 def survivor(profiles: Mapping[str, Mapping[str, Any]], pid: str) -> str | None:
@@ -54,21 +62,29 @@ def dump_as_read(url: str) -> dict[str, Any]:
 def dump(url: str) -> dict[str, Any]:
     """Every key of the view with its value (hashes as dicts): for exact comparisons.
     Not the workers' bookkeeping of its completeness (``unifier:view:*``) nor their
-    data-quality counts (``unifier:quality:*``)."""
-    client = redis.Redis.from_url(url)
+    data-quality counts (``unifier:quality:*``). Keys as if there were no buckets
+    (``sinks.redisconn``): a profile as ``unifier:profile:<id>``, a segment's members
+    as one set ``unifier:segment:<name>`` — the same on one server and on a cluster."""
+    client = connect(url)
     try:
         out: dict[str, Any] = {}
-        for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
-            if key.startswith((f"{PREFIX}view:".encode(), f"{PREFIX}quality:".encode())):
+        for raw_key in client.scan_iter(match=f"{PREFIX}*", count=1000):
+            key = raw_key.decode()
+            if key.startswith((f"{PREFIX}view:", f"{PREFIX}quality:")):
                 continue
-            kind = client.type(key)
+            kind = client.type(raw_key)
             if kind == b"hash":
-                value: Any = {k.decode(): v for k, v in client.hgetall(key).items()}  # type: ignore[union-attr]
-            elif kind == b"set":  # a segment's members
-                value = sorted(client.smembers(key))  # type: ignore[arg-type]
+                value: Any = {k.decode(): v for k, v in client.hgetall(raw_key).items()}  # type: ignore[union-attr]
+            elif kind == b"set":  # a bucket of a segment's members
+                value = sorted(client.smembers(raw_key))  # type: ignore[arg-type]
             else:
-                value = client.get(key)
-            out[key.decode()] = value
+                value = client.get(raw_key)
+            if key.startswith(PROFILE_PREFIX):
+                key = PROFILE_PREFIX + profile_id_of(key)
+            elif key.startswith(SEGMENT_PREFIX) and kind == b"set":
+                key = key.rsplit(":", 1)[0]
+                value = sorted({*out.get(key, ()), *value})
+            out[key] = value
         return out
     finally:
         client.close()
@@ -81,7 +97,7 @@ class VersionWatch:
     def __init__(self, url: str, tolerate_errors: bool = False) -> None:
         """``tolerate_errors``: Redis may go away meanwhile (fault tests); a sample that
         fails is skipped, not raised."""
-        self._client = redis.Redis.from_url(url, socket_timeout=2)
+        self._client = connect(url, timeout=2)
         self._tolerate = tolerate_errors
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -110,7 +126,7 @@ class VersionWatch:
                 self._stop.wait(0.2)
 
     def _sample(self) -> None:
-        keys = list(self._client.scan_iter(match=f"{PREFIX}profile:*", count=1000))
+        keys = list(self._client.scan_iter(match=f"{PROFILE_PREFIX}*", count=1000))
         pipe = self._client.pipeline(transaction=False)
         for key in keys:
             pipe.hget(key, "version")

@@ -38,9 +38,10 @@ def _definitions(ctx: typer.Context) -> Any:
 
 
 def _redis(ctx: typer.Context) -> Any:
-    import redis
+    from sinks.redisconn import connect
 
-    return redis.Redis.from_url(settings_of(ctx).redis_url, socket_timeout=10)
+    settings = settings_of(ctx)
+    return connect(settings.redis_url, settings.redis_cluster)
 
 
 @segments_app.command("apply")
