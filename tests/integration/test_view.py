@@ -263,7 +263,7 @@ def test_a_merge_across_shards_never_reads_as_missing_or_as_the_loser(redis_url:
     while len(pairs) < 40:  # loser and winner on different shards (any on one server)
         loser, winner = f"p_{n:03d}b", f"p_{n:03d}a"
         n += 1
-        shards = {_shard_of(redis_url, profile_key(loser)), _shard_of(redis_url, profile_key(winner))}
+        shards = {_shard_of(redis_url, profile_key(pid)) for pid in (loser, winner)}
         if len(shards) == 2 or shards == {"one server"}:
             pairs.append((loser, winner))
 
