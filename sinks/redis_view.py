@@ -225,13 +225,21 @@ def segment_members_sync(client: redis.Redis, name: str, page: int = 1000) -> It
             yield member.decode() if isinstance(member, bytes) else str(member)
 
 
+# KEYS[1] the definitions hash; ARGV name, JSON pairs: the hash replaced by them.
+_REPLACE_HASH = Lua(
+    """
+redis.call('DEL', KEYS[1])
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+)
+
+
 async def write_definitions(client: aredis.Redis, definitions: Mapping[str, bytes]) -> None:
-    """Replace the definitions readers see with these (one transaction: one key)."""
-    pipe = client.pipeline(transaction=True)
-    pipe.delete(DEFINITIONS_KEY)
-    if definitions:
-        pipe.hset(DEFINITIONS_KEY, mapping=dict(definitions))  # type: ignore[arg-type]
-    await pipe.execute()
+    """Replace the definitions readers see with these, at once (one script on one key:
+    redis-py's cluster transactions leave a connection behind for the next loop)."""
+    args = [x for name, value in sorted(definitions.items()) for x in (name, value)]
+    await run_scripts(client, [(_REPLACE_HASH, [DEFINITIONS_KEY], args)])
 
 
 # The view's completeness (``streams.heal``): each bucket has a hash,

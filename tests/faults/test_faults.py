@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from config.settings import Settings
 from producers.synthetic import generate
-from sinks.redis_view import marker_key
+from sinks.redis_view import missing_partitions_sync
+from sinks.redisconn import connect
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.data import comparable, reference_views, write_jsonl
 from tests.support.http import get_text, metric, post
@@ -114,11 +114,11 @@ def assert_exact(settings: Settings, events: list[dict[str, Any]], watch: Versio
 
 def marked(settings: Settings) -> None:
     """Until every partition's completeness marker is in Redis (bounded, not timed)."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
-        keys = [marker_key(p) for p in range(settings.internal_partitions)]
+        partitions = list(range(settings.internal_partitions))
         for _ in range(600):
-            if all(client.mget(keys)):
+            if not missing_partitions_sync(client, partitions):
                 return
             time.sleep(0.05)
     finally:

@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
@@ -25,10 +24,12 @@ from profiles.projection import view_of
 from schemas.wire import node_from
 from serve.api import OPENAPI, create_api, openapi_document
 from sinks.keys import sealer_for
-from sinks.redis_view import marker_key
+from sinks.redis_view import mark_complete_sync
+from sinks.redisconn import connect, connect_async
 from streams.topology import topology
 from tests.integration.test_identity import ev, send
 from tests.integration.test_pipeline import caught_up, exported
+from tests.support.backends import both_redis
 from tests.support.http import get_json, get_text, metric
 from tests.support.kafka import consume_all
 from unifier.processes import free_port, wait_until
@@ -66,14 +67,14 @@ def api(topics: Settings) -> Iterator[str]:
 
 
 def mark_view_complete(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
-        for p in range(settings.internal_partitions):
-            client.set(marker_key(p), b"{}")
+        mark_complete_sync(client, range(settings.internal_partitions), b"{}")
     finally:
         client.close()
 
 
+@both_redis
 def test_the_api_answers_what_the_worker_holds(
     topics: Settings, workers: EmbeddedStack, api: str
 ) -> None:
@@ -160,7 +161,7 @@ def _known_profile(settings: Settings) -> None:
     why = {"identifiers": [{"identifier": f"{t}:{v[0]}", "event_id": "e1", "how": "first seen"}
                            for t, v in view["identifiers"].items()],
            "merges": [], "refused": []}  # fmt: skip
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         RedisWriter(client).write([view], {"p_known": why})
     finally:
@@ -215,6 +216,7 @@ def _fuzz(operation: Any, mode: GenerationMode, key: str, clear: list[bytes]) ->
     check()
 
 
+@both_redis
 def test_segments_and_their_members_page_by_page(topics: Settings, api: str) -> None:
     """The sets follow the views written (the write-if-newer script moves a profile
     between them), and the API lists definitions and pages through members."""
@@ -222,7 +224,7 @@ def test_segments_and_their_members_page_by_page(topics: Settings, api: str) -> 
     from sinks.redis_view import RedisWriter
     from streams.segments import definition_value
 
-    client = redis.Redis.from_url(topics.redis_url)
+    client = connect(topics.redis_url)
     writer = RedisWriter(client)
 
     def view(pid: str, version: int, segments: list[str]) -> dict[str, Any]:
@@ -256,11 +258,10 @@ def test_segments_and_their_members_page_by_page(topics: Settings, api: str) -> 
 
 
 async def _write_definitions(url: str, records: dict[str, bytes]) -> None:
-    import redis.asyncio as aredis
 
     from sinks.redis_view import write_definitions
 
-    client = aredis.Redis.from_url(url)
+    client = connect_async(url)
     try:
         await write_definitions(client, records)
     finally:
@@ -338,6 +339,7 @@ def test_an_admin_splits_a_wrong_merge_through_the_api(
     assert "LC-77" not in orjson.dumps(records).decode()
 
 
+@both_redis
 def test_a_service_reads_its_own_write(topics: Settings, workers: EmbeddedStack, api: str) -> None:
     """Sent an event, a service asks for the profile as of it (the collector's
     read_after token: the event's time) and gets it once the worker applied it — or a

@@ -18,7 +18,7 @@ from serve.view import RedisProfileView, index_key
 from sinks.keys import sealer_for
 from streams.patches.recovery import true_ends
 from streams.topology import topology
-from tests.support.backends import docker_engine_answers
+from tests.support.backends import both_redis, docker_engine_answers
 from tests.support.data import comparable, reference_views, write_jsonl
 from tests.support.http import get_text, metric
 from tests.support.kafka import consume_all
@@ -165,6 +165,7 @@ def test_a_restarted_worker_recovers_every_table_entry_of_a_burst(
 
 @pytest.mark.no_identity_limits
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+@both_redis
 def test_worker_stopped_mid_stream_applies_every_event_once(
     topics: Settings, workers: EmbeddedStack, tmp_path: Path, how: str
 ) -> None:

@@ -22,6 +22,7 @@ from schemas.codec import encode_batch
 from schemas.records import update_from
 from serve.privacy import read_ledger, restore_ledger
 from sinks.keys import sealer_for
+from sinks.redisconn import connect
 from streams.topology import topology
 from tests.integration.test_pipeline import caught_up, exported
 from tests.support.http import get_text, metric
@@ -338,7 +339,6 @@ def test_an_erasure_finds_the_person_in_the_tables_when_the_view_does_not_show_t
 ) -> None:
     """Redis lost (the view is being written again): the request goes to the identity
     partition of the identifier asked for, and the workers erase whoever holds it."""
-    import redis
 
     from serve.privacy import read_receipt
 
@@ -350,7 +350,7 @@ def test_an_erasure_finds_the_person_in_the_tables_when_the_view_does_not_show_t
     send(settings, [browsing, Touchpoint("fay-2", "signed_in", "web", T0 + 1, fay), *others()])
     caught_up(settings)
     workers.stop_all()
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     client.flushdb()
     client.close()
     erase = cli(settings, "privacy", "erase", "--email", fay["email"], "--wait", "0")
