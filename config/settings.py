@@ -345,6 +345,11 @@ class Settings(BaseSettings):
         description="Serve a worker's /metrics, /health and /ready on this port; unset: off",
     )
     worker_metrics_host: str = Field("127.0.0.1", description="Address the metrics server binds")
+    worker_name: str | None = Field(
+        None,
+        description="This worker's name in `unifier lag` and on the status page "
+        "(default: host/pid)",
+    )
     status_host: str = Field("127.0.0.1", description="Address `unifier status --serve` binds")
     status_port: int = Field(8091, ge=0, le=65535, description="Port of the status page")
     status_workers: list[str] = Field(

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import orjson
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from redis.exceptions import RedisError
 
 from config.kafkalog import client_logger
 from config.settings import Settings
@@ -51,6 +53,30 @@ def owners_of(description: Any) -> dict[tuple[str, int], str]:
         assignment = getattr(member, "assignment", None)
         for tp in getattr(assignment, "topic_partitions", None) or []:
             out[(tp.topic, tp.partition)] = owner
+    return out
+
+
+def registered_owners(settings: Settings) -> dict[tuple[str, int], str]:
+    """(topic, partition) -> worker name, from what the workers say they own
+    (``streams.registry``); {} when Redis does not answer. Of two claims (a worker
+    that has just lost a partition has not refreshed yet), the newest wins."""
+    from sinks.redisconn import connect, mget
+    from streams.registry import WORKERS_PREFIX
+
+    try:
+        client = connect(settings.redis_url, settings.redis_cluster, timeout=2)
+        try:
+            keys = list(client.scan_iter(match=f"{WORKERS_PREFIX}*", count=100))
+            entries = [orjson.loads(raw) for raw in mget(client, keys) if raw] if keys else []
+        finally:
+            client.close()
+    except (RedisError, OSError):
+        return {}
+    out: dict[tuple[str, int], str] = {}
+    for e in sorted(entries, key=lambda e: e["at"]):
+        for topic, partitions in e["partitions"].items():
+            for p in partitions:
+                out[(topic, p)] = e["name"]
     return out
 
 
@@ -147,9 +173,11 @@ class LagProbe:
             [future] = self._admin.describe_consumer_groups(
                 [self.group], request_timeout=5
             ).values()
-            return owners_of(future.result())
+            owners = owners_of(future.result())
         except Exception:  # owners are a nicety: never fail the lag for them
-            return {}
+            owners = {}
+        # The embedded broker describes groups without members: the workers' own word.
+        return owners or registered_owners(self.settings)
 
     def close(self) -> None:
         self._peeker.close()

@@ -23,7 +23,7 @@ from sinks.keys import sealer_for
 from sinks.quality import QualitySink
 from sinks.redis_view import RedisViewSink, write_definitions
 from sinks.redisconn import connect_async
-from streams import heal, identity, metrics, ops, profile, route
+from streams import heal, identity, metrics, ops, profile, registry, route
 from streams.messages import send_batches
 from streams.patches import fetch, flush, offsets, recovery
 from streams.privacy import ErasureLedger, Shredder
@@ -349,6 +349,7 @@ def create_app(settings: Settings) -> Any:
     # Changelogs read from the latest snapshot to their true end.
     recovery.install(settings.bootstrap_servers, snapshots.restore if snapshots else None)
     ops.install(app, settings, inputs)
+    registry.install(app, settings)  # who owns which partitions (`unifier lag`)
 
     async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:
         # `unifier stack` and the tests wait for this line: assigned and recovered.

@@ -219,11 +219,17 @@ def record_at(
     try:
         consumer.assign([TopicPartition(t, p, o) for (t, p), o in tps.items()])
         todo = set(tps)
-        for key, msg in _read(consumer, todo, timeout_s, "the records"):
-            if msg is not None:
-                if msg.offset() == tps[key]:
-                    found[key] = tail_of(msg)
-                todo.discard(key)  # the first record read is the one, or it is gone
+        try:
+            for key, msg in _read(consumer, todo, timeout_s, "the records"):
+                if msg is not None:
+                    if msg.offset() == tps[key]:
+                        found[key] = tail_of(msg)
+                    todo.discard(key)  # the first record read is the one, or it is gone
+        except TimeoutError as exc:
+            # Seen once on the embedded broker just after `stack up` made its topics
+            # again: no answer for offsets past a new log's end. A record that cannot
+            # be read is taken as gone: its snapshot is ignored (slower, never wrong).
+            log.warning("%s: taken as no longer there", exc)
     finally:
         consumer.close()
     return found

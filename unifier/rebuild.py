@@ -33,7 +33,9 @@ from sinks.redis_view import DEFINITIONS_KEY, PREFIX, PROFILE_PREFIX, RedisWrite
 from sinks.redisconn import connect
 
 BATCH = 500
-BOOKKEEPING = f"{PREFIX}view:".encode()
+#: The workers' bookkeeping: the view's completeness (``streams.heal``) and who owns
+#: which partitions (``streams.registry``).
+BOOKKEEPING = (f"{PREFIX}view:".encode(), f"{PREFIX}workers:".encode())
 #: The workers' data-quality counts (``sinks.quality``): theirs, not the log's view.
 QUALITY = f"{PREFIX}quality:".encode()
 
@@ -57,7 +59,7 @@ def clear(client: redis.Redis) -> int:
     deleted = 0
     batch: list[Any] = []
     for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
-        if key.startswith((BOOKKEEPING, QUALITY)) or key == DEFINITIONS_KEY.encode():
+        if key.startswith((*BOOKKEEPING, QUALITY)) or key == DEFINITIONS_KEY.encode():
             continue
         batch.append(key)
         if len(batch) >= 1000:

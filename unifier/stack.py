@@ -211,7 +211,7 @@ class EmbeddedStack:
         host, port = self.settings.redis_address
         self._require_loopback(host, "UNIFIER_REDIS_URL")
         ensure_port_free(host, port, "the embedded Redis", "UNIFIER_REDIS_URL")
-        proc = self._spawn_redis("redis", host, port, [])
+        proc = self._spawn_redis("redis", self.dir / "redis", host, port, [])
         wait_until(
             lambda: _redis_answers(self.settings),
             20,
@@ -221,10 +221,9 @@ class EmbeddedStack:
         )
         return proc
 
-    def _spawn_redis(self, name: str, host: str, port: int, extra: list[str]) -> Proc:
+    def _spawn_redis(self, name: str, data: Path, host: str, port: int, extra: list[str]) -> Proc:
         # Append-only persistence in the state dir (fsync once a second): a clean
         # restart keeps the view; a crash loses at most the last second of writes.
-        data = self.dir / name
         data.mkdir(parents=True, exist_ok=True)
         argv = [redis_binary(), "--port", str(port), "--bind", host, "--dir", str(data)]
         argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
@@ -247,7 +246,8 @@ class EmbeddedStack:
             name = "redis" if i == 0 else f"redis-{i + 1}"
             extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             extra += ["--cluster-port", str(bus), "--cluster-node-timeout", "5000"]
-            procs.append(self._spawn_redis(name, host, p, extra))
+            data = self.dir / "redis-cluster" / str(i + 1)
+            procs.append(self._spawn_redis(name, data, host, p, extra))
         for proc, (p, _) in zip(procs, ports, strict=True):
             answers = functools.partial(_node_answers, host, p)
             wait_until(answers, 20, "the embedded Redis", proc, self._popens[proc.name])
@@ -258,13 +258,13 @@ class EmbeddedStack:
             "the embedded Redis Cluster",
             procs[0],
         )
-        (self.dir / "redis-cluster.json").write_text(json.dumps(ports))
+        (self.dir / "redis-cluster" / "ports.json").write_text(json.dumps(ports))
         return procs
 
     def _cluster_ports(self, port: int, shards: int) -> list[tuple[int, int]]:
         """(client port, cluster bus port) of each node: those of the cluster this state
         directory last held when the first node's port is the same, else free ones."""
-        saved = self.dir / "redis-cluster.json"
+        saved = self.dir / "redis-cluster" / "ports.json"
         if saved.exists():
             ports = [tuple(p) for p in json.loads(saved.read_text())]
             if len(ports) == shards and ports[0][0] == port:
@@ -282,6 +282,7 @@ class EmbeddedStack:
         log = self.dir / f"{name}.log"
         offset = log.stat().st_size if log.exists() else 0
         env = {**os.environ, **self.settings.env()}
+        env["UNIFIER_WORKER_NAME"] = name  # its name in `unifier lag`
         proc, popen = spawn(
             name,
             [sys.executable, "-m", "unifier", "worker"],

@@ -61,8 +61,9 @@ def dump_as_read(url: str) -> dict[str, Any]:
 
 def dump(url: str) -> dict[str, Any]:
     """Every key of the view with its value (hashes as dicts): for exact comparisons.
-    Not the workers' bookkeeping of its completeness (``unifier:view:*``) nor their
-    data-quality counts (``unifier:quality:*``). Keys as if there were no buckets
+    Not the workers' bookkeeping of its completeness (``unifier:view:*``) and of who
+    owns which partitions (``unifier:workers:*``) nor their data-quality counts
+    (``unifier:quality:*``). Keys as if there were no buckets
     (``sinks.redisconn``): a profile as ``unifier:profile:<id>``, a segment's members
     as one set ``unifier:segment:<name>`` — the same on one server and on a cluster."""
     client = connect(url)
@@ -70,7 +71,7 @@ def dump(url: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for raw_key in client.scan_iter(match=f"{PREFIX}*", count=1000):
             key = raw_key.decode()
-            if key.startswith((f"{PREFIX}view:", f"{PREFIX}quality:")):
+            if key.startswith((f"{PREFIX}view:", f"{PREFIX}quality:", f"{PREFIX}workers:")):
                 continue
             kind = client.type(raw_key)
             if kind == b"hash":

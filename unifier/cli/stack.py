@@ -25,7 +25,18 @@ topics_app = typer.Typer(help="Kafka topics the product uses.", no_args_is_help=
 @stack_app.command("up")
 def stack_up(
     ctx: typer.Context,
-    worker: Annotated[bool, typer.Option(help="Also start one worker")] = True,
+    worker: Annotated[bool, typer.Option(help="Also start workers (--workers of them)")] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, max=16, help="How many worker processes share the partitions")
+    ] = 1,
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--redis-cluster",
+            help="Run Redis as a 3-shard Redis Cluster on loopback (the view sharded as in "
+            "production; UNIFIER_REDIS_URL names its first node)",
+        ),
+    ] = False,
     collector: Annotated[
         bool | None,
         typer.Option(help="Also start the HTTP collector [default: if write keys are set]"),
@@ -42,6 +53,8 @@ def stack_up(
     from unifier.stack import EmbeddedStack
 
     settings = settings_of(ctx)
+    if redis_cluster:
+        settings = settings.model_copy(update={"redis_cluster": True})
     stack = EmbeddedStack(settings)
     stack.load()
     running = [n for n, p in stack.procs.items() if p.alive()]
@@ -49,22 +62,24 @@ def stack_up(
         raise fail(f"the stack is already up ({', '.join(running)}); `unifier stack down` first")
     stack.procs = {}
     try:
-        collector = _start(stack, settings, worker, collector, archive)
+        collector = _start(stack, settings, workers if worker else 0, collector, archive)
     except (StackError, RuntimeError) as exc:
         stack.stop_all()
         stack.save()
         raise fail(str(exc)) from None
     collector_url = f"http://{settings.collector_host}:{settings.collector_port}"
+    shards = " (a 3-shard cluster)" if redis_cluster else ""
+    count = f", {workers} worker{'s' if workers > 1 else ''}" if worker else ""
     err.print(
-        f"stack up: broker {settings.bootstrap_servers}, redis {settings.redis_url}"
-        f"{', 1 worker' if worker else ''}"
+        f"stack up: broker {settings.bootstrap_servers}, redis {settings.redis_url}{shards}"
+        f"{count}"
         f"{f', collector {collector_url}' if collector else ''}"
         f"{f', archive {settings.archive_path}' if archive else ''}; logs in {stack.dir}"
     )
 
 
 def _start(
-    stack: EmbeddedStack, settings: Settings, worker: bool, collector: bool | None, archive: bool
+    stack: EmbeddedStack, settings: Settings, workers: int, collector: bool | None, archive: bool
 ) -> bool:
     """Broker, Redis, topics (and the archive replayed into an empty broker), then the
     worker, archiver and collector asked for, saving the state after each; whether the
@@ -74,7 +89,7 @@ def _start(
     with err.status("starting the broker"):
         stack.start_broker()
     stack.save()
-    with err.status("starting Redis"):
+    with err.status("starting a Redis Cluster" if settings.redis_cluster else "starting Redis"):
         stack.start_redis()
     stack.save()
     ensure_topics(settings)
@@ -83,9 +98,10 @@ def _start(
         with err.status("starting the archiver"):
             stack.start_archiver()
         stack.save()
-    if worker:
-        with err.status("starting a worker (joins its consumer group)"):
-            stack.start_worker()
+    for n in range(workers):
+        name = "worker" if n == 0 else f"worker-{n + 1}"
+        with err.status(f"starting {name} (joins its consumer group)"):
+            stack.start_worker(name)
         stack.save()
     if collector is None:
         collector = bool(settings.collector_write_keys)
