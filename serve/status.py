@@ -295,11 +295,26 @@ class StatusSampler:
                 for name, n in (latest.segments.items() if latest else ())
             ],
             "quality": latest.quality if latest else {},
+            "workers": owners(latest.partitions if latest else [], names),
             "series": {**series, "lag": lag_series},
         }
 
     def metrics(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def owners(rows: list[PartitionLag], stages: list[str]) -> list[dict[str, Any]]:
+    """Each worker with the partitions it owns by stage and the records it is behind
+    (from the lag's owners: the broker's group, or the workers' own word,
+    ``streams.registry``); the stages' partitions nobody owns come last, as ``None``."""
+    found: dict[str | None, dict[str, Any]] = {}
+    for row in rows:
+        if row.stage not in stages or row.stage == ARCHIVE or row.stage.startswith(SYNC):
+            continue
+        w = found.setdefault(row.owner, {"worker": row.owner, "partitions": {}, "lag": 0})
+        w["partitions"].setdefault(row.stage, []).append(row.partition)
+        w["lag"] += row.lag
+    return sorted(found.values(), key=lambda w: (w["worker"] is None, w["worker"] or ""))
 
 
 def page() -> bytes:
