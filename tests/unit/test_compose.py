@@ -45,8 +45,44 @@ def test_env_values_are_valid_settings(service: str, monkeypatch: pytest.MonkeyP
     for name, value in unifier_services()[service].items():
         monkeypatch.setenv(name, value)
     settings = Settings()
-    assert settings.bootstrap_servers == "kafka:9092"
-    assert settings.redis_url.startswith("redis://redis:")
+    if service.startswith("scale-"):  # the scaled-out profile
+        assert settings.bootstrap_servers == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
+        assert settings.redis_url == "redis://redis-1:6379/0" and settings.redis_cluster
+    else:
+        assert settings.bootstrap_servers == "kafka:9092"
+        assert settings.redis_url.startswith("redis://redis:")
+        assert settings.redis_cluster is None
+
+
+def test_the_scale_profile_is_three_brokers_a_redis_cluster_and_three_workers() -> None:
+    svc = services()
+    scaled = {name for name, s in svc.items() if "scale" in (s.get("profiles") or [])}
+    assert scaled == {"kafka-1", "kafka-2", "kafka-3", "redis-1", "redis-2", "redis-3",
+                      "redis-cluster", "scale-topics", "scale-worker", "scale-collector",
+                      "scale-api", "scale-status"}  # fmt: skip
+    brokers = [svc[f"kafka-{n}"]["environment"] for n in (1, 2, 3)]
+    assert [b["KAFKA_NODE_ID"] for b in brokers] == ["1", "2", "3"]
+    assert len({b["CLUSTER_ID"] for b in brokers}) == 1
+    voters = brokers[0]["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+    assert voters == "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+    assert {b["KAFKA_CONTROLLER_QUORUM_VOTERS"] for b in brokers} == {voters}
+    assert [b["KAFKA_ADVERTISED_LISTENERS"] for b in brokers] == [
+        f"PLAINTEXT://kafka-{n}:9092" for n in (1, 2, 3)
+    ]
+    env = unifier_services()["scale-worker"]
+    replication = int(env["UNIFIER_REPLICATION_FACTOR"])
+    assert replication == 3 and int(brokers[0]["KAFKA_MIN_INSYNC_REPLICAS"]) == replication - 1
+    for n in (1, 2, 3):
+        command = svc[f"redis-{n}"]["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert f"getent hosts redis-{n}" in svc["redis-cluster"]["command"][0]
+    worker = svc["scale-worker"]
+    assert worker["command"] == ["unifier", "worker"] and worker["deploy"]["replicas"] == 3
+    # every worker gets the same share of every stage's partitions
+    assert int(env["UNIFIER_INTERNAL_PARTITIONS"]) % worker["deploy"]["replicas"] == 0
+    assert worker["depends_on"]["redis-cluster"] == {"condition": "service_completed_successfully"}
+    status = unifier_services()["scale-status"]
+    assert json.loads(status["UNIFIER_STATUS_WORKERS"]) == ["http://scale-worker:9100/metrics"]
 
 
 def test_every_service_agrees_on_topics() -> None:
