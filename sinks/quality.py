@@ -80,8 +80,9 @@ def today(now_s: float | None = None) -> str:
 
 # KEYS[1] the profile's hash, KEYS[2] its bucket's counts; ARGV[1] version, ARGV[2]
 # tokens (newline-joined; '' when it is gone). Answers {counted (1/0), match tokens to
-# be in (newline-joined), match tokens to leave}; a replay of the version last counted
-# answers them again, counting nothing.
+# join (newline-joined), match tokens to leave}: those that changed; a replay of the
+# version last counted answers all it holds and all that version dropped, counting
+# nothing (a crash between this script and the duplicate sets' is mended so).
 _COUNT = Lua(
     """
 local function set(s)
@@ -101,7 +102,7 @@ if cur and tonumber(cur) == tonumber(ARGV[1]) then
   return {0, matches(old), redis.call('HGET', KEYS[1], 'g') or ''}
 end
 local new = set(ARGV[2])
-local gone = {}
+local gone, came = {}, {}
 for x in pairs(old) do
   if not new[x] then
     redis.call('HINCRBY', KEYS[2], x, -1)
@@ -109,11 +110,14 @@ for x in pairs(old) do
   end
 end
 for x in pairs(new) do
-  if not old[x] then redis.call('HINCRBY', KEYS[2], x, 1) end
+  if not old[x] then
+    redis.call('HINCRBY', KEYS[2], x, 1)
+    came[x] = true
+  end
 end
 local g = matches(gone)
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'f', ARGV[2], 'g', g)
-return {1, matches(new), g}
+return {1, matches(came), g}
 """
 )
 

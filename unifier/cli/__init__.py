@@ -22,6 +22,7 @@ from unifier.cli import (
     identity,
     ingest,
     ops,
+    plan,
     privacy,
     profiles,
     quality,
@@ -69,6 +70,7 @@ for command in (
     archive.replay,
     privacy.audit,
     stack.demo,
+    plan.plan,
 ):
     app.command()(command)
 app.add_typer(stack.stack_app, name="stack")
