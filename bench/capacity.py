@@ -131,6 +131,7 @@ def storage(settings: Settings, events: int) -> dict[str, Any]:
             consumer.assign([TopicPartition(spec.name, p, OFFSET_BEGINNING)
                              for p in range(spec.partitions)])  # fmt: skip
             left, size, records = spec.partitions, 0, 0
+            last: dict[bytes, int] = {}  # what compaction would keep: each key's last record
             deadline = time.monotonic() + 120
             while left and time.monotonic() < deadline:
                 msg = consumer.poll(0.5)
@@ -141,10 +142,16 @@ def storage(settings: Settings, events: int) -> dict[str, Any]:
                         left -= 1
                     continue
                 records += 1
-                size += len(msg.key() or b"") + len(msg.value() or b"")
+                key, value = msg.key() or b"", msg.value()
+                size += len(key) + len(value or b"")
+                if value is None:  # a tombstone: compaction drops the key
+                    last.pop(key, None)
+                else:
+                    last[key] = len(key) + len(value)
             policy = spec.config.get("cleanup.policy", "delete")
             topics[spec.name] = {"records": records, "bytes": size, "policy": policy,
-                                 "bytes_per_event": round(size / events, 1)}  # fmt: skip
+                                 "bytes_per_event": round(size / events, 1),
+                                 "keys": len(last), "compacted_bytes": sum(last.values())}  # fmt: skip
     finally:
         consumer.close()
     view = RedisProfileView.for_settings(settings)

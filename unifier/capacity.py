@@ -24,8 +24,9 @@ The model, for a load of N events/s over M profiles of K events each:
   (Redis executes commands on one thread) at the measured Redis CPU per event.
   Three at least: a cluster of fewer has no shard to lose.
 * **Broker disk** per retention day: bytes per event on the time-retained topics,
-  times N x 86,400, times the replication factor; the compacted topics keep about one
-  record per key (an upper bound from the embedded broker, which never compacts).
+  times N x 86,400, times the replication factor; the compacted topics keep one record
+  per key (each key's last record, measured: the embedded broker never compacts, so
+  the bench reads every record and keeps the last of each key).
 
 What it cannot know: a real Kafka's CPU (measured here is the embedded Tansu broker),
 network between machines, and Redis Cluster's own overhead beyond one server's.
@@ -66,22 +67,22 @@ class Costs:
     worker_base_bytes: float  # a worker process with (almost) no profiles
     redis_bytes_per_profile: float
     retained_bytes_per_event: float  # the time-retained topics, all of them
-    compacted_bytes_per_profile: float  # the compacted topics (upper bound)
+    compacted_bytes_per_profile: float  # the compacted topics: each key's last record
     source: str = ""  # the runs these come from
 
 
 #: Measured on 2 cores (bench/results/capacity.md, report.md); see the module docstring.
 MEASURED = Costs(
-    steady=Case(worker_cpu_us=0.0, broker_cpu_us=0.0, redis_cpu_us=0.0, worker_busy=0.0),
-    cold=Case(worker_cpu_us=0.0, broker_cpu_us=0.0, redis_cpu_us=0.0, worker_busy=0.0),
-    worker_table_bytes_per_profile=0.0,
-    table_events_per_profile=0.0,
-    worker_bytes_per_event=0.0,
-    worker_base_bytes=0.0,
-    redis_bytes_per_profile=0.0,
-    retained_bytes_per_event=0.0,
-    compacted_bytes_per_profile=0.0,
-    source="",
+    steady=Case(worker_cpu_us=915.9, broker_cpu_us=318.0, redis_cpu_us=74.6, worker_busy=0.771),
+    cold=Case(worker_cpu_us=1702.8, broker_cpu_us=531.8, redis_cpu_us=169.3, worker_busy=0.905),
+    worker_table_bytes_per_profile=2568.1,
+    table_events_per_profile=6.02,
+    worker_bytes_per_event=7.86,
+    worker_base_bytes=384651264.0,
+    redis_bytes_per_profile=5395.8,
+    retained_bytes_per_event=1534.4,
+    compacted_bytes_per_profile=54130.8,
+    source="./dev python bench/capacity.py at 2026-12-02T16:38:38+00:00; ./dev bench at 2026-12-01T19:22:18+00:00",
 )
 
 
@@ -100,7 +101,7 @@ def costs_from(capacity: dict[str, Any], report: dict[str, Any]) -> Costs:
     stored = one["storage"]
     topics = stored["topics"].values()
     retained = sum(t["bytes"] for t in topics if "compact" not in t["policy"])
-    compacted = sum(t["bytes"] for t in topics if "compact" in t["policy"])
+    compacted = sum(t["compacted_bytes"] for t in topics if "compact" in t["policy"])
     memory = report["sections"]["memory"]
     biggest = max(memory["sizes"], key=lambda s: s["profiles"])
     ages = report["sections"]["profile_age"]["rows"]
@@ -207,7 +208,7 @@ def plan(
         f"each at {case.redis_cpu_us:,.1f} µs per event; {MIN_SHARDS} at least",
         f"broker: {costs.retained_bytes_per_event:,.0f} bytes per event on the time-retained "
         f"topics x {replication} replicas; compacted topics: "
-        f"{costs.compacted_bytes_per_profile:,.0f} bytes per profile (upper bound)",
+        f"{costs.compacted_bytes_per_profile:,.0f} bytes per profile",
     ]
     return Plan(
         events_per_s=events_per_s,
@@ -273,13 +274,15 @@ def check_report(capacity: dict[str, Any], report: dict[str, Any] | None = None)
         f"{stored['profiles']:,} profiles): Redis {stored['redis_bytes_per_profile']:,.0f} "
         "bytes per profile; per topic (keys and values, every record the broker holds):",
         "",
-        "| topic | policy | records | bytes | bytes per event |",
-        "|---|---|---|---|---|",
+        "| topic | policy | records | bytes | bytes per event | after compaction |",
+        "|---|---|---|---|---|---|",
     ]
     for name, t in stored["topics"].items():
         lines.append(
             f"| {name} | {t['policy']} | {t['records']:,} | {t['bytes']:,} | "
-            f"{t['bytes_per_event']:,.1f} |"
+            f"{t['bytes_per_event']:,.1f} | "
+            + (f"{t['compacted_bytes']:,} ({t['keys']:,} keys) |" if "compact" in t["policy"]
+               else "— |")
         )
     lines.append("")
     return "\n".join(lines)

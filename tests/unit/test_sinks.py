@@ -124,18 +124,20 @@ def test_an_empty_batch_sends_nothing() -> None:
     assert delivery.written == 0
 
 
-def test_the_view_is_complete_only_with_every_partitions_marker() -> None:
-    from sinks.redis_view import describe_view
+def test_the_view_is_complete_only_with_every_partitions_marker_in_every_bucket() -> None:
+    from sinks.redis_view import describe_view, missing_from
 
-    assert describe_view([b"{}", b"{}", b"{}"], None, 3) is None
-    assert describe_view([b"{}", None, None], None, 3) == (
-        "view incomplete: 2 of 3 partitions not written yet"
-    )
+    # each bucket's marks of partitions 0, 1, 2 (a bucket whose shard lost its data has none)
+    every = [[b"{}", b"{}", b"{}"]] * 4
+    assert missing_from(every, [0, 1, 2]) == []
+    one_shard_lost = [*every[:3], [None, None, None]]
+    assert missing_from(one_shard_lost, [0, 1, 2]) == [0, 1, 2]
+    assert missing_from([*every[:3], [b"{}", None, b"{}"]], [0, 1, 2]) == [1]
+    assert describe_view([], None, 3) is None
+    assert describe_view([1, 2], None, 3) == "view incomplete: 2 of 3 partitions not written yet"
     progress = b'{"done": 1500, "total": 20000}'
-    assert describe_view([None, None, b"{}"], progress, 3) == (
-        "view rebuilding (1,500 of 20,000 profiles)"
-    )
-    assert describe_view([b"{}"] * 3, progress, 3) is None  # a stale progress key
+    assert describe_view([0, 1], progress, 3) == "view rebuilding (1,500 of 20,000 profiles)"
+    assert describe_view([], progress, 3) is None  # a stale progress key
 
 
 def _consenting(granted: bool | None, version: int) -> dict[str, Any]:
