@@ -149,9 +149,14 @@ def storage(settings: Settings, events: int) -> dict[str, Any]:
                 else:
                     last[key] = len(key) + len(value)
             policy = spec.config.get("cleanup.policy", "delete")
-            topics[spec.name] = {"records": records, "bytes": size, "policy": policy,
-                                 "bytes_per_event": round(size / events, 1),
-                                 "keys": len(last), "compacted_bytes": sum(last.values())}  # fmt: skip
+            topics[spec.name] = {
+                "records": records,
+                "bytes": size,
+                "policy": policy,
+                "bytes_per_event": round(size / events, 1),
+                "keys": len(last),
+                "compacted_bytes": sum(last.values()),
+            }
     finally:
         consumer.close()
     view = RedisProfileView.for_settings(settings)
