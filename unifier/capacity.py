@@ -73,16 +73,19 @@ class Costs:
 
 #: Measured on 2 cores (bench/results/capacity.md, report.md); see the module docstring.
 MEASURED = Costs(
-    steady=Case(worker_cpu_us=915.9, broker_cpu_us=318.0, redis_cpu_us=74.6, worker_busy=0.771),
-    cold=Case(worker_cpu_us=1702.8, broker_cpu_us=531.8, redis_cpu_us=169.3, worker_busy=0.905),
+    steady=Case(worker_cpu_us=1034.5, broker_cpu_us=362.0, redis_cpu_us=90.5, worker_busy=0.783),
+    cold=Case(worker_cpu_us=1879.6, broker_cpu_us=585.7, redis_cpu_us=172.6, worker_busy=0.928),
     worker_table_bytes_per_profile=2568.1,
     table_events_per_profile=6.02,
     worker_bytes_per_event=7.86,
-    worker_base_bytes=384651264.0,
-    redis_bytes_per_profile=5395.8,
-    retained_bytes_per_event=1534.4,
-    compacted_bytes_per_profile=54130.8,
-    source="./dev python bench/capacity.py at 2026-12-02T16:38:38+00:00; ./dev bench at 2026-12-01T19:22:18+00:00",
+    worker_base_bytes=378339328.0,
+    redis_bytes_per_profile=5392.8,
+    retained_bytes_per_event=1516.3,
+    compacted_bytes_per_profile=9497.1,
+    source=(
+        "./dev python bench/capacity.py at 2026-12-02T16:57:37+00:00; "
+        "./dev bench at 2026-12-01T19:22:18+00:00"
+    ),
 )
 
 
@@ -281,8 +284,11 @@ def check_report(capacity: dict[str, Any], report: dict[str, Any] | None = None)
         lines.append(
             f"| {name} | {t['policy']} | {t['records']:,} | {t['bytes']:,} | "
             f"{t['bytes_per_event']:,.1f} | "
-            + (f"{t['compacted_bytes']:,} ({t['keys']:,} keys) |" if "compact" in t["policy"]
-               else "— |")
+            + (
+                f"{t['compacted_bytes']:,} ({t['keys']:,} keys) |"
+                if "compact" in t["policy"]
+                else "— |"
+            )
         )
     lines.append("")
     return "\n".join(lines)
