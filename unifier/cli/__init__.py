@@ -88,4 +88,14 @@ app.add_typer(archive.archive_app, name="archive")
 
 
 def main() -> None:
-    app()
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisClusterException
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    try:
+        app()
+    except (RedisConnectionError, RedisTimeoutError, RedisClusterException) as exc:
+        # A command that reads the view, with Redis away: said in one line, exit 2.
+        url = Settings().redis_url
+        err.print(f"[bold red]error:[/] could not reach Redis at {url}: {exc}", highlight=False)
+        raise SystemExit(2) from None
