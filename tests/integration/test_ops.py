@@ -158,6 +158,14 @@ def test_lag_grows_while_the_worker_is_down_and_falls_to_zero_after(
     assert max(snap["series"]["lag"]["route"]) > 0  # the chart shows the climb ...
     assert snap["series"]["lag"]["route"][-1] == 0  # ... and the way down
     assert sum(p["computed"]["event_count"] for p in exported(settings).values()) == traffic.sent
+    # The page and `unifier lag` name the worker that owns every partition (the
+    # embedded broker does not say: the worker does, streams.registry).
+    until(
+        lambda: [w["worker"] for w in get_json(f"{url}/api/status")[1]["workers"]] == ["worker"],
+        "the status page naming the worker",
+    )
+    pipeline = {"route", "identity", "profile"}
+    assert {r["owner"] for r in lag_json(settings) if r["stage"] in pipeline} == {"worker"}
 
 
 def test_a_worker_without_redis_is_alive_but_not_ready(
