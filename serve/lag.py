@@ -18,7 +18,6 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from redis.exceptions import RedisError
 
 from config.kafkalog import client_logger
 from config.settings import Settings
@@ -60,7 +59,7 @@ def registered_owners(settings: Settings) -> dict[tuple[str, int], str]:
     """(topic, partition) -> worker name, from what the workers say they own
     (``streams.registry``); {} when Redis does not answer. Of two claims (a worker
     that has just lost a partition has not refreshed yet), the newest wins."""
-    from sinks.redisconn import connect, mget
+    from sinks.redisconn import UNAVAILABLE, connect, mget
     from streams.registry import WORKERS_PREFIX
 
     try:
@@ -70,7 +69,7 @@ def registered_owners(settings: Settings) -> dict[tuple[str, int], str]:
             entries = [orjson.loads(raw) for raw in mget(client, keys) if raw] if keys else []
         finally:
             client.close()
-    except (RedisError, OSError):
+    except UNAVAILABLE:
         return {}
     out: dict[tuple[str, int], str] = {}
     for e in sorted(entries, key=lambda e: e["at"]):

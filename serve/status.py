@@ -31,14 +31,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import redis
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
 from serve.lag import ARCHIVE, SYNC, LagProbe, PartitionLag, stages
 from sinks.redis_view import DEFINITIONS_KEY, segment_sizes_sync, view_state_sync
-from sinks.redisconn import connect
+from sinks.redisconn import UNAVAILABLE, connect
 
 #: Worker counters the page charts as rates: name -> (metric, label filter).
 RATES: dict[str, tuple[str, dict[str, str]]] = {
@@ -199,7 +198,7 @@ class StatusSampler:
 
         try:
             q = quality_report(self.settings, with_dead_letters=False)
-        except (redis.RedisError, OSError):
+        except UNAVAILABLE:
             return {}
         self._completeness.clear()
         for trait, c in q["completeness"].items():
@@ -216,14 +215,14 @@ class StatusSampler:
         the size of each segment in force."""
         try:
             client = connect(self.settings.redis_url, self.settings.redis_cluster, timeout=2)
-        except (redis.RedisError, OSError):
+        except UNAVAILABLE:
             return "Redis does not answer", {}
         try:
             state = view_state_sync(client, self.settings.internal_partitions)
             keys = client.hkeys(DEFINITIONS_KEY)
             names = sorted(k.decode() if isinstance(k, bytes) else k for k in keys)
             return state, segment_sizes_sync(client, names)
-        except (redis.RedisError, OSError):
+        except UNAVAILABLE:
             return "Redis does not answer", {}
         finally:
             client.close()

@@ -33,14 +33,13 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 import redis.asyncio as aredis
 
 from profiles.privacy import Sealer
 from profiles.quality import MATCH_TRAITS, tokens_of
 from sinks.base import ChangeBatch, Delivery
 from sinks.redis_view import PREFIX
-from sinks.redisconn import ALL_TAGS, Call, Lua, run_scripts, tag
+from sinks.redisconn import ALL_TAGS, TRANSIENT, Call, Lua, run_scripts, tag
 
 log = logging.getLogger("unifier.quality")
 
@@ -229,7 +228,7 @@ class QualitySink:
             try:
                 results = await self._send(pending, day, newest)
                 break
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except TRANSIENT as exc:
                 log.warning("Redis write of the quality counts failed (%s); retrying in %.1fs",
                             type(exc).__name__, delay)  # fmt: skip
                 await asyncio.sleep(delay)

@@ -56,6 +56,7 @@ from schemas.codec import ORJSON_OPTS
 from sinks.base import ChangeBatch, Delivery
 from sinks.redisconn import (
     ALL_TAGS,
+    TRANSIENT,
     Call,
     Lua,
     connect_async,
@@ -317,7 +318,8 @@ def view_state_sync(client: redis.Redis, partitions: int) -> str | None:
 
 
 def mark_complete_sync(client: redis.Redis, partitions: Iterable[int], value: bytes) -> None:
-    """Mark partitions complete in every bucket (``unifier view rebuild``, tests)."""
+    """Mark partitions complete in every bucket (tests; the workers mark theirs with
+    ``streams.heal``'s script)."""
     mapping = {complete_field(p): value for p in partitions}
     if not mapping:
         return
@@ -576,7 +578,7 @@ class RedisViewSink:
         while True:
             try:
                 return await call()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except TRANSIENT as exc:
                 log.warning("Redis write failed (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_delay)

@@ -31,9 +31,28 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 
 log = logging.getLogger("unifier.redis")
+
+#: Redis away for a while — a server restarting, a cluster's shard down or failing
+#: over, a slot not covered yet: writers wait and retry (back-pressure, no data lost).
+TRANSIENT: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ClusterDownError,  # MasterDownError too
+    TryAgainError,
+    RedisClusterException,  # SlotNotCoveredError, "cannot be connected"
+    OSError,
+)
+#: Any failure of Redis: readers that report instead of retrying catch these.
+UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 
 #: Hash tags the per-profile keys are spread over (part of the key layout: changing it
 #: needs a view rebuild).
@@ -83,12 +102,14 @@ def _server_is_cluster(url: str) -> bool:
 def is_cluster(url: str, setting: bool | None = None) -> bool:
     """Whether ``url`` is a node of a Redis Cluster: the setting when given, else the
     server's answer (asked once per process). A server that does not answer now is
-    taken for one server, with a warning: set UNIFIER_REDIS_CLUSTER to be sure."""
+    taken for one server, with a warning: a deployment on a cluster sets
+    UNIFIER_REDIS_CLUSTER=true, so a worker started while Redis is away still gets a
+    cluster client (the embedded stack and the compose profile do)."""
     if setting is not None:
         return setting
     try:
         return _server_is_cluster(url)
-    except (redis.RedisError, OSError) as exc:
+    except UNAVAILABLE as exc:
         log.warning(
             "could not ask Redis whether it is a cluster (%s): using it as one server; "
             "set UNIFIER_REDIS_CLUSTER to say",

@@ -22,7 +22,7 @@ from sinks.kafka import ProfileTopicsSink
 from sinks.keys import sealer_for
 from sinks.quality import QualitySink
 from sinks.redis_view import RedisViewSink, write_definitions
-from sinks.redisconn import connect_async
+from sinks.redisconn import UNAVAILABLE, connect_async
 from streams import heal, identity, metrics, ops, profile, registry, route
 from streams.messages import send_batches
 from streams.patches import fetch, flush, offsets, recovery
@@ -219,7 +219,7 @@ def _segments(
             log.exception("segment scheduler tick failed")
         try:
             await mirror.sync()
-        except (aredis.RedisError, OSError) as exc:  # Redis away: the next tick retries
+        except UNAVAILABLE as exc:  # Redis away: the next tick retries
             log.debug("segment definitions not mirrored to Redis: %s", exc)
 
     published = Published(

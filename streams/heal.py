@@ -36,7 +36,6 @@ from typing import Any
 
 import orjson
 from prometheus_client import Counter, Gauge
-from redis.exceptions import RedisError
 
 from profiles.projection import shown, view_of, why_of
 from profiles.routing import partition_for
@@ -50,7 +49,7 @@ from sinks.redis_view import (
     missing_partitions,
     token_field,
 )
-from sinks.redisconn import Call, Lua, run_scripts
+from sinks.redisconn import UNAVAILABLE, Call, Lua, run_scripts
 
 log = logging.getLogger("unifier.heal")
 
@@ -210,7 +209,7 @@ def install(
     async def heal_view() -> None:
         try:
             await healer.check()
-        except (RedisError, OSError) as exc:  # Redis away: the next check retries
+        except UNAVAILABLE as exc:  # Redis away: the next check retries
             log.debug("view check skipped: %s", exc)
         except Exception:  # the check must never take the worker down
             log.exception("view check failed")

@@ -16,14 +16,13 @@ import logging
 import threading
 from typing import Any
 
-import redis.asyncio as aredis
 from aiohttp import web
 from prometheus_client import Gauge
 
 from config import httpmetrics
 from config.settings import Settings
 from sinks.redis_view import view_state
-from sinks.redisconn import connect_async
+from sinks.redisconn import UNAVAILABLE, connect_async
 
 log = logging.getLogger("unifier.ops")
 
@@ -85,7 +84,7 @@ def install(app: Any, settings: Settings, inputs: list[str]) -> None:
             incomplete = await view_state(client, settings.internal_partitions)
             if incomplete is not None:  # Redis lost its data: streams.heal writes it again
                 reasons.append(incomplete)
-        except (aredis.RedisError, OSError):
+        except UNAVAILABLE:
             reasons.append("Redis does not answer")
         finally:
             await client.aclose()

@@ -17,11 +17,10 @@ import time
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from config.settings import Settings
 from sinks.redis_view import PREFIX
-from sinks.redisconn import connect_async
+from sinks.redisconn import UNAVAILABLE, connect_async
 
 log = logging.getLogger("unifier.registry")
 
@@ -60,7 +59,7 @@ def install(app: Any, settings: Settings) -> None:
         owned = [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
         try:
             await redis().set(key, entry(name, owned), ex=TTL_S)
-        except (RedisError, OSError) as exc:  # Redis away: the next tick tries again
+        except UNAVAILABLE as exc:  # Redis away: the next tick tries again
             log.debug("worker registry not written: %s", exc)
 
     @app.on_before_shutdown.connect
@@ -69,5 +68,5 @@ def install(app: Any, settings: Settings) -> None:
             try:
                 await client[0].delete(key)
                 await client[0].aclose()
-            except (RedisError, OSError):
+            except UNAVAILABLE:
                 pass

@@ -38,12 +38,16 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sinks.redisconn import BUCKETS
+
 #: Partition counts to choose from: many divisors, so workers share them evenly.
 PARTITION_STEPS = (12, 24, 48, 96, 192, 384, 768, 1536)
 TARGET_UTILIZATION = 0.7
 REDIS_CORE_SHARE = 0.5
 REDIS_FILL = 0.75
 MIN_SHARDS = 3
+#: The view's hash tags spread evenly over this many shards at most: four or more each.
+MAX_EVEN_SHARDS = BUCKETS // 4
 GIB = 2**30
 
 
@@ -213,6 +217,13 @@ def plan(
         f"topics x {replication} replicas; compacted topics: "
         f"{costs.compacted_bytes_per_profile:,.0f} bytes per profile",
     ]
+    shards = max(MIN_SHARDS, for_memory, for_cpu)
+    if shards > MAX_EVEN_SHARDS:
+        notes.append(
+            f"{shards} shards: the view's {BUCKETS} hash tags do not spread evenly over more "
+            f"than {MAX_EVEN_SHARDS} (sinks.redisconn.BUCKETS; more needs a larger number "
+            "and a view rebuild)"
+        )
     return Plan(
         events_per_s=events_per_s,
         profiles=profiles,
@@ -223,7 +234,7 @@ def plan(
         workers=workers,
         partitions=partitions,
         worker_memory_bytes=worker_memory,
-        redis_shards=max(MIN_SHARDS, for_memory, for_cpu),
+        redis_shards=shards,
         redis_memory_bytes=redis_memory,
         redis_shards_for_memory=for_memory,
         redis_shards_for_cpu=for_cpu,
