@@ -403,12 +403,11 @@ class Plan:
         whole again), not unchanged."""
         if not self.index:
             return []
-        calls: list[Call] = []
-        for view, r in zip(views, results, strict=True):
-            pid = view["profile_id"]
-            if r in (WRITTEN, OLDER) and pid not in self.same:
-                calls += [(_INDEX, [key], [pid]) for key in identifier_keys(view)]
-        return calls
+        return index_calls(
+            view
+            for view, r in zip(views, results, strict=True)
+            if r in (WRITTEN, OLDER) and view["profile_id"] not in self.same
+        )
 
 
 def _chunks(items: Sequence[Any], size: int = PIPELINE_PROFILES) -> Iterable[Sequence[Any]]:

@@ -75,14 +75,7 @@ def _broker_answers(settings: Settings) -> bool:
 
 
 def _redis_answers(settings: Settings) -> bool:
-    try:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=1)  # this node
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except redis.RedisError:
-        return False
+    return _node_answers(*settings.redis_address)  # this node, cluster or not
 
 
 def _node_answers(host: str, port: int) -> bool:
