@@ -226,9 +226,9 @@ def record_at(
                         found[key] = tail_of(msg)
                     todo.discard(key)  # the first record read is the one, or it is gone
         except TimeoutError as exc:
-            # Seen once on the embedded broker just after `stack up` made its topics
-            # again: no answer for offsets past a new log's end. A record that cannot
-            # be read is taken as gone: its snapshot is ignored (slower, never wrong).
+            # The embedded broker may not answer for offsets past the end of a log it
+            # has just made again: a record that cannot be read in time is taken as
+            # gone, so its snapshot is ignored (a slower recovery, never a wrong one).
             log.warning("%s: taken as no longer there", exc)
     finally:
         consumer.close()
