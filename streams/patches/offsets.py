@@ -35,7 +35,12 @@ record handled twice changes nothing, see ``profiles.graph``):
   is nowhere in the worker (not acknowledged, processing or queued) for three checks
   in a row, the partition is sought back to the committed offset — also when nothing
   was handed over since the last seek (records fetched early in a rebalance are
-  cleared from the stream queues when the flow resumes).
+  cleared from the stream queues when the flow resumes), and, after ten checks, when
+  the worker has not read up to the committed offset (a record the fetch loop dropped
+  at the end of a partition: no later record shows the gate the hole).
+* The committed offsets the worker believes are those the broker gave at the last
+  seek, moved only by commits that landed with no seek begun meanwhile: a commit
+  begun before a rebalance no longer overwrites what the new assignment read.
 * A partition whose committed offset stands still for 30 s while records wait is
   described in the log (what the worker knows of it), every 30 s.
 
@@ -62,6 +67,12 @@ from streams.patches import require_patched_faust
 log = logging.getLogger("unifier.offsets")
 
 CHECKS_BEFORE_SEEK = 3
+#: The same when the worker has not read up to the committed offset: it may be only
+#: that the record was not fetched yet, so the watchdog waits longer — but not for
+#: ever: a record the fetch loop dropped at the end of a partition (no later record
+#: shows the gate the hole), or a read offset left behind by a seek, is otherwise
+#: never re-read, and the partition stands still for good.
+CHECKS_BEFORE_SEEK_UNREAD = 10
 CHECK_INTERVAL_S = 1.0
 #: A partition with records to process whose committed offset has not moved for this
 #: long is reported (with everything the worker knows about it), every as long again.
@@ -194,17 +205,53 @@ def _new_offset(self: Any, tp: Any) -> int | None:
 async def _commit_offsets(
     self: Any, offsets: Mapping[Any, int], start_new_transaction: bool = True
 ) -> Any:
-    try:
+    """Faust's ``_commit_offsets`` (at-least-once only), except what it believes after
+    the commit: the committed offsets move only when the commit landed *and* no seek to
+    the committed offsets began while it ran. Faust set them whatever happened, after
+    its awaits: a commit begun before a rebalance then overwrote what the new
+    assignment's seek had read from the broker, the partition read from one offset
+    while the commit waited at another, and it stood still for good (seen: committed
+    offset 6, read offset 2, nothing to re-read)."""
+    if self.in_transaction:  # not used here (at-least-once); Faust's own path
         return await _original["_commit_offsets"](self, offsets, start_new_transaction)
+    seeks = seek_count(self)
+    assignment = self.assignment()
+    committable = {tp: offset for tp, offset in offsets.items() if tp in assignment}
+    if len(committable) < len(offsets):
+        self.log.info(
+            "Discarded commit for revoked partitions that will be eventually processed again: %r",
+            {tp: o for tp, o in offsets.items() if tp not in committable},
+        )
+    did_commit = False
+    try:
+        if committable:
+            await self.app.producer.flush()
+            did_commit = bool(await self._commit(committable))
     finally:
         pending = committing(self)
         for tp, end in offsets.items():
             if pending.get(tp) == end:
                 del pending[tp]
-            committed = self._committed_offset.get(tp)
-            if committed is not None:  # forget what the committed offset now covers
-                self._acked[tp] = [o for o in self._acked[tp] if o >= committed]
-                self._acked_index[tp] = {o for o in self._acked_index[tp] if o >= committed}
+    if not did_commit:
+        return False  # the acknowledged offsets stay: the next commit tries again
+    self.app.tables.on_commit(committable)
+    if seek_count(self) != seeks:
+        # The partitions were sought to their committed offsets meanwhile: that seek's
+        # answer stands (it is at or below this commit). Records between are read
+        # again, and handled again: idempotent.
+        return True
+    self._committed_offset.update(committable)
+    self.app.monitor.on_tp_commit(committable)
+    for tp in committable:  # forget what the committed offset now covers
+        committed = self._committed_offset[tp]
+        self._acked[tp] = [o for o in self._acked[tp] if o >= committed]
+        self._acked_index[tp] = {o for o in self._acked_index[tp] if o >= committed}
+    return True
+
+
+def seek_count(consumer: Any) -> int:
+    """How many seeks to the committed offsets began (``_perform_seek``)."""
+    return int(getattr(consumer, "_unifier_seeks", 0))
 
 
 def committing(consumer: Any) -> dict[Any, int]:
@@ -216,6 +263,16 @@ def committing(consumer: Any) -> dict[Any, int]:
 
 
 async def _perform_seek(self: Any) -> None:
+    # Counted before and after: a commit that overlaps a seek in any way leaves the
+    # committed offsets to the seek (``_commit_offsets``).
+    self._unifier_seeks = seek_count(self) + 1
+    try:
+        await _seek_to_committed(self)
+    finally:
+        self._unifier_seeks = seek_count(self) + 1
+
+
+async def _seek_to_committed(self: Any) -> None:
     await _original["perform_seek"](self)
     committing(self).clear()  # commits of the previous assignment are over or void
     gate = gate_of(self.app)
@@ -316,12 +373,12 @@ class Watchdog:
                 found.add((getattr(message, "tp", None), getattr(message, "offset", None)))
         return found
 
-    def lost_heads(self) -> dict[Any, int]:
+    def lost_heads(self) -> dict[Any, tuple[int, int]]:
         """Partitions whose record at the committed offset exists on the broker but
         nowhere in this worker (not acknowledged, not being processed, not queued),
-        with that offset."""
+        with that offset and how many checks in a row that must hold before a re-read."""
         consumer = self.app.consumer
-        candidates: dict[Any, int] = {}
+        candidates: dict[Any, tuple[int, int]] = {}
         for tp in consumer.assignment():
             if tp.topic not in self.topics:
                 continue
@@ -330,22 +387,23 @@ class Watchdog:
             if committed is None or high is None or high <= committed:
                 continue
             read = consumer._read_offset.get(tp)
-            if read is not None and read < committed:
-                continue  # the fetcher has not reached it yet
+            # Not read that far: the fetcher may not have reached it yet (waits longer).
             # (None: nothing handed over since the last seek. Records fetched early in
             # a rebalance are cleared from the stream queues when the flow resumes; if
             # that was all the input, nothing else would ever bring them back.)
+            unread = read is not None and read < committed
+            needed = CHECKS_BEFORE_SEEK_UNREAD if unread else CHECKS_BEFORE_SEEK
             if (
                 consumer._commit_fut is not None
                 and committing(consumer).get(tp, committed) > committed
             ):
                 continue  # a commit past it is under way
             if committed not in consumer._acked_index.get(tp, ()):
-                candidates[tp] = committed
+                candidates[tp] = (committed, needed)
         if not candidates:
             return {}
         in_flight = self._in_flight()
-        return {tp: c for tp, c in candidates.items() if (tp, c) not in in_flight}
+        return {tp: c for tp, c in candidates.items() if (tp, c[0]) not in in_flight}
 
     async def check(self) -> None:
         app = self.app
@@ -355,10 +413,10 @@ class Watchdog:
         lost = self.lost_heads()
         suspects: dict[Any, tuple[int, int]] = {}
         due = {}
-        for tp, offset in lost.items():
+        for tp, (offset, needed) in lost.items():
             seen_at, checks = self.suspects.get(tp, (offset, 0))
             checks = checks + 1 if seen_at == offset else 1
-            if checks >= CHECKS_BEFORE_SEEK:
+            if checks >= needed:
                 due[tp] = offset
             else:
                 suspects[tp] = (offset, checks)

@@ -54,6 +54,41 @@ def test_a_run_from_the_committed_offset_is_committed_up_to_the_first_hole() -> 
     assert new_offset(0, [0, 1, 2]) == 3
 
 
+class Broker:
+    """What a commit meets: the group's committed offsets, and a hook run while the
+    commit is on its way (a rebalance's seek, a cancellation)."""
+
+    def __init__(self) -> None:
+        self.committed: dict[Any, int] = {}
+        self.during: Any = None
+        self.accept = True
+
+
+def committer(state: Any, broker: Broker) -> Any:
+    """``state`` made able to commit (Faust's consumer, as ``_commit_offsets`` uses it)."""
+
+    async def flush() -> None:
+        return None
+
+    async def commit(offs: dict[Any, int]) -> bool:
+        if broker.during is not None:
+            await broker.during()
+        if broker.accept:
+            broker.committed.update(offs)
+        return broker.accept
+
+    state.in_transaction = False
+    state.assignment = lambda: {TP0}
+    state._commit = commit
+    state.log = SimpleNamespace(info=lambda *a, **k: None)
+    state.app = SimpleNamespace(
+        producer=SimpleNamespace(flush=flush),
+        tables=SimpleNamespace(on_commit=lambda offs: None),
+        monitor=SimpleNamespace(on_tp_commit=lambda offs: None),
+    )
+    return state
+
+
 def test_records_the_fetch_loop_skipped_are_not_taken_as_processed() -> None:
     # Faust records offsets its fetch loop jumped over as a "gap" and committed them
     # as if processed; those were records skipped while a partition was paused.
@@ -61,16 +96,7 @@ def test_records_the_fetch_loop_skipped_are_not_taken_as_processed() -> None:
     state = consumer_state(10, [10, 11, 14, 15], gaps=[(12, 14)])
     assert offsets._new_offset(state, TP0) == 12
 
-    async def landed(self: Any, offs: Any, start_new_transaction: bool = True) -> bool:
-        self._committed_offset.update(offs)
-        return True
-
-    original = offsets._original["_commit_offsets"]
-    offsets._original["_commit_offsets"] = landed
-    try:
-        asyncio.run(offsets._commit_offsets(state, {TP0: 12}))
-    finally:
-        offsets._original["_commit_offsets"] = original
+    asyncio.run(offsets._commit_offsets(committer(state, Broker()), {TP0: 12}))
     assert offsets._new_offset(state, TP0) is None  # nothing more until 12 is acked
     assert state._acked[TP0] == [14, 15]
 
@@ -175,7 +201,7 @@ def test_a_head_being_processed_or_queued_is_left_alone() -> None:
     for consumer, queue in [(busy, []), (queued, [SimpleNamespace(message=message(165))]),
                             (done, []), (caught_up, []), (not_fetched, []),
                             (committing, [])]:  # fmt: skip
-        run_checks(watchdog(consumer, queue), 5)
+        run_checks(watchdog(consumer, queue), offsets.CHECKS_BEFORE_SEEK_UNREAD - 1)
         assert consumer.calls == []
 
 
@@ -296,35 +322,65 @@ def test_a_partition_standing_still_is_described_once_per_interval_until_it_move
 
 def test_a_commit_that_never_lands_leaves_the_acknowledged_records_for_the_next() -> None:
     """The acknowledged offsets are forgotten only once a commit covers them: one that
-    was cancelled (or discarded) must not leave a hole at the committed offset."""
-    import asyncio
+    was cancelled or refused must not leave a hole at the committed offset."""
     import contextlib
 
-    state = consumer_state(committed=10, acked=[10, 11, 12], gaps=[])
+    broker = Broker()
+    state = committer(consumer_state(committed=10, acked=[10, 11, 12], gaps=[]), broker)
     assert offsets._new_offset(state, TP0) == 13
-    state._unifier_committing = offsets.committing(state)
 
-    async def cancelled(self: Any, offs: Any, start_new_transaction: bool = True) -> bool:
+    async def cancelled() -> None:
         raise asyncio.CancelledError
 
-    async def landed(self: Any, offs: Any, start_new_transaction: bool = True) -> bool:
-        self._committed_offset.update(offs)
-        return True
-
-    original = offsets._original["_commit_offsets"]
-    try:
-        offsets._original["_commit_offsets"] = cancelled
-        with contextlib.suppress(asyncio.CancelledError):
-            asyncio.run(offsets._commit_offsets(state, {TP0: 13}))
-        assert offsets.committing(state) == {}
-        assert state._acked_index[TP0] == {10, 11, 12}
-        assert offsets._new_offset(state, TP0) == 13  # the next commit still can
-        offsets._original["_commit_offsets"] = landed
+    broker.during = cancelled
+    with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(offsets._commit_offsets(state, {TP0: 13}))
-        assert state._committed_offset[TP0] == 13
-        assert state._acked_index[TP0] == set() and state._acked[TP0] == []
-    finally:
-        offsets._original["_commit_offsets"] = original
+    assert offsets.committing(state) == {}
+    assert state._acked_index[TP0] == {10, 11, 12}
+    broker.during, broker.accept = None, False  # refused: the group rebalanced
+    assert asyncio.run(offsets._commit_offsets(state, {TP0: 13})) is False
+    assert state._committed_offset[TP0] == 10 and state._acked_index[TP0] == {10, 11, 12}
+    assert offsets._new_offset(state, TP0) == 13  # the next commit still can
+    broker.accept = True
+    assert asyncio.run(offsets._commit_offsets(state, {TP0: 13})) is True
+    assert state._committed_offset[TP0] == 13 == broker.committed[TP0]
+    assert state._acked_index[TP0] == set() and state._acked[TP0] == []
+
+
+def test_a_commit_overlapping_a_seek_leaves_the_committed_offset_to_the_seek() -> None:
+    """Seen: a commit begun before a rebalance ended after the new assignment's seek and
+    set the committed offset to its own (6) while the partition was read from the
+    seek's (2): the worker read from 2, waited at 6, and never moved again."""
+    broker = Broker()
+    state = committer(consumer_state(committed=2, acked=[2, 3, 4, 5], gaps=[]), broker)
+    state._read_offset = defaultdict(lambda: None, {TP0: 6})
+
+    async def rebalance() -> None:  # the seek of the next assignment, meanwhile
+        state._unifier_seeks = offsets.seek_count(state) + 2
+        state._committed_offset[TP0] = 2
+        state._read_offset[TP0] = 2
+        state._acked[TP0], state._acked_index[TP0] = [], set()
+
+    broker.during = rebalance
+    assert asyncio.run(offsets._commit_offsets(state, {TP0: 6})) is True
+    assert broker.committed[TP0] == 6  # it landed (the broker took it) ...
+    assert state._committed_offset[TP0] == 2  # ... but the worker reads on from the seek
+    # Read again from 2 and acknowledged, they are committed on from there.
+    state._acked[TP0], state._acked_index[TP0] = [2, 3, 4, 5, 6], {2, 3, 4, 5, 6}
+    assert offsets._new_offset(state, TP0) == 7
+
+
+def test_a_head_the_worker_never_read_to_is_re_read_after_ten_checks() -> None:
+    """A record dropped at the end of a partition, or a read offset left behind by a
+    seek: the worker has not read up to the committed offset, and no later record comes
+    to show the gate the hole. Re-read, later than a lost head, but re-read."""
+    for read in (5, 1):  # the next record not arrived; a read offset left behind
+        consumer = FakeConsumer(committed=6, read=read, high=7)
+        dog = watchdog(consumer)
+        run_checks(dog, offsets.CHECKS_BEFORE_SEEK_UNREAD - 1)
+        assert consumer.calls == []  # it may only be on its way
+        run_checks(dog, 1)
+        assert ("seek", {TP0: 6}) in consumer.calls
 
 
 def test_a_head_never_handed_over_since_the_seek_is_re_read() -> None:
