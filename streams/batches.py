@@ -18,9 +18,49 @@ A table key is written to the changelog partition its messages are routed to
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any
+
+from streams.patches import offsets
+
+log = logging.getLogger("unifier.batches")
 
 
 def batches(stream: Any, max_records: int, wait_s: float) -> Any:
     """Lists of events, unacknowledged."""
     return stream.noack_take(max_records, within=wait_s)
+
+
+def superseded(app: Any, events: Sequence[Any]) -> bool:
+    """Whether a rebalance (or a shutdown) began since these records were fetched —
+    the flow is stopped, or they come from an earlier consumer generation: their
+    partitions may be another worker's now, and their acknowledgements would not count
+    (``streams.patches.offsets``). A stage writes no table for such a batch (and lets
+    its records go, ``overtaken``): they are read again by whoever owns them.
+
+    Why it matters: the new owner reads the table's changelog when it gets the
+    partition; a table write made after that lands behind its own, and the next
+    worker to read the changelog gets the older state back (events lost from the
+    profile). Kafka makes a rebalance wait for every member to finish its batch (up to
+    the rebalance timeout); the embedded broker ends a join after a fixed wait, so a
+    worker still busy with a batch is left out while the others go on."""
+    if not app.flow_control.is_active():
+        return True
+    generation = app.consumer_generation_id
+    return any(event.message.generation_id != generation for event in events)
+
+
+def overtaken(app: Any, events: Sequence[Any], stage: str) -> bool:
+    """Whether the batch is ``superseded``; if so it is given up: nothing written,
+    nothing counted, its records let go (``streams.patches.offsets.let_go``)."""
+    if not superseded(app, events):
+        return False
+    offsets.let_go(app.consumer, [event.message for event in events])
+    log.info(
+        "%s: a batch of %d records let go, a rebalance began (they are read again by "
+        "their partitions' owner)",
+        stage,
+        len(events),
+    )
+    return True

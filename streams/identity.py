@@ -6,7 +6,8 @@ Outputs are sent, and delivered, before the table is written: a worker killed in
 between leaves the table as it was, and the re-delivered record sends the outputs
 again (a no-op where they had arrived). The other way round, a table could remember
 a claim whose message was lost, and the merge it starts would never finish. The
-table's changelog records are delivered before the records are acknowledged.
+table's changelog records are delivered before the records are acknowledged. A batch
+a rebalance overtook writes no table (``streams.batches.superseded``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from profiles.graph.identity import handle_identity
 from profiles.rules import IdentityRules
 from streams import metrics
-from streams.batches import batches
+from streams.batches import batches, overtaken
 from streams.messages import count_internal, group, messages_in, send_internal
 from streams.privacy import Shredder
 from streams.producer import ProducedTopic
@@ -46,6 +47,8 @@ def register(
     strings = StrTable(changelog)
 
     async def handle(manual: Any, events: list[Any]) -> None:
+        if overtaken(app, events, stage.name):
+            return
         writes = Overlay(strings)
         outs = []
         now = rules.current if isinstance(rules, LiveRules) else rules
@@ -60,6 +63,8 @@ def register(
         if send_internal(grouped, produced["identity"], produced["profile"], max_bytes):
             await producer.delivered()
         count_internal(stage.name, grouped)
+        if overtaken(app, events, stage.name):  # the partition may be another's by now
+            return
         with writing(changelog, events, partitions) as before:
             writes.flush(before)
         await producer.delivered()

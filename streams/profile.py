@@ -5,7 +5,9 @@ Order within a batch, each step only after the one before succeeded:
 1. messages for other partitions and the output topics (``ProfileTopicsSink``) are
    sent and delivered — a worker killed before the table write sends them again;
 2. the table is written (only the profiles whose stored form changed), its
-   changelog records queued on the worker's producer (``streams.producer``);
+   changelog records queued on the worker's producer (``streams.producer``) — unless
+   a rebalance began meanwhile (``streams.batches.superseded``): the batch is then let
+   go, unwritten, and read again by the partitions' owner;
 3. the Redis view (``RedisViewSink``) gets every touched profile, changed or not — a
    replay after a crash between the table write and Redis still brings the view up
    to date (the version guard makes a repeated write a no-op);
@@ -39,7 +41,7 @@ from profiles.segments import Catalog, Transition
 from profiles.traits import TraitRules
 from sinks.base import ChangeBatch, ProfileChange, Sink
 from streams import metrics
-from streams.batches import batches
+from streams.batches import batches, overtaken
 from streams.messages import count_internal, group, messages_in, send_internal
 from streams.producer import FastProducer, ProducedTopic
 from streams.rules import LiveRules
@@ -172,9 +174,12 @@ def newest_events(
             newest[msg.event.source] = msg.event.time_ms
 
 
-def observe_delivery(batch: ChangeBatch, messages: list[Any], cache: NodeCache) -> None:
-    """Metrics of a handled batch: profiles founded, and how old each event was when
-    its profile reached the view."""
+def observe_delivery(
+    stage: str, records: int, batch: ChangeBatch, messages: list[Any], cache: NodeCache
+) -> None:
+    """Metrics of a handled batch: records, profiles founded, and how old each event was
+    when its profile reached the view."""
+    metrics.RECORDS.labels(stage=stage).inc(records)
     founded = [c for c in batch.changes if not c.removed and not cache.before.get(c.profile_id)]
     metrics.FOUNDED.inc(len(founded))
     now_ms = time.time() * 1000
@@ -294,6 +299,8 @@ def register(
         send_internal(grouped, produced["identity"], produced["profile"], max_bytes)
         await _publish(stage.name, published, batch, producer)
         count_internal(stage.name, grouped)
+        if overtaken(app, events, stage.name):  # the partition may be another's by now
+            return
         with writing(changelog, events, partitions) as before:
             cache.flush(before)
         await _write_views(views, batch)  # while the changelog records are on their way
@@ -305,8 +312,7 @@ def register(
             await manual.ack(event)
         if segments is not None:
             segments.published.after(offsets)
-        metrics.RECORDS.labels(stage=stage.name).inc(len(events))
-        observe_delivery(batch, messages, cache)
+        observe_delivery(stage.name, len(events), batch, messages, cache)
 
     @app.agent(topics[stage.name], name=stage.name)
     async def profile(stream: Any) -> None:

@@ -102,11 +102,20 @@ def _ack(self: Any, message: Any) -> bool:
         # they skip then (faust/streams.py, "Skipping message"); counting that would
         # commit records nobody processed. A record really handled in that window is
         # read again after the rebalance or restart: handling is idempotent.
-        message.acked = True
-        self._unacked_messages.discard(message)
-        notify(self._waiting_for_ack)
+        let_go(self, [message])
         return False
     return bool(_original["ack"](self, message))
+
+
+def let_go(consumer: Any, messages: Iterable[Any]) -> None:
+    """Done with these records as far as Faust's waiting goes (a rebalance waits for
+    every record it handed over), never counted for a commit: they are read again
+    from the committed offset, by whichever worker owns their partition then."""
+    for message in messages:
+        if not message.acked:
+            message.acked = True
+            consumer._unacked_messages.discard(message)
+    notify(consumer._waiting_for_ack)
 
 
 class Gate:
