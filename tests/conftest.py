@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,13 +88,43 @@ def topics(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def workers(settings: Settings, tmp_path: Path) -> Iterator[EmbeddedStack]:
-    """Start workers with ``workers.start_worker()``; all are stopped after the test."""
+def workers(
+    settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[EmbeddedStack]:
+    """Start workers with ``workers.start_worker()``; all are stopped after the test.
+    When the test failed, what the workers logged at warning and above is printed
+    with it (the log files are gone with the test's temporary directory on CI)."""
     stack = EmbeddedStack(settings, tmp_path / "workers")
     try:
         yield stack
     finally:
         stack.stop_all()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(worker_warnings(stack.dir), file=sys.stderr)
+
+
+def worker_warnings(directory: Path, limit: int = 80) -> str:
+    """The last ``limit`` lines at warning or above of every log in ``directory``
+    (heartbeats and timer drift left out)."""
+    levels = ('"level":"warning"', '"level":"error"', '"level":"critical"')
+    noise = ("Heartbeat failed", "woke up too late")
+    lines = [
+        f"{path.stem}: {line[:600]}"
+        for path in sorted(directory.glob("*.log"))
+        for line in path.read_text(errors="replace").splitlines()
+        if any(level in line for level in levels) and not any(n in line for n in noise)
+    ]
+    shown = "\n".join(lines[-limit:])
+    return f"worker warnings (last {min(limit, len(lines))} of {len(lines)}):\n{shown}"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Each phase's report on the test item (``rep_call``...), for fixtures' teardown."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
