@@ -19,7 +19,7 @@ A table key is written to the changelog partition its messages are routed to
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from streams.patches import offsets
@@ -27,9 +27,14 @@ from streams.patches import offsets
 log = logging.getLogger("unifier.batches")
 
 
-def batches(stream: Any, max_records: int, wait_s: float) -> Any:
-    """Lists of events, unacknowledged."""
-    return stream.noack_take(max_records, within=wait_s)
+async def batches(
+    stream: Any, max_records: int, wait_s: float, app: Any = None, stage: str = ""
+) -> AsyncIterator[list[Any]]:
+    """Lists of events, unacknowledged; with ``app``, none a rebalance has overtaken
+    already (``overtaken``: those are let go before any work is spent on them)."""
+    async for events in stream.noack_take(max_records, within=wait_s):
+        if app is None or not overtaken(app, events, stage):
+            yield events
 
 
 def superseded(app: Any, events: Sequence[Any]) -> bool:

@@ -47,8 +47,6 @@ def register(
     strings = StrTable(changelog)
 
     async def handle(manual: Any, events: list[Any]) -> None:
-        if overtaken(app, events, stage.name):
-            return
         writes = Overlay(strings)
         outs = []
         now = rules.current if isinstance(rules, LiveRules) else rules
@@ -75,7 +73,7 @@ def register(
     @app.agent(topics[stage.name], name=stage.name)
     async def identity(stream: Any) -> None:
         manual = stream.noack()
-        async for events in batches(manual, *take):
+        async for events in batches(manual, *take, app, stage.name):
             await handle(manual, events)
 
     return identity

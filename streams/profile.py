@@ -255,6 +255,24 @@ async def _write_views(views: list[Sink], batch: ChangeBatch) -> None:
             profiles.observe(written.written + written.skipped)
 
 
+def _overtaken(
+    app: Any,
+    events: list[Any],
+    stage: str,
+    segments: SegmentRuntime | None,
+    offsets: dict[int, tuple[int, int]],
+) -> bool:
+    """``streams.batches.overtaken``, just before the table write: the partition may be
+    another worker's by now. The batch's membership transitions were sent already: they
+    count as handled here, so that a re-read of these records reads them back
+    (``Published``) rather than sending them twice."""
+    if not overtaken(app, events, stage):
+        return False
+    if segments is not None:
+        segments.published.after(offsets)
+    return True
+
+
 def register(
     app: Any,
     stage: Stage,
@@ -299,7 +317,7 @@ def register(
         send_internal(grouped, produced["identity"], produced["profile"], max_bytes)
         await _publish(stage.name, published, batch, producer)
         count_internal(stage.name, grouped)
-        if overtaken(app, events, stage.name):  # the partition may be another's by now
+        if _overtaken(app, events, stage.name, segments, offsets):
             return
         with writing(changelog, events, partitions) as before:
             cache.flush(before)
@@ -323,7 +341,7 @@ def register(
             await segments.definitions.wait_ready()
         try:
             manual = stream.noack()
-            async for events in batches(manual, *take):
+            async for events in batches(manual, *take, app, stage.name):
                 await handle(manual, events, published, views)
         finally:
             for sink in views:

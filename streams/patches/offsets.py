@@ -36,8 +36,9 @@ record handled twice changes nothing, see ``profiles.graph``):
   in a row, the partition is sought back to the committed offset — also when nothing
   was handed over since the last seek (records fetched early in a rebalance are
   cleared from the stream queues when the flow resumes), and, after ten checks, when
-  the worker has not read up to the committed offset (a record the fetch loop dropped
-  at the end of a partition: no later record shows the gate the hole).
+  the worker has not read up to the committed offset but the fetcher has gone past it
+  (a record the fetch loop dropped at the end of a partition: no later record shows
+  the gate the hole); after thirty when the fetcher has not (a fetch that stopped).
 * The committed offsets the worker believes are those the broker gave at the last
   seek, moved only by commits that landed with no seek begun meanwhile: a commit
   begun before a rebalance no longer overwrites what the new assignment read.
@@ -73,6 +74,10 @@ CHECKS_BEFORE_SEEK = 3
 #: shows the gate the hole), or a read offset left behind by a seek, is otherwise
 #: never re-read, and the partition stands still for good.
 CHECKS_BEFORE_SEEK_UNREAD = 10
+#: ... once the fetcher has gone past the record (fetched, never handed over); one
+#: not fetched yet is left to the fetcher this long, then sought all the same (a seek
+#: restarts a fetch that stopped).
+CHECKS_BEFORE_SEEK_UNFETCHED = 30
 CHECK_INTERVAL_S = 1.0
 #: A partition with records to process whose committed offset has not moved for this
 #: long is reported (with everything the worker knows about it), every as long again.
@@ -425,7 +430,7 @@ class Watchdog:
         for tp, (offset, needed) in lost.items():
             seen_at, checks = self.suspects.get(tp, (offset, 0))
             checks = checks + 1 if seen_at == offset else 1
-            if checks >= needed:
+            if checks >= needed and await self._due(tp, offset, needed, checks):
                 due[tp] = offset
             else:
                 suspects[tp] = (offset, checks)
@@ -437,6 +442,19 @@ class Watchdog:
         due = {tp: o for tp, o in due.items() if tp not in held}
         if due:
             await self.reread(due)
+
+    async def _due(self, tp: Any, offset: int, needed: int, checks: int) -> bool:
+        """Whether a head missing for ``checks`` checks is to be re-read now: yes, but
+        for one the worker has not read up to (``needed`` is the longer wait), which is
+        re-read as soon as the fetcher has gone past it, and left to the fetcher until
+        ``CHECKS_BEFORE_SEEK_UNFETCHED`` checks otherwise."""
+        if needed != CHECKS_BEFORE_SEEK_UNREAD or checks >= CHECKS_BEFORE_SEEK_UNFETCHED:
+            return True
+        try:
+            position = await asyncio.wait_for(self.app.consumer.position(tp), SEEK_TIMEOUT_S)
+        except Exception:  # unknown: re-read (it costs records read twice, nothing more)
+            return True
+        return position is None or position > offset
 
     async def reread(self, offsets: dict[Any, int], quiet: bool = False) -> None:
         """Seek these partitions back (``quiet``: the gate has said why already)."""

@@ -50,3 +50,22 @@ def test_a_rebalance_since_the_fetch_gives_the_batch_up_uncounted() -> None:
         assert all(e.message.acked for e in batch)
         assert overtaking.consumer._unacked_messages == set()
         assert not hasattr(overtaking.consumer, "_acked_index")
+
+
+def test_batches_skips_those_a_rebalance_overtook_before_any_work() -> None:
+    import asyncio
+
+    current = app(generation=5)
+    old, fresh = events(current, 4, 5), events(current, 5, 5)
+
+    class Stream:
+        async def noack_take(self, max_records: int, within: float) -> Any:
+            for batch in (old, fresh):
+                yield batch
+
+    async def taken() -> list[Any]:
+        return [b async for b in batches.batches(Stream(), 10, 0.1, current, "identity")]
+
+    assert asyncio.run(taken()) == [fresh]
+    assert all(e.message.acked for e in old)  # let go, uncounted
+    assert not any(e.message.acked for e in fresh)  # the stage's to acknowledge

@@ -80,7 +80,8 @@ def committer(state: Any, broker: Broker) -> Any:
     state.in_transaction = False
     state.assignment = lambda: {TP0}
     state._commit = commit
-    state.log = SimpleNamespace(info=lambda *a, **k: None)
+    state.log = SimpleNamespace(info=lambda *a, **k: None, dev=lambda *a, **k: None)
+    state._is_changelog_tp = lambda tp: False
     state.app = SimpleNamespace(
         producer=SimpleNamespace(flush=flush),
         tables=SimpleNamespace(on_commit=lambda offs: None),
@@ -130,6 +131,7 @@ class FakeConsumer:
         self.flow_active = True
         self._commit_fut: Any = None
         self.earliest = 0
+        self.fetched: int | None = None
         self.calls: list[tuple[str, Any]] = []
 
     def assignment(self) -> set[Any]:
@@ -137,6 +139,10 @@ class FakeConsumer:
 
     def highwater(self, tp: Any) -> int:
         return self.high
+
+    async def position(self, tp: Any) -> int:
+        """The fetcher's next offset (``fetched``: how far it has fetched)."""
+        return self.fetched if self.fetched is not None else self.high
 
     async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
         return {tp: self.earliest for tp in tps}
@@ -355,14 +361,21 @@ def test_a_commit_overlapping_a_seek_leaves_the_committed_offset_to_the_seek() -
     state = committer(consumer_state(committed=2, acked=[2, 3, 4, 5], gaps=[]), broker)
     state._read_offset = defaultdict(lambda: None, {TP0: 6})
 
-    async def rebalance() -> None:  # the seek of the next assignment, meanwhile
-        state._unifier_seeks = offsets.seek_count(state) + 2
-        state._committed_offset[TP0] = 2
-        state._read_offset[TP0] = 2
-        state._acked[TP0], state._acked_index[TP0] = [], set()
+    async def faust_seek(self: Any) -> None:  # Faust's: the broker's committed offsets
+        self._committed_offset[TP0] = 2
+        self._read_offset[TP0] = 2
 
+    async def rebalance() -> None:  # the seek of the next assignment, meanwhile
+        state._acked[TP0], state._acked_index[TP0] = [], set()
+        await offsets._perform_seek(state)
+
+    original = offsets._original["perform_seek"]
+    offsets._original["perform_seek"] = faust_seek
     broker.during = rebalance
-    assert asyncio.run(offsets._commit_offsets(state, {TP0: 6})) is True
+    try:
+        assert asyncio.run(offsets._commit_offsets(state, {TP0: 6})) is True
+    finally:
+        offsets._original["perform_seek"] = original
     assert broker.committed[TP0] == 6  # it landed (the broker took it) ...
     assert state._committed_offset[TP0] == 2  # ... but the worker reads on from the seek
     # Read again from 2 and acknowledged, they are committed on from there.
@@ -375,12 +388,24 @@ def test_a_head_the_worker_never_read_to_is_re_read_after_ten_checks() -> None:
     seek: the worker has not read up to the committed offset, and no later record comes
     to show the gate the hole. Re-read, later than a lost head, but re-read."""
     for read in (5, 1):  # the next record not arrived; a read offset left behind
-        consumer = FakeConsumer(committed=6, read=read, high=7)
+        consumer = FakeConsumer(committed=6, read=read, high=7)  # fetched up to 7
         dog = watchdog(consumer)
         run_checks(dog, offsets.CHECKS_BEFORE_SEEK_UNREAD - 1)
         assert consumer.calls == []  # it may only be on its way
         run_checks(dog, 1)
         assert ("seek", {TP0: 6}) in consumer.calls
+
+
+def test_a_head_not_fetched_yet_is_left_to_the_fetcher_longer() -> None:
+    """Not read and not fetched: the fetcher is behind, not the record lost — unless it
+    stays so for thirty checks (a fetch that stopped: a seek restarts it)."""
+    consumer = FakeConsumer(committed=6, read=5, high=9)
+    consumer.fetched = 6  # the fetcher's next offset is the head itself
+    dog = watchdog(consumer)
+    run_checks(dog, offsets.CHECKS_BEFORE_SEEK_UNFETCHED - 1)
+    assert consumer.calls == []
+    run_checks(dog, 1)
+    assert ("seek", {TP0: 6}) in consumer.calls
 
 
 def test_a_head_never_handed_over_since_the_seek_is_re_read() -> None:
