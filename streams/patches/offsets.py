@@ -40,8 +40,8 @@ record handled twice changes nothing, see ``profiles.graph``):
   (a record the fetch loop dropped at the end of a partition: no later record shows
   the gate the hole); after thirty when the fetcher has not (a fetch that stopped).
 * The committed offsets the worker believes are those the broker gave at the last
-  seek, moved only by commits that landed with no seek begun meanwhile: a commit
-  begun before a rebalance no longer overwrites what the new assignment read.
+  seek, moved only by commits that landed with no seek begun meanwhile, so a commit
+  begun before a rebalance cannot overwrite what the new assignment read.
 * A partition whose committed offset stands still for 30 s while records wait is
   described in the log (what the worker knows of it), every 30 s.
 
@@ -99,9 +99,17 @@ def committed_run(committed: int | None, acked: Container[int]) -> int | None:
     return end if end > committed else None
 
 
+def counts(app: Any, message: Any) -> bool:
+    """Whether handling this record now may count for a commit: it was fetched in the
+    current consumer generation and the flow is on (no rebalance or shutdown under
+    way)."""
+    return bool(
+        message.generation_id == app.consumer_generation_id and app.flow_control.is_active()
+    )
+
+
 def _ack(self: Any, message: Any) -> bool:
-    stale = message.generation_id != self.app.consumer_generation_id
-    if (stale or not self.app.flow_control.is_active()) and not message.acked:
+    if not counts(self.app, message) and not message.acked:
         # Fetched before the latest rebalance, or met while the flow is stopped (a
         # rebalance or a shutdown under way): Faust's streams acknowledge the records
         # they skip then (faust/streams.py, "Skipping message"); counting that would
@@ -221,11 +229,9 @@ async def _commit_offsets(
 ) -> Any:
     """Faust's ``_commit_offsets`` (at-least-once only), except what it believes after
     the commit: the committed offsets move only when the commit landed *and* no seek to
-    the committed offsets began while it ran. Faust set them whatever happened, after
-    its awaits: a commit begun before a rebalance then overwrote what the new
-    assignment's seek had read from the broker, the partition read from one offset
-    while the commit waited at another, and it stood still for good (seen: committed
-    offset 6, read offset 2, nothing to re-read)."""
+    the committed offsets began while it ran. Why: a commit begun before a rebalance
+    ends after the new assignment's seek; taking its offsets then would leave the
+    partition read from the seek's offset while commits wait at another, for good."""
     if self.in_transaction:  # not used here (at-least-once); Faust's own path
         return await _original["_commit_offsets"](self, offsets, start_new_transaction)
     seeks = seek_count(self)
@@ -387,12 +393,12 @@ class Watchdog:
                 found.add((getattr(message, "tp", None), getattr(message, "offset", None)))
         return found
 
-    def lost_heads(self) -> dict[Any, tuple[int, int]]:
+    def lost_heads(self) -> dict[Any, tuple[int, bool]]:
         """Partitions whose record at the committed offset exists on the broker but
         nowhere in this worker (not acknowledged, not being processed, not queued),
-        with that offset and how many checks in a row that must hold before a re-read."""
+        with that offset and whether the worker has not read up to it."""
         consumer = self.app.consumer
-        candidates: dict[Any, tuple[int, int]] = {}
+        candidates: dict[Any, tuple[int, bool]] = {}
         for tp in consumer.assignment():
             if tp.topic not in self.topics:
                 continue
@@ -406,14 +412,13 @@ class Watchdog:
             # a rebalance are cleared from the stream queues when the flow resumes; if
             # that was all the input, nothing else would ever bring them back.)
             unread = read is not None and read < committed
-            needed = CHECKS_BEFORE_SEEK_UNREAD if unread else CHECKS_BEFORE_SEEK
             if (
                 consumer._commit_fut is not None
                 and committing(consumer).get(tp, committed) > committed
             ):
                 continue  # a commit past it is under way
             if committed not in consumer._acked_index.get(tp, ()):
-                candidates[tp] = (committed, needed)
+                candidates[tp] = (committed, unread)
         if not candidates:
             return {}
         in_flight = self._in_flight()
@@ -427,10 +432,10 @@ class Watchdog:
         lost = self.lost_heads()
         suspects: dict[Any, tuple[int, int]] = {}
         due = {}
-        for tp, (offset, needed) in lost.items():
+        for tp, (offset, unread) in lost.items():
             seen_at, checks = self.suspects.get(tp, (offset, 0))
             checks = checks + 1 if seen_at == offset else 1
-            if checks >= needed and await self._due(tp, offset, needed, checks):
+            if await self._due(tp, offset, unread, checks):
                 due[tp] = offset
             else:
                 suspects[tp] = (offset, checks)
@@ -443,12 +448,16 @@ class Watchdog:
         if due:
             await self.reread(due)
 
-    async def _due(self, tp: Any, offset: int, needed: int, checks: int) -> bool:
-        """Whether a head missing for ``checks`` checks is to be re-read now: yes, but
-        for one the worker has not read up to (``needed`` is the longer wait), which is
-        re-read as soon as the fetcher has gone past it, and left to the fetcher until
-        ``CHECKS_BEFORE_SEEK_UNFETCHED`` checks otherwise."""
-        if needed != CHECKS_BEFORE_SEEK_UNREAD or checks >= CHECKS_BEFORE_SEEK_UNFETCHED:
+    async def _due(self, tp: Any, offset: int, unread: bool, checks: int) -> bool:
+        """Whether a head missing for ``checks`` checks is to be re-read now: after
+        ``CHECKS_BEFORE_SEEK``; one the worker has not read up to (``unread``) after
+        ``CHECKS_BEFORE_SEEK_UNREAD`` if the fetcher has gone past it, and after
+        ``CHECKS_BEFORE_SEEK_UNFETCHED`` otherwise."""
+        if not unread:
+            return checks >= CHECKS_BEFORE_SEEK
+        if checks < CHECKS_BEFORE_SEEK_UNREAD:
+            return False
+        if checks >= CHECKS_BEFORE_SEEK_UNFETCHED:
             return True
         try:
             position = await asyncio.wait_for(self.app.consumer.position(tp), SEEK_TIMEOUT_S)
