@@ -22,7 +22,11 @@ pipeline round per step, and a cluster runs a step's writes on every shard at on
 
 1. redirects of profiles merged away, then
 2. live views (with their segment sets: same bucket), then
-3. identifier keys, offered only for views that were not erased.
+3. identifier keys, offered only for views that were not erased, then
+4. the mark ('ix') that a view's identifier keys are all written: a later touch that
+   changes no identifier writes the profile alone only if Redis holds the version it
+   read *and* that mark — a worker killed between steps 2 and 3 leaves a view whose
+   keys are missing, and the restarted worker's next touch writes it whole.
 
 Why this order keeps the two promises without cross-slot atomicity:
 - *Versions never go backwards*: each profile hash guards its own version.
@@ -134,20 +138,37 @@ WRITTEN, OLDER, LOST, ERASED = 1, 0, 2, 3
 # identifier keys are not offered); LOST when '=' but Redis does not hold the version
 # the writer read: none or an older one (it lost writes), or a newer one (written
 # before a crash from a state the restarted worker's table never got: its explanation
-# may be one the table never had) — nothing written, send it whole.
+# may be one the table never had), or the right one whose identifier keys were never
+# confirmed written (field 'ix', ``_INDEXED``: a worker killed between a view write and
+# its index keys) — nothing written, send it whole. A '=' write keeps 'ix' current (its
+# identifiers are those of the version confirmed).
 _WRITE_IF_NEWER = Lua(
     _SEGMENTS
     + """
 if redis.call('HEXISTS', KEYS[1], 'erased') == 1 then return 3 end
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
-if ARGV[3] == '=' and (not cur or tonumber(cur) ~= tonumber(ARGV[5])) then return 2 end
+if ARGV[3] == '=' and (not cur or tonumber(cur) ~= tonumber(ARGV[5])
+    or redis.call('HGET', KEYS[1], 'ix') ~= cur) then return 2 end
 move_segments(ARGV[4], ARGV[6], ARGV[7], ARGV[8])
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
-if ARGV[3] == '=' then return 1 end
+if ARGV[3] == '=' then redis.call('HSET', KEYS[1], 'ix', ARGV[1]) return 1 end
+redis.call('HDEL', KEYS[1], 'ix')
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'why', ARGV[3])
 else redis.call('HDEL', KEYS[1], 'why') end
 return 1
+"""
+)
+
+# KEYS[1] a profile hash, ARGV[1] the version whose identifier keys were all offered:
+# recorded ('ix') if the hash still holds that version. Only then may a later touch
+# that leaves the identifiers as they were skip them ('=' above).
+_INDEXED = Lua(
+    """
+if redis.call('HGET', KEYS[1], 'version') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'ix', ARGV[1]) return 1
+end
+return 0
 """
 )
 
@@ -409,6 +430,23 @@ class Plan:
             if r in (WRITTEN, OLDER) and view["profile_id"] not in self.same
         )
 
+    def indexed_calls(
+        self, views: Sequence[Mapping[str, Any]], results: Sequence[Any]
+    ) -> list[Call]:
+        """After ``index_calls`` ran: record that the views written whole have their
+        identifier keys (a '=' write records it itself)."""
+        if not self.index:
+            return []
+        return indexed_calls(
+            view
+            for view, r in zip(views, results, strict=True)
+            if r == WRITTEN and view["profile_id"] not in self.same
+        )
+
+
+def indexed_calls(views: Iterable[Mapping[str, Any]]) -> list[Call]:
+    return [(_INDEXED, [profile_key(v["profile_id"])], [v["version"]]) for v in views]
+
 
 def _chunks(items: Sequence[Any], size: int = PIPELINE_PROFILES) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
@@ -441,6 +479,7 @@ class RedisWriter:
             results = run_scripts_sync(self._r, plan.write_calls(part))
             done += applied(results)
             run_scripts_sync(self._r, plan.index_calls(part, results))
+            run_scripts_sync(self._r, plan.indexed_calls(part, results))
         return done
 
     def index(self, views: Iterable[Mapping[str, Any]]) -> int:
@@ -449,6 +488,7 @@ class RedisWriter:
         for part in _chunks(list(views)):
             calls = index_calls(part)
             run_scripts_sync(self._r, calls)
+            run_scripts_sync(self._r, indexed_calls(part))
             offered += len(calls)
         return offered
 
@@ -512,6 +552,7 @@ class AsyncRedisWriter:
             results = await run_scripts(self._r, plan.write_calls(part))
             done += applied(results)
             await run_scripts(self._r, plan.index_calls(part, results))
+            await run_scripts(self._r, plan.indexed_calls(part, results))
             lost += [view for view, r in zip(part, results, strict=True) if r == LOST]
         if lost:  # Redis lost them: written whole, index and explanation included
             done += await self.write([dict(v) for v in lost], whys, {})

@@ -229,6 +229,44 @@ def test_an_unchanged_identity_is_not_rewritten_unless_redis_lost_the_profile(
         client.close()
 
 
+def test_a_view_written_without_its_identifier_keys_gets_them_on_the_next_touch(
+    redis_url: str,
+) -> None:
+    """A worker killed between a batch's view writes and its identifier keys (a new
+    identifier held at version 6, its key never written). The restarted worker's table
+    has version 6, and its next touch of the profile changes no identifier: Redis holds
+    the version it read, but not the confirmation that its keys were written, so the
+    touch writes the profile whole and the identifier reads again."""
+    from sinks.base import ChangeBatch, ProfileChange
+    from sinks.redis_view import Plan, RedisViewSink
+    from sinks.redisconn import run_scripts_sync
+
+    client = connect(redis_url)
+    client.flushdb()
+    ids = {"email": ["ana@x.example"], "anonymous_id": ["a-1"]}
+    why = {"identifiers": [], "merges": [], "refused": []}
+    view = {"profile_id": "p_1", "identifiers": ids, "version": 6}
+    try:
+        run_scripts_sync(client, Plan([view], {"p_1": why}, {}).write_calls([view]))  # killed here
+        reader = RedisProfileView(client)
+        assert reader.lookup("anonymous_id", "a-1") is None
+
+        async def touch() -> None:
+            sink = RedisViewSink.from_url(redis_url)
+            try:
+                change = ProfileChange("p_1", {**view, "version": 7}, why, True, (), False, 6)
+                await sink.write(ChangeBatch([change], []))
+                await sink.flush()
+            finally:
+                await sink.close()
+
+        asyncio.run(touch())
+        for id_type, values in ids.items():
+            assert reader.lookup(id_type, values[0])["version"] == 7  # type: ignore[index]
+    finally:
+        client.close()
+
+
 def _shard_of(redis_url: str, key: str) -> str:
     """The shard (host:port) that owns a key; one name for one server."""
     import redis
