@@ -92,6 +92,8 @@ def _live(  # noqa: PLR0911 - a branch per kind of message
     if isinstance(msg, Answer):
         return _answer(table, node, key, msg, rules)
     if isinstance(msg, Merge):
+        if msg.winner == key:
+            return []  # its own claim met itself (``_at_redirect``): linked already
         return _merge(node, key, msg)
     if isinstance(msg, Split):
         return _split(node, key, msg)
@@ -175,12 +177,20 @@ def _at_redirect(
         forwarded = replace(msg, winner=to) if isinstance(msg, Offer) else replace(msg, profile=to)
         return [("profile", to, forwarded)]
     if isinstance(msg, Merge):
-        if msg.winner == to:
-            return []
-        winner, loser = ordered(to, msg.winner)
-        merge = replace(msg, loser=loser, winner=winner)
-        return [("profile", loser, merge)]
+        return _merge_at_redirect(key, to, msg)
     raise AssertionError(f"{msg!r} reached redirect {key}")  # Answers were dropped above
+
+
+def _merge_at_redirect(key: str, to: str, msg: Merge) -> list[Out]:
+    """A merge of a profile merged away into ``to``: between ``to`` and the winner."""
+    if msg.winner == to:
+        # Merged already — but a claim of the survivor's own may have gone to a part it
+        # split off since: the survivor says (``pass_on``; else it drops it).
+        return [("profile", to, replace(msg, loser=to))] if msg.claimer == to else []
+    if msg.winner == key:
+        return []  # its own claim met itself: linked already
+    winner, loser = ordered(to, msg.winner)
+    return [("profile", loser, replace(msg, loser=loser, winner=winner))]
 
 
 def _apply(node: ProfileNode, msg: Apply, rules: IdentityRules) -> list[Out]:
@@ -238,8 +248,10 @@ def _offer(node: ProfileNode, key: str, msg: Offer, rules: IdentityRules) -> lis
         return [("profile", msg.loser, again)]
     theirs = {ident for ident, _ in msg.pending}
     rule = _over_limit(node.state.held | node.reserved() | msg.state.held | theirs, rules)
-    if msg.anchor and (
-        node.state.blocked(msg.anchor, msg.via) or msg.state.blocked(msg.anchor, msg.via)
+    if (
+        msg.anchor
+        and (node.state.blocked(msg.anchor, msg.via) or msg.state.blocked(msg.anchor, msg.via))
+        and not _linked_otherwise(node.state, msg.state, msg.via)
     ):
         # A claim made before its claimer knew of a split that keeps the two apart.
         rule = SPLIT_RULE
@@ -289,6 +301,33 @@ def _anchor_of(state: ProfileState, event_id: str, held: set[Key]) -> Key:
         if facts.event_id == event_id and ids:
             return next((k for k in held if ident_hash(k) == ids[0]), "")
     return ""
+
+
+def _linked_otherwise(winner: ProfileState, loser: ProfileState, via: Key) -> bool:
+    """Whether an event of the side that claimed ``via`` (the one of the two that does
+    not hold it) links it with an identifier that side holds, across no block. A claim
+    stands for every event that named the identifier while it was reserved (those were
+    not claimed again), but carries the anchor of the first only: a split that came
+    meanwhile may block that one link — and keep the reservation on the side of another
+    (``plan_split`` reads them all). Reads the ledger: only for a claim a block met."""
+    side = winner if via in loser.held else loser
+    held = {ident_hash(k): k for k in side.held if k != via}
+    refused = {(r.event_id, r.ident) for r in side.refused}
+    hashed = ident_hash(via)
+    for _entry, facts, ids in side.ledger.events_with_ids():
+        if not ids or hashed not in ids:
+            continue
+        # The event's links: its anchor with each other identifier (refused: not one).
+        at = [(ids[0], via)] if ids[0] != hashed else [(i, "") for i in ids[1:]]
+        for h, linked in at:
+            other = held.get(h)
+            if (
+                other is not None
+                and (facts.event_id, linked or other) not in refused
+                and not (winner.blocked(other, via) or loser.blocked(other, via))
+            ):
+                return True
+    return False
 
 
 def _decided(state: ProfileState, msg: Offer) -> str | None:
@@ -410,10 +449,16 @@ def pass_on(  # noqa: PLR0911 - a branch per kind of message
     if isinstance(msg, Merge | Offer):
         to = moved.get(msg.via)
         theirs = msg.claimer != key  # claimed by another profile: it met the identifier
-        if to is None or not (theirs or msg.claim in node.moved_claims):
+        if to is None:
             return None
+        if not theirs and msg.claim not in node.moved_claims:
+            # Its own claim, which stayed: made since (None), or one from before the
+            # split, decided then and sent again (``_repeated``).
+            return _repeated(node, key, msg)
         if isinstance(msg, Offer):
             return [("profile", to, replace(msg, winner=to))]
+        if msg.winner == key:  # the claim met this profile itself (``_at_redirect``)
+            return _met_itself(node, key, msg, to)
         if msg.winner == to:  # the part is the owner the claim met: it holds it
             return [
                 ("identity", msg.via, Repoint(msg.via, key, to, moved=True)),
@@ -422,3 +467,50 @@ def pass_on(  # noqa: PLR0911 - a branch per kind of message
         winner, loser = ordered(to, msg.winner)
         return [("profile", loser, replace(msg, loser=loser, winner=winner))]
     return None
+
+
+def _met_itself(node: ProfileNode, key: str, msg: Merge, to: str) -> list[Out] | None:
+    """A claim that went to the part ``to`` met this profile: the claim's identifier
+    was another profile's, which merged into this one since (its merge, held back
+    there or late, was passed on by its redirect). The part and this profile (or the
+    one it was merged into since) hold the two ends of the link: they merge."""
+    if node.erased is not None:
+        return None  # (dropped there)
+    if node.redirect is not None:
+        winner, loser = ordered(to, node.redirect)
+        return [("profile", loser, replace(msg, loser=loser, winner=winner))]
+    if node.offered_to is not None:
+        return None  # held back until its own merge is answered, then asked again
+    return _merge(node, key, replace(msg, winner=to))  # (a part is the smaller id)
+
+
+def _repeated(node: ProfileNode, key: str, msg: Merge | Offer) -> list[Out] | None:
+    """A merge or an offer for a claim this profile made of an identifier it split off
+    since, the claim not among those that moved with it (None: one it made since).
+
+    A claim it made before the split and saw answered then can come again: re-sent by
+    a restart that lost the table's writes (the profile replays its input from before
+    the split, and its outputs go out again), or its merge or offer delivered twice.
+    Met now where the identifier is (its part, or a smaller id), it would join this
+    profile, or the profile merged into it then, with what went to the part — across
+    the split's block — while the link is one the part has already.
+
+    * an offer (this profile the winner: the claim met a larger owner) was decided
+      before the split — the profile held the identifier then, so the offer brought
+      it; its record may have gone to the part with the identifier (``_plan``): it
+      gets the answer it got, and what it offers is not taken again;
+    * a merge (this profile the loser) of a claim it no longer waits for (it is
+      neither reserved here nor moved), made for an event anchored on an identifier
+      it split off: nothing waits for it; dropped. (Anchored on one it kept, a merge
+      meets the block where it is offered, and is refused there.)"""
+    if (msg.via, msg.claim) in node.pending:
+        return None  # still waited for here: not a repeat
+    if isinstance(msg, Offer):
+        decided = _decided(node.state, msg)
+        rule = "" if decided is None else decided
+        again = Answer(msg.loser, key, not rule, msg.via, msg.claimer, msg.event_id,
+                       msg.claim, rule)  # fmt: skip
+        return [("profile", msg.loser, again)]
+    anchor = msg.anchor
+    stale = bool(anchor) and anchor in node.moved and anchor not in node.state.held
+    return [] if stale else None
