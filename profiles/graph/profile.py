@@ -454,7 +454,7 @@ def pass_on(  # noqa: PLR0911 - a branch per kind of message
         if not theirs and msg.claim not in node.moved_claims:
             # Its own claim, which stayed: made since (None), or one from before the
             # split, decided then and sent again (``_repeated``).
-            return _repeated(node, key, msg)
+            return _repeated(node, key, msg, to)
         if isinstance(msg, Offer):
             return [("profile", to, replace(msg, winner=to))]
         if msg.winner == key:  # the claim met this profile itself (``_at_redirect``)
@@ -484,7 +484,7 @@ def _met_itself(node: ProfileNode, key: str, msg: Merge, to: str) -> list[Out] |
     return _merge(node, key, replace(msg, winner=to))  # (a part is the smaller id)
 
 
-def _repeated(node: ProfileNode, key: str, msg: Merge | Offer) -> list[Out] | None:
+def _repeated(node: ProfileNode, key: str, msg: Merge | Offer, to: str) -> list[Out] | None:
     """A merge or an offer for a claim this profile made of an identifier it split off
     since, the claim not among those that moved with it (None: one it made since).
 
@@ -496,9 +496,9 @@ def _repeated(node: ProfileNode, key: str, msg: Merge | Offer) -> list[Out] | No
     the split's block — while the link is one the part has already.
 
     * an offer (this profile the winner: the claim met a larger owner) was decided
-      before the split — the profile held the identifier then, so the offer brought
-      it; its record may have gone to the part with the identifier (``_plan``): it
-      gets the answer it got, and what it offers is not taken again;
+      before the split: it gets the answer it got, and what it offers is not taken
+      again. The decision is recorded here, or went with the identifier to its part
+      ``to`` (``split._plan``), accepted or refused: the offer is asked there;
     * a merge (this profile the loser) of a claim it no longer waits for (it is
       neither reserved here nor moved), made for an event anchored on an identifier
       it split off: nothing waits for it; dropped. (Anchored on one it kept, a merge
@@ -506,8 +506,9 @@ def _repeated(node: ProfileNode, key: str, msg: Merge | Offer) -> list[Out] | No
     if (msg.via, msg.claim) in node.pending:
         return None  # still waited for here: not a repeat
     if isinstance(msg, Offer):
-        decided = _decided(node.state, msg)
-        rule = "" if decided is None else decided
+        rule = _decided(node.state, msg)
+        if rule is None:
+            return [("profile", to, replace(msg, winner=to))]
         again = Answer(msg.loser, key, not rule, msg.via, msg.claimer, msg.event_id,
                        msg.claim, rule)  # fmt: skip
         return [("profile", msg.loser, again)]
