@@ -22,7 +22,7 @@ pipeline round per step, and a cluster runs a step's writes on every shard at on
 
 1. redirects of profiles merged away, then
 2. live views (with their segment sets: same bucket), then
-3. identifier keys, offered only for views that were not erased, then
+3. identifier keys, offered only for views written in step 2 (not older, not erased), then
 4. the mark ('ix') that a view's identifier keys are all written: a later touch that
    changes no identifier writes the profile alone only if Redis holds the version it
    read *and* that mark — a worker killed between steps 2 and 3 leaves a view whose
@@ -133,15 +133,15 @@ WRITTEN, OLDER, LOST, ERASED = 1, 0, 2, 3
 # redirect keeps no explanation of the profile it was; '=' = unchanged, kept), ARGV[4]
 # the profile id, ARGV[5] with '=': the version the writer read the profile at (Redis
 # should hold it), ARGV[6] its segments (newline-joined), ARGV[7] the prefix of segment
-# keys, ARGV[8] the profile's hash tag. Answers WRITTEN; OLDER (ignored; its
-# identifier keys are still offered); ERASED (a tombstone: nothing written, and its
-# identifier keys are not offered); LOST when '=' but Redis does not hold the version
-# the writer read: none or an older one (it lost writes), or a newer one (written
-# before a crash from a state the restarted worker's table never got: its explanation
-# may be one the table never had), or the right one whose identifier keys were never
-# confirmed written (field 'ix', ``_INDEXED``: a worker killed between a view write and
-# its index keys) — nothing written, send it whole. A '=' write keeps 'ix' current (its
-# identifiers are those of the version confirmed).
+# keys, ARGV[8] the profile's hash tag. Answers WRITTEN; OLDER (ignored, identifier
+# keys included: they are of a state Redis moved past); ERASED (a tombstone: nothing
+# written, and its identifier keys are not offered); LOST when '=' but Redis does not
+# hold the version the writer read: none or an older one (it lost writes), or a newer
+# one (written before a crash from a state the restarted worker's table never got: its
+# explanation may be one the table never had), or the right one whose identifier keys
+# were never confirmed written (field 'ix', ``_INDEXED``: a worker killed between a
+# view write and its index keys) — nothing written, send it whole. A '=' write keeps
+# 'ix' current (its identifiers are those of the version confirmed).
 _WRITE_IF_NEWER = Lua(
     _SEGMENTS
     + """
@@ -420,14 +420,18 @@ class Plan:
         return calls
 
     def index_calls(self, views: Sequence[Mapping[str, Any]], results: Sequence[Any]) -> list[Call]:
-        """Identifier keys of the views written or older — not erased, not lost (sent
-        whole again), not unchanged."""
+        """Identifier keys of the views written — not older, not erased, not lost (sent
+        whole again), not unchanged. An older view's keys are not offered: its
+        identifiers are those of a state Redis has moved past, and one of them may have
+        been let go since (a block split, ``_DROP``) — offering it would bring its key
+        back. The newer version's own writer offered its keys, or, killed before it
+        could, left no 'ix' mark, so the next touch writes that profile whole."""
         if not self.index:
             return []
         return index_calls(
             view
             for view, r in zip(views, results, strict=True)
-            if r in (WRITTEN, OLDER) and view["profile_id"] not in self.same
+            if r == WRITTEN and view["profile_id"] not in self.same
         )
 
     def indexed_calls(

@@ -36,7 +36,7 @@ from profiles.graph.node import ProfileNode
 from profiles.graph.split import SPLIT_RULE, plan_recluster, plan_split
 from profiles.graph.state import Key, ProfileState, Refusal, ident_type, ordered, rank
 from profiles.ledger import ident_hash
-from profiles.rules import IdentityRules
+from profiles.rules import BLOCKED, IdentityRules, mark_of
 
 
 def _over_limit(ids: Iterable[Key], rules: IdentityRules) -> str | None:
@@ -97,7 +97,7 @@ def _live(  # noqa: PLR0911 - a branch per kind of message
         return _merge(node, key, msg)
     if isinstance(msg, Split):
         return _split(node, key, msg)
-    return _settle(node, msg)
+    return _settle(node, key, msg, rules)
 
 
 def refuse(state: ProfileState, key: str, refusal: Refusal, counted: bool = True) -> list[Out]:
@@ -110,9 +110,22 @@ def refuse(state: ProfileState, key: str, refusal: Refusal, counted: bool = True
     return out
 
 
-def _settle(node: ProfileNode, msg: ProfileMsg) -> list[Out]:
+def _settle(node: ProfileNode, key: str, msg: ProfileMsg, rules: IdentityRules) -> list[Out]:
     """A claim answered: granted, denied (a shared identifier) or released."""
     if isinstance(msg, Granted):
+        if rules.marks and rules.marks.get(mark_of(msg.ident)) == BLOCKED:
+            # Granted before a rule blocked it: the answer to a claim a block split found
+            # pending, or one delivered again after it. Not held (it would come back
+            # after the split let it go): let go again, its index key with it. The
+            # answer to a pending claim counts in the version as a grant the split then
+            # took away would have: whichever came first, the profile ends at one version.
+            if msg.ident in node.reserved():
+                node.pending = {r for r in node.pending if r[0] != msg.ident}
+                node.state.base += 1
+            return [
+                ("identity", msg.ident, Disown(msg.ident, key)),
+                ("unindexed", key, Unindexed(key, (msg.ident,))),
+            ]
         node.state.held.add(msg.ident)
         node.settle()
     elif isinstance(msg, Denied):

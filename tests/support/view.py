@@ -160,19 +160,21 @@ class ViewModel:
         whys: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         whys = whys or {}
-        for view in views:
+        # Redirects first, as the sink writes them (sinks.redis_view.Plan).
+        for view in sorted(views, key=lambda v: "merged_into" not in v):
             pid = view["profile_id"]
             if pid in self.erased:  # a tombstone refuses the write whole
                 continue
+            old = self.profiles.get(pid)
+            if old is not None and old["version"] > view["version"]:
+                continue  # older: refused, its identifier keys are not offered
             for key in identifier_keys(view):
                 if key not in self.index or rank(pid) < rank(self.index[key]):
                     self.index[key] = pid
-            old = self.profiles.get(pid)
-            if old is None or old["version"] <= view["version"]:
-                self.profiles[pid] = dict(view)
-                self.whys.pop(pid, None)
-                if pid in whys and "merged_into" not in view:
-                    self.whys[pid] = dict(whys[pid])
+            self.profiles[pid] = dict(view)
+            self.whys.pop(pid, None)
+            if pid in whys and "merged_into" not in view:
+                self.whys[pid] = dict(whys[pid])
 
     def unindex(self, profile_id: str, ids: Iterable[str]) -> None:
         """Identifiers the profile let go (a rule blocks them): their index keys go if
