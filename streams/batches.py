@@ -22,7 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from streams.patches import offsets
+from streams.patches import fence, offsets
 
 log = logging.getLogger("unifier.batches")
 
@@ -48,8 +48,9 @@ def superseded(app: Any, events: Sequence[Any]) -> bool:
     partition; a table write made after that lands behind its own, and the next
     worker to read the changelog gets the older state back (events lost from the
     profile). Kafka makes a rebalance wait for every member to finish its batch (up to
-    the rebalance timeout); the embedded broker ends a join after a fixed wait, so a
-    worker still busy with a batch is left out while the others go on."""
+    the rebalance timeout); the embedded broker does not wait at all, so a worker
+    still busy with a batch is left behind while the others go on. What this worker
+    has not heard of yet is asked of the broker before a table write (``fenced``)."""
     return not all(offsets.counts(app, event.message) for event in events)
 
 
@@ -58,6 +59,35 @@ def overtaken(app: Any, events: Sequence[Any], stage: str) -> bool:
     nothing counted, its records let go (``streams.patches.offsets.let_go``)."""
     if not superseded(app, events):
         return False
+    _give_up(app, events, stage)
+    return True
+
+
+async def fenced(app: Any, events: Sequence[Any], stage: str) -> bool:
+    """``overtaken``, asked of the broker too, just before a table write: a worker
+    learns of a rebalance only at its next heartbeat, and meanwhile the partition may
+    be another's (``streams.patches.fence``). True: the batch was given up.
+
+    A batch the broker did not confirm is given up and the worker rejoins the group;
+    every batch after it is given up too until the rejoin's seek back to the committed
+    offsets (``streams.patches.offsets.seek_count``), so that no record is handled
+    before one given up ahead of it (the broker's "rebalance under way" can be a lapsed
+    member it just removed, the next answer "no error")."""
+    if overtaken(app, events, stage):
+        return True
+    consumer = app.consumer
+    waiting = getattr(consumer, "_unifier_fenced_at", None)
+    if waiting is not None and waiting == offsets.seek_count(consumer):
+        _give_up(app, events, stage)  # the seek that re-reads the one before is to come
+        return True
+    if await fence.in_generation(app) and not superseded(app, events):
+        return False
+    _give_up(app, events, stage)
+    consumer._unifier_fenced_at = offsets.seek_count(consumer)
+    return True
+
+
+def _give_up(app: Any, events: Sequence[Any], stage: str) -> None:
     offsets.let_go(app.consumer, [event.message for event in events])
     log.info(
         "%s: a batch of %d records let go, a rebalance began (they are read again by "
@@ -65,4 +95,3 @@ def overtaken(app: Any, events: Sequence[Any], stage: str) -> bool:
         stage,
         len(events),
     )
-    return True

@@ -7,7 +7,8 @@ between leaves the table as it was, and the re-delivered record sends the output
 again (a no-op where they had arrived). The other way round, a table could remember
 a claim whose message was lost, and the merge it starts would never finish. The
 table's changelog records are delivered before the records are acknowledged. A batch
-a rebalance overtook writes no table (``streams.batches.superseded``).
+a rebalance overtook writes no table (``streams.batches.fenced``: also one the worker
+has not heard of yet, asked of the broker).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from profiles.graph.identity import handle_identity
 from profiles.rules import IdentityRules
 from streams import metrics
-from streams.batches import batches, overtaken
+from streams.batches import batches, fenced
 from streams.messages import count_internal, group, messages_in, send_internal
 from streams.privacy import Shredder
 from streams.producer import ProducedTopic
@@ -61,7 +62,7 @@ def register(
         if send_internal(grouped, produced["identity"], produced["profile"], max_bytes):
             await producer.delivered()
         count_internal(stage.name, grouped)
-        if overtaken(app, events, stage.name):  # the partition may be another's by now
+        if await fenced(app, events, stage.name):  # the partition may be another's by now
             return
         with writing(changelog, events, partitions) as before:
             writes.flush(before)

@@ -6,8 +6,8 @@ Order within a batch, each step only after the one before succeeded:
    sent and delivered — a worker killed before the table write sends them again;
 2. the table is written (only the profiles whose stored form changed), its
    changelog records queued on the worker's producer (``streams.producer``) — unless
-   a rebalance began meanwhile (``streams.batches.superseded``): the batch is then let
-   go, unwritten, and read again by the partitions' owner;
+   a rebalance began meanwhile (``streams.batches.fenced``, asked of the broker): the
+   batch is then let go, unwritten, and read again by the partitions' owner;
 3. the Redis view (``RedisViewSink``) gets every touched profile, changed or not — a
    replay after a crash between the table write and Redis still brings the view up
    to date (the version guard makes a repeated write a no-op);
@@ -41,7 +41,7 @@ from profiles.segments import Catalog, Transition
 from profiles.traits import TraitRules
 from sinks.base import ChangeBatch, ProfileChange, Sink
 from streams import metrics
-from streams.batches import batches, overtaken
+from streams.batches import batches, fenced
 from streams.messages import count_internal, group, messages_in, send_internal
 from streams.producer import FastProducer, ProducedTopic
 from streams.rules import LiveRules
@@ -255,18 +255,18 @@ async def _write_views(views: list[Sink], batch: ChangeBatch) -> None:
             profiles.observe(written.written + written.skipped)
 
 
-def _overtaken(
+async def _overtaken(
     app: Any,
     events: list[Any],
     stage: str,
     segments: SegmentRuntime | None,
     offsets: dict[int, tuple[int, int]],
 ) -> bool:
-    """``streams.batches.overtaken``, just before the table write: the partition may be
+    """``streams.batches.fenced``, just before the table write: the partition may be
     another worker's by now. The batch's membership transitions were sent already: they
     count as handled here, so that a re-read of these records reads them back
     (``Published``) rather than sending them twice."""
-    if not overtaken(app, events, stage):
+    if not await fenced(app, events, stage):
         return False
     if segments is not None:
         segments.published.after(offsets)
@@ -317,7 +317,7 @@ def register(
         send_internal(grouped, produced["identity"], produced["profile"], max_bytes)
         await _publish(stage.name, published, batch, producer)
         count_internal(stage.name, grouped)
-        if _overtaken(app, events, stage.name, segments, offsets):
+        if await _overtaken(app, events, stage.name, segments, offsets):
             return
         with writing(changelog, events, partitions) as before:
             cache.flush(before)

@@ -6,6 +6,7 @@ the test that shows it.
 * ``flush`` — a commit never passes a table write still waiting to be sent.
 * ``fetch`` — the worker's fetch wait is a setting, not a hard-coded 1.5 s.
 * ``recovery`` — table recovery reads each changelog to its true end.
+* ``fence`` — a table is written only by a member of the current consumer generation.
 
 All are pinned to one Faust release: ``require_patched_faust`` refuses any other, so
 an upgrade fails at start instead of running with a patch that no longer fits.

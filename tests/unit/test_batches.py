@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -53,8 +54,6 @@ def test_a_rebalance_since_the_fetch_gives_the_batch_up_uncounted() -> None:
 
 
 def test_batches_skips_those_a_rebalance_overtook_before_any_work() -> None:
-    import asyncio
-
     current = app(generation=5)
     old, fresh = events(current, 4, 5), events(current, 5, 5)
 
@@ -69,3 +68,89 @@ def test_batches_skips_those_a_rebalance_overtook_before_any_work() -> None:
     assert asyncio.run(taken()) == [fresh]
     assert all(e.message.acked for e in old)  # let go, uncounted
     assert not any(e.message.acked for e in fresh)  # the stage's to acknowledge
+
+
+class Coordinator:
+    """aiokafka's group coordinator as ``streams.patches.fence`` uses it: the broker's
+    answers to heartbeats are ``codes`` in turn (0 no error, 27 a rebalance under way,
+    22 a stale generation, 25 an unknown member, None no answer), the last one
+    repeated."""
+
+    def __init__(self, generation: int, *codes: int | None) -> None:
+        self.generation, self.codes = generation, list(codes or (0,))
+        self.group_id, self.member_id, self.coordinator_id = "unifier", "member-1", 0
+        self.sent: list[Any] = []
+        self.rejoin_requested = False
+
+    async def _send_req(self, request: Any) -> Any:
+        self.sent.append(request)
+        code = self.codes[min(len(self.sent), len(self.codes)) - 1]
+        if code is None:
+            raise ConnectionError("coordinator gone")
+        return SimpleNamespace(error_code=code)
+
+    def request_rejoin(self) -> None:
+        self.rejoin_requested = True
+
+
+def in_group(coordinator: Coordinator, generation: int = 4) -> Any:
+    """An app whose consumer runs on Faust's thread, with this coordinator."""
+
+    class Thread:
+        def _ensure_consumer(self) -> Any:
+            return SimpleNamespace(_coordinator=coordinator)
+
+        async def call_thread(self, fun: Any, *args: Any) -> Any:
+            return await fun(*args)
+
+    current = app(generation)
+    current.consumer._thread = Thread()
+    return current
+
+
+def fenced(current: Any, batch: list[Any]) -> bool:
+    return asyncio.run(batches.fenced(current, batch, "profile"))
+
+
+def test_a_table_write_goes_ahead_only_when_the_broker_says_this_worker_is_a_member() -> None:
+    member = Coordinator(4)
+    current = in_group(member)
+    batch = events(current, 4, 4)
+    assert fenced(current, batch) is False
+    assert not any(e.message.acked for e in batch)  # the stage's to write and acknowledge
+    (heartbeat,) = member.sent  # one question per batch, with its generation and member id
+    assert (heartbeat._generation_id, heartbeat._member_id) == (4, "member-1")
+    assert not member.rejoin_requested
+
+
+def test_a_rebalance_the_worker_has_not_heard_of_gives_the_batch_up_and_rejoins() -> None:
+    for coordinator in [
+        Coordinator(4, 27),  # the broker: a rebalance under way
+        Coordinator(4, 22),  # a generation not current
+        Coordinator(4, 25),  # no longer a member
+        Coordinator(4, None),  # no answer: not sure, so not written
+    ]:
+        current = in_group(coordinator)
+        batch = events(current, 4, 4)
+        assert fenced(current, batch) is True
+        assert all(e.message.acked for e in batch)  # let go, uncounted: read again
+        assert current.consumer._unacked_messages == set()
+        assert coordinator.rejoin_requested  # the assignment that follows seeks back
+    rejoining = Coordinator(5)  # the client is rejoining already
+    current = in_group(rejoining)
+    assert fenced(current, events(current, 4, 4)) is True
+    assert rejoining.sent == []
+
+
+def test_after_a_batch_given_up_none_is_written_before_the_seek_that_reads_it_again() -> None:
+    # A lapsed member removed: one "rebalance under way", then "no error" again.
+    coordinator = Coordinator(4, 27, 0)
+    current = in_group(coordinator)
+    first, second, third = (events(current, 4, 4) for _ in range(3))
+    assert fenced(current, first) is True
+    # Handled now, the second would go before the records given up ahead of it.
+    assert fenced(current, second) is True
+    assert all(e.message.acked for e in second)
+    current.consumer._unifier_seeks = 2  # the rejoin's assignment sought back
+    assert fenced(current, third) is False
+    assert not any(e.message.acked for e in third)
