@@ -33,11 +33,6 @@ WORKERS = ["worker", "worker-2", "worker-3"]
 
 @pytest.mark.no_identity_limits
 @pytest.mark.parametrize("redis_url", ["cluster"], indirect=True)
-# A known defect, open in issue #22: one event of ~4,300 not counted (a profile's
-# event_count 9 where the reference says 10) in a CI run on a fresh clone (04102a1),
-# after the fixes of f0ecb4e's README note; it failed (xfailed) again on 608d8be. Not strict:
-# it must be found and fixed, and this mark removed, before #22 is resolved.
-@pytest.mark.xfail(strict=False, reason="issue #22: an event lost across a rolling restart")
 def test_three_workers_through_a_rolling_restart_on_a_redis_cluster(
     settings: Settings, workers: EmbeddedStack, tmp_path: Path
 ) -> None:
