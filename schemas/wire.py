@@ -62,6 +62,7 @@ def _state_parts(s: ProfileState) -> dict[str, Any]:
             if s.splits or s.base
             else {}
         ),
+        **({"dg": sorted(list(d) for d in s.dropped)} if s.dropped else {}),
     }
 
 
@@ -77,6 +78,7 @@ def _state_of(d: dict[str, Any], seen: array[int], ledger: Ledger) -> ProfileSta
         blocks={n: (n, frozenset(a), frozenset(b)) for n, (a, b) in d.get("bk", {}).items()},
         splits=set(d.get("sp", ())),
         base=d.get("bs", 0),
+        dropped={(g[0], g[1]) for g in d.get("dg", ())},
     )
 
 

@@ -113,15 +113,22 @@ def refuse(state: ProfileState, key: str, refusal: Refusal, counted: bool = True
 def _settle(node: ProfileNode, key: str, msg: ProfileMsg, rules: IdentityRules) -> list[Out]:
     """A claim answered: granted, denied (a shared identifier) or released."""
     if isinstance(msg, Granted):
-        if rules.marks and rules.marks.get(mark_of(msg.ident)) == BLOCKED:
+        state = node.state
+        grant = (msg.ident, msg.event_id)
+        if msg.ident not in state.held and (
+            grant in state.dropped
+            or (rules.marks and rules.marks.get(mark_of(msg.ident)) == BLOCKED)
+        ):
             # Granted before a rule blocked it: the answer to a claim a block split found
             # pending, or one delivered again after it. Not held (it would come back
-            # after the split let it go): let go again, its index key with it. The
-            # answer to a pending claim counts in the version as a grant the split then
-            # took away would have: whichever came first, the profile ends at one version.
+            # after the split let it go): let go again, its index key with it. The first
+            # answer to a pending claim is recorded — the same grant delivered again is
+            # let go whatever the rules are by then — and counted in the version as a
+            # grant the split took away would be: whichever came first, and in whichever
+            # profile of a merge, the profile ends at one version.
             if msg.ident in node.reserved():
                 node.pending = {r for r in node.pending if r[0] != msg.ident}
-                node.state.base += 1
+                state.dropped.add(grant)
             return [
                 ("identity", msg.ident, Disown(msg.ident, key)),
                 ("unindexed", key, Unindexed(key, (msg.ident,))),

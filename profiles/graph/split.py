@@ -302,6 +302,7 @@ def _plan(
         s.linked_by = {i: v for i, v in state.linked_by.items() if i in part.ids}
         s.blocks = {**state.blocks, name: block} if block is not None else dict(state.blocks)
         s.splits = state.splits | {name}
+        s.dropped = set(state.dropped) if part is main else set()
     for r in state.refused:
         part = event_part.get(r.event_id) or where.get(r.ident, main)
         part.state.refused.add(r)

@@ -77,6 +77,7 @@ class ProfileState:
     __slots__ = (
         "base",
         "blocks",
+        "dropped",
         "held",
         "ledger",
         "linked_by",
@@ -100,6 +101,7 @@ class ProfileState:
         blocks: dict[str, Block] | None = None,
         splits: set[str] | None = None,
         base: int = 0,
+        dropped: set[tuple[Key, str]] | None = None,
     ) -> None:
         self.held: set[Key] = set() if held is None else held
         self.seen: array[int] = array("Q") if seen is None else seen
@@ -115,6 +117,10 @@ class ProfileState:
         self.blocks: dict[str, Block] = {} if blocks is None else blocks
         self.splits: set[str] = set() if splits is None else splits
         self.base = base
+        # Grants let go because a rule blocked the identifier meanwhile: (identifier,
+        # the claiming event), ``profiles.graph.profile._settle``. Counted in the
+        # version as the grant would have been (held, then taken away by the split).
+        self.dropped: set[tuple[Key, str]] = set() if dropped is None else dropped
 
     def blocked(self, a: Key, b: Key) -> str | None:
         """The split that keeps ``a`` and ``b`` apart, if any."""
@@ -126,7 +132,14 @@ class ProfileState:
     def size(self) -> int:
         """What a live profile's version counts (``profiles.projection.version_of``):
         every part only grows, and a split adds to ``base`` what it took away."""
-        return len(self.seen) + len(self.held) + len(self.refused) + len(self.merged) + self.base
+        return (
+            len(self.seen)
+            + len(self.held)
+            + len(self.refused)
+            + len(self.merged)
+            + len(self.dropped)
+            + self.base
+        )
 
     def has(self, event_id: str) -> bool:
         return _holds(self.seen, event_hash(event_id))
@@ -180,6 +193,7 @@ class ProfileState:
             self.blocks.setdefault(name, block)
         self.splits |= other.splits
         self.base = max(self.base, other.base)
+        self.dropped |= other.dropped
 
     def copy(self) -> ProfileState:
         return ProfileState(
@@ -193,6 +207,7 @@ class ProfileState:
             dict(self.blocks),
             set(self.splits),
             self.base,
+            set(self.dropped),
         )
 
     def __eq__(self, other: object) -> bool:
