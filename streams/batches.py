@@ -33,7 +33,7 @@ async def batches(
     """Lists of events, unacknowledged; with ``app``, none a rebalance has overtaken
     already (``overtaken``: those are let go before any work is spent on them)."""
     async for events in stream.noack_take(max_records, within=wait_s):
-        if app is None or not overtaken(app, events, stage):
+        if app is None or not (overtaken(app, events, stage) or _behind(app, events, stage)):
             yield events
 
 
@@ -73,17 +73,26 @@ async def fenced(app: Any, events: Sequence[Any], stage: str) -> bool:
     offsets (``streams.patches.offsets.seek_count``), so that no record is handled
     before one given up ahead of it (the broker's "rebalance under way" can be a lapsed
     member it just removed, the next answer "no error")."""
-    if overtaken(app, events, stage):
+    if overtaken(app, events, stage) or _behind(app, events, stage):
         return True
-    consumer = app.consumer
-    waiting = getattr(consumer, "_unifier_fenced_at", None)
-    if waiting is not None and waiting == offsets.seek_count(consumer):
-        _give_up(app, events, stage)  # the seek that re-reads the one before is to come
-        return True
-    if await fence.in_generation(app) and not superseded(app, events):
+    if await fence.in_generation(app.consumer, app.consumer_generation_id) and not superseded(
+        app, events
+    ):
         return False
     _give_up(app, events, stage)
-    consumer._unifier_fenced_at = offsets.seek_count(consumer)
+    app.consumer._unifier_fenced_at = offsets.seek_count(app.consumer)
+    return True
+
+
+def _behind(app: Any, events: Sequence[Any], stage: str) -> bool:
+    """Whether a batch was given up by ``fenced`` and the seek that reads it again has
+    not begun yet: then this one is given up too, before any work (handled, its
+    outputs would go out before those of the records it follows)."""
+    consumer = app.consumer
+    waiting = getattr(consumer, "_unifier_fenced_at", None)
+    if waiting is None or waiting != offsets.seek_count(consumer):
+        return False
+    _give_up(app, events, stage)
     return True
 
 

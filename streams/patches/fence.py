@@ -16,20 +16,28 @@ member within the rebalance timeout, which only narrows the same window.
 
 **What holds with this patch**: right before a batch's table write, the stage sends
 the group coordinator a heartbeat with its generation and member id. Only an answer
-"no error" lets the write go. On any other answer (a rebalance under way, a stale
-generation, an unknown member, no answer within ``FENCE_TIMEOUT_S``) the batch is
-given up as ``streams.batches.overtaken`` does — nothing written or counted — and the
-worker rejoins the group, as aiokafka does with such an answer: the assignment that
-follows seeks every partition back to its committed offset, so the records are read
-again, by whoever owns them then. Until that seek, every later batch is given up too
+"no error" lets the write go ("rebalance under way" is asked once more: the broker
+also answers so to the call that made it remove another, lapsed member). On any other
+answer (a rebalance under way, a stale generation, an unknown member, no answer within
+``FENCE_TIMEOUT_S``) the batch is given up as ``streams.batches.overtaken`` does —
+nothing written or counted — and the worker rejoins the group, as aiokafka does with
+such an answer: the assignment that follows seeks every partition back to its
+committed offset, so the records are read again, by whoever owns them then. Until
+that seek, every later batch is given up too, before any work
 (``streams.batches.fenced``): none is handled before the records it follows. A batch
 must not wait for the worker to hear of the rebalance instead: Faust's revoke waits
 for the batch, and a table recovery finishing meanwhile turns the flow back on, so
 the batch may never see it (seen: a worker stalled until the broker removed it). A
-rebalance that begins after the answer gives
-the partition to another worker only after its join (the embedded broker keeps a
-rejoining member waiting 3 s) and its changelog read, long after this write has been
-sent. Cost: one round trip to the coordinator per batch, not per record.
+rebalance that begins after the answer gives the partition to another worker only
+after its join (the embedded broker keeps a rejoining member waiting 3 s) and its
+changelog read, long after this write has been sent. Cost: one round trip to the
+coordinator per batch, not per record.
+
+Commits are asked the same way (``streams.patches.offsets._commit_offsets``): a
+worker's last commit before it hears of a rebalance could land after the new owner
+read the changelog and before it read the committed offset — the new owner would
+start past records whose table writes it never read. A commit not confirmed is
+skipped; the next one (or the new owner) covers the records, read again if need be.
 
 **Pinned to** faust-streaming 0.15.3 (``streams.patches.PATCHED_FOR``): it uses the
 private ``AIOKafkaConsumerThread`` and aiokafka's ``GroupCoordinator``. **Shown by**
@@ -54,22 +62,24 @@ log = logging.getLogger("unifier.fence")
 FENCE_TIMEOUT_S = 10.0
 
 
-async def in_generation(app: Any) -> bool:
-    """Whether the broker still counts this worker a member of the consumer generation
-    its partitions were assigned in (True where there is no group: a consumer without
-    Faust's aiokafka thread)."""
-    thread = getattr(app.consumer, "_thread", None)
+async def in_generation(consumer: Any, generation: int | None, rejoin: bool = True) -> bool:
+    """Whether the broker still counts this worker (``consumer``: Faust's) a member of
+    ``generation``, the one its partitions were assigned in (True where there is no
+    group: a consumer without Faust's aiokafka thread). ``rejoin``: on any other answer,
+    ask the client to rejoin (not for a commit: it comes during a rebalance, when the
+    client is rejoining)."""
+    thread = getattr(consumer, "_thread", None)
     if thread is None or not hasattr(thread, "call_thread"):
         return True
-    generation = app.consumer_generation_id
     try:
         ok = await asyncio.wait_for(
-            thread.call_thread(_heartbeat, thread, generation), FENCE_TIMEOUT_S
+            thread.call_thread(_heartbeat, thread, generation, rejoin), FENCE_TIMEOUT_S
         )
     except Exception as exc:  # no answer: not sure, so not a member for this write
         log.info("group membership not confirmed (%r): batch given up, group rejoined", exc)
-        with contextlib.suppress(Exception):
-            await thread.call_thread(_rejoin, thread)
+        if rejoin:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(thread.call_thread(_rejoin, thread), FENCE_TIMEOUT_S)
         return False
     return bool(ok)
 
@@ -78,22 +88,31 @@ async def _rejoin(thread: Any) -> None:
     thread._ensure_consumer()._coordinator.request_rejoin()
 
 
-async def _heartbeat(thread: Any, generation: int) -> bool:
-    """On the consumer's thread: a heartbeat for ``generation``; True on no error."""
+async def _heartbeat(thread: Any, generation: int, rejoin: bool = True) -> bool:
+    """On the consumer's thread: a heartbeat for ``generation``; True on no error.
+    "Rebalance under way" is asked once more: the embedded broker also answers so when
+    the call made it remove some other, lapsed member, the group otherwise unchanged."""
     coordinator = thread._ensure_consumer()._coordinator
     if coordinator.generation != generation:
         return False  # a rejoin under way: the assignment that ends it seeks back
     if coordinator.coordinator_id is None:
-        coordinator.request_rejoin()
+        if rejoin:
+            coordinator.request_rejoin()
         return False
-    request = HeartbeatRequest(coordinator.group_id, generation, coordinator.member_id)
-    response = await coordinator._send_req(request)
-    error = errors.for_code(response.error_code)
-    if error is errors.NoError:
-        return True
+    error: type[Exception] = errors.RebalanceInProgressError
+    for _ in range(2):
+        request = HeartbeatRequest(coordinator.group_id, generation, coordinator.member_id)
+        response = await coordinator._send_req(request)
+        error = errors.for_code(response.error_code)
+        if error is errors.NoError:
+            return True
+        if error is not errors.RebalanceInProgressError:
+            break
     # A rejoin, as aiokafka's own heartbeat would ask for on this answer: the
     # partitions are then assigned again and sought back to their committed offsets,
-    # which is what re-reads the batch given up (``streams.batches.fenced``).
-    coordinator.request_rejoin()
+    # which is what re-reads the batch given up (``streams.batches.fenced``) — unless
+    # the client has rejoined meanwhile (a second rebalance for nothing).
+    if rejoin and coordinator.generation == generation:
+        coordinator.request_rejoin()
     log.info("group coordinator answered %s: batch given up, group rejoined", error.__name__)
     return False

@@ -41,7 +41,8 @@ record handled twice changes nothing, see ``profiles.graph``):
   the gate the hole); after thirty when the fetcher has not (a fetch that stopped).
 * The committed offsets the worker believes are those the broker gave at the last
   seek, moved only by commits that landed with no seek begun meanwhile, so a commit
-  begun before a rebalance cannot overwrite what the new assignment read.
+  begun before a rebalance cannot overwrite what the new assignment read. A commit is
+  sent only while the broker confirms this worker's generation (``fence``).
 * A partition whose committed offset stands still for 30 s while records wait is
   described in the log (what the worker knows of it), every 30 s.
 
@@ -63,7 +64,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from mode.utils.futures import notify
 
-from streams.patches import require_patched_faust
+from streams.patches import fence, require_patched_faust
 
 log = logging.getLogger("unifier.offsets")
 
@@ -246,7 +247,11 @@ async def _commit_offsets(
     try:
         if committable:
             await self.app.producer.flush()
-            did_commit = bool(await self._commit(committable))
+            # Only while the broker confirms the partitions are still this worker's
+            # (``streams.patches.fence``: it does not check a commit's generation).
+            generation = getattr(self.app, "consumer_generation_id", None)
+            if await fence.in_generation(self, generation, rejoin=False):
+                did_commit = bool(await self._commit(committable))
     finally:
         pending = committing(self)
         for tp, end in offsets.items():

@@ -142,15 +142,40 @@ def test_a_rebalance_the_worker_has_not_heard_of_gives_the_batch_up_and_rejoins(
     assert rejoining.sent == []
 
 
-def test_after_a_batch_given_up_none_is_written_before_the_seek_that_reads_it_again() -> None:
-    # A lapsed member removed: one "rebalance under way", then "no error" again.
+def test_a_lapsed_member_removed_is_asked_once_more_and_the_batch_written() -> None:
+    # The broker answers "rebalance under way" to the call that removed a lapsed member,
+    # the group otherwise unchanged: the next answer is "no error".
     coordinator = Coordinator(4, 27, 0)
     current = in_group(coordinator)
-    first, second, third = (events(current, 4, 4) for _ in range(3))
+    batch = events(current, 4, 4)
+    assert fenced(current, batch) is False
+    assert len(coordinator.sent) == 2
+    assert not coordinator.rejoin_requested
+    assert not any(e.message.acked for e in batch)
+
+
+def test_after_a_batch_given_up_none_is_handled_before_the_seek_that_reads_it_again() -> None:
+    coordinator = Coordinator(4, 27, 27, 0)
+    current = in_group(coordinator)
+    first, second, third, fourth = (events(current, 4, 4) for _ in range(4))
     assert fenced(current, first) is True
-    # Handled now, the second would go before the records given up ahead of it.
-    assert fenced(current, second) is True
-    assert all(e.message.acked for e in second)
+    # Taken now, the second would go before the records given up ahead of it: given up
+    # before any work (``batches``), and were it handled, before its table write.
+    queued = [second, third]
+
+    class Stream:
+        async def noack_take(self, max_records: int, within: float) -> Any:
+            for batch in queued:
+                yield batch
+
+    async def taken() -> list[Any]:
+        return [b async for b in batches.batches(Stream(), 10, 0.1, current, "identity")]
+
+    assert asyncio.run(taken()) == []
+    assert all(e.message.acked for e in second + third)
+    assert fenced(current, events(current, 4, 4)) is True
+    asked = len(coordinator.sent)
     current.consumer._unifier_seeks = 2  # the rejoin's assignment sought back
-    assert fenced(current, third) is False
-    assert not any(e.message.acked for e in third)
+    assert fenced(current, fourth) is False  # the broker is asked again, and confirms
+    assert len(coordinator.sent) == asked + 1
+    assert not any(e.message.acked for e in fourth)

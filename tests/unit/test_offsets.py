@@ -446,3 +446,32 @@ def test_records_skipped_while_the_flow_is_stopped_are_not_counted_as_processed(
     assert offsets._ack(state, msg(12, generation=2)) is False  # an older generation
     assert state._acked_index[TP0] == {10}
     assert offsets._new_offset(state, TP0) == 11
+
+
+def test_a_commit_the_broker_does_not_confirm_as_this_generations_is_not_sent() -> None:
+    """Tansu does not check a commit's generation: a worker that has not heard of a
+    rebalance yet could commit past records whose table writes the new owner never
+    read. The commit goes only while a heartbeat of its generation answers no error."""
+    from tests.unit.test_batches import Coordinator
+
+    broker = Broker()
+    state = committer(consumer_state(committed=10, acked=[10, 11, 12], gaps=[]), broker)
+    state.app.consumer_generation_id = 4
+    coordinator = Coordinator(4, 27)  # a rebalance under way, asked twice
+
+    class Thread:
+        def _ensure_consumer(self) -> Any:
+            return SimpleNamespace(_coordinator=coordinator)
+
+        async def call_thread(self, fun: Any, *args: Any) -> Any:
+            return await fun(*args)
+
+    state._thread = Thread()
+    assert offsets._new_offset(state, TP0) == 13
+    assert asyncio.run(offsets._commit_offsets(state, {TP0: 13})) is False
+    assert broker.committed == {} and state._committed_offset[TP0] == 10
+    assert state._acked_index[TP0] == {10, 11, 12}  # for the next commit
+    assert not coordinator.rejoin_requested  # the client is rejoining already
+    coordinator.codes = [0]
+    assert asyncio.run(offsets._commit_offsets(state, {TP0: 13})) is True
+    assert broker.committed[TP0] == 13
