@@ -33,7 +33,7 @@ async def batches(
     """Lists of events, unacknowledged; with ``app``, none a rebalance has overtaken
     already (``overtaken``: those are let go before any work is spent on them)."""
     async for events in stream.noack_take(max_records, within=wait_s):
-        if app is None or not (overtaken(app, events, stage) or _behind(app, events, stage)):
+        if app is None or not overtaken(app, events, stage):
             yield events
 
 
@@ -55,9 +55,13 @@ def superseded(app: Any, events: Sequence[Any]) -> bool:
 
 
 def overtaken(app: Any, events: Sequence[Any], stage: str) -> bool:
-    """Whether the batch is ``superseded``; if so it is given up: nothing written,
-    nothing counted, its records let go (``streams.patches.offsets.let_go``)."""
-    if not superseded(app, events):
+    """Whether the batch is ``superseded``, or behind one ``fenced`` gave up whose
+    re-read has not begun (handled, its outputs would go out before those of the
+    records it follows); if so it is given up: nothing written, nothing counted, its
+    records let go (``streams.patches.offsets.let_go``)."""
+    consumer = app.consumer
+    behind = getattr(consumer, "_unifier_fenced_at", None) == offsets.seek_count(consumer)
+    if not (superseded(app, events) or behind):
         return False
     _give_up(app, events, stage)
     return True
@@ -73,26 +77,13 @@ async def fenced(app: Any, events: Sequence[Any], stage: str) -> bool:
     offsets (``streams.patches.offsets.seek_count``), so that no record is handled
     before one given up ahead of it (the broker's "rebalance under way" can be a lapsed
     member it just removed, the next answer "no error")."""
-    if overtaken(app, events, stage) or _behind(app, events, stage):
+    if overtaken(app, events, stage):
         return True
-    if await fence.in_generation(app.consumer, app.consumer_generation_id) and not superseded(
-        app, events
-    ):
+    member = await fence.in_generation(app.consumer, app.consumer_generation_id)
+    if member and not superseded(app, events):
         return False
     _give_up(app, events, stage)
     app.consumer._unifier_fenced_at = offsets.seek_count(app.consumer)
-    return True
-
-
-def _behind(app: Any, events: Sequence[Any], stage: str) -> bool:
-    """Whether a batch was given up by ``fenced`` and the seek that reads it again has
-    not begun yet: then this one is given up too, before any work (handled, its
-    outputs would go out before those of the records it follows)."""
-    consumer = app.consumer
-    waiting = getattr(consumer, "_unifier_fenced_at", None)
-    if waiting is None or waiting != offsets.seek_count(consumer):
-        return False
-    _give_up(app, events, stage)
     return True
 
 

@@ -133,7 +133,7 @@ def _settle(node: ProfileNode, key: str, msg: ProfileMsg, rules: IdentityRules) 
                 ("identity", msg.ident, Disown(msg.ident, key)),
                 ("unindexed", key, Unindexed(key, (msg.ident,))),
             ]
-        node.state.held.add(msg.ident)
+        state.held.add(msg.ident)
         node.settle()
     elif isinstance(msg, Denied):
         node.pending.discard((msg.ident, msg.claim))

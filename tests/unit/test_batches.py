@@ -93,18 +93,23 @@ class Coordinator:
         self.rejoin_requested = True
 
 
+class ConsumerThread:
+    """Faust's aiokafka consumer thread, with this coordinator; calls run inline."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+
+    def _ensure_consumer(self) -> Any:
+        return SimpleNamespace(_coordinator=self.coordinator)
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+
 def in_group(coordinator: Coordinator, generation: int = 4) -> Any:
     """An app whose consumer runs on Faust's thread, with this coordinator."""
-
-    class Thread:
-        def _ensure_consumer(self) -> Any:
-            return SimpleNamespace(_coordinator=coordinator)
-
-        async def call_thread(self, fun: Any, *args: Any) -> Any:
-            return await fun(*args)
-
     current = app(generation)
-    current.consumer._thread = Thread()
+    current.consumer._thread = ConsumerThread(coordinator)
     return current
 
 

@@ -452,21 +452,13 @@ def test_a_commit_the_broker_does_not_confirm_as_this_generations_is_not_sent() 
     """Tansu does not check a commit's generation: a worker that has not heard of a
     rebalance yet could commit past records whose table writes the new owner never
     read. The commit goes only while a heartbeat of its generation answers no error."""
-    from tests.unit.test_batches import Coordinator
+    from tests.unit.test_batches import ConsumerThread, Coordinator
 
     broker = Broker()
     state = committer(consumer_state(committed=10, acked=[10, 11, 12], gaps=[]), broker)
     state.app.consumer_generation_id = 4
     coordinator = Coordinator(4, 27)  # a rebalance under way, asked twice
-
-    class Thread:
-        def _ensure_consumer(self) -> Any:
-            return SimpleNamespace(_coordinator=coordinator)
-
-        async def call_thread(self, fun: Any, *args: Any) -> Any:
-            return await fun(*args)
-
-    state._thread = Thread()
+    state._thread = ConsumerThread(coordinator)
     assert offsets._new_offset(state, TP0) == 13
     assert asyncio.run(offsets._commit_offsets(state, {TP0: 13})) is False
     assert broker.committed == {} and state._committed_offset[TP0] == 10
