@@ -86,3 +86,46 @@ def reference_views(events: Iterable[dict[str, Any]], settings: Settings) -> Com
     )
     traits = trait_rules(settings)
     return comparable(view_of("reference", ProfileNode(state=s), traits) for s in states)
+
+
+def assert_same_profiles(got: Comparable, want: Comparable) -> None:
+    """``got == want``, or a failure that says what differs in a few lines (a CI log
+    shows only its tail: pytest's full diff of 700 profiles buries the answer): how
+    many profiles are missing, extra or different, and for the first of each where
+    their identifiers went — into another profile (wrong stitching) or nowhere (lost
+    events)."""
+    if got == want:
+        return
+    holder = {ident: ids for ids in got for ident in ids}
+    missing = sorted(want.keys() - got.keys())
+    extra = sorted(got.keys() - want.keys())
+    differ = sorted(k for k in want.keys() & got.keys() if want[k] != got[k])
+
+    def count(views: Comparable, keys: Iterable[tuple[str, ...]]) -> int:
+        return sum(views[k]["computed"]["event_count"] for k in keys)
+
+    lines = [
+        f"{len(got)} profiles, {len(want)} expected: {len(missing)} missing "
+        f"({count(want, missing)} events), {len(extra)} extra ({count(got, extra)} events), "
+        f"{len(differ)} different",
+    ]
+    for ids in missing[:8]:
+        went = sorted({holder[i] for i in ids if i in holder})
+        lines.append(
+            f"missing {ids} ({want[ids]['computed']['event_count']} events): "
+            + (f"its identifiers are in {went}" if went else "its identifiers are nowhere")
+        )
+    for ids in extra[:8]:
+        lines.append(f"extra {ids} ({got[ids]['computed']['event_count']} events)")
+    for ids in differ[:8]:
+        fields = sorted(
+            f"{part}.{k}"
+            for part in ("computed", "traits")
+            for k in want[ids][part].keys() | got[ids][part].keys()
+            if want[ids][part].get(k) != got[ids][part].get(k)
+        )
+        lines.append(
+            f"different {ids}: event_count {got[ids]['computed']['event_count']}, expected "
+            f"{want[ids]['computed']['event_count']}; fields {fields}"
+        )
+    raise AssertionError("\n".join(lines))
