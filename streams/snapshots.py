@@ -15,7 +15,11 @@ the changelog's last record when the copy began. Recovery loads a partition's sn
 and reads the changelog from that offset on. Why that is exact: a stage writes a key to
 the store *before* it produces the changelog record, so every record the broker had
 when the copy began is in the copy; records after the offset are read again, and a
-changelog record is a whole value, so reading one twice changes nothing.
+changelog record is a whole value, so reading one twice changes nothing. That needs
+this worker to have been the partition's only writer: a rebalance it has not heard of
+yet may have let another worker write it already, so a copy is kept only if the broker
+confirms, after the copy, that this worker is still a member of the generation it was
+taken in (``streams.patches.fence``).
 
 A snapshot is used only if the changelog still holds, at its offset, the record it was
 taken after (same key, same value checksum): a topic deleted and created again (the
@@ -40,6 +44,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from config.kafkalog import client_logger
+from streams.patches import fence
 
 log = logging.getLogger("unifier.snapshots")
 
@@ -296,6 +301,15 @@ class Snapshots:
                 items = [(k, data[k]) for k in keys if k in data]
                 header = Header(topic, partition, due[partition], len(items), time.time())
                 copies.append((header, items))
+        # The worker's belief was checked, not the broker's: a rebalance it has not
+        # heard of yet may have given a partition to another worker, whose changelog
+        # writes the tails above include and this copy lacks. Restored (by whichever
+        # worker gets the partition next: the directory is shared), such a snapshot
+        # would skip those writes for good. Asked after the copy: a rebalance that
+        # begins after the answer lets the new owner write only after the copy.
+        if copies and not await fence.in_generation(app.consumer, before[0], rejoin=False):
+            log.info("table snapshot skipped: a rebalance began (not confirmed by the broker)")
+            return 0
         for header, items in copies:
             path = self.path(header.topic, header.partition)
             size = await loop.run_in_executor(None, write_snapshot, path, header, items)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from streams import batches
+from tests.support.group import ConsumerThread, Coordinator
 
 
 class Msg(SimpleNamespace):
@@ -68,42 +69,6 @@ def test_batches_skips_those_a_rebalance_overtook_before_any_work() -> None:
     assert asyncio.run(taken()) == [fresh]
     assert all(e.message.acked for e in old)  # let go, uncounted
     assert not any(e.message.acked for e in fresh)  # the stage's to acknowledge
-
-
-class Coordinator:
-    """aiokafka's group coordinator as ``streams.patches.fence`` uses it: the broker's
-    answers to heartbeats are ``codes`` in turn (0 no error, 27 a rebalance under way,
-    22 a stale generation, 25 an unknown member, None no answer), the last one
-    repeated."""
-
-    def __init__(self, generation: int, *codes: int | None) -> None:
-        self.generation, self.codes = generation, list(codes or (0,))
-        self.group_id, self.member_id, self.coordinator_id = "unifier", "member-1", 0
-        self.sent: list[Any] = []
-        self.rejoin_requested = False
-
-    async def _send_req(self, request: Any) -> Any:
-        self.sent.append(request)
-        code = self.codes[min(len(self.sent), len(self.codes)) - 1]
-        if code is None:
-            raise ConnectionError("coordinator gone")
-        return SimpleNamespace(error_code=code)
-
-    def request_rejoin(self) -> None:
-        self.rejoin_requested = True
-
-
-class ConsumerThread:
-    """Faust's aiokafka consumer thread, with this coordinator; calls run inline."""
-
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
-
-    def _ensure_consumer(self) -> Any:
-        return SimpleNamespace(_coordinator=self.coordinator)
-
-    async def call_thread(self, fun: Any, *args: Any) -> Any:
-        return await fun(*args)
 
 
 def in_group(coordinator: Coordinator, generation: int = 4) -> Any:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from intervaltree import IntervalTree
 
 from streams.patches import offsets
+from tests.support.group import ConsumerThread, Coordinator
 
 TP0 = TP("unifier.profile-ops", 0)
 
@@ -452,8 +453,6 @@ def test_a_commit_the_broker_does_not_confirm_as_this_generations_is_not_sent() 
     """Tansu does not check a commit's generation: a worker that has not heard of a
     rebalance yet could commit past records whose table writes the new owner never
     read. The commit goes only while a heartbeat of its generation answers no error."""
-    from tests.unit.test_batches import ConsumerThread, Coordinator
-
     broker = Broker()
     state = committer(consumer_state(committed=10, acked=[10, 11, 12], gaps=[]), broker)
     state.app.consumer_generation_id = 4

@@ -3,13 +3,19 @@ file is refused rather than loaded (``streams.snapshots``)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams import snapshots
 from streams.snapshots import Header, SnapshotError, Tail, read_snapshot, write_snapshot
+from tests.support.group import ConsumerThread, Coordinator
 
 TAIL = Tail(offset=41, key=b'"p-1"', crc=123, timestamp=1_700_000_000_000)
 
@@ -63,3 +69,46 @@ def test_writing_replaces_the_previous_snapshot_whole(tmp_path: Path) -> None:
     write_snapshot(path, header(1), [("c", b"3")])
     assert read_snapshot(path)[1] == {"c": b"3"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["3.snap"]  # no temporary left
+
+
+def worker(coordinator: Coordinator) -> tuple[Any, Any]:
+    """A worker owning partitions 0 and 1 of one table (Faust's memory store), with
+    this group coordinator: (app, table)."""
+    changelog = "app-profiles-changelog"
+    store = SimpleNamespace(
+        data={"p-1": b"one", "p-2": b"two"}, _key_partition={"p-1": 0, "p-2": 1}
+    )
+    table = SimpleNamespace(
+        changelog_topic=SimpleNamespace(get_topic_name=lambda: changelog), data=store
+    )
+    consumer = SimpleNamespace(
+        assignment=lambda: {TP(changelog, 0), TP(changelog, 1)},
+        _thread=ConsumerThread(coordinator),
+    )
+    app = SimpleNamespace(
+        rebalancing=False,
+        tables=SimpleNamespace(recovery=SimpleNamespace(in_recovery=False)),
+        consumer_generation_id=4,
+        consumer=consumer,
+    )
+    return app, table
+
+
+def test_a_snapshot_is_kept_only_if_the_broker_confirms_the_generation_after_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebalance the worker has not heard of yet may have let the partition's new
+    owner write its changelog: the tails include those writes, the copy does not.
+    Such a snapshot, restored, would skip them for good (profiles losing events)."""
+    monkeypatch.setattr(snapshots, "tails", lambda _servers, tps: {tp: TAIL for tp in tps})
+    for codes, written in [((0,), 2), ((22,), 0), ((27,), 0), ((None,), 0)]:
+        coordinator = Coordinator(4, *codes)
+        app, table = worker(coordinator)
+        directory = tmp_path / f"codes-{codes[0]}"
+        taking = snapshots.Snapshots([table], directory, "localhost:0")
+        assert asyncio.run(taking.take(app)) == written
+        files = sorted(p.name for p in directory.rglob("*.snap"))
+        assert files == (["0.snap", "1.snap"] if written else [])
+        (heartbeat, *_) = coordinator.sent  # asked with the generation of the copy
+        assert heartbeat._generation_id == 4
+        assert not coordinator.rejoin_requested  # the stages' fence rejoins, not this
