@@ -323,7 +323,14 @@ class Snapshots:
     async def restore(self, tps: Iterable[Any], offsets: Any) -> None:
         """Load the usable snapshot of each changelog partition in ``tps`` into its
         table and move its recovery start (``offsets``, Faust's "last offset read") up
-        to the snapshot's offset."""
+        to the snapshot's offset.
+
+        Only a snapshot past what the table has read already: a partition the worker
+        keeps through a rebalance is recovered again from where its last recovery
+        ended, with its keys in memory; a snapshot taken before that (the directory
+        is shared: another worker's, from when it owned the partition) would put the
+        keys back as they were then while the read goes on from later — the writes
+        in between lost for good (seen: profiles missing after a rolling restart)."""
         found: dict[tuple[str, int], tuple[Header, dict[str, bytes]]] = {}
         for tp in tps:
             if tp.topic not in self.tables:
@@ -338,6 +345,9 @@ class Snapshots:
             except (OSError, SnapshotError, ValueError, KeyError) as exc:
                 log.warning("ignoring a table snapshot: %s", exc)
                 continue
+            read = offsets[tp]
+            if read is not None and read >= header.tail.offset:
+                continue  # the table holds everything up to ``read`` already
             found[(tp.topic, tp.partition)] = header, items
         if not found:
             return

@@ -112,3 +112,31 @@ def test_a_snapshot_is_kept_only_if_the_broker_confirms_the_generation_after_the
         (heartbeat, *_) = coordinator.sent  # asked with the generation of the copy
         assert heartbeat._generation_id == 4
         assert not coordinator.rejoin_requested  # the stages' fence rejoins, not this
+
+
+def test_a_snapshot_older_than_what_the_table_has_read_is_not_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition kept through a rebalance is recovered again from where its last
+    recovery ended, its keys in memory. A snapshot from before that (another worker's,
+    from when it owned the partition: the directory is shared) would bring the keys
+    back as they were then while the read goes on from later: writes lost for good."""
+    monkeypatch.setattr(
+        snapshots, "record_at", lambda _servers, wanted: {tp: TAIL for tp in wanted}
+    )
+    _app, table = worker(Coordinator(4))
+    changelog = table.changelog_topic.get_topic_name()
+    restoring = snapshots.Snapshots([table], tmp_path, "localhost:0")
+    write_snapshot(  # p-1 as it was at offset 41 (TAIL)
+        restoring.path(changelog, 0), Header(changelog, 0, TAIL, 1, 1.5), [("p-1", b"old")]
+    )
+    tp = TP(changelog, 0)
+    for read, value, start in [
+        (60, b"one", 60),
+        (TAIL.offset, b"one", TAIL.offset),
+        (-1, b"old", 41),
+    ]:
+        table.data.data["p-1"] = b"one"  # what the table holds after reading up to ``read``
+        offsets = {tp: read}
+        asyncio.run(restoring.restore([tp], offsets))
+        assert (table.data.data["p-1"], offsets[tp]) == (value, start)
