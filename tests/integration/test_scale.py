@@ -36,7 +36,11 @@ WORKERS = ["worker", "worker-2", "worker-3"]
 def test_three_workers_through_a_rolling_restart_on_a_redis_cluster(
     settings: Settings, workers: EmbeddedStack, tmp_path: Path
 ) -> None:
-    settings = settings.model_copy(update={"internal_partitions": 12, "touchpoint_partitions": 12})
+    # Snapshots every 2 s, not every minute: a deploy on a real shop restarts workers
+    # that have taken many, and each restart (or rebalance) reads them back.
+    settings = settings.model_copy(
+        update={"internal_partitions": 12, "touchpoint_partitions": 12, "snapshot_interval_s": 2.0}
+    )
     ensure_topics(settings)
     workers.settings = settings
     events = generate(people=400, seed=22)
