@@ -34,7 +34,15 @@ from profiles.graph.messages import (
 )
 from profiles.graph.node import ProfileNode
 from profiles.graph.split import SPLIT_RULE, plan_recluster, plan_split
-from profiles.graph.state import Key, ProfileState, Refusal, ident_type, ordered, rank
+from profiles.graph.state import (
+    PART_SEP,
+    Key,
+    ProfileState,
+    Refusal,
+    ident_type,
+    ordered,
+    rank,
+)
 from profiles.ledger import ident_hash
 from profiles.rules import BLOCKED, IdentityRules, mark_of
 
@@ -58,12 +66,21 @@ def handle_profile(  # noqa: PLR0911 - where each kind of message goes
     node = table.get(key)
     if node is None:
         node = table[key] = ProfileNode()
+    if isinstance(msg, Spawn | Readdress):
+        if isinstance(msg, Readdress):
+            return _readdress(node, msg)
+        return _spawn(table, node, key, msg, rules)
+    if PART_SEP in key and node.spawned is None and node.erased is None:
+        # A part whose Spawn has not come yet (it travels on a channel of its own):
+        # nothing about it can be decided without its state — asked to merge, it would
+        # offer itself without what it holds, and the Spawn would land on a redirect.
+        # Held back until the Spawn, then replayed.
+        node.held_back.append(msg)
+        return []
     if node.moved:  # about an identifier split off: its part's, whatever this node is now
         passed = pass_on(node, key, msg)
         if passed is not None:
             return passed
-    if isinstance(msg, Spawn | Readdress):
-        return _spawn(node, key, msg) if isinstance(msg, Spawn) else _readdress(node, msg)
     if node.erased is not None:
         return at_erased(node, key, msg, shared_rule(rules.max_claimants or 0))
     if isinstance(msg, Answer) and (node.redirect is not None or node.offering != msg.claim):
@@ -418,18 +435,24 @@ def _split(node: ProfileNode, key: str, msg: Split) -> list[Out]:
     return out
 
 
-def _spawn(node: ProfileNode, key: str, msg: Spawn) -> list[Out]:
-    """A part starts: it takes the state it was given (once), and the index of each
-    identifier it holds is pointed at it."""
+def _spawn(
+    table: dict[str, ProfileNode], node: ProfileNode, key: str, msg: Spawn, rules: IdentityRules
+) -> list[Out]:
+    """A part starts: it takes the state it was given (once), the index of each
+    identifier it holds is pointed at it, and what reached it before is handled now."""
     if node.spawned == msg.name or node.erased is not None:
         return []
     node.spawned = msg.name
     node.state.merge(msg.state.copy())
     node.pending |= msg.pending
     node.settle()
-    return [
+    out: list[Out] = [
         ("identity", i, Repoint(i, msg.source, key, moved=True)) for i in sorted(msg.state.held)
     ]
+    held_back, node.held_back = node.held_back, []
+    for held in held_back:  # replayed in order
+        out += handle_profile(table, held, rules)
+    return out
 
 
 def _readdress(node: ProfileNode, msg: Readdress) -> list[Out]:

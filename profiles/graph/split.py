@@ -20,7 +20,9 @@ Parts are named ``<profile>~<8 hex>`` (``profiles.graph.state.rank``: smaller th
 profile, so a message that follows an identifier to its part never waits on a larger
 id). The profile keeps a map of the identifiers that left (``ProfileNode.moved``):
 what still reaches it about them — an event anchored on one, an answer to a claim
-that moved — is passed on to their part, until every index names the part.
+that moved — is passed on to their part, until every index names the part. A part does
+nothing before its ``Spawn`` (which can come after messages sent on other channels):
+what reaches it first is held back, then handled.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from profiles.facts import facts_of
-from profiles.graph.messages import Split
+from profiles.graph.messages import Merge, Offer, Spawn, Split
+from profiles.graph.profile import handle_profile
 from profiles.graph.split import plan_split
-from profiles.graph.state import ProfileState
+from profiles.graph.state import ProfileState, ordered
 from profiles.projection import view_of
 from profiles.reference import reference_clusters, reference_states
 from profiles.rules import BLOCKED, SHARED, mark_of, usable
@@ -146,6 +147,47 @@ def test_a_split_is_done_once_and_keeps_its_version_growing() -> None:
     assert sim.clusters() == clusters
     check_settled(sim, events)
     check_view(sim)
+
+
+def test_a_part_asked_to_merge_before_its_spawn_waits_for_it() -> None:
+    """A part's Spawn comes on its source's channel, a merge of the part on another's,
+    and can come first (hypothesis seed 322 of the test above): a profile linked both
+    parts, merged into one, and its claim of the other's identifier met that part's
+    owner there. The part must not offer itself before it has its state — accepted,
+    it became a redirect, the Spawn's identifier went nowhere and the claim stayed
+    reserved in the winner for good. It waits for the Spawn, then offers all of it."""
+    u1, p1, a5 = "user_id:u1", "email:p1@mail.example.org", "anonymous_id:a5"
+    sim = Simulation(UNLIMITED, 1, 1, seed=0)
+    sim.feed([Touchpoint("e0", "x", "web", 0, {"user_id": "u1", "email": "p1@mail.example.org",
+                                                 "anonymous_id": "a5"})], 1)  # fmt: skip
+    sim.run()
+    [(pid, _node)] = sim.live().items()
+    table = sim.profiles[0]
+    out = handle_profile(table, Split(pid, "s1", (a5, p1), "split"), UNLIMITED)
+    spawns = {m.profile: m for _s, _k, m in out if isinstance(m, Spawn)}
+    winner, loser = ordered(*spawns)  # one part each: nothing linked them but u1
+    [w_ident] = spawns[winner].state.held
+    [l_ident] = spawns[loser].state.held
+    handle_profile(table, spawns[winner], UNLIMITED)
+    # A later event (u3, p1, a5): its profile claimed both, and merged into the winner
+    # part through one; its claim of the other reached the loser part as a merge.
+    pending = frozenset({(w_ident, "p_x.2"), (l_ident, "p_x.1")})
+    offer = Offer(winner, "p_x", ProfileState(held={"user_id:u3"}), pending, w_ident, "p_x",
+                  "f1", "p_x.2")  # fmt: skip
+    [(_s, _k, answer), *_] = handle_profile(table, offer, UNLIMITED)
+    assert answer.accepted
+    merge = Merge(loser, winner, l_ident, "p_x", "f1", "p_x.1", anchor="user_id:u3")
+    assert handle_profile(table, merge, UNLIMITED) == []  # before its Spawn: waits
+    out = handle_profile(table, spawns[loser], UNLIMITED)
+    [offer] = [m for _s, _k, m in out if isinstance(m, Offer)]
+    assert offer.state.held == {l_ident}
+    [(_s, _k, answer), *_] = handle_profile(table, offer, UNLIMITED)
+    assert answer.accepted
+    handle_profile(table, answer, UNLIMITED)
+    assert table[winner].state.held == {a5, p1, "user_id:u3"}
+    assert not table[winner].pending, "a reservation was never answered"
+    assert table[loser].redirect == winner and not table[loser].held_back
+    assert table[pid].state.held == {u1}
 
 
 def test_nothing_to_detach_is_no_split() -> None:
