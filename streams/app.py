@@ -347,7 +347,11 @@ def create_app(settings: Settings) -> Any:
     flush.install()  # a commit waits for every table write to be sent
     fetch.install(settings.consumer_fetch_max_wait_ms)  # Faust hard-codes 1500 ms
     # Changelogs read from the latest snapshot to their true end.
-    recovery.install(settings.bootstrap_servers, snapshots.restore if snapshots else None)
+    recovery.install(
+        settings.bootstrap_servers,
+        snapshots.restore if snapshots else None,
+        snapshots.recovered if snapshots else None,
+    )
     ops.install(app, settings, inputs)
     registry.install(app, settings)  # who owns which partitions (`unifier lag`)
 

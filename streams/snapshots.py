@@ -19,7 +19,9 @@ changelog record is a whole value, so reading one twice changes nothing. That ne
 this worker to have been the partition's only writer: a rebalance it has not heard of
 yet may have let another worker write it already, so a copy is kept only if the broker
 confirms, after the copy, that this worker is still a member of the generation it was
-taken in (``streams.patches.fence``).
+taken in (``streams.patches.fence``). And a snapshot is loaded over a partition only
+if the table does not hold it already, read past the snapshot (``Snapshots.restore``):
+workers share the directory, so an older one is often there.
 
 A snapshot is used only if the changelog still holds, at its offset, the record it was
 taken after (same key, same value checksum): a topic deleted and created again (the
@@ -249,6 +251,8 @@ class Snapshots:
         self.bootstrap_servers = bootstrap_servers
         self.taken: dict[tuple[str, int], int] = {}  # tp -> tail offset written last
         self.restored: dict[tuple[str, int], int] = {}  # tp -> offset restored from
+        # tp -> offset: in memory, complete up to it, at the last recovery's end
+        self.in_memory: dict[tuple[str, int], int] = {}
 
     def path(self, topic: str, partition: int) -> Path:
         return self.directory / topic / f"{partition}.snap"
@@ -304,9 +308,9 @@ class Snapshots:
         # The worker's belief was checked, not the broker's: a rebalance it has not
         # heard of yet may have given a partition to another worker, whose changelog
         # writes the tails above include and this copy lacks. Restored (by whichever
-        # worker gets the partition next: the directory is shared), such a snapshot
-        # would skip those writes for good. Asked after the copy: a rebalance that
-        # begins after the answer lets the new owner write only after the copy.
+        # worker gets the partition next, this one too), such a snapshot would skip
+        # those writes for good. Asked after the copy: a rebalance that begins after
+        # the answer lets the new owner write only after the copy.
         if copies and not await fence.in_generation(app.consumer, before[0], rejoin=False):
             log.info("table snapshot skipped: a rebalance began (not confirmed by the broker)")
             return 0
@@ -320,19 +324,37 @@ class Snapshots:
             )  # fmt: skip
         return len(copies)
 
+    def recovered(self, offsets: Mapping[Any, int | None]) -> None:
+        """At the end of a table recovery: each active changelog partition and the
+        offset read up to (Faust's ``active_offsets``). The memory store keeps the keys
+        of exactly these partitions (it drops the others' then), complete up to that
+        offset — which is what lets ``restore`` keep them rather than load an older
+        snapshot."""
+        self.in_memory = {
+            (tp.topic, tp.partition): offset
+            for tp, offset in offsets.items()
+            if offset is not None and tp.topic in self.tables
+        }
+
     async def restore(self, tps: Iterable[Any], offsets: Any) -> None:
         """Load the usable snapshot of each changelog partition in ``tps`` into its
-        table and move its recovery start (``offsets``, Faust's "last offset read") up
-        to the snapshot's offset.
+        table and set its recovery start (``offsets``, Faust's "last offset read") to
+        the snapshot's offset.
 
-        Only a snapshot past what the table has read already: a partition the worker
-        keeps through a rebalance is recovered again from where its last recovery
-        ended, with its keys in memory; a snapshot taken before that (the directory
-        is shared: another worker's, from when it owned the partition) would put the
-        keys back as they were then while the read goes on from later — the writes
-        in between lost for good (seen: profiles missing after a rolling restart)."""
+        Not when the table holds the partition already, read past the snapshot: a
+        partition the worker keeps through a rebalance is recovered again from where
+        its last recovery ended (``recovered``), with its keys in memory; a snapshot
+        taken before that (the directory is shared: another worker's, from when it
+        owned the partition) would put the keys back as they were then while the read
+        went on from later — the writes in between lost for good (seen: profiles
+        missing after a rolling restart). Any other start offset is not trusted: a
+        snapshot older than it is loaded and the read starts from the snapshot (a
+        changelog record read twice changes nothing)."""
+        tps = list(tps)  # Faust's own set: a rebalance may change it while this waits
+        start = {(tp.topic, tp.partition): offsets.get(tp) for tp in tps}
         found: dict[tuple[str, int], tuple[Header, dict[str, bytes]]] = {}
         for tp in tps:
+            key = (tp.topic, tp.partition)
             if tp.topic not in self.tables:
                 continue
             path = self.path(tp.topic, tp.partition)
@@ -345,10 +367,10 @@ class Snapshots:
             except (OSError, SnapshotError, ValueError, KeyError) as exc:
                 log.warning("ignoring a table snapshot: %s", exc)
                 continue
-            read = offsets[tp]
-            if read is not None and read >= header.tail.offset:
-                continue  # the table holds everything up to ``read`` already
-            found[(tp.topic, tp.partition)] = header, items
+            read = start[key]
+            if read is not None and read == self.in_memory.get(key) and read >= header.tail.offset:
+                continue  # in memory, complete up to ``read``: past this snapshot
+            found[key] = header, items
         if not found:
             return
         at = await asyncio.get_running_loop().run_in_executor(
@@ -361,6 +383,9 @@ class Snapshots:
         held: dict[str, dict[int, list[Any]]] = {}  # topic -> partition -> keys in memory
         for key, (header, items) in found.items():
             topic, partition = key
+            tp = by_tp[key]
+            if tp not in offsets or offsets.get(tp) != start[key]:
+                continue  # a rebalance since: this recovery is started again anyway
             if at.get(key) != header.tail:
                 log.warning(
                     "%s[%d]: its snapshot was taken after a record the changelog no longer "
@@ -377,9 +402,7 @@ class Snapshots:
                 store._key_partition.pop(k, None)
             store.data.update(items)
             store._key_partition.update(dict.fromkeys(items, partition))
-            tp = by_tp[key]
-            before = offsets[tp]
-            offsets[tp] = max(before if before is not None else -1, header.tail.offset)
+            offsets[tp] = header.tail.offset
             self.restored[key] = header.tail.offset
             self.taken[key] = header.tail.offset
             log.info(

@@ -61,6 +61,9 @@ log = logging.getLogger("unifier.fence")
 #: as far as the write goes (the batch is read again).
 FENCE_TIMEOUT_S = 10.0
 
+#: What the log says was done about an answer other than "no error".
+_AFTER = {True: ": batch given up, group rejoined", False: ": not written"}
+
 
 async def in_generation(consumer: Any, generation: int | None, rejoin: bool = True) -> bool:
     """Whether the broker still counts this worker (``consumer``: Faust's) a member of
@@ -76,7 +79,7 @@ async def in_generation(consumer: Any, generation: int | None, rejoin: bool = Tr
             thread.call_thread(_heartbeat, thread, generation, rejoin), FENCE_TIMEOUT_S
         )
     except Exception as exc:  # no answer: not sure, so not a member for this write
-        log.info("group membership not confirmed (%r): batch given up, group rejoined", exc)
+        log.info("group membership not confirmed (%r)%s", exc, _AFTER[rejoin])
         if rejoin:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(thread.call_thread(_rejoin, thread), FENCE_TIMEOUT_S)
@@ -114,5 +117,5 @@ async def _heartbeat(thread: Any, generation: int, rejoin: bool = True) -> bool:
     # the client has rejoined meanwhile (a second rebalance for nothing).
     if rejoin and coordinator.generation == generation:
         coordinator.request_rejoin()
-    log.info("group coordinator answered %s: batch given up, group rejoined", error.__name__)
+    log.info("group coordinator answered %s%s", error.__name__, _AFTER[rejoin])
     return False

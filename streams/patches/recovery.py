@@ -40,6 +40,8 @@ _ORIGINAL = Recovery._build_highwaters
 
 #: (changelog partitions, Faust's start offsets for them) -> None, updating the offsets.
 Restore = Callable[[Any, Any], Awaitable[None]]
+#: {active changelog partition: offset read up to} at the end of a recovery -> None.
+Recovered = Callable[[Mapping[Any, int | None]], None]
 
 
 def true_ends(
@@ -95,12 +97,19 @@ def true_ends(
 
 
 _ORIGINAL_OFFSETS = Recovery._build_offsets
+_ORIGINAL_COMPLETED = Recovery.on_recovery_completed
 
 
-def install(bootstrap_servers: str, restore: Restore | None = None) -> None:
+def install(
+    bootstrap_servers: str,
+    restore: Restore | None = None,
+    recovered: Recovered | None = None,
+) -> None:
     """Patch Faust's recovery (once per process) to use ``true_ends``; ``restore``
-    (``streams.snapshots.Snapshots.restore``) loads table snapshots and moves the
-    active partitions' start offsets up to them."""
+    (``streams.snapshots.Snapshots.restore``) loads table snapshots and sets the
+    active partitions' start offsets to them; ``recovered``
+    (``streams.snapshots.Snapshots.recovered``) hears, at the end of each recovery,
+    the active partitions and the offsets read up to."""
     require_patched_faust("streams/patches/recovery.py")
 
     async def _build_offsets(
@@ -108,9 +117,19 @@ def install(bootstrap_servers: str, restore: Restore | None = None) -> None:
     ) -> None:
         await _ORIGINAL_OFFSETS(self, consumer, tps, destination, title)
         if restore is not None and title == "active" and tps:
+            # Changelog records read but still buffered would be applied after the
+            # snapshot, over it (older values over newer): applied first.
+            self.flush_buffers()
             await restore(tps, destination)
 
     Recovery._build_offsets = _build_offsets  # type: ignore[method-assign]
+
+    async def on_recovery_completed(self: Any, generation_id: int = 0) -> None:
+        if recovered is not None:  # before the stores drop the partitions not active
+            recovered({tp: self.active_offsets.get(tp) for tp in self.active_tps})
+        await _ORIGINAL_COMPLETED(self, generation_id)
+
+    Recovery.on_recovery_completed = on_recovery_completed  # type: ignore[method-assign]
 
     async def _build_highwaters(
         self: Any, consumer: Any, tps: Any, destination: Any, title: str

@@ -114,13 +114,15 @@ def test_a_snapshot_is_kept_only_if_the_broker_confirms_the_generation_after_the
         assert not coordinator.rejoin_requested  # the stages' fence rejoins, not this
 
 
-def test_a_snapshot_older_than_what_the_table_has_read_is_not_loaded(
+def test_a_snapshot_older_than_what_the_table_holds_is_not_loaded_over_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A partition kept through a rebalance is recovered again from where its last
     recovery ended, its keys in memory. A snapshot from before that (another worker's,
     from when it owned the partition: the directory is shared) would bring the keys
-    back as they were then while the read goes on from later: writes lost for good."""
+    back as they were then while the read goes on from later: writes lost for good.
+    A start offset the last recovery did not end at is not trusted: the snapshot is
+    loaded and read on from (a record read twice changes nothing)."""
     monkeypatch.setattr(
         snapshots, "record_at", lambda _servers, wanted: {tp: TAIL for tp in wanted}
     )
@@ -131,12 +133,38 @@ def test_a_snapshot_older_than_what_the_table_has_read_is_not_loaded(
         restoring.path(changelog, 0), Header(changelog, 0, TAIL, 1, 1.5), [("p-1", b"old")]
     )
     tp = TP(changelog, 0)
-    for read, value, start in [
-        (60, b"one", 60),
-        (TAIL.offset, b"one", TAIL.offset),
-        (-1, b"old", 41),
+    for recovered_to, read, value, start in [
+        (60, 60, b"one", 60),  # kept, read past the snapshot: memory kept
+        (41, 41, b"one", 41),  # kept, read up to it: the same
+        (None, -1, b"old", 41),  # newly assigned: the snapshot, read on from it
+        (None, 60, b"old", 41),  # a start nobody vouches for: the snapshot, read again
+        (30, 30, b"old", 41),  # kept, but the snapshot is newer
     ]:
-        table.data.data["p-1"] = b"one"  # what the table holds after reading up to ``read``
+        table.data.data["p-1"] = b"one"  # what the table holds
+        restoring.recovered({} if recovered_to is None else {tp: recovered_to})
         offsets = {tp: read}
         asyncio.run(restoring.restore([tp], offsets))
         assert (table.data.data["p-1"], offsets[tp]) == (value, start)
+
+
+def test_a_rebalance_during_a_restore_leaves_the_partition_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust's rebalance may revoke a partition while the restore waits on the broker:
+    its keys and start offset are then not touched (the recovery starts again)."""
+    _app, table = worker(Coordinator(4))
+    changelog = table.changelog_topic.get_topic_name()
+    restoring = snapshots.Snapshots([table], tmp_path, "localhost:0")
+    write_snapshot(
+        restoring.path(changelog, 0), Header(changelog, 0, TAIL, 1, 1.5), [("p-1", b"old")]
+    )
+    tp = TP(changelog, 0)
+    offsets: dict[Any, int] = {tp: -1}
+
+    def revoked_meanwhile(_servers: str, wanted: Any) -> Any:
+        offsets.pop(tp)  # Faust's on_rebalance: the partition was revoked
+        return {key: TAIL for key in wanted}
+
+    monkeypatch.setattr(snapshots, "record_at", revoked_meanwhile)
+    asyncio.run(restoring.restore([tp], offsets))
+    assert table.data.data["p-1"] == b"one" and tp not in offsets
