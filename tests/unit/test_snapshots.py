@@ -114,6 +114,25 @@ def test_a_snapshot_is_kept_only_if_the_broker_confirms_the_generation_after_the
         assert not coordinator.rejoin_requested  # the stages' fence rejoins, not this
 
 
+def test_the_broker_is_asked_after_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked before the copy, a rebalance between the answer and the copy could let
+    the new owner's writes into the tails but not into the copy."""
+    monkeypatch.setattr(snapshots, "tails", lambda _servers, tps: {tp: TAIL for tp in tps})
+
+    class Answering(Coordinator):
+        async def _send_req(self, request: Any) -> Any:
+            table.data.data["p-1"] = b"written after the answer"
+            return await super()._send_req(request)
+
+    app, table = worker(Answering(4))
+    taking = snapshots.Snapshots([table], tmp_path, "localhost:0")
+    assert asyncio.run(taking.take(app)) == 2
+    _header, items = read_snapshot(taking.path(table.changelog_topic.get_topic_name(), 0))
+    assert items == {"p-1": b"one"}
+
+
 def test_a_snapshot_older_than_what_the_table_holds_is_not_loaded_over_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
