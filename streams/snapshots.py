@@ -346,10 +346,9 @@ class Snapshots:
         its last recovery ended (``recovered``), with its keys in memory; a snapshot
         taken before that (the directory is shared: another worker's, from when it
         owned the partition) would put the keys back as they were then while the read
-        went on from later — the writes in between lost for good (seen: profiles
-        missing after a rolling restart). Any other start offset is not trusted: a
-        snapshot older than it is loaded and the read starts from the snapshot (a
-        changelog record read twice changes nothing)."""
+        went on from later — the writes in between lost for good. Any other start
+        offset is not trusted: a snapshot older than it is loaded and the read starts
+        from the snapshot (a changelog record read twice changes nothing)."""
         tps = list(tps)  # Faust's own set: a rebalance may change it while this waits
         start = {(tp.topic, tp.partition): offsets.get(tp) for tp in tps}
         found: dict[tuple[str, int], tuple[Header, dict[str, bytes]]] = {}

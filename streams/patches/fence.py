@@ -62,7 +62,7 @@ log = logging.getLogger("unifier.fence")
 FENCE_TIMEOUT_S = 10.0
 
 #: What the log says was done about an answer other than "no error".
-_AFTER = {True: ": batch given up, group rejoined", False: ": not written"}
+_AFTER = {True: ": batch given up, group rejoined", False: ": skipped (a snapshot or a commit)"}
 
 
 async def in_generation(consumer: Any, generation: int | None, rejoin: bool = True) -> bool:
